@@ -1,0 +1,29 @@
+"""connectome-storage: durable, human-readable storage for an AI agent's memory.
+
+One asyncio API over a JSON file tree (default), SQLite and Redis; see README.md.
+"""
+
+from __future__ import annotations
+
+from .backends.file import FileStorage
+from .errors import StorageError
+from .factory import (
+    StorageFactory,
+    create_file_storage,
+    create_redis_storage,
+    create_sqlite_storage,
+    create_storage_from_env,
+)
+from .interface import StorageInterface
+
+__all__ = [
+    "FileStorage",
+    "StorageError",
+    "StorageFactory",
+    "StorageInterface",
+    "create_file_storage",
+    "create_redis_storage",
+    "create_sqlite_storage",
+    "create_storage_from_env",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,552 @@
+"""FileStorage: the default backend, a JSON file tree a person can read and ``git diff``.
+
+Layout (DESIGN section 4, docs/file-format.md)::
+
+    <base_dir>/conversations/{id}/current.json | raw_messages.json | chunks.json | memories.json
+    <base_dir>/cache/{key}.json
+    <base_dir>/agents/{id}/reasoning_chains.json
+    <base_dir>/system/{key}.json
+    <base_dir>/.connectome-storage.json   format marker
+    <base_dir>/.locks/  .backups/          housekeeping
+
+Reads of documents happen on the event loop when the file is small (a page-cache read is
+far cheaper than a thread hop); every write runs in one worker thread under the entity's
+lock, where it reads the old version, keeps a backup and replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..codec import decode, encode, format_time, parse_time
+from ..config import FileSettings
+from ..errors import (
+    CorruptedDataError,
+    InvalidArgumentError,
+    StorageError,
+    UnsupportedFormatError,
+)
+from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, Problem, StorageInterface, logger
+from ..naming import decode_name, encode_name
+from . import _fs
+from ._locks import EntityLocks
+
+__all__ = ["FORMAT_VERSION", "FileStorage"]
+
+FORMAT_VERSION = 1
+MARKER = ".connectome-storage.json"
+FOLDERS = ("conversations", "cache", "agents", "system")
+PART_FILES = {
+    Kind.CONVERSATION: "current.json",
+    Kind.RAW_MESSAGES: "raw_messages.json",
+    Kind.CHUNKS: "chunks.json",
+    Kind.MEMORIES: "memories.json",
+}
+CHAINS_FILE = "reasoning_chains.json"
+# Larger files are read and parsed in a worker thread so the event loop never stalls.
+_READ_IN_LOOP_LIMIT = 256 * 1024
+
+
+class FileStorage(StorageInterface):
+    """Stores everything as canonical JSON files under ``base_dir``.
+
+    Options: ``base_dir``, ``create_backups``, ``max_backup_files``, ``pretty_print_json``,
+    ``connection_timeout`` (lock wait), ``clock``, ``default_cache_ttl``.
+    """
+
+    backend_name: ClassVar[str] = "file"
+    settings_class: ClassVar[type[FileSettings]] = FileSettings
+    settings: FileSettings
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self.base_dir = Path(self.settings.base_dir)
+        self._root = self.base_dir.absolute()
+        self._locks = EntityLocks(self._root, self.settings.connection_timeout)
+        self._keep = self.settings.max_backup_files if self.settings.create_backups else 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def _open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+            for folder in FOLDERS:
+                _fs.ensure_dir(self._root / folder, self._root)
+            self._check_marker()
+            removed = _fs.remove_stale_temp_files([self._root / f for f in FOLDERS])
+        except OSError as e:
+            raise _fs.os_error(e, "initializing", self._root) from e
+        if removed:
+            logger.info("removed %d temp file(s) left by a crash under %s", removed, self._root)
+
+    def _check_marker(self) -> None:
+        marker = self._root / MARKER
+        raw = _fs.read_bytes(marker)
+        if raw is None:
+            value = {"format": "connectome-storage file tree", "version": FORMAT_VERSION}
+            _fs.atomic_write(marker, encode(value), self._root)
+            return
+        content = decode(raw, str(marker))
+        version = content.get("version") if isinstance(content, dict) else None
+        if not isinstance(version, int):
+            raise CorruptedDataError(str(marker), "the format marker has no integer version", line=1, column=1)
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"{self._root} holds format version {version}, written by a newer "
+                f"connectome-storage; this one reads up to {FORMAT_VERSION}: upgrade the package"
+            )
+
+    async def _close(self) -> None:
+        return None
+
+    # --------------------------------------------------------------------- paths
+
+    def path_of(self, kind: Kind, key: str) -> Path:
+        """The file that holds ``kind`` for ``key`` (it may not exist)."""
+        name = encode_name(key)
+        if kind in PART_FILES:
+            return self._root / "conversations" / name / PART_FILES[kind]
+        if kind is Kind.REASONING_CHAINS:
+            return self._root / "agents" / name / CHAINS_FILE
+        return self._root / ("cache" if kind is Kind.CACHE else "system") / f"{name}.json"
+
+    def _entity(self, kind: Kind, key: str) -> str:
+        """The lock name. All parts of one conversation share a lock, so that
+        delete_conversation excludes every writer of that conversation."""
+        path = self.path_of(kind, key)
+        if kind in PART_FILES:
+            path = path.parent
+        return path.relative_to(self._root).as_posix()
+
+    def _stamp(self) -> str:
+        return format_time(self._now_ms()).replace(":", "-")
+
+    def _encode(self, value: Any) -> bytes:
+        return encode(value, pretty=self.settings.pretty_print_json)
+
+    # ------------------------------------------------------------ reading files
+
+    async def _load(self, kind: Kind, key: str) -> Any:
+        path = self.path_of(kind, key)
+        try:
+            raw = _read_small(path)
+            if raw is _TOO_BIG:
+                return await asyncio.to_thread(self._load_sync, kind, path)
+        except OSError as e:
+            raise _fs.os_error(e, "reading", path) from e
+        return None if raw is None else _check_shape(kind, decode(raw, str(path)), path)  # type: ignore[arg-type]
+
+    def _load_sync(self, kind: Kind, path: Path) -> Any:
+        try:
+            raw = _fs.read_bytes(path)
+        except IsADirectoryError as e:
+            raise CorruptedDataError(str(path), "a folder stands where a file belongs") from e
+        except OSError as e:
+            raise _fs.os_error(e, "reading", path) from e
+        return None if raw is None else _check_shape(kind, decode(raw, str(path)), path)
+
+    # ------------------------------------------------------- writing (in thread)
+
+    def _replace_file(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path`` unless it already holds exactly that; keep a backup."""
+        try:
+            old = _fs.read_bytes(path)
+            if old == data:
+                return
+            if old is not None:
+                _fs.keep_backup(self._root, path, self._keep, self._stamp())
+            _fs.atomic_write(path, data, self._root)
+        except OSError as e:
+            raise _fs.os_error(e, "writing", path) from e
+
+    def _remove_file(self, path: Path) -> bool:
+        try:
+            if not path.is_file():
+                return False
+            _fs.keep_backup(self._root, path, self._keep, self._stamp())
+            removed = _fs.unlink(path)
+            if path.parent.parent.name in ("conversations", "agents"):
+                _remove_empty_dir(path.parent)
+            return removed
+        except OSError as e:
+            raise _fs.os_error(e, "deleting", path) from e
+
+    async def _locked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
+        return await self._locks.run(self._entity(kind, key), function, *args)
+
+    # ---------------------------------------------------------------- documents
+
+    async def _read_document(self, kind: Kind, key: str) -> Any:
+        return await self._load(kind, key)
+
+    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        data = self._encode(value)
+        await self._locked(kind, key, self._replace_file, self.path_of(kind, key), data)
+
+    async def _delete(self, kind: Kind, key: str) -> bool:
+        return bool(await self._locked(kind, key, self._remove_file, self.path_of(kind, key)))
+
+    # --------------------------------------------------------------------- logs
+
+    async def _read_log(self, kind: Kind, key: str) -> list[Any]:
+        return await self._load(kind, key) or []
+
+    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        return int(await self._locked(kind, key, self._append_sync, kind, key, items))
+
+    def _append_sync(self, kind: Kind, key: str, items: list[Any]) -> int:
+        path = self.path_of(kind, key)
+        combined = (self._load_sync(kind, path) or []) + items
+        self._write_log_file(path, combined)
+        return len(combined)
+
+    def _write_log_file(self, path: Path, items: list[Any]) -> None:
+        # An append takes no backup: the previous version is a prefix of the new one.
+        try:
+            _fs.atomic_write(path, self._encode(items), self._root)
+        except OSError as e:
+            raise _fs.os_error(e, "writing", path) from e
+
+    async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
+        await self._write_document(kind, key, items)
+
+    # ------------------------------------------------------------------ members
+
+    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        await self._locked(Kind.MEMORIES, conversation_id, self._put_member_sync, conversation_id, memory_id, memory)
+
+    def _put_member_sync(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        path = self.path_of(Kind.MEMORIES, conversation_id)
+        memories = self._load_sync(Kind.MEMORIES, path) or []
+        for index, existing in enumerate(memories):
+            if existing["memory_id"] == memory_id:
+                memories[index] = memory
+                break
+        else:
+            memories.append(memory)
+        self._replace_file(path, self._encode(memories))
+
+    async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
+        return await self._load(Kind.MEMORIES, conversation_id) or []
+
+    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        return bool(await self._locked(Kind.MEMORIES, conversation_id, self._delete_member_sync, conversation_id, memory_id))
+
+    def _delete_member_sync(self, conversation_id: str, memory_id: str) -> bool:
+        path = self.path_of(Kind.MEMORIES, conversation_id)
+        memories = self._load_sync(Kind.MEMORIES, path) or []
+        remaining = [m for m in memories if m["memory_id"] != memory_id]
+        if len(remaining) == len(memories):
+            return False
+        if remaining:
+            self._replace_file(path, self._encode(remaining))
+        else:
+            self._remove_file(path)
+        return True
+
+    # ------------------------------------------------------------ conversations
+
+    async def _delete_conversation(self, conversation_id: str) -> bool:
+        return bool(await self._locked(Kind.CONVERSATION, conversation_id, self._delete_conversation_sync, conversation_id))
+
+    def _delete_conversation_sync(self, conversation_id: str) -> bool:
+        found = False
+        for kind in CONVERSATION_PARTS:
+            found = self._remove_file(self.path_of(kind, conversation_id)) or found
+        return found
+
+    async def _list_conversations(self) -> list[str]:
+        return await asyncio.to_thread(self._list_entity_dirs, "conversations", set(PART_FILES.values()))
+
+    async def _list_agents(self) -> list[str]:
+        return await asyncio.to_thread(self._list_entity_dirs, "agents", {CHAINS_FILE})
+
+    def _list_entity_dirs(self, folder: str, files: set[str]) -> list[str]:
+        ids = []
+        for entry in _scandir(self._root / folder):
+            identifier = decode_name(entry.name)
+            if identifier is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            if any(inner.name in files for inner in _scandir(Path(entry.path))):
+                ids.append(identifier)
+        return ids
+
+    async def _list_system_states(self) -> list[str]:
+        return await asyncio.to_thread(self._list_json_files, "system")
+
+    def _list_json_files(self, folder: str) -> list[str]:
+        ids = []
+        for entry in _scandir(self._root / folder):
+            if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+                identifier = decode_name(entry.name[: -len(".json")])
+                if identifier is not None:
+                    ids.append(identifier)
+        return ids
+
+    # -------------------------------------------------------------------- cache
+
+    async def _write_cache(self, entry: CacheEntry) -> None:
+        envelope = {
+            "cache_key": entry.key,
+            "created_at": format_time(entry.created_ms),
+            "expires_at": None if entry.expires_ms is None else format_time(entry.expires_ms),
+            "data": entry.data,
+        }
+        await self._write_document(Kind.CACHE, entry.key, envelope)
+
+    async def _read_cache(self, cache_key: str) -> CacheEntry | None:
+        envelope = await self._load(Kind.CACHE, cache_key)
+        if envelope is None:
+            return None
+        return _cache_entry(envelope, self.path_of(Kind.CACHE, cache_key), cache_key)
+
+    async def _list_all_cache_keys(self) -> list[str]:
+        return await asyncio.to_thread(self._list_json_files, "cache")
+
+    async def _list_cache_keys(self, now_ms: int) -> list[str]:
+        return [key for key, entry in await self._cache_entries() if not entry.expired(now_ms)]
+
+    async def _cache_entries(self) -> list[tuple[str, CacheEntry]]:
+        entries = []
+        for key in await self._list_all_cache_keys():
+            try:
+                entry = await self._read_cache(key)
+            except CorruptedDataError:
+                continue  # verify() and stats report it; a listing skips it
+            if entry is not None:
+                entries.append((key, entry))
+        return entries
+
+    async def _delete_expired_cache(self, now_ms: int) -> int:
+        removed = 0
+        for key, entry in await self._cache_entries():
+            if entry.expired(now_ms):
+                removed += await self._locked(Kind.CACHE, key, self._remove_if_expired, key, now_ms)
+        return removed
+
+    def _remove_if_expired(self, key: str, now_ms: int) -> int:
+        # Checked again under the lock: another process may have refreshed the entry.
+        path = self.path_of(Kind.CACHE, key)
+        envelope = self._load_sync(Kind.CACHE, path)
+        if envelope is None or not _cache_entry(envelope, path, key).expired(now_ms):
+            return 0
+        try:
+            return int(_fs.unlink(path))  # expired entries are dropped without a backup
+        except OSError as e:
+            raise _fs.os_error(e, "deleting", path) from e
+
+    # ------------------------------------------------------------ health, stats
+
+    async def _probe(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self._probe_sync)
+
+    def _probe_sync(self) -> dict[str, Any]:
+        probe = self._root / f".health-{os.getpid()}"
+        payload = os.urandom(16)
+        try:
+            _fs.atomic_write(probe, payload, self._root)
+            if _fs.read_bytes(probe) != payload:
+                raise StorageError(f"health probe {probe} read back different bytes")
+            _fs.unlink(probe)
+            usage = shutil.disk_usage(self._root)
+        except OSError as e:
+            raise _fs.os_error(e, "probing", probe) from e
+        return {
+            "base_dir": str(self._root),
+            "format_version": FORMAT_VERSION,
+            "free_bytes": usage.free,
+            "writable": True,
+        }
+
+    async def _total_bytes(self) -> int:
+        return await asyncio.to_thread(self._total_bytes_sync)
+
+    def _total_bytes_sync(self) -> int:
+        total = 0
+        for folder in FOLDERS:
+            for dirpath, _dirs, files in os.walk(self._root / folder):
+                for name in files:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, name)).st_size
+                    except FileNotFoundError:
+                        continue
+        return total
+
+    async def verify(self) -> list[Problem]:
+        """Every file that does not parse or has the wrong shape, and every stray entry."""
+        problems = await super().verify()
+        problems.extend(await asyncio.to_thread(self._find_strays))
+        return problems
+
+    def _find_strays(self) -> list[Problem]:
+        """Entries inside the four folders that the layout does not account for."""
+        strays = []
+
+        def stray(path: str, why: str) -> None:
+            strays.append(Problem(path, f"stray entry {path}: {why}"))
+
+        for folder in FOLDERS:
+            for entry in _scandir(self._root / folder):
+                if entry.name.startswith(_fs.TEMP_PREFIX):
+                    if not _fs.temp_owner_alive(entry.name):
+                        stray(entry.path, "temp file left by a crashed writer (initialize() removes it)")
+                    continue
+                nested = folder in ("conversations", "agents")
+                name = entry.name if nested else entry.name.removesuffix(".json")
+                if decode_name(name) is None or (not nested and not entry.name.endswith(".json")):
+                    stray(entry.path, "the name is not an encoded id")
+                elif nested != entry.is_dir(follow_symlinks=False):
+                    stray(entry.path, "a folder was expected" if nested else "a file was expected")
+                elif nested:
+                    allowed = set(PART_FILES.values()) if folder == "conversations" else {CHAINS_FILE}
+                    for inner in _scandir(Path(entry.path)):
+                        if inner.name.startswith(_fs.TEMP_PREFIX) and _fs.temp_owner_alive(inner.name):
+                            continue
+                        if inner.name not in allowed:
+                            stray(inner.path, f"only {', '.join(sorted(allowed))} belong here")
+        return strays
+
+    # ------------------------------------------------------------------ backups
+
+    async def list_backups(self, relative_path: str | Path) -> list[_fs.BackupVersion]:
+        """Kept versions of one file (path relative to ``base_dir``), oldest first."""
+        self._require_initialized()
+        self._parse_relative(relative_path)
+        return await asyncio.to_thread(_fs.list_backups, self._root, Path(relative_path))
+
+    async def restore_backup(self, relative_path: str | Path, number: int | None = None) -> _fs.BackupVersion:
+        """Put a kept version back (the newest unless ``number`` is given).
+
+        The version it replaces is itself kept. Raises InvalidArgumentError when the path
+        is not a data file of the tree or no such version is kept.
+        """
+        self._require_initialized()
+        kind, key = self._parse_relative(relative_path)
+        return await self._locked(kind, key, self._restore_sync, Path(relative_path), number)  # type: ignore[no-any-return]
+
+    def _restore_sync(self, relative: Path, number: int | None) -> _fs.BackupVersion:
+        versions = _fs.list_backups(self._root, relative)
+        chosen = versions[-1] if versions and number is None else next((v for v in versions if v.number == number), None)
+        if chosen is None:
+            kept = ", ".join(str(v.number) for v in versions) or "none"
+            raise InvalidArgumentError(f"no kept version {number or ''} of {relative} (kept: {kept})")
+        data = _fs.read_bytes(chosen.path)
+        if data is None:
+            raise InvalidArgumentError(f"kept version {chosen.number} of {relative} vanished")
+        self._replace_file(self._root / relative, data)
+        return chosen
+
+    def _parse_relative(self, relative_path: str | Path) -> tuple[Kind, str]:
+        """(kind, id) of a data file path relative to the base dir, else InvalidArgumentError."""
+        parts = Path(relative_path).parts
+        kind: Kind | None = None
+        key: str | None = None
+        if len(parts) == 3 and parts[0] == "conversations":
+            kind = next((k for k, f in PART_FILES.items() if f == parts[2]), None)
+            key = decode_name(parts[1])
+        elif len(parts) == 3 and parts[0] == "agents" and parts[2] == CHAINS_FILE:
+            kind, key = Kind.REASONING_CHAINS, decode_name(parts[1])
+        elif len(parts) == 2 and parts[0] in ("cache", "system") and parts[1].endswith(".json"):
+            kind = Kind.CACHE if parts[0] == "cache" else Kind.SYSTEM
+            key = decode_name(parts[1][: -len(".json")])
+        if kind is None or key is None:
+            raise InvalidArgumentError(
+                f"{relative_path} is not a data file of the tree; give a path relative to the "
+                "base dir such as conversations/conv_001/current.json"
+            )
+        return kind, key
+
+
+# ------------------------------------------------------------------- helpers
+
+_TOO_BIG = object()
+
+
+def _read_small(path: Path) -> bytes | None | object:
+    """The file's bytes if small, None if absent, ``_TOO_BIG`` if it should go to a thread."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        return _TOO_BIG  # the thread path reports it as corrupted
+    try:
+        size = os.fstat(fd).st_size
+        if size > _READ_IN_LOOP_LIMIT:
+            return _TOO_BIG
+        chunks = []
+        while chunk := os.read(fd, max(size, 4096)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _remove_empty_dir(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        return  # not empty (another part, or a writer's temp file): leave it
+    _fs.fsync_dir(folder.parent)
+
+
+def _shape_error(path: Path, problem: str, top_level: bool = True) -> CorruptedDataError:
+    line, column = (1, 1) if top_level else (None, None)
+    return CorruptedDataError(str(path), problem, line=line, column=column)
+
+
+def _check_shape(kind: Kind, value: Any, path: Path) -> Any:
+    """Refuse a parsed file whose shape does not fit its kind (an object where a list belongs)."""
+    if kind is Kind.SYSTEM:
+        return value
+    if kind in (Kind.CONVERSATION, Kind.CACHE):
+        if not isinstance(value, dict):
+            raise _shape_error(path, f"expected a JSON object, found {_json_type(value)}")
+        return value
+    if not isinstance(value, list):
+        raise _shape_error(path, f"expected a JSON array, found {_json_type(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _shape_error(path, f"item {index} is {_json_type(item)}, expected an object", False)
+    if kind is Kind.MEMORIES:
+        seen = set()
+        for index, item in enumerate(value):
+            memory_id = item.get("memory_id")
+            if not isinstance(memory_id, str) or memory_id in seen:
+                problem = "has no string memory_id" if not isinstance(memory_id, str) else f"repeats memory_id {memory_id!r}"
+                raise _shape_error(path, f"memory {index} {problem}", False)
+            seen.add(memory_id)
+    return value
+
+
+def _cache_entry(envelope: dict[str, Any], path: Path, key: str) -> CacheEntry:
+    try:
+        if envelope["cache_key"] != key:
+            raise ValueError(f"cache_key {envelope['cache_key']!r} does not match the file name")
+        created = parse_time(envelope["created_at"])
+        expires = None if envelope["expires_at"] is None else parse_time(envelope["expires_at"])
+        return CacheEntry(key, envelope["data"], created, expires)
+    except (KeyError, ValueError, TypeError) as e:
+        raise _shape_error(path, f"not a cache entry ({e!s}); expected cache_key, created_at, expires_at, data", False) from e
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+

@@ -1,0 +1,148 @@
+"""Canonical JSON: the strict value check, the byte encoding, and time stamps.
+
+Every backend stores values through this module, so ``load(store(x)) == x`` holds
+everywhere and a value that could not come back equal is refused before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .errors import CorruptedDataError, SerializationError
+
+__all__ = [
+    "MAX_DEPTH",
+    "check_value",
+    "decode",
+    "encode",
+    "format_time",
+    "parse_time",
+]
+
+# orjson refuses to serialize deeper than 254 levels; checking first gives a clear message.
+MAX_DEPTH = 254
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1  # orjson writes unsigned 64-bit ints too
+
+_PRETTY = orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+_COMPACT = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
+def check_value(value: Any, where: str = "value") -> None:
+    """Raise SerializationError unless ``value`` is plain JSON that round-trips exactly.
+
+    Accepted: dict with str keys, list, str, int (64-bit), finite float, bool, None.
+    Tuples are refused because they would come back as lists, unequal to the original.
+    """
+    _check(value, where, 0)
+
+
+def _check(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise SerializationError(
+            f"{where} is nested deeper than {MAX_DEPTH} levels (or refers to itself); "
+            "flatten the value",
+            location=where,
+        )
+    # Exact types first: they are the common case and cheaper than isinstance chains.
+    kind = type(value)
+    if kind is str:
+        _check_str(value, where)
+    elif kind is bool or value is None:
+        return
+    elif kind is int:
+        _check_int(value, where)
+    elif kind is float:
+        _check_float(value, where)
+    elif kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise SerializationError(
+                    f"{where} has a key of type {type(key).__name__} ({key!r}); "
+                    "JSON object keys must be str",
+                    location=where,
+                )
+            _check_str(key, f"{where} key {key!r}")
+            _check(item, f"{where}[{key!r}]", depth + 1)
+    elif kind is list:
+        for index, item in enumerate(value):
+            _check(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, (str, int, float, dict, list)):
+        # Subclasses (OrderedDict, IntEnum, StrEnum...) come back as their base type,
+        # which compares equal; check them by that base type.
+        base = next(t for t in (bool, str, int, float, dict, list) if isinstance(value, t))
+        _check(base(value), where, depth)
+    else:
+        raise SerializationError(
+            f"{where} is a {kind.__name__}, which JSON cannot hold so that it comes back "
+            "equal; use dict, list, str, int, float, bool or None",
+            location=where,
+        )
+
+
+def _check_str(value: str, where: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SerializationError(
+            f"{where} holds a lone surrogate at index {e.start}, which is not valid UTF-8",
+            location=where,
+        ) from e
+
+
+def _check_int(value: int, where: str) -> None:
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise SerializationError(
+            f"{where} is the integer {value}, outside the 64-bit range JSON storage keeps "
+            "exactly; store it as a string",
+            location=where,
+        )
+
+
+def _check_float(value: float, where: str) -> None:
+    if not math.isfinite(value):
+        raise SerializationError(
+            f"{where} is {value!r}; JSON has no NaN or infinity (it would come back as "
+            "null), so store None or a string instead",
+            location=where,
+        )
+
+
+def encode(value: Any, *, pretty: bool = True) -> bytes:
+    """Canonical bytes: UTF-8, sorted keys, 2-space indent (or one line), trailing newline.
+
+    The value must have passed ``check_value``.
+    """
+    try:
+        return orjson.dumps(value, option=_PRETTY if pretty else _COMPACT)
+    except orjson.JSONEncodeError as e:  # pragma: no cover - check_value catches these first
+        raise SerializationError(f"value cannot be encoded as JSON: {e}") from e
+
+
+def decode(data: bytes | str, source: str) -> Any:
+    """Parse JSON, turning a parse failure into CorruptedDataError naming ``source``."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        line, column = (e.lineno, e.colno) if data else (1, 1)
+        problem = "the file is empty" if not data else f"invalid JSON ({e.msg})"
+        raise CorruptedDataError(source, problem, line=line, column=column) from e
+
+
+def format_time(epoch_ms: int) -> str:
+    """``1795253400000`` -> ``"2026-11-21T09:30:00.000Z"`` (ISO 8601, UTC, milliseconds)."""
+    moment = datetime.fromtimestamp(epoch_ms // 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Inverse of ``format_time``; raises ValueError on anything else."""
+    if not (isinstance(text, str) and len(text) == 24 and text.endswith("Z")):
+        raise ValueError(f"not a time stamp of the form 2026-11-21T09:30:00.000Z: {text!r}")
+    moment = datetime.strptime(text[:-1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)

@@ -1,0 +1,525 @@
+"""StorageInterface: every public method written once, over a few backend hooks.
+
+The seven kinds of data come in three shapes, so a backend implements few hooks:
+
+* document, one value per key: conversation document, chunks, system state (and cache
+  entries, which get hooks of their own because every engine expires them differently);
+* log, an append-only list: raw messages, reasoning chains;
+* keyed collection in first-stored order: memories.
+
+This class checks ids and values, does the TTL arithmetic and assembles health and
+stats, so every backend behaves the same way. Backends fill in the ``_``-prefixed hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from .codec import check_value
+from .config import CommonSettings, resolve_settings
+from .errors import (
+    CorruptedDataError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    SerializationError,
+    StorageError,
+    StorageNotInitializedError,
+)
+from .naming import check_id
+
+__all__ = ["CacheEntry", "Kind", "Problem", "StorageInterface"]
+
+logger = logging.getLogger("connectome_storage")
+
+
+class Kind(enum.Enum):
+    """What a stored value is; each backend maps kinds to files, tables or keys."""
+
+    CONVERSATION = "current"  # document, per conversation
+    CHUNKS = "chunks"  # document (a list), per conversation
+    RAW_MESSAGES = "raw_messages"  # log, per conversation
+    MEMORIES = "memories"  # keyed collection, per conversation
+    REASONING_CHAINS = "reasoning_chains"  # log, per agent
+    CACHE = "cache"  # document with expiry, per cache key
+    SYSTEM = "system"  # document, per state key
+
+
+CONVERSATION_PARTS = (Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A cache value with its times in epoch milliseconds (``expires_ms`` None: never)."""
+
+    key: str
+    data: Any
+    created_ms: int
+    expires_ms: int | None
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_ms is not None and now_ms >= self.expires_ms
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of ``verify()``: where (file, key or id) and what is wrong."""
+
+    location: str
+    message: str
+
+
+class StorageInterface(ABC):
+    """The abstract base every backend subclasses.
+
+    ``config`` is a dict of the options the backend takes (its ``settings_class``);
+    unknown keys and unparseable values raise ConfigError.
+    """
+
+    backend_name: ClassVar[str] = "custom"
+    settings_class: ClassVar[type[CommonSettings]] = CommonSettings
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self.settings = resolve_settings(self.settings_class, config, self.backend_name)
+        self._initialized = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def initialize(self) -> bool:
+        """Create folders / schema / connections; safe to call again."""
+        if not self._initialized:
+            await self._open()
+            self._initialized = True
+        return True
+
+    async def shutdown(self) -> None:
+        """Release resources; safe to call again; never closes a client the caller passed in."""
+        if self._initialized:
+            self._initialized = False
+            await self._close()
+
+    async def __aenter__(self) -> Self:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def _require_initialized(self) -> None:
+        if not self._initialized:
+            raise StorageNotInitializedError(
+                f"{type(self).__name__} is not initialized: call `await storage.initialize()` "
+                "first, or use `async with storage:`"
+            )
+
+    def _now_ms(self) -> int:
+        return round(self.settings.clock() * 1000)
+
+    # ------------------------------------------------------------- conversations
+
+    async def store_conversation(self, conversation_id: str, data: dict[str, Any]) -> bool:
+        """Replace the conversation document (``current.json``)."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        _check_dict(data, "data")
+        await self._write_document(Kind.CONVERSATION, conversation_id, data)
+        return True
+
+    async def load_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        """The conversation document, or None if it was never stored."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        return await self._read_document(Kind.CONVERSATION, conversation_id)  # type: ignore[no-any-return]
+
+    async def list_conversations(self) -> list[str]:
+        """Sorted ids of conversations that have any stored part."""
+        self._require_initialized()
+        return sorted(await self._list_conversations())
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Remove every part of a conversation; False if it had none."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        return await self._delete_conversation(conversation_id)
+
+    async def store_raw_messages(self, conversation_id: str, messages: list[dict[str, Any]]) -> bool:
+        """Replace the raw message history; ``[]`` removes it."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        _check_dict_list(messages, "messages")
+        if messages:
+            await self._replace_log(Kind.RAW_MESSAGES, conversation_id, list(messages))
+        else:
+            await self._delete(Kind.RAW_MESSAGES, conversation_id)
+        return True
+
+    async def append_raw_messages(self, conversation_id: str, messages: list[dict[str, Any]]) -> int:
+        """Append to the raw history; returns the new total number of messages."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        _check_dict_list(messages, "messages")
+        if not messages:
+            return len(await self._read_log(Kind.RAW_MESSAGES, conversation_id))
+        return await self._append_log(Kind.RAW_MESSAGES, conversation_id, list(messages))
+
+    async def load_raw_messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The raw history, oldest first; ``[]`` when none."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        return await self._read_log(Kind.RAW_MESSAGES, conversation_id)
+
+    async def store_memory(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> bool:
+        """Insert or replace one memory; a replaced memory keeps its place in the order."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        check_id(memory_id, "memory_id")
+        _check_dict(memory, "memory")
+        if memory.get("memory_id", memory_id) != memory_id:
+            raise InvalidKeyError(
+                f"memory carries memory_id {memory['memory_id']!r} but is stored under "
+                f"{memory_id!r}; make them match or drop the key from the dict"
+            )
+        await self._put_member(conversation_id, memory_id, {**memory, "memory_id": memory_id})
+        return True
+
+    async def load_memories(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Memories in first-stored order, each with its ``"memory_id"``."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        return await self._read_members(conversation_id)
+
+    async def delete_memory(self, conversation_id: str, memory_id: str) -> bool:
+        """Remove one memory; False if it was not there."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        check_id(memory_id, "memory_id")
+        return await self._delete_member(conversation_id, memory_id)
+
+    async def store_chunks(self, conversation_id: str, chunks: list[dict[str, Any]]) -> bool:
+        """Replace the chunking decisions; ``[]`` removes them."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        _check_dict_list(chunks, "chunks")
+        if chunks:
+            await self._write_document(Kind.CHUNKS, conversation_id, list(chunks))
+        else:
+            await self._delete(Kind.CHUNKS, conversation_id)
+        return True
+
+    async def load_chunks(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The chunking decisions; ``[]`` when none."""
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        chunks = await self._read_document(Kind.CHUNKS, conversation_id)
+        return chunks if chunks is not None else []
+
+    # -------------------------------------------------------------------- agents
+
+    async def store_reasoning_chain(self, agent_id: str, chain: dict[str, Any]) -> bool:
+        """Append one reasoning chain to the agent's history."""
+        self._require_initialized()
+        check_id(agent_id, "agent_id")
+        _check_dict(chain, "chain")
+        await self._append_log(Kind.REASONING_CHAINS, agent_id, [chain])
+        return True
+
+    async def load_reasoning_chains(self, agent_id: str) -> list[dict[str, Any]]:
+        """The agent's chains, oldest first; ``[]`` when none."""
+        self._require_initialized()
+        check_id(agent_id, "agent_id")
+        return await self._read_log(Kind.REASONING_CHAINS, agent_id)
+
+    async def list_agents(self) -> list[str]:
+        """Sorted ids of agents with stored reasoning chains."""
+        self._require_initialized()
+        return sorted(await self._list_agents())
+
+    # --------------------------------------------------------------------- cache
+
+    async def store_cache(self, cache_key: str, data: Any, ttl: float | None = None) -> bool:
+        """Store a cache value; ``ttl`` seconds (None: the configured default, else forever)."""
+        self._require_initialized()
+        check_id(cache_key, "cache_key")
+        check_value(data, "data")
+        ttl = self.settings.default_cache_ttl if ttl is None else _check_ttl(ttl)
+        now = self._now_ms()
+        expires = None if ttl is None else now + max(1, round(ttl * 1000))
+        await self._write_cache(CacheEntry(cache_key, data, now, expires))
+        return True
+
+    async def load_cache(self, cache_key: str) -> Any:
+        """The cached value, or None when missing or expired."""
+        self._require_initialized()
+        check_id(cache_key, "cache_key")
+        entry = await self._read_cache(cache_key)
+        if entry is None or entry.expired(self._now_ms()):
+            return None
+        return entry.data
+
+    async def delete_cache(self, cache_key: str) -> bool:
+        """Remove a cache entry (expired or not); False if there was none."""
+        self._require_initialized()
+        check_id(cache_key, "cache_key")
+        return await self._delete(Kind.CACHE, cache_key)
+
+    async def list_cache_keys(self) -> list[str]:
+        """Sorted keys of unexpired cache entries."""
+        self._require_initialized()
+        return sorted(await self._list_cache_keys(self._now_ms()))
+
+    async def cleanup_expired_cache(self) -> int:
+        """Remove expired cache entries; returns how many were removed."""
+        self._require_initialized()
+        return await self._delete_expired_cache(self._now_ms())
+
+    # -------------------------------------------------------------- system state
+
+    async def store_system_state(self, state_key: str, data: Any) -> bool:
+        """Store any JSON value under ``state_key``."""
+        self._require_initialized()
+        check_id(state_key, "state_key")
+        check_value(data, "data")
+        await self._write_document(Kind.SYSTEM, state_key, data)
+        return True
+
+    async def load_system_state(self, state_key: str) -> Any:
+        """The stored value, or None."""
+        self._require_initialized()
+        check_id(state_key, "state_key")
+        return await self._read_document(Kind.SYSTEM, state_key)
+
+    async def delete_system_state(self, state_key: str) -> bool:
+        """Remove a state value; False if there was none."""
+        self._require_initialized()
+        check_id(state_key, "state_key")
+        return await self._delete(Kind.SYSTEM, state_key)
+
+    async def list_system_states(self) -> list[str]:
+        """Sorted state keys."""
+        self._require_initialized()
+        return sorted(await self._list_system_states())
+
+    # -------------------------------------------------------------------- health
+
+    async def health_check(self) -> dict[str, Any]:
+        """Probe the backend for real; a dead backend is reported, never raised."""
+        started = time.perf_counter()
+        report: dict[str, Any] = {"status": "healthy", "backend": self.backend_name}
+        try:
+            self._require_initialized()
+            details = await self._probe()
+        except (StorageError, OSError, asyncio.TimeoutError) as e:
+            report["status"] = "unhealthy"
+            details = {"error": str(e), "error_type": type(e).__name__}
+        report["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        report["details"] = details
+        return report
+
+    async def get_storage_stats(self) -> dict[str, Any]:
+        """Counts of every kind of data; corrupt entities are counted as unreadable."""
+        self._require_initialized()
+        stats = await self._collect_stats(self._now_ms())
+        return {"backend": self.backend_name, **stats}
+
+    async def verify(self) -> list[Problem]:
+        """Read every stored entity and report each that does not parse; [] when all is well."""
+        self._require_initialized()
+        problems: list[Problem] = []
+        async for _ in self._walk_entities(problems):
+            pass
+        return problems
+
+    # -------------------------------------------------- generic stats and verify
+
+    async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
+        """Count by reading everything; backends with native counters override this."""
+        stats = dict.fromkeys(
+            [
+                "conversation_count", "raw_message_count", "memory_count", "chunk_count",
+                "agent_count", "reasoning_chain_count", "cache_entry_count",
+                "expired_cache_entry_count", "system_state_count",
+            ],
+            0,
+        )  # fmt: skip
+        problems: list[Problem] = []
+        counters = {
+            Kind.RAW_MESSAGES: "raw_message_count",
+            Kind.MEMORIES: "memory_count",
+            Kind.CHUNKS: "chunk_count",
+            Kind.REASONING_CHAINS: "reasoning_chain_count",
+        }
+        async for kind, _key, value in self._walk_entities(problems):
+            if kind in counters:
+                stats[counters[kind]] += len(value)
+            elif kind is Kind.CACHE:
+                expired = value.expired(now_ms)
+                stats["expired_cache_entry_count" if expired else "cache_entry_count"] += 1
+        stats["conversation_count"] = len(await self._list_conversations())
+        stats["agent_count"] = len(await self._list_agents())
+        stats["system_state_count"] = len(await self._list_system_states())
+        stats["total_bytes"] = await self._total_bytes()
+        stats["unreadable_count"] = len(problems)
+        return stats
+
+    async def _walk_entities(self, problems: list[Problem]) -> Any:
+        """Yield (kind, key, value) for everything stored; unreadable ones go to ``problems``."""
+        for conversation_id in await self._list_conversations():
+            readers = {
+                Kind.CONVERSATION: lambda c: self._read_document(Kind.CONVERSATION, c),
+                Kind.RAW_MESSAGES: lambda c: self._read_log(Kind.RAW_MESSAGES, c),
+                Kind.CHUNKS: lambda c: self._read_document(Kind.CHUNKS, c),
+                Kind.MEMORIES: self._read_members,
+            }
+            for kind, read in readers.items():
+                try:
+                    value = await read(conversation_id)
+                except CorruptedDataError as e:
+                    problems.append(Problem(e.path, str(e)))
+                    continue
+                if value is not None:
+                    yield kind, conversation_id, value
+        for agent_id in await self._list_agents():
+            try:
+                yield Kind.REASONING_CHAINS, agent_id, await self._read_log(Kind.REASONING_CHAINS, agent_id)
+            except CorruptedDataError as e:
+                problems.append(Problem(e.path, str(e)))
+        for cache_key in await self._list_all_cache_keys():
+            try:
+                entry = await self._read_cache(cache_key)
+            except CorruptedDataError as e:
+                problems.append(Problem(e.path, str(e)))
+                continue
+            if entry is not None:
+                yield Kind.CACHE, cache_key, entry
+        for state_key in await self._list_system_states():
+            try:
+                yield Kind.SYSTEM, state_key, await self._read_document(Kind.SYSTEM, state_key)
+            except CorruptedDataError as e:
+                problems.append(Problem(e.path, str(e)))
+
+    # --------------------------------------------------------------------- hooks
+
+    @abstractmethod
+    async def _open(self) -> None:
+        """Create folders, schema or connections."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Release what ``_open`` acquired."""
+
+    @abstractmethod
+    async def _read_document(self, kind: Kind, key: str) -> Any:
+        """CONVERSATION, CHUNKS or SYSTEM value, or None."""
+
+    @abstractmethod
+    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        """Replace a CONVERSATION, CHUNKS or SYSTEM value."""
+
+    @abstractmethod
+    async def _delete(self, kind: Kind, key: str) -> bool:
+        """Remove one stored part of any kind but MEMORIES members; False if absent."""
+
+    @abstractmethod
+    async def _read_log(self, kind: Kind, key: str) -> list[Any]:
+        """RAW_MESSAGES or REASONING_CHAINS, oldest first; [] when none."""
+
+    @abstractmethod
+    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        """Append ``items`` (non-empty); return the new length."""
+
+    @abstractmethod
+    async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
+        """Replace a log with ``items`` (non-empty)."""
+
+    @abstractmethod
+    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        """Insert or replace (in place) one memory."""
+
+    @abstractmethod
+    async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Memories in first-stored order."""
+
+    @abstractmethod
+    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        """Remove one memory; False if absent."""
+
+    @abstractmethod
+    async def _delete_conversation(self, conversation_id: str) -> bool:
+        """Remove every part at once; False if nothing was stored."""
+
+    @abstractmethod
+    async def _list_conversations(self) -> list[str]:
+        """Ids of conversations with any stored part."""
+
+    @abstractmethod
+    async def _list_agents(self) -> list[str]:
+        """Ids of agents with reasoning chains."""
+
+    @abstractmethod
+    async def _list_system_states(self) -> list[str]:
+        """State keys."""
+
+    @abstractmethod
+    async def _write_cache(self, entry: CacheEntry) -> None:
+        """Store a cache entry, replacing any other under its key."""
+
+    @abstractmethod
+    async def _read_cache(self, cache_key: str) -> CacheEntry | None:
+        """The entry, expired or not, or None."""
+
+    @abstractmethod
+    async def _list_cache_keys(self, now_ms: int) -> list[str]:
+        """Keys of entries unexpired at ``now_ms``."""
+
+    @abstractmethod
+    async def _list_all_cache_keys(self) -> list[str]:
+        """Keys of every entry, expired ones included."""
+
+    @abstractmethod
+    async def _delete_expired_cache(self, now_ms: int) -> int:
+        """Remove entries expired at ``now_ms``; return how many."""
+
+    @abstractmethod
+    async def _probe(self) -> dict[str, Any]:
+        """Exercise the backend for real; return details; raise if it is unusable."""
+
+    @abstractmethod
+    async def _total_bytes(self) -> int:
+        """Bytes the stored data occupies."""
+
+
+def _check_dict(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise SerializationError(
+            f"{where} must be a dict, got {type(value).__name__}", location=where
+        )
+    check_value(value, where)
+
+
+def _check_dict_list(value: Any, where: str) -> None:
+    if not isinstance(value, list):
+        raise SerializationError(
+            f"{where} must be a list of dicts, got {type(value).__name__}", location=where
+        )
+    for index, item in enumerate(value):
+        _check_dict(item, f"{where}[{index}]")
+
+
+def _check_ttl(ttl: Any) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0 or ttl == float("inf"):
+        raise InvalidArgumentError(
+            f"ttl must be a number of seconds greater than 0 (or None for the default), got {ttl!r}"
+        )
+    return float(ttl)
