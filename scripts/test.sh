@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need, then pytest.
+#   bash scripts/test.sh            # everything CI runs
+#   bash scripts/test.sh -k redis   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The Redis tests start a real redis-server on 127.0.0.1; install it if it is missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing redis-server (Debian package)..." >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq redis-server >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+    else
+        echo "redis-server is missing: install it (apt install redis-server, brew install redis)," >&2
+        echo "or point REDIS_SERVER_BIN at a redis-server binary, then run this again." >&2
+        exit 2
+    fi
+fi
+
+python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+exec python -m pytest -m "not slow" "$@"
