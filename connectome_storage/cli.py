@@ -1,0 +1,234 @@
+"""The ``connectome-storage`` command: a thin shell over the library.
+
+Each subcommand parses its arguments, calls one library method and prints the result.
+Library errors become a one-line message and an exit code: 0 success, 1 problems found
+(or the backend failed), 2 usage or configuration error. No tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from .config import read_environment
+from .errors import ConfigError, InvalidArgumentError, InvalidKeyError, StorageError
+from .factory import StorageFactory
+from .interface import StorageInterface
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[StorageInterface, argparse.Namespace], Awaitable[int]]
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def _print_table(rows: dict[str, Any]) -> None:
+    width = max((len(key) for key in rows), default=0)
+    for key, value in rows.items():
+        print(f"{key.ljust(width)}  {value}")
+
+
+# ------------------------------------------------------------------ commands
+
+
+async def _stats(storage: StorageInterface, args: argparse.Namespace) -> int:
+    stats = await storage.get_storage_stats()
+    _print_json(stats) if args.json else _print_table(stats)
+    return EXIT_OK
+
+
+async def _health(storage: StorageInterface, args: argparse.Namespace) -> int:
+    report = await storage.health_check()
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report['status']} ({report['backend']}, {report['latency_ms']} ms)")
+        _print_table({f"  {k}": v for k, v in report["details"].items()})
+    return EXIT_OK if report["status"] == "healthy" else EXIT_PROBLEMS
+
+
+async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
+    sections: dict[str, list[str]] = {}
+    everything = args.all
+    if everything or not (args.agents or args.cache or args.states):
+        sections["conversations"] = await storage.list_conversations()
+    if everything or args.agents:
+        sections["agents"] = await storage.list_agents()
+    if everything or args.cache:
+        sections["cache"] = await storage.list_cache_keys()
+    if everything or args.states:
+        sections["system"] = await storage.list_system_states()
+    if args.json:
+        _print_json(sections)
+    elif len(sections) == 1:
+        for identifier in next(iter(sections.values())):
+            print(identifier)
+    else:
+        for title, ids in sections.items():
+            print(f"{title} ({len(ids)}):")
+            for identifier in ids:
+                print(f"  {identifier}")
+    return EXIT_OK
+
+
+async def _show(storage: StorageInterface, args: argparse.Namespace) -> int:
+    conversation_id = args.conversation_id
+    parts = {
+        "raw_messages": args.raw or args.all,
+        "memories": args.memories or args.all,
+        "chunks": args.chunks or args.all,
+    }
+    document = await storage.load_conversation(conversation_id)
+    shown: dict[str, Any] = {}
+    if args.all or not any(parts.values()):
+        shown["conversation"] = document
+    if parts["raw_messages"]:
+        shown["raw_messages"] = await storage.load_raw_messages(conversation_id)
+    if parts["memories"]:
+        shown["memories"] = await storage.load_memories(conversation_id)
+    if parts["chunks"]:
+        shown["chunks"] = await storage.load_chunks(conversation_id)
+    if all(value in (None, []) for value in shown.values()) and conversation_id not in await storage.list_conversations():
+        print(f"connectome-storage: no conversation {conversation_id!r}; `connectome-storage ls` lists them", file=sys.stderr)
+        return EXIT_PROBLEMS
+    _print_json(next(iter(shown.values())) if len(shown) == 1 else shown)
+    return EXIT_OK
+
+
+async def _verify(storage: StorageInterface, args: argparse.Namespace) -> int:
+    problems = await storage.verify()
+    if args.json:
+        _print_json([{"location": p.location, "message": p.message} for p in problems])
+    elif problems:
+        for problem in problems:
+            print(f"BAD  {problem.location}\n     {problem.message}")
+        print(f"{len(problems)} problem(s) found")
+    else:
+        print("ok: every entity parses and the tree holds no strays")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+async def _cleanup(storage: StorageInterface, args: argparse.Namespace) -> int:
+    removed = await storage.cleanup_expired_cache()
+    print(f"removed {removed} expired cache entr{'y' if removed == 1 else 'ies'}")
+    return EXIT_OK
+
+
+def _file_storage(storage: StorageInterface, command: str) -> Any:
+    if not hasattr(storage, "list_backups"):
+        raise ConfigError(f"`{command}` works on the file backend only (this is {storage.backend_name})")
+    return storage
+
+
+async def _backups(storage: StorageInterface, args: argparse.Namespace) -> int:
+    versions = await _file_storage(storage, "backups").list_backups(args.path)
+    if args.json:
+        _print_json([{"number": v.number, "taken_at": v.taken_at, "size": v.size, "path": str(v.path)} for v in versions])
+    elif not versions:
+        print(f"no kept versions of {args.path}")
+    else:
+        for version in versions:
+            print(f"{version.number:>6}  {version.taken_at}  {version.size:>8} bytes  {version.path}")
+    return EXIT_OK
+
+
+async def _restore(storage: StorageInterface, args: argparse.Namespace) -> int:
+    restored = await _file_storage(storage, "restore").restore_backup(args.path, args.version)
+    print(f"restored {args.path} from version {restored.number} ({restored.taken_at}); the replaced version was kept")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="connectome-storage",
+        description="Inspect and maintain connectome-storage data. The storage is chosen like "
+        "create_storage_from_env (CONNECTOME_STORAGE_* variables); the options below override it.",
+    )
+    parser.add_argument("--type", help="backend: file, sqlite, redis or a registered name")
+    parser.add_argument("--base-dir", help="file backend folder (alone, it selects the file backend)")
+    parser.add_argument("--db-path", help="SQLite database file (alone, it selects sqlite)")
+    parser.add_argument("--redis-url", help="Redis URL (alone, it selects redis)")
+    parser.add_argument("--key-prefix", help="Redis key prefix")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str, json: bool = False) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        if json:
+            sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        return sub
+
+    command("stats", _stats, "print counts of every kind of stored data", json=True)
+    command("health", _health, "probe the backend; exit 1 when it is unhealthy", json=True)
+    ls = command("ls", _ls, "list conversation ids (options: agents, cache keys, system states)", json=True)
+    ls.add_argument("--agents", action="store_true", help="list agent ids")
+    ls.add_argument("--cache", action="store_true", help="list unexpired cache keys")
+    ls.add_argument("--states", action="store_true", help="list system state keys")
+    ls.add_argument("--all", action="store_true", help="list everything, by section")
+    show = command("show", _show, "print a conversation document as JSON (options for its other parts)")
+    show.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    show.add_argument("--raw", action="store_true", help="show the raw message history")
+    show.add_argument("--memories", action="store_true", help="show the memories")
+    show.add_argument("--chunks", action="store_true", help="show the chunking decisions")
+    show.add_argument("--all", action="store_true", help="show every part")
+    command("verify", _verify, "check every entity parses and the tree holds no strays; exit 1 naming each bad file", json=True)
+    command("cleanup", _cleanup, "remove expired cache entries")
+    backups = command("backups", _backups, "list the kept versions of one file (file backend)", json=True)
+    backups.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
+    restore = command("restore", _restore, "put the newest kept version of a file back (file backend)")
+    restore.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
+    restore.add_argument("--version", type=int, help="restore this version number (see `backups PATH`)")
+    return parser
+
+
+def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> StorageInterface:
+    """The storage the global options and CONNECTOME_STORAGE_* variables select."""
+    backend, config = read_environment(os.environ if environ is None else environ)
+    overrides = {"base_dir": args.base_dir, "db_path": args.db_path, "redis_url": args.redis_url, "key_prefix": args.key_prefix}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    implied = {"base_dir": "file", "db_path": "sqlite", "redis_url": "redis"}
+    locations = [implied[key] for key in overrides if key in implied]
+    if args.type:
+        backend = args.type
+    elif len(locations) == 1:
+        backend = locations[0]
+    config.update(overrides)
+    cls = StorageFactory.backend_class(backend)
+    accepted = set(cls.settings_class.__dataclass_fields__)
+    return cls({key: value for key, value in config.items() if key in accepted})
+
+
+async def _run(args: argparse.Namespace) -> int:
+    storage = storage_from_args(args)
+    async with storage:
+        return int(await args.handler(storage, args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``connectome-storage`` and ``python -m connectome_storage``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except (ConfigError, InvalidKeyError, InvalidArgumentError) as e:
+        print(f"connectome-storage: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as e:
+        print(f"connectome-storage: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except ImportError as e:
+        print(f"connectome-storage: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
