@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from connectome_storage import StorageInterface, create_file_storage
+from connectome_storage import (
+    StorageInterface,
+    create_file_storage,
+    create_redis_storage,
+)
+
+from .redis_server import redis_server  # noqa: F401  (session fixture, started on first use)
 
 START = 1795253400.0  # 2026-11-21T09:30:00Z
 
@@ -37,7 +43,14 @@ def _file(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageI
     return create_file_storage(tmp_path / "storage_data", clock=clock, **options)
 
 
-BACKENDS: dict[str, Builder] = {"file": _file}
+def _redis(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageInterface:
+    # One shared server (make_storage passes its redis_url); a key prefix per test keeps
+    # tests apart and is the same for every storage a test builds, so a fresh object
+    # sees the same data.
+    return create_redis_storage(key_prefix=f"test:{tmp_path.name}:", clock=clock, **options)
+
+
+BACKENDS: dict[str, Builder] = {"file": _file, "redis": _redis}
 
 
 @pytest.fixture
@@ -52,12 +65,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_storage(
-    backend: str, tmp_path: Path, clock: FakeClock
+    backend: str, tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest
 ) -> Callable[..., StorageInterface]:
     """Build another storage of the current backend over the same data."""
+    # Only Redis runs need a server, so file and sqlite runs never start one.
+    server: dict[str, Any] = {}
+    if backend == "redis":
+        server["redis_url"] = request.getfixturevalue("redis_server").url
 
     def make(**options: Any) -> StorageInterface:
-        return BACKENDS[backend](tmp_path, clock, options)
+        return BACKENDS[backend](tmp_path, clock, {**server, **options})
 
     return make
 

@@ -1,0 +1,601 @@
+"""RedisStorage: the same API on a Redis server, using Redis types natively.
+
+Key layout (``P`` is ``key_prefix``; ``<id>`` is the id percent-encoded by
+``naming.encode_name``, which never holds ``{``, ``}`` or ``:``, so every key is
+unambiguous and the braces are a cluster hash tag grouping one conversation's keys)::
+
+    P conv:{<id>}:current   string  conversation document (compact JSON)
+    P conv:{<id>}:chunks    string  chunking decisions (JSON array)
+    P conv:{<id>}:raw       list    raw messages, one JSON text per element
+    P conv:{<id>}:mem       hash    memory_id -> memory JSON
+    P conv:{<id>}:order     zset    memory_id scored by insertion sequence (first-stored order)
+    P agent:{<id>}:chains   list    reasoning chains, one JSON text per element
+    P cache:{<id>}          string  {"created_ms", "expires_ms", "data"}, expired by Redis (PX)
+    P system:{<id>}         string  the state value
+    P idx:conversations     set     ids of conversations with any stored part
+    P idx:agents            set     ids of agents with chains
+    P idx:system            set     state keys
+    P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
+
+Every operation that touches several keys is one Lua script, so it is atomic and one
+round trip. docs/redis.md explains expiry, faults and retries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from ..codec import decode, encode
+from ..config import RedisSettings
+from ..errors import (
+    BackendUnavailableError,
+    CorruptedDataError,
+    StorageError,
+    StorageFullError,
+    StorageIOError,
+)
+from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
+from ..naming import encode_name
+
+__all__ = ["RedisStorage"]
+
+T = TypeVar("T")
+
+_INSTALL_HINT = "RedisStorage needs the redis package: pip install connectome-storage[redis]"
+_HINT = "store the entity again to replace it, or delete the key"
+# Ids per pipeline or script call: big enough to amortise round trips, small enough that
+# one call never blocks the server for long.
+_BATCH = 500
+
+_SUFFIX = {Kind.CONVERSATION: "current", Kind.CHUNKS: "chunks", Kind.RAW_MESSAGES: "raw", Kind.MEMORIES: "mem"}
+_INDEX = {Kind.REASONING_CHAINS: "idx:agents", Kind.CACHE: "idx:cache", Kind.SYSTEM: "idx:system"}
+
+# Lua's unpack() has a stack limit (~8000 values), so long appends push in slices.
+_PUSH = """
+local function push(key, first)
+  local n = 0
+  for i = first, #ARGV, 1000 do
+    n = redis.call('RPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  return n
+end
+"""
+_SCRIPTS = {
+    # KEYS: value, index. ARGV: id, json.
+    "write": """
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1""",
+    # KEYS: list, index. ARGV: id, items...
+    "append": _PUSH + """
+local n = push(KEYS[1], 2)
+redis.call('SADD', KEYS[2], ARGV[1])
+return n""",
+    "replace_log": _PUSH + """
+redis.call('DEL', KEYS[1])
+push(KEYS[1], 2)
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1""",
+    # KEYS: index, n keys to delete, then keys whose existence keeps the id listed.
+    # ARGV: id, SREM or ZREM, n. The index is reconciled even when nothing was deleted,
+    # so an entry Redis expired natively leaves the listing too.
+    "delete": """
+local n = tonumber(ARGV[3])
+local removed = redis.call('DEL', unpack(KEYS, 2, n + 1))
+if #KEYS == n + 1 or redis.call('EXISTS', unpack(KEYS, n + 2)) == 0 then
+  redis.call(ARGV[2], KEYS[1], ARGV[1])
+end
+return removed""",
+    # KEYS: hash, order, index. ARGV: conversation id, memory id, json.
+    # A new member goes after the last one; a replaced one keeps its score (its place).
+    "put_member": """
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  local seq = 1
+  if #last > 0 then seq = tonumber(last[2]) + 1 end
+  redis.call('ZADD', KEYS[2], seq, ARGV[2])
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1""",
+    # KEYS: hash, order, index, every part. ARGV: conversation id, memory id.
+    "delete_member": """
+local removed = redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if redis.call('EXISTS', unpack(KEYS, 4)) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+return removed""",
+    # KEYS: value, index. ARGV: key, json, px ('' = no expiry), score.
+    "write_cache": """
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return 1""",
+    # KEYS: index, cache keys. ARGV: their ids. Drops index members whose entry Redis
+    # expired natively; returns those ids.
+    "prune_cache": """
+local gone = {}
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 and redis.call('ZREM', KEYS[1], ARGV[i - 1]) == 1 then
+    gone[#gone + 1] = ARGV[i - 1]
+  end
+end
+return gone""",
+    # KEYS: index, cache keys. ARGV: now_ms, their ids. The expiry is checked again here:
+    # another client may have refreshed an entry since it was picked.
+    "expire_cache": """
+local removed = 0
+local now = tonumber(ARGV[1])
+for i = 2, #KEYS do
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '')
+  if score and score <= now then
+    redis.call('DEL', KEYS[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed""",
+}
+
+
+def _import_redis() -> Any:
+    try:
+        import redis.asyncio
+        import redis.asyncio.retry
+        import redis.backoff
+        import redis.exceptions
+    except ImportError as e:
+        raise ImportError(_INSTALL_HINT) from e
+    return redis
+
+
+class RedisStorage(StorageInterface):
+    """Stores everything on a Redis server under ``key_prefix``.
+
+    Options: ``redis_url``, ``key_prefix``, ``connection_timeout`` (connect and socket
+    timeout, seconds), ``client`` (an existing ``redis.asyncio.Redis``, which stays the
+    caller's: shutdown() never closes it), ``clock``, ``default_cache_ttl``.
+    Raises ImportError naming the extra when the redis package is missing.
+    """
+
+    backend_name: ClassVar[str] = "redis"
+    settings_class: ClassVar[type[RedisSettings]] = RedisSettings
+    settings: RedisSettings
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self._redis = _import_redis()
+        self._prefix = self.settings.key_prefix
+        # Typed Any: redis-py annotates its commands as sync-or-async unions that only
+        # type-check with a cast at every call.
+        self._client: Any = None
+        self._owns_client = False
+        self._scripts: dict[str, Any] = {}
+        self._server = _describe_url(self.settings.redis_url)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def _open(self) -> None:
+        client = self.settings.client
+        self._owns_client = client is None
+        if client is None:
+            timeout = self.settings.connection_timeout
+            client = self._redis.asyncio.Redis.from_url(
+                self.settings.redis_url,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                # redis-py retries every command three times by default; that would
+                # repeat an RPUSH whose reply was lost. We retry reads ourselves, once.
+                retry=self._redis.asyncio.retry.Retry(self._redis.backoff.NoBackoff(), 0),
+            )
+        else:
+            self._server = _describe_client(client)
+        self._client = client
+        self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
+        try:
+            await self._call("connecting", None, client.ping, read=True)
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.aclose()
+
+    @property
+    def client(self) -> Any:
+        """The redis.asyncio client in use (only while initialized)."""
+        assert self._client is not None, "RedisStorage is not initialized"
+        return self._client
+
+    # ---------------------------------------------------------------------- keys
+
+    def key_of(self, kind: Kind, key: str) -> str:
+        """The Redis key that holds ``kind`` for ``key`` (memories: the hash)."""
+        name = encode_name(key)
+        if kind in _SUFFIX:
+            return f"{self._prefix}conv:{{{name}}}:{_SUFFIX[kind]}"
+        if kind is Kind.REASONING_CHAINS:
+            return f"{self._prefix}agent:{{{name}}}:chains"
+        return f"{self._prefix}{'cache' if kind is Kind.CACHE else 'system'}:{{{name}}}"
+
+    def _order_key(self, conversation_id: str) -> str:
+        return f"{self._prefix}conv:{{{encode_name(conversation_id)}}}:order"
+
+    def _part_keys(self, conversation_id: str) -> list[str]:
+        keys = [self.key_of(kind, conversation_id) for kind in CONVERSATION_PARTS]
+        return [*keys, self._order_key(conversation_id)]
+
+    def index_of(self, kind: Kind) -> str:
+        """The set (zset for the cache) listing the ids stored of ``kind``."""
+        return self._prefix + _INDEX.get(kind, "idx:conversations")
+
+    # ---------------------------------------------------------------- engine calls
+
+    async def _call(self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False) -> T:
+        """Run one Redis call, turning engine errors into StorageError subclasses.
+
+        A read that fails on the connection is tried once more (the pool then reconnects);
+        a write never is, since a lost reply does not say whether it was applied.
+        """
+        for attempt in (1, 2):
+            try:
+                return await function(*args)
+            except (self._redis.exceptions.RedisError, OSError) as e:
+                error = self._translate(e, what, key)
+                if not (read and attempt == 1 and isinstance(error, BackendUnavailableError)):
+                    raise error from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _script(self, name: str, what: str, key: str | None, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._scripts[name]
+        return await self._call(what, key, lambda: script(keys=list(keys), args=list(args)))
+
+    def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError:
+        exceptions = self._redis.exceptions
+        text = str(error)
+        if isinstance(error, exceptions.OutOfMemoryError) or text.startswith("OOM"):
+            return StorageFullError(
+                f"Redis at {self._server} is out of memory while {what}; nothing was written. "
+                "Free memory, raise maxmemory or choose an eviction policy"
+            )
+        if isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError | OSError):
+            return BackendUnavailableError(
+                f"Redis at {self._server} is unavailable while {what} ({type(error).__name__}: "
+                f"{text}); check that the server runs and is reachable (connection_timeout="
+                f"{self.settings.connection_timeout}s). The storage reconnects by itself."
+            )
+        if text.startswith("WRONGTYPE") and key is not None:
+            return CorruptedDataError(key, f"the key holds the wrong Redis type ({text})", hint=_HINT)
+        return StorageIOError(f"Redis at {self._server} failed while {what}: {text}")
+
+    def _decode(self, raw: bytes | str, source: str) -> Any:
+        try:
+            return decode(raw, source)
+        except CorruptedDataError as e:
+            raise CorruptedDataError(e.path, e.problem, line=e.line, column=e.column, hint=_HINT) from e
+
+    async def _get(self, key: str) -> bytes | str | None:
+        return await self._call(f"reading {key}", key, self.client.get, key, read=True)
+
+    async def _members(self, index: str) -> list[str]:
+        members = await self._call(f"listing {index}", index, self.client.smembers, index, read=True)
+        return [_text(member) for member in members]
+
+    # ----------------------------------------------------------------- documents
+
+    async def _read_document(self, kind: Kind, key: str) -> Any:
+        name = self.key_of(kind, key)
+        raw = await self._get(name)
+        return None if raw is None else _check_shape(kind, self._decode(raw, name), name)
+
+    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        name = self.key_of(kind, key)
+        await self._script("write", f"writing {name}", name, [name, self.index_of(kind)], [key, encode(value, pretty=False)])
+
+    async def _delete(self, kind: Kind, key: str) -> bool:
+        name = self.key_of(kind, key)
+        targets = [name, self._order_key(key)] if kind is Kind.MEMORIES else [name]
+        siblings = self._part_keys(key) if kind in _SUFFIX else []
+        command = "ZREM" if kind is Kind.CACHE else "SREM"
+        keys = [self.index_of(kind), *targets, *siblings]
+        removed = await self._script("delete", f"deleting {name}", name, keys, [key, command, len(targets)])
+        return bool(removed)
+
+    # ---------------------------------------------------------------------- logs
+
+    async def _read_log(self, kind: Kind, key: str) -> list[Any]:
+        name = self.key_of(kind, key)
+        items = await self._call(f"reading {name}", name, self.client.lrange, name, 0, -1, read=True)
+        return [_check_item(self._decode(raw, f"{name}[{i}]"), f"{name}[{i}]") for i, raw in enumerate(items)]
+
+    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        name = self.key_of(kind, key)
+        encoded = [encode(item, pretty=False) for item in items]
+        return int(await self._script("append", f"appending to {name}", name, [name, self.index_of(kind)], [key, *encoded]))
+
+    async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
+        name = self.key_of(kind, key)
+        encoded = [encode(item, pretty=False) for item in items]
+        await self._script("replace_log", f"writing {name}", name, [name, self.index_of(kind)], [key, *encoded])
+
+    # ------------------------------------------------------------------- members
+
+    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        name = self.key_of(Kind.MEMORIES, conversation_id)
+        keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES)]
+        args = [conversation_id, memory_id, encode(memory, pretty=False)]
+        await self._script("put_member", f"writing a memory to {name}", name, keys, args)
+
+    async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
+        name, order_key = self.key_of(Kind.MEMORIES, conversation_id), self._order_key(conversation_id)
+
+        # MULTI/EXEC: the order and the hash are read at one instant.
+        commands = [("zrange", order_key, 0, -1), ("hgetall", name)]
+        order, values = await self._pipelined(f"reading {name}", commands, key=name, transaction=True)
+        for result in (order, values):
+            if isinstance(result, Exception):
+                raise self._translate(result, f"reading {name}", name)
+        by_id = {_text(field): raw for field, raw in values.items()}
+        ids = [_text(member) for member in order]
+        if set(ids) != set(by_id):
+            raise CorruptedDataError(name, f"the memories hash and {order_key} list different ids", hint=_HINT)
+        memories = []
+        for memory_id in ids:
+            source = f"{name}[{memory_id!r}]"
+            memory = _check_item(self._decode(by_id[memory_id], source), source)
+            if memory.get("memory_id") != memory_id:
+                raise CorruptedDataError(source, "memory_id does not match the hash field", hint=_HINT)
+            memories.append(memory)
+        return memories
+
+    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        name = self.key_of(Kind.MEMORIES, conversation_id)
+        keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES), *self._part_keys(conversation_id)]
+        removed = await self._script("delete_member", f"deleting a memory from {name}", name, keys, [conversation_id, memory_id])
+        return bool(removed)
+
+    # ------------------------------------------------------------- conversations
+
+    async def _delete_conversation(self, conversation_id: str) -> bool:
+        # One script: readers see every part or none, and the listing set changes with them.
+        parts = self._part_keys(conversation_id)
+        keys = [self.index_of(Kind.CONVERSATION), *parts]
+        what = f"deleting conversation {conversation_id!r}"
+        return bool(await self._script("delete", what, parts[0], keys, [conversation_id, "SREM", len(parts)]))
+
+    async def _list_conversations(self) -> list[str]:
+        return await self._members(self.index_of(Kind.CONVERSATION))
+
+    async def _list_agents(self) -> list[str]:
+        return await self._members(self.index_of(Kind.REASONING_CHAINS))
+
+    async def _list_system_states(self) -> list[str]:
+        return await self._members(self.index_of(Kind.SYSTEM))
+
+    # --------------------------------------------------------------------- cache
+
+    async def _write_cache(self, entry: CacheEntry) -> None:
+        name = self.key_of(Kind.CACHE, entry.key)
+        envelope = {"created_ms": entry.created_ms, "expires_ms": entry.expires_ms, "data": entry.data}
+        px, score = "", "+inf"
+        if entry.expires_ms is not None:
+            # Redis expires the key itself after the time left on our clock; the interface
+            # still checks expires_ms against the clock, so an injected clock stays exact.
+            px, score = str(max(1, entry.expires_ms - self._now_ms())), str(entry.expires_ms)
+        args = [entry.key, encode(envelope, pretty=False), px, score]
+        await self._script("write_cache", f"writing {name}", name, [name, self.index_of(Kind.CACHE)], args)
+
+    async def _read_cache(self, cache_key: str) -> CacheEntry | None:
+        name = self.key_of(Kind.CACHE, cache_key)
+        raw = await self._get(name)
+        if raw is None:
+            return None
+        envelope = self._decode(raw, name)
+        try:
+            created, expires, data = envelope["created_ms"], envelope["expires_ms"], envelope["data"]
+            if type(created) is not int or not (expires is None or type(expires) is int):
+                raise TypeError("created_ms and expires_ms must be integers")
+        except (KeyError, TypeError) as e:
+            raise CorruptedDataError(name, f"not a cache entry ({e}); expected created_ms, expires_ms, data", hint=_HINT) from e
+        return CacheEntry(cache_key, data, created, expires)
+
+    async def _cache_index(self) -> tuple[list[str], int]:
+        """Every id in the cache index, after dropping those Redis has expired natively,
+        and how many were dropped."""
+        index = self.index_of(Kind.CACHE)
+        members = await self._call(f"listing {index}", index, self.client.zrange, index, 0, -1, read=True)
+        ids = [_text(member) for member in members]
+        gone: set[str] = set()
+        for batch in _batches(ids):
+            keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
+            removed = await self._script("prune_cache", f"pruning {index}", index, keys, batch)
+            gone.update(_text(member) for member in removed)
+        return [key for key in ids if key not in gone], len(gone)
+
+    async def _list_all_cache_keys(self) -> list[str]:
+        return (await self._cache_index())[0]
+
+    async def _list_cache_keys(self, now_ms: int) -> list[str]:
+        await self._cache_index()
+        index = self.index_of(Kind.CACHE)
+        live = await self._call(f"listing {index}", index, self.client.zrangebyscore, index, f"({now_ms}", "+inf", read=True)
+        return [_text(member) for member in live]
+
+    async def _delete_expired_cache(self, now_ms: int) -> int:
+        # Entries Redis already expired count as removed too: they were expired entries,
+        # and the file backend would have removed them here.
+        removed = (await self._cache_index())[1]
+        index = self.index_of(Kind.CACHE)
+        expired = await self._call(f"listing {index}", index, self.client.zrangebyscore, index, "-inf", now_ms, read=True)
+        for batch in _batches([_text(member) for member in expired]):
+            keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
+            removed += int(await self._script("expire_cache", f"expiring entries of {index}", index, keys, [now_ms, *batch]))
+        return removed
+
+    # ------------------------------------------------------------- health, stats
+
+    async def _probe(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        await self._call("pinging", None, self.client.ping)
+        ping_ms = round((time.perf_counter() - started) * 1000, 3)
+        server, memory = await self._pipelined("reading INFO", [("info", "server"), ("info", "memory")])
+        return {
+            "server": self._server,
+            "key_prefix": self._prefix,
+            "ping_ms": ping_ms,
+            "redis_version": server.get("redis_version"),
+            "used_memory": memory.get("used_memory"),
+            "maxmemory": memory.get("maxmemory"),
+            "client_owned_by_caller": not self._owns_client,
+        }
+
+    async def _pipelined(
+        self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None, transaction: bool = False
+    ) -> list[Any]:
+        """Send ``(command, *args)`` tuples as one pipeline (MULTI/EXEC if ``transaction``).
+
+        A command that fails on the data (WRONGTYPE) comes back as an exception value, so
+        stats can count it and go on; connection trouble raises BackendUnavailableError.
+        """
+
+        async def run() -> list[Any]:
+            async with self.client.pipeline(transaction=transaction) as pipe:
+                for command, *args in commands:
+                    getattr(pipe, command)(*args)
+                return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+        results = await self._call(what, key, run, read=True)
+        for result in results:
+            if isinstance(result, self._redis.exceptions.ConnectionError | self._redis.exceptions.TimeoutError):
+                raise self._translate(result, what, key) from result
+        return results
+
+    async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
+        """Counts from cardinalities and lengths (SCARD, ZCOUNT, LLEN, HLEN), never KEYS/SCAN.
+
+        Only chunk documents are parsed (a chunk count needs it); ``unreadable_count``
+        covers them and keys of the wrong type. ``verify()`` parses everything.
+        """
+        await self._cache_index()
+        cache = self.index_of(Kind.CACHE)
+        conversations, agents, states, live, expired = await self._pipelined("counting entities", [
+            ("smembers", self.index_of(Kind.CONVERSATION)),
+            ("smembers", self.index_of(Kind.REASONING_CHAINS)),
+            ("scard", self.index_of(Kind.SYSTEM)),
+            ("zcount", cache, f"({now_ms}", "+inf"),
+            ("zcount", cache, "-inf", now_ms),
+        ])  # fmt: skip
+        stats = {
+            "conversation_count": len(conversations), "raw_message_count": 0, "memory_count": 0,
+            "chunk_count": 0, "agent_count": len(agents), "reasoning_chain_count": 0,
+            "cache_entry_count": live, "expired_cache_entry_count": expired,
+            "system_state_count": states, "unreadable_count": 0,
+        }  # fmt: skip
+
+        def count(counter: str, value: Any) -> None:
+            if isinstance(value, Exception):
+                stats["unreadable_count"] += 1
+            else:
+                stats[counter] += value
+
+        for batch in _batches([_text(c) for c in conversations]):
+            commands = []
+            for c in batch:
+                commands += [
+                    ("llen", self.key_of(Kind.RAW_MESSAGES, c)),
+                    ("hlen", self.key_of(Kind.MEMORIES, c)),
+                    ("get", self.key_of(Kind.CHUNKS, c)),
+                ]
+            results = await self._pipelined("counting conversation parts", commands)
+            for index, conversation_id in enumerate(batch):
+                raw, memories, chunks = results[3 * index : 3 * index + 3]
+                count("raw_message_count", raw)
+                count("memory_count", memories)
+                if chunks is not None and not isinstance(chunks, Exception):
+                    name = self.key_of(Kind.CHUNKS, conversation_id)
+                    try:
+                        chunks = len(_check_shape(Kind.CHUNKS, self._decode(chunks, name), name))
+                    except CorruptedDataError as e:
+                        chunks = e
+                count("chunk_count", chunks or 0)
+        for batch in _batches([_text(a) for a in agents]):
+            commands = [("llen", self.key_of(Kind.REASONING_CHAINS, a)) for a in batch]
+            for length in await self._pipelined("counting reasoning chains", commands):
+                count("reasoning_chain_count", length)
+        stats["total_bytes"] = await self._total_bytes()
+        return stats
+
+    async def _all_keys(self) -> list[str]:
+        """Every key this storage owns, found through the index sets (no KEYS, no SCAN)."""
+        kinds = (Kind.CONVERSATION, Kind.REASONING_CHAINS, Kind.CACHE, Kind.SYSTEM)
+        keys = [self.index_of(kind) for kind in kinds]
+        for conversation_id in await self._list_conversations():
+            keys += self._part_keys(conversation_id)
+        keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
+        keys += [self.key_of(Kind.CACHE, c) for c in await self._list_all_cache_keys()]
+        keys += [self.key_of(Kind.SYSTEM, s) for s in await self._list_system_states()]
+        return keys
+
+    async def _total_bytes(self) -> int:
+        """Bytes Redis reports for this prefix's keys (MEMORY USAGE; big lists are sampled)."""
+        total = 0
+        for batch in _batches(await self._all_keys()):
+            sizes = await self._pipelined("measuring memory", [("memory_usage", k) for k in batch])
+            total += sum(size for size in sizes if isinstance(size, int))
+        return total
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _text(value: bytes | str) -> str:
+    """Replies are bytes, or str on a caller's client made with decode_responses=True."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _batches(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _BATCH):
+        yield items[start : start + _BATCH]
+
+
+def _describe_url(url: str) -> str:
+    """The URL without credentials, fit for messages and health reports."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _describe_client(client: Any) -> str:
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _check_item(value: Any, source: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CorruptedDataError(source, f"expected a JSON object, found {_json_type(value)}", line=1, column=1, hint=_HINT)
+    return value
+
+
+def _check_shape(kind: Kind, value: Any, source: str) -> Any:
+    """Refuse a parsed value whose shape does not fit its kind (an object where a list belongs)."""
+    if kind is Kind.CONVERSATION:
+        return _check_item(value, source)
+    if kind is Kind.CHUNKS:
+        if not isinstance(value, list):
+            raise CorruptedDataError(source, f"expected a JSON array, found {_json_type(value)}", line=1, column=1, hint=_HINT)
+        for index, item in enumerate(value):
+            _check_item(item, f"{source}[{index}]")
+    return value
+
