@@ -1,30 +1,86 @@
 """Per-entity locks that exclude coroutines, threads and processes.
 
-filelock alone is not enough inside one process: its locks are re-entrant per thread, so
-two coroutines on one event loop would both "get" the same FileLock. Each entity
-therefore has an asyncio lock (coroutines of this storage object) and, inside the worker
-thread that does the work, a FileLock on a fresh file descriptor (other threads, other
-storage objects, other processes: flock is per open file description).
+Inside one process, each entity has an asyncio lock, so coroutines of one storage object
+queue without tying up worker threads. Across threads, storage objects and processes,
+the worker thread that does the work also holds an OS lock on a lock file, taken on a
+fresh file descriptor each time: ``flock`` locks belong to an open file description, so
+two descriptors exclude each other even inside one process. (filelock alone would not do
+inside a process: its locks are re-entrant per thread, so two coroutines on one event
+loop would both "get" the same FileLock.)
+
+On POSIX the OS lock is a plain ``fcntl.flock``: measured here, filelock 4.x spends about
+80 us of Python per acquire and release against 4 us for the system calls, a sixth of a
+whole durable write. Elsewhere (Windows) filelock provides the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import filelock
-
 from ..errors import LockTimeoutError
 
-__all__ = ["LOCK_DIR", "EntityLocks"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+    import filelock
+
+__all__ = ["LOCK_DIR", "EntityLocks", "os_lock"]
 
 LOCK_DIR = ".locks"
 T = TypeVar("T")
+# Polling backoff while another process holds the lock: start short, since most holds
+# last one write (about a millisecond), and cap it so a waiter notices release quickly.
+_FIRST_WAIT, _LONGEST_WAIT = 0.0002, 0.01
+
+
+class _Timeout(Exception):
+    pass
+
+
+class os_lock:  # noqa: N801 - used like a function: ``with os_lock(path, deadline):``
+    """Hold an exclusive OS lock on ``path`` until the ``with`` block ends."""
+
+    def __init__(self, path: Path, deadline: float) -> None:
+        self._path = path
+        self._deadline = deadline
+        self._fd = -1
+        self._fallback: filelock.FileLock | None = None
+
+    def __enter__(self) -> None:
+        if fcntl is None:  # pragma: no cover - Windows
+            self._fallback = filelock.FileLock(self._path, timeout=max(0.0, self._deadline - time.monotonic()))
+            try:
+                self._fallback.acquire()
+            except filelock.Timeout:
+                raise _Timeout from None
+            return
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        wait = _FIRST_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    os.close(self._fd)
+                    raise _Timeout from None
+                time.sleep(min(wait, remaining))
+                wait = min(wait * 2, _LONGEST_WAIT)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fallback is not None:  # pragma: no cover - Windows
+            self._fallback.release()
+        else:
+            os.close(self._fd)  # closing the descriptor releases the flock
 
 
 class EntityLocks:
@@ -49,30 +105,36 @@ class EntityLocks:
         lock = self._locks.get(entity)
         if lock is None:
             lock = self._locks[entity] = asyncio.Lock()
+        if lock.locked():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await lock.acquire()
+            except TimeoutError:
+                raise self._timeout_error(entity, "another coroutine of this process") from None
+        else:
+            await lock.acquire()  # free: returns at once, without arming a timer
         try:
-            async with asyncio.timeout(self._timeout):
-                await lock.acquire()
-        except TimeoutError:
-            raise self._timeout_error(entity, "another coroutine of this process") from None
-        try:
-            return await asyncio.to_thread(self._run_file_locked, entity, deadline, function, args)
+            return await asyncio.to_thread(self._run_os_locked, entity, deadline, function, args)
         finally:
             lock.release()
 
-    def _run_file_locked(
+    def _run_os_locked(
         self, entity: str, deadline: float, function: Callable[..., T], args: tuple[object, ...]
     ) -> T:
         path = self.lock_path(entity)
-        self._folder.mkdir(exist_ok=True)
-        file_lock = filelock.FileLock(path, timeout=max(0.0, deadline - time.monotonic()))
         try:
-            file_lock.acquire()
-        except filelock.Timeout:
+            lock = os_lock(path, deadline)
+            try:
+                lock.__enter__()
+            except FileNotFoundError:
+                self._folder.mkdir(exist_ok=True)
+                lock.__enter__()
+        except _Timeout:
             raise self._timeout_error(entity, f"another process (lock file {path})") from None
         try:
             return function(*args)
         finally:
-            file_lock.release()
+            lock.__exit__()
 
     def _timeout_error(self, entity: str, holder: str) -> LockTimeoutError:
         return LockTimeoutError(

@@ -110,8 +110,8 @@ async def test_processes_with_several_coroutines_each(tmp_path: Path) -> None:
 
 
 HOLD_LOCK = """
-import sys, time, filelock
-lock = filelock.FileLock(sys.argv[1]); lock.acquire()
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True); time.sleep(60)
 """
 
