@@ -143,14 +143,14 @@ def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
     return sorted(versions, key=lambda v: v.number)
 
 
-def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> None:
-    """Keep the current version of ``path`` before it is replaced or deleted.
+def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Path | None:
+    """Keep the current version of ``path`` before it is replaced or deleted; return it.
 
     A hard link costs no copy: ``os.replace`` only swaps the directory entry, so the old
     inode lives on under the backup name. Where links are not supported, copy.
     """
     if keep <= 0:
-        return
+        return None
     relative = path.relative_to(root)
     folder = root / BACKUP_DIR / relative
     ensure_dir(folder, root)
@@ -160,15 +160,16 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> None:
     try:
         os.link(path, target)
     except FileNotFoundError:
-        return
+        return None
     except OSError:
         data = read_bytes(path)
         if data is None:
-            return
+            return None
         atomic_write(target, data, root)
     for old in versions[: max(0, len(versions) + 1 - keep)]:
         with suppress(FileNotFoundError):
             os.unlink(old.path)
+    return target
 
 
 def remove_stale_temp_files(folders: list[Path]) -> int:

@@ -34,6 +34,7 @@ from ..errors import (
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, Problem, StorageInterface, logger
 from ..naming import decode_name, encode_name
 from . import _fs
+from ._applog import AppendLog
 from ._locks import EntityLocks
 
 __all__ = ["FORMAT_VERSION", "FileStorage"]
@@ -48,6 +49,7 @@ PART_FILES = {
     Kind.MEMORIES: "memories.json",
 }
 CHAINS_FILE = "reasoning_chains.json"
+LOG_FILES = frozenset({PART_FILES[Kind.RAW_MESSAGES], CHAINS_FILE})
 # Larger files are read and parsed in a worker thread so the event loop never stalls.
 _READ_IN_LOOP_LIMIT = 256 * 1024
 
@@ -69,6 +71,7 @@ class FileStorage(StorageInterface):
         self._root = self.base_dir.absolute()
         self._locks = EntityLocks(self._root, self.settings.connection_timeout)
         self._keep = self.settings.max_backup_files if self.settings.create_backups else 0
+        self._logs = AppendLog(self._root, self.settings.pretty_print_json)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -161,9 +164,17 @@ class FileStorage(StorageInterface):
             old = _fs.read_bytes(path)
             if old == data:
                 return
-            if old is not None:
-                _fs.keep_backup(self._root, path, self._keep, self._stamp())
-            _fs.atomic_write(path, data, self._root)
+            if path.name in LOG_FILES:
+                self._logs.forget(path)
+            backup = None if old is None else _fs.keep_backup(self._root, path, self._keep, self._stamp())
+            try:
+                _fs.atomic_write(path, data, self._root)
+            except BaseException:
+                # The live file was not replaced: drop its backup, which is a hard link to
+                # it and would otherwise change with the file's next append in place.
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+                raise
         except OSError as e:
             raise _fs.os_error(e, "writing", path) from e
 
@@ -171,6 +182,8 @@ class FileStorage(StorageInterface):
         try:
             if not path.is_file():
                 return False
+            if path.name in LOG_FILES:
+                self._logs.forget(path)
             _fs.keep_backup(self._root, path, self._keep, self._stamp())
             removed = _fs.unlink(path)
             if path.parent.parent.name in ("conversations", "agents"):
@@ -197,23 +210,31 @@ class FileStorage(StorageInterface):
     # --------------------------------------------------------------------- logs
 
     async def _read_log(self, kind: Kind, key: str) -> list[Any]:
-        return await self._load(kind, key) or []
+        try:
+            return await self._load(kind, key) or []
+        except CorruptedDataError:
+            # Maybe an append in place is half-way in another process, or was cut short by
+            # a crash: read again under the lock, after recovery, before calling it corrupt.
+            return await self._locked(kind, key, self._read_log_locked, kind, key)  # type: ignore[no-any-return]
+
+    def _read_log_locked(self, kind: Kind, key: str) -> list[Any]:
+        path = self.path_of(kind, key)
+        try:
+            self._logs.recover(path)
+        except OSError as e:
+            raise _fs.os_error(e, "recovering", path) from e
+        return self._load_sync(kind, path) or []
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         return int(await self._locked(kind, key, self._append_sync, kind, key, items))
 
     def _append_sync(self, kind: Kind, key: str, items: list[Any]) -> int:
-        path = self.path_of(kind, key)
-        combined = (self._load_sync(kind, path) or []) + items
-        self._write_log_file(path, combined)
-        return len(combined)
-
-    def _write_log_file(self, path: Path, items: list[Any]) -> None:
         # An append takes no backup: the previous version is a prefix of the new one.
+        path = self.path_of(kind, key)
         try:
-            _fs.atomic_write(path, self._encode(items), self._root)
+            return self._logs.append(path, items, lambda: self._load_sync(kind, path) or [])
         except OSError as e:
-            raise _fs.os_error(e, "writing", path) from e
+            raise _fs.os_error(e, "appending to", path) from e
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         await self._write_document(kind, key, items)

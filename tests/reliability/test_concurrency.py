@@ -17,6 +17,7 @@ from connectome_storage.backends.file import FileStorage
 from connectome_storage.errors import LockTimeoutError
 
 WRITER = Path(__file__).with_name("writer.py")
+READER = Path(__file__).with_name("reader.py")
 
 
 def check_tags(items: list[dict[str, Any]], writers: list[str], workers: int, count: int) -> None:
@@ -101,7 +102,18 @@ def run_writers(env: dict[str, str], writers: int, workers: int, count: int) -> 
 async def test_processes_with_several_coroutines_each(tmp_path: Path) -> None:
     base = tmp_path / "data"
     env = {"CONNECTOME_STORAGE_TYPE": "file", "CONNECTOME_STORAGE_BASE_DIR": str(base)}
-    names = run_writers(env, writers=4, workers=3, count=6)
+    stop = tmp_path / "stop"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
+    # A reader loads the history throughout; appends happen in place, so it must never
+    # see a torn file or a shrinking history.
+    reader = subprocess.Popen([sys.executable, str(READER), str(stop)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        names = run_writers(env, writers=4, workers=3, count=6)
+    finally:
+        stop.touch()
+        out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err.decode()
+    assert int(out) > 0
     async with create_file_storage(base) as storage:
         check_tags(await storage.load_raw_messages("shared"), names, 3, 6)
         check_tags(await storage.load_reasoning_chains("shared-agent"), names, 3, 6)
