@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .backends.file import FileStorage
 from .backends.redis import RedisStorage  # imports the redis package only when built
+from .backends.sqlite import SqliteStorage  # imports aiosqlite only when built
 from .errors import StorageError
 from .factory import (
     StorageFactory,
@@ -16,10 +17,13 @@ from .factory import (
     create_storage_from_env,
 )
 from .interface import StorageInterface
+from .migrate import MigrationReport, migrate
 
 __all__ = [
     "FileStorage",
+    "MigrationReport",
     "RedisStorage",
+    "SqliteStorage",
     "StorageError",
     "StorageFactory",
     "StorageInterface",
@@ -27,5 +31,6 @@ __all__ = [
     "create_redis_storage",
     "create_sqlite_storage",
     "create_storage_from_env",
+    "migrate",
 ]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from connectome_storage import (
     StorageInterface,
     create_file_storage,
     create_redis_storage,
+    create_sqlite_storage,
 )
 
 from .redis_server import redis_server  # noqa: F401  (session fixture, started on first use)
@@ -43,6 +44,10 @@ def _file(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageI
     return create_file_storage(tmp_path / "storage_data", clock=clock, **options)
 
 
+def _sqlite(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageInterface:
+    return create_sqlite_storage(tmp_path / "connectome.db", clock=clock, **options)
+
+
 def _redis(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageInterface:
     # One shared server (make_storage passes its redis_url); a key prefix per test keeps
     # tests apart and is the same for every storage a test builds, so a fresh object
@@ -50,7 +55,7 @@ def _redis(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> Storage
     return create_redis_storage(key_prefix=f"test:{tmp_path.name}:", clock=clock, **options)
 
 
-BACKENDS: dict[str, Builder] = {"file": _file, "redis": _redis}
+BACKENDS: dict[str, Builder] = {"file": _file, "sqlite": _sqlite, "redis": _redis}
 
 
 @pytest.fixture

@@ -1,0 +1,102 @@
+"""The SQLite schema: its version, the forward migrations, and the statements that keep it.
+
+``PRAGMA user_version`` holds the version a database stands at; ``SqliteStorage`` applies
+``MIGRATIONS[n]`` for every step from there to ``SCHEMA_VERSION`` in one write transaction,
+and refuses a database whose version is newer. docs/sqlite.md draws the tables.
+"""
+
+from __future__ import annotations
+
+__all__ = ["APPLICATION_ID", "ENSURE_PARENT", "MIGRATIONS", "PRUNE_CONVERSATION", "SCHEMA_VERSION", "STATS"]
+
+# Written into the file header so that a database of another application is never mistaken
+# for an empty one of ours ("CnSt").
+APPLICATION_ID = 0x436E5374
+
+# MIGRATIONS[n] takes a database from user_version n to n + 1. Append, never edit: a
+# database in the field may stand at any earlier version. Rowid tables (not WITHOUT
+# ROWID) because rows hold whole messages and documents, which are often kilobytes.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE conversations (
+            conversation_id TEXT PRIMARY KEY NOT NULL,
+            document TEXT,  -- store_conversation value; NULL when not stored
+            chunks TEXT     -- store_chunks value; NULL when not stored
+        )""",
+        """CREATE TABLE raw_messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id TEXT NOT NULL
+                REFERENCES conversations (conversation_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,  -- 0-based position in the history
+            data TEXT NOT NULL,
+            UNIQUE (conversation_id, seq)
+        )""",
+        """CREATE TABLE memories (
+            id INTEGER PRIMARY KEY,
+            conversation_id TEXT NOT NULL
+                REFERENCES conversations (conversation_id) ON DELETE CASCADE,
+            memory_id TEXT NOT NULL,
+            position INTEGER NOT NULL,  -- first-stored order; a replace keeps it
+            data TEXT NOT NULL,
+            UNIQUE (conversation_id, memory_id),
+            UNIQUE (conversation_id, position)
+        )""",
+        "CREATE TABLE agents (agent_id TEXT PRIMARY KEY NOT NULL)",
+        """CREATE TABLE reasoning_chains (
+            id INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL REFERENCES agents (agent_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            UNIQUE (agent_id, seq)
+        )""",
+        """CREATE TABLE cache (
+            cache_key TEXT PRIMARY KEY NOT NULL,
+            data TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,  -- epoch milliseconds, as CacheEntry holds them
+            expires_ms INTEGER            -- NULL: never expires
+        )""",
+        # Covers list_cache_keys, the expired count and cleanup without touching the rows.
+        "CREATE INDEX cache_expires ON cache (expires_ms, cache_key)",
+        "CREATE TABLE system_state (state_key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL)",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# A conversation row lives exactly as long as one of its parts, so list_conversations is
+# a plain scan of the table; every statement that removes a part runs this after it.
+PRUNE_CONVERSATION = """DELETE FROM conversations WHERE conversation_id = :id
+    AND document IS NULL AND chunks IS NULL
+    AND NOT EXISTS (SELECT 1 FROM raw_messages WHERE conversation_id = :id)
+    AND NOT EXISTS (SELECT 1 FROM memories WHERE conversation_id = :id)"""
+
+# Parent row of a log or collection; the foreign keys need it before the first child.
+ENSURE_PARENT = {
+    "conversations": "INSERT INTO conversations (conversation_id) VALUES (?) ON CONFLICT DO NOTHING",
+    "agents": "INSERT INTO agents (agent_id) VALUES (?) ON CONFLICT DO NOTHING",
+}
+
+# get_storage_stats in one pass per table. json_valid/json_type check each row in C, so a
+# row that would not parse is counted as unreadable instead of as data, and nothing is
+# decoded in Python. Each query returns (good, bad) or the columns named beside it.
+_OBJECT_ROWS = """SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM (SELECT CASE
+    WHEN json_valid(data) AND json_type(data) = 'object' THEN 1 ELSE 0 END AS ok FROM {table})"""
+STATS = {
+    "raw_message_count": _OBJECT_ROWS.format(table="raw_messages"),
+    "memory_count": _OBJECT_ROWS.format(table="memories"),
+    "reasoning_chain_count": _OBJECT_ROWS.format(table="reasoning_chains"),
+    # (live, expired, bad) at :now
+    "cache": """SELECT COALESCE(SUM(ok AND live), 0), COALESCE(SUM(ok AND NOT live), 0),
+        COALESCE(SUM(NOT ok), 0) FROM (SELECT json_valid(data) AS ok,
+        (expires_ms IS NULL OR expires_ms > :now) AS live FROM cache)""",
+    # (conversations, chunks, bad documents + bad chunk lists)
+    "conversations": """SELECT COUNT(*),
+        COALESCE(SUM(CASE WHEN chunks_ok THEN json_array_length(chunks) END), 0),
+        COALESCE(SUM(document IS NOT NULL AND NOT document_ok), 0)
+            + COALESCE(SUM(chunks IS NOT NULL AND NOT chunks_ok), 0)
+        FROM (SELECT document, chunks,
+            json_valid(document) AND json_type(document) = 'object' AS document_ok,
+            json_valid(chunks) AND json_type(chunks) = 'array' AS chunks_ok FROM conversations)""",
+    # (states, bad)
+    "system_state": "SELECT COUNT(*), COALESCE(SUM(NOT json_valid(data)), 0) FROM system_state",
+    "agents": "SELECT COUNT(*) FROM agents",
+}

@@ -1,0 +1,610 @@
+"""SqliteStorage: everything in one SQLite database file, shared by many processes.
+
+Schema (``_sqlite_schema``; docs/sqlite.md draws it)::
+
+    conversations(conversation_id PK, document, chunks)   a row while any part is stored
+    raw_messages(id, conversation_id FK, seq, data)        one row per message
+    memories(id, conversation_id FK, memory_id, position, data)
+    agents(agent_id PK) <- reasoning_chains(id, agent_id FK, seq, data)
+    cache(cache_key PK, data, created_ms, expires_ms)      index on (expires_ms, cache_key)
+    system_state(state_key PK, data)
+
+Values are canonical compact JSON text (``codec.encode``), readable with the sqlite3 shell
+and ``json_extract``. Each operation is one function run on aiosqlite's worker thread:
+one thread hop and one transaction per operation. That thread runs one function at a
+time, so coroutines sharing the connection never interleave statements inside each
+other's transaction, and no asyncio lock is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from ..codec import decode, encode
+from ..config import SqliteSettings
+from ..errors import (
+    ConfigError,
+    CorruptedDataError,
+    InvalidArgumentError,
+    LockTimeoutError,
+    StorageError,
+    StorageFullError,
+    StorageIOError,
+    UnsupportedFormatError,
+)
+from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
+from . import _fs
+from ._sqlite_schema import (
+    APPLICATION_ID,
+    ENSURE_PARENT,
+    MIGRATIONS,
+    PRUNE_CONVERSATION,
+    SCHEMA_VERSION,
+    STATS,
+)
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+__all__ = ["SCHEMA_VERSION", "SqliteStorage"]
+
+T = TypeVar("T")
+Body = Callable[[sqlite3.Connection], T]
+
+# Primary result codes (extended codes carry them in the low byte).
+_BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
+_HINT = "store the entity again to replace it, or restore a copy made with SqliteStorage.backup()"
+_FILE_HINT = (
+    "db_path must name a connectome-storage SQLite database (or a new file); if this one is "
+    "damaged, restore a copy made with SqliteStorage.backup()"
+)
+# (table, key column, parent table) of each log.
+_LOGS = {
+    Kind.RAW_MESSAGES: ("raw_messages", "conversation_id", "conversations"),
+    Kind.REASONING_CHAINS: ("reasoning_chains", "agent_id", "agents"),
+}
+# Conversation parts that are columns of the conversations row.
+_COLUMNS = {Kind.CONVERSATION: "document", Kind.CHUNKS: "chunks"}
+
+
+def _import_aiosqlite() -> Any:
+    try:
+        import aiosqlite
+    except ImportError as e:
+        raise ImportError(
+            "SqliteStorage needs the aiosqlite package: pip install connectome-storage[sqlite]"
+        ) from e
+    return aiosqlite
+
+
+class SqliteStorage(StorageInterface):
+    """Stores everything in one SQLite database at ``db_path``.
+
+    Options: ``db_path``, ``enable_wal_mode``, ``synchronous`` (FULL, EXTRA or NORMAL),
+    ``connection_timeout`` (seconds to wait for another writer), ``clock``,
+    ``default_cache_ttl``. Raises ImportError naming the extra when aiosqlite is missing.
+    """
+
+    backend_name: ClassVar[str] = "sqlite"
+    settings_class: ClassVar[type[SqliteSettings]] = SqliteSettings
+    settings: SqliteSettings
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self._aiosqlite = _import_aiosqlite()
+        self.db_path = Path(self.settings.db_path)
+        self._path = self.db_path.absolute()
+        self._db: aiosqlite.Connection | None = None
+        self._json1 = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def _open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _fs.os_error(e, "creating the folder of", self._path) from e
+        try:
+            # isolation_level=None: the module never opens transactions on its own; each
+            # operation says BEGIN / BEGIN IMMEDIATE itself.
+            self._db = await self._aiosqlite.connect(
+                self._path, timeout=self.settings.connection_timeout, isolation_level=None
+            )
+        except sqlite3.Error as e:
+            raise self._engine_error(e, "opening") from e
+        try:
+            await self._run("opening", self._setup)
+        except BaseException:
+            await self._close()
+            raise
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        timeout_ms = round(self.settings.connection_timeout * 1000)
+        conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        # The first read of the header: a file that is not SQLite fails here (NOTADB).
+        version, app_id, tables = _header(conn)
+        if version > SCHEMA_VERSION:
+            raise UnsupportedFormatError(
+                f"{self._path} holds schema version {version}, written by a newer "
+                f"connectome-storage; this one reads up to {SCHEMA_VERSION}: upgrade the package"
+            )
+        upgrade = version < SCHEMA_VERSION or app_id != APPLICATION_ID
+        if upgrade:
+            self._check_ours(version, app_id, tables)  # before anything changes the file
+        wanted = "wal" if self.settings.enable_wal_mode else "delete"
+        mode = conn.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]
+        if mode != wanted:
+            # Leaving WAL needs every other connection closed; running on in WAL is safe.
+            logger.warning("%s stays in journal_mode %s (wanted %s): other connections have it open",
+                           self._path, mode, wanted)  # fmt: skip
+        if upgrade:
+            self._transaction(conn, self._migrate, "BEGIN IMMEDIATE", "upgrading the schema of")
+        try:
+            conn.execute("SELECT json_valid('1')").fetchone()
+            self._json1 = True
+        except sqlite3.OperationalError:
+            self._json1 = False  # an SQLite built without JSON1: stats read every row instead
+
+    def _check_ours(self, version: int, app_id: int, tables: int) -> None:
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and (version or tables)):
+            raise ConfigError(
+                f"db_path {str(self._path)!r} is an SQLite database of another application "
+                f"(application_id {app_id:#x}, {tables} table(s)); point db_path at a new file"
+            )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # Read again inside the write transaction: another process may have just done it.
+        version, app_id, tables = _header(conn)
+        if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
+            self._check_ours(version, app_id, tables)
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+            logger.info("%s: schema upgraded to version %d", self._path, step + 1)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except sqlite3.Error as e:
+                raise self._engine_error(e, "closing") from e
+
+    # ------------------------------------------------------------ running bodies
+
+    async def _run(self, action: str, body: Body[T], begin: str | None = None) -> T:
+        """Run ``body`` on the connection's thread inside ``begin`` ... COMMIT (if given)."""
+        db = self._db
+        if db is None:
+            raise StorageIOError(f"the connection to {self._path} is closed")
+        # aiosqlite's own queue (its public methods use it too); one hop for the whole
+        # operation instead of one per statement, and no interleaving (module docstring).
+        result: T = await db._execute(self._transaction, db._conn, body, begin, action)  # type: ignore[no-untyped-call]
+        return result
+
+    async def _read(self, action: str, body: Body[T]) -> T:
+        return await self._run(action, body)
+
+    async def _write(self, action: str, body: Body[T]) -> T:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+        # then writes can hit SQLITE_BUSY in the middle, where waiting cannot help.
+        return await self._run(action, body, "BEGIN IMMEDIATE")
+
+    def _transaction(self, conn: sqlite3.Connection, body: Body[T], begin: str | None, action: str) -> T:
+        """Retry the whole transaction on SQLITE_BUSY until ``connection_timeout`` passes.
+
+        busy_timeout makes SQLite itself wait for most locks, but some BUSY results come
+        back at once (a WAL being recovered, a journal mode change, a commit that found
+        readers), so the loop is what guarantees that no caller ever sees "database is
+        locked" before the timeout.
+        """
+        deadline = time.monotonic() + self.settings.connection_timeout
+        pause = 0.002
+        while True:
+            try:
+                if begin:
+                    conn.execute(begin)
+                try:
+                    result = body(conn)
+                    if begin:
+                        conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                left = deadline - time.monotonic()
+                if not _is_busy(e) or left <= 0:
+                    raise self._engine_error(e, action) from e
+                time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+                pause = min(pause * 2, 0.1)
+
+    def _engine_error(self, e: sqlite3.Error, action: str) -> StorageError:
+        code = _primary_code(e)
+        name = getattr(e, "sqlite_errorname", type(e).__name__)
+        if _is_busy(e):
+            return LockTimeoutError(
+                f"{self._path} stayed locked by another writer for connection_timeout="
+                f"{self.settings.connection_timeout}s while {action} it; raise the timeout or "
+                "find the process holding a long transaction",
+                lock_path=str(self._path),
+            )
+        if code == _FULL:
+            return StorageFullError(
+                f"no space left while {action} {self._path} ({e}); the transaction was rolled "
+                "back and the previous data is intact: free disk space and retry"
+            )
+        if code in (_CORRUPT, _NOTADB):
+            return CorruptedDataError(str(self._path), f"{e} ({name}) while {action} it", hint=_FILE_HINT)
+        return StorageIOError(f"SQLite failed while {action} {self._path}: {e} ({name})")
+
+    def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any:
+        """Decode one stored value; a bad one raises CorruptedDataError naming db, table, key."""
+        source = f"{self._path} (table {table}, {key})"
+        try:
+            value = decode(text, source)
+        except CorruptedDataError as e:
+            raise CorruptedDataError(source, e.problem, line=e.line, column=e.column, hint=_HINT) from e
+        if shape is not None and not isinstance(value, shape):
+            expected = "an object" if shape is dict else "an array"
+            raise CorruptedDataError(source, f"expected {expected}, found {type(value).__name__}", hint=_HINT)
+        return value
+
+    # ---------------------------------------------------------------- documents
+
+    async def _read_document(self, kind: Kind, key: str) -> Any:
+        if kind is Kind.SYSTEM:
+            sql, table, label = "SELECT data FROM system_state WHERE state_key = ?", "system_state", "state_key"
+        elif kind in _COLUMNS:
+            table, label = "conversations", f"conversation_id, column {_COLUMNS[kind]}"
+            sql = f"SELECT {_COLUMNS[kind]} FROM conversations WHERE conversation_id = ?"
+        else:
+            raise InvalidArgumentError(f"{kind} is not a document")
+
+        def body(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(sql, (key,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            value = self._parse(row[0], table, f"{label} {key!r}", _SHAPES.get(kind))
+            if kind is Kind.CHUNKS:
+                self._check_items(value, table, f"{label} {key!r}")
+            return value
+
+        return await self._read("reading", body)
+
+    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        if kind in _LOGS:
+            return await self._replace_log(kind, key, value)
+        text = _dump(value)
+        if kind is Kind.SYSTEM:
+            sql = ("INSERT INTO system_state (state_key, data) VALUES (?, ?) "
+                   "ON CONFLICT (state_key) DO UPDATE SET data = excluded.data")  # fmt: skip
+        elif kind in _COLUMNS:
+            column = _COLUMNS[kind]
+            sql = (f"INSERT INTO conversations (conversation_id, {column}) VALUES (?, ?) "
+                   f"ON CONFLICT (conversation_id) DO UPDATE SET {column} = excluded.{column}")  # fmt: skip
+        else:
+            raise InvalidArgumentError(f"{kind} is not a document")
+        await self._write("writing", lambda conn: conn.execute(sql, (key, text)))
+
+    async def _delete(self, kind: Kind, key: str) -> bool:
+        if kind in _COLUMNS:
+            column = _COLUMNS[kind]
+            sql = f"UPDATE conversations SET {column} = NULL WHERE conversation_id = ? AND {column} IS NOT NULL"
+        elif kind is Kind.RAW_MESSAGES:
+            sql = "DELETE FROM raw_messages WHERE conversation_id = ?"
+        elif kind is Kind.MEMORIES:
+            sql = "DELETE FROM memories WHERE conversation_id = ?"
+        elif kind is Kind.REASONING_CHAINS:
+            sql = "DELETE FROM agents WHERE agent_id = ?"  # cascades to the chains
+        elif kind is Kind.CACHE:
+            sql = "DELETE FROM cache WHERE cache_key = ?"
+        else:
+            sql = "DELETE FROM system_state WHERE state_key = ?"
+        prune = kind in _COLUMNS or kind in (Kind.RAW_MESSAGES, Kind.MEMORIES)
+
+        def body(conn: sqlite3.Connection) -> bool:
+            found = conn.execute(sql, (key,)).rowcount > 0
+            if found and prune:
+                conn.execute(PRUNE_CONVERSATION, {"id": key})
+            return found
+
+        return await self._write("deleting from", body)
+
+    # --------------------------------------------------------------------- logs
+
+    async def _read_log(self, kind: Kind, key: str) -> list[Any]:
+        table, column, _parent = _LOGS[kind]
+        sql = f"SELECT seq, data FROM {table} WHERE {column} = ? ORDER BY seq"
+
+        def body(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(sql, (key,)).fetchall()
+            return [self._parse(data, table, f"{column} {key!r}, seq {seq}", dict) for seq, data in rows]
+
+        return await self._read("reading", body)
+
+    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        table, column, parent = _LOGS[kind]
+        texts = [_dump(item) for item in items]
+        # MAX(seq) comes from the (key, seq) index: the cost does not grow with the history,
+        # and earlier rows are never touched.
+        last = f"SELECT COALESCE(MAX(seq), -1) FROM {table} WHERE {column} = ?"
+        insert = f"INSERT INTO {table} ({column}, seq, data) VALUES (?, ?, ?)"
+
+        def body(conn: sqlite3.Connection) -> int:
+            conn.execute(ENSURE_PARENT[parent], (key,))
+            start = conn.execute(last, (key,)).fetchone()[0] + 1
+            conn.executemany(insert, [(key, start + i, text) for i, text in enumerate(texts)])
+            return int(start + len(texts))
+
+        return await self._write("appending to", body)
+
+    async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
+        table, column, parent = _LOGS[kind]
+        rows = [(key, seq, _dump(item)) for seq, item in enumerate(items)]
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(ENSURE_PARENT[parent], (key,))
+            conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))
+            conn.executemany(f"INSERT INTO {table} ({column}, seq, data) VALUES (?, ?, ?)", rows)
+
+        await self._write("writing", body)
+
+    # ------------------------------------------------------------------ members
+
+    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        text = _dump(memory)
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(ENSURE_PARENT["conversations"], (conversation_id,))
+            # The UPSERT's update branch leaves position alone: a replaced memory keeps
+            # its place in the order.
+            conn.execute(
+                """INSERT INTO memories (conversation_id, memory_id, position, data)
+                   VALUES (?1, ?2, (SELECT COALESCE(MAX(position), -1) + 1 FROM memories
+                                    WHERE conversation_id = ?1), ?3)
+                   ON CONFLICT (conversation_id, memory_id) DO UPDATE SET data = excluded.data""",
+                (conversation_id, memory_id, text),
+            )
+
+        await self._write("writing", body)
+
+    async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
+        def body(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT memory_id, data FROM memories WHERE conversation_id = ? ORDER BY position",
+                (conversation_id,),
+            ).fetchall()
+            memories = []
+            for memory_id, data in rows:
+                where = f"conversation_id {conversation_id!r}, memory_id {memory_id!r}"
+                memory = self._parse(data, "memories", where, dict)
+                if memory.get("memory_id") != memory_id:
+                    problem = f"the stored memory carries memory_id {memory.get('memory_id')!r}"
+                    raise CorruptedDataError(f"{self._path} (table memories, {where})", problem, hint=_HINT)
+                memories.append(memory)
+            return memories
+
+        return await self._read("reading", body)
+
+    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM memories WHERE conversation_id = ? AND memory_id = ?",
+                (conversation_id, memory_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            conn.execute(PRUNE_CONVERSATION, {"id": conversation_id})
+            return True
+
+        return await self._write("deleting from", body)
+
+    # ------------------------------------------------------------ conversations
+
+    async def _delete_conversation(self, conversation_id: str) -> bool:
+        # One statement: the foreign keys cascade to messages and memories.
+        sql = "DELETE FROM conversations WHERE conversation_id = ?"
+        return await self._write("deleting from", lambda conn: conn.execute(sql, (conversation_id,)).rowcount > 0)
+
+    async def _list_conversations(self) -> list[str]:
+        return await self._column("SELECT conversation_id FROM conversations")
+
+    async def _list_agents(self) -> list[str]:
+        return await self._column("SELECT agent_id FROM agents")
+
+    async def _list_system_states(self) -> list[str]:
+        return await self._column("SELECT state_key FROM system_state")
+
+    async def _column(self, sql: str, *args: Any) -> list[Any]:
+        return await self._read("reading", lambda conn: [row[0] for row in conn.execute(sql, args)])
+
+    # -------------------------------------------------------------------- cache
+
+    async def _write_cache(self, entry: CacheEntry) -> None:
+        row = (entry.key, _dump(entry.data), entry.created_ms, entry.expires_ms)
+        sql = """INSERT INTO cache (cache_key, data, created_ms, expires_ms) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (cache_key) DO UPDATE SET data = excluded.data,
+                     created_ms = excluded.created_ms, expires_ms = excluded.expires_ms"""
+        await self._write("writing", lambda conn: conn.execute(sql, row))
+
+    async def _read_cache(self, cache_key: str) -> CacheEntry | None:
+        def body(conn: sqlite3.Connection) -> CacheEntry | None:
+            row = conn.execute(
+                "SELECT data, created_ms, expires_ms FROM cache WHERE cache_key = ?", (cache_key,)
+            ).fetchone()
+            if row is None:
+                return None
+            data = self._parse(row[0], "cache", f"cache_key {cache_key!r}")
+            return CacheEntry(cache_key, data, row[1], row[2])
+
+        return await self._read("reading", body)
+
+    async def _list_cache_keys(self, now_ms: int) -> list[str]:
+        return await self._column(
+            "SELECT cache_key FROM cache WHERE expires_ms IS NULL OR expires_ms > ?", now_ms
+        )
+
+    async def _list_all_cache_keys(self) -> list[str]:
+        return await self._column("SELECT cache_key FROM cache")
+
+    async def _delete_expired_cache(self, now_ms: int) -> int:
+        sql = "DELETE FROM cache WHERE expires_ms <= ?"
+        return await self._write("cleaning the cache of", lambda conn: conn.execute(sql, (now_ms,)).rowcount)
+
+    # ------------------------------------------------------------ health, stats
+
+    async def _probe(self) -> dict[str, Any]:
+        def body(conn: sqlite3.Connection) -> dict[str, Any]:
+            def pragma(name: str) -> Any:
+                return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # reads page 1 for real
+            return {
+                "db_path": str(self._path),
+                "schema_version": pragma("user_version"),
+                "journal_mode": pragma("journal_mode"),
+                "synchronous": self.settings.synchronous,
+                "page_count": pragma("page_count"),
+                "page_size": pragma("page_size"),
+                "freelist_count": pragma("freelist_count"),
+                "sqlite_version": sqlite3.sqlite_version,
+            }
+
+        return await self._run("probing", body, "BEGIN")
+
+    async def _total_bytes(self) -> int:
+        total = 0
+        for path in (self._path, Path(f"{self._path}-wal")):
+            with suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
+    async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
+        """Counts from SQL in one read transaction (``STATS``), without decoding any value."""
+        if not self._json1:
+            return await super()._collect_stats(now_ms)  # an SQLite built without JSON1
+
+        def body(conn: sqlite3.Connection) -> dict[str, Any]:
+            def row(name: str, **params: Any) -> tuple[int, ...]:
+                return tuple(int(value) for value in conn.execute(STATS[name], params).fetchone())
+
+            stats: dict[str, Any] = {}
+            unreadable = 0
+            for name in ("raw_message_count", "memory_count", "reasoning_chain_count"):
+                stats[name], bad = row(name)
+                unreadable += bad
+            stats["cache_entry_count"], stats["expired_cache_entry_count"], bad = row("cache", now=now_ms)
+            stats["conversation_count"], stats["chunk_count"], bad_documents = row("conversations")
+            stats["system_state_count"], bad_states = row("system_state")
+            (stats["agent_count"],) = row("agents")
+            stats["unreadable_count"] = unreadable + bad + bad_documents + bad_states
+            return stats
+
+        stats = await self._run("counting", body, "BEGIN")
+        stats["total_bytes"] = await self._total_bytes()
+        return stats
+
+    async def verify(self) -> list[Problem]:
+        """Rows that do not parse, plus what ``PRAGMA quick_check`` and the foreign key
+        check find in the file itself."""
+        problems = await super().verify()
+
+        def body(conn: sqlite3.Connection) -> list[Problem]:
+            found = [
+                Problem(str(self._path), f"quick_check: {row[0]}")
+                for row in conn.execute("PRAGMA quick_check")
+                if row[0] != "ok"
+            ]
+            for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check"):
+                found.append(Problem(str(self._path), f"row {rowid} of {table} has no {parent} row"))
+            return found
+
+        problems.extend(await self._read("checking", body))
+        return problems
+
+    # ------------------------------------------------------------------- backup
+
+    async def backup(self, path: str | Path) -> Path:
+        """Copy the database to ``path`` while it stays in use (SQLite's online backup).
+
+        The copy is a consistent snapshot in rollback-journal mode, so it is one
+        self-contained file; it is written beside ``path`` and renamed into place, so
+        ``path`` holds either its old content or the whole copy. Returns ``path``.
+        Raises StorageIOError, StorageFullError.
+        """
+        self._require_initialized()
+        db = self._db
+        assert db is not None
+        target = Path(path).absolute()
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            async with self._aiosqlite.connect(temp, isolation_level=None) as copy:
+                await db.backup(copy)
+                await copy.execute("PRAGMA journal_mode = DELETE")
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+            _fs.fsync_dir(target.parent)
+        except sqlite3.Error as e:
+            raise self._engine_error(e, f"backing up to {target} from") from e
+        except OSError as e:
+            raise _fs.os_error(e, "writing the backup", target) from e
+        finally:
+            for leftover in (temp, Path(f"{temp}-journal"), Path(f"{temp}-wal"), Path(f"{temp}-shm")):
+                with suppress(OSError):
+                    leftover.unlink()
+        return target
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_items(self, value: list[Any], table: str, key: str) -> None:
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                where = f"{self._path} (table {table}, {key})"
+                raise CorruptedDataError(where, f"item {index} is not an object", hint=_HINT)
+
+
+_SHAPES: dict[Kind, type] = {Kind.CONVERSATION: dict, Kind.CHUNKS: list}
+
+
+def _dump(value: Any) -> str:
+    return encode(value, pretty=False)[:-1].decode()  # without the trailing newline
+
+
+def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(user_version, application_id, number of tables) of the open database."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    return int(version), int(app_id), int(tables)
+
+
+def _primary_code(e: sqlite3.Error) -> int | None:
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    code = _primary_code(e)
+    if code is not None:
+        return code in (_BUSY, _LOCKED)
+    return "locked" in str(e) or "busy" in str(e)

@@ -1,0 +1,141 @@
+"""migrate(): copy everything from one storage into another, losslessly.
+
+Works between any two backends through the public API plus four hooks that carry what
+the public API cannot: ``_replace_log`` (a chain history in one write, so a re-run does
+not append it twice), ``_list_all_cache_keys``/``_read_cache``/``_write_cache`` (cache
+entries with their own creation and expiry times) and ``_delete`` (a conversation part
+the source does not have). Every copy replaces what the destination holds under the same
+id, so running it again changes nothing, and a file tree migrated to another backend and
+back is byte-identical to the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from .interface import Kind, StorageInterface
+
+__all__ = ["MigrationReport", "migrate"]
+
+Progress = Callable[[int, int], Any]
+
+
+@dataclasses.dataclass
+class MigrationReport:
+    """What ``migrate`` copied.
+
+    ``conversations``, ``chunks`` (chunk lists), ``cache_entries`` and ``system_states``
+    count entities; ``raw_messages``, ``memories`` and ``reasoning_chains`` count items one
+    by one. ``skipped_expired`` counts cache entries left behind because they had expired.
+    """
+
+    conversations: int = 0
+    raw_messages: int = 0
+    memories: int = 0
+    chunks: int = 0
+    reasoning_chains: int = 0
+    cache_entries: int = 0
+    system_states: int = 0
+    skipped_expired: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+async def migrate(
+    source: StorageInterface, destination: StorageInterface, *, progress: Progress | None = None
+) -> MigrationReport:
+    """Copy every conversation (all parts), reasoning chain history, unexpired cache entry
+    (keeping its creation and expiry times) and system state from ``source`` to
+    ``destination``; both must be initialized.
+
+    Entities the destination holds under the same id are replaced; others are left alone.
+    ``progress(done, total)`` is called once before the first entity and after each one,
+    ``done`` counting entities (conversations, agents, cache keys, state keys) up to
+    ``total``. Expiry is judged by the source's clock.
+
+    Raises StorageNotInitializedError if either storage is not initialized, and whatever
+    StorageError a read or write raises (CorruptedDataError for a source entity that does
+    not parse: nothing is skipped silently).
+    """
+    # Both listings go through public methods, so an uninitialized storage is refused
+    # before anything is written.
+    conversations = await source.list_conversations()
+    await destination.list_conversations()
+    agents = await source.list_agents()
+    cache_keys = sorted(await source._list_all_cache_keys())
+    state_keys = await source.list_system_states()
+
+    report = MigrationReport()
+    total = len(conversations) + len(agents) + len(cache_keys) + len(state_keys)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+
+    for conversation_id in conversations:
+        await _copy_conversation(source, destination, conversation_id, report)
+        step()
+
+    for agent_id in agents:
+        chains = await source.load_reasoning_chains(agent_id)
+        if chains:
+            await destination._replace_log(Kind.REASONING_CHAINS, agent_id, chains)
+            report.reasoning_chains += len(chains)
+        step()
+
+    now_ms = source._now_ms()
+    for cache_key in cache_keys:
+        entry = await source._read_cache(cache_key)
+        if entry is not None and entry.expired(now_ms):
+            report.skipped_expired += 1
+        elif entry is not None:
+            await destination._write_cache(entry)
+            report.cache_entries += 1
+        step()
+
+    for state_key in state_keys:
+        await destination.store_system_state(state_key, await source.load_system_state(state_key))
+        report.system_states += 1
+        step()
+
+    return report
+
+
+async def _copy_conversation(
+    source: StorageInterface, destination: StorageInterface, conversation_id: str, report: MigrationReport
+) -> None:
+    document = await source.load_conversation(conversation_id)
+    messages = await source.load_raw_messages(conversation_id)
+    chunks = await source.load_chunks(conversation_id)
+    memories = await source.load_memories(conversation_id)
+
+    if document is not None:
+        await destination.store_conversation(conversation_id, document)
+    else:
+        await destination._delete(Kind.CONVERSATION, conversation_id)
+    await destination.store_raw_messages(conversation_id, messages)  # [] removes the part
+    await destination.store_chunks(conversation_id, chunks)
+
+    # store_memory keeps an existing memory's place, so when the destination already holds
+    # these memories in another order (or others besides), start it over.
+    wanted = [memory["memory_id"] for memory in memories]
+    present = [memory["memory_id"] for memory in await destination.load_memories(conversation_id)]
+    if present != wanted:
+        for memory_id in present:
+            await destination.delete_memory(conversation_id, memory_id)
+    for memory in memories:
+        await destination.store_memory(conversation_id, memory["memory_id"], memory)
+
+    report.conversations += 1
+    report.raw_messages += len(messages)
+    report.chunks += 1 if chunks else 0
+    report.memories += len(memories)

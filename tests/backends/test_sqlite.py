@@ -1,0 +1,395 @@
+"""What only SqliteStorage does: schema and its version, journal modes, backup, many
+processes on one file, appends that insert rows, engine errors, the optional import.
+
+Everything runs against real database files in tmp dirs; the test inspects them with the
+standard library's sqlite3 module, never a mock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectome_storage import SqliteStorage, create_sqlite_storage
+from connectome_storage.backends.sqlite import SCHEMA_VERSION
+from connectome_storage.errors import (
+    ConfigError,
+    CorruptedDataError,
+    LockTimeoutError,
+    StorageFullError,
+    StorageNotInitializedError,
+    UnsupportedFormatError,
+)
+
+from ..conftest import FakeClock
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to look at (or tamper with) the file directly."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        yield conn
+
+
+def scalar(path: Path, sql: str, *args: Any) -> Any:
+    with raw(path) as conn:
+        return conn.execute(sql, args).fetchone()[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "connectome.db"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", textwrap.dedent(code), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(), check=False)
+
+
+# ------------------------------------------------------------------------ schema
+
+
+async def test_a_new_database_gets_the_current_schema(db: Path) -> None:
+    async with create_sqlite_storage(db):
+        pass
+    assert scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+    with raw(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"conversations", "raw_messages", "memories", "agents", "reasoning_chains", "cache",
+                "system_state"} <= tables  # fmt: skip
+        for child in ("raw_messages", "memories"):
+            keys = conn.execute(f"PRAGMA foreign_key_list({child})").fetchall()
+            assert [(k[2], k[3], k[6]) for k in keys] == [("conversations", "conversation_id", "CASCADE")]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT seq, data FROM raw_messages WHERE conversation_id = 'c' ORDER BY seq",
+        "SELECT COALESCE(MAX(seq), -1) FROM raw_messages WHERE conversation_id = 'c'",
+        "SELECT memory_id, data FROM memories WHERE conversation_id = 'c' ORDER BY position",
+        "SELECT seq, data FROM reasoning_chains WHERE agent_id = 'a' ORDER BY seq",
+        "SELECT data FROM cache WHERE cache_key = 'k'",
+        "SELECT cache_key FROM cache WHERE expires_ms <= 5",
+        "SELECT data FROM system_state WHERE state_key = 's'",
+        "SELECT document FROM conversations WHERE conversation_id = 'c'",
+    ],
+)
+async def test_every_lookup_uses_an_index(db: Path, sql: str) -> None:
+    async with create_sqlite_storage(db):
+        pass
+    with raw(db) as conn:
+        plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "INDEX" in plan and "SCAN" not in plan, plan
+
+
+async def test_a_newer_schema_version_is_refused_and_left_alone(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_system_state("s", 1)
+    with raw(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(UnsupportedFormatError, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade"):
+        await create_sqlite_storage(db).initialize()
+    assert scalar(db, "PRAGMA user_version") == SCHEMA_VERSION + 1
+    assert scalar(db, "SELECT data FROM system_state WHERE state_key = 's'") == "1"
+
+
+@pytest.mark.parametrize("content", [b"this is not a database\n" * 200, b"SQLite format 3\x00" + b"\xff" * 4000])
+async def test_a_file_that_is_not_sqlite_raises_corrupted_data(db: Path, content: bytes) -> None:
+    db.write_bytes(content)
+    storage = create_sqlite_storage(db)
+    with pytest.raises(CorruptedDataError) as caught:
+        await storage.initialize()
+    assert str(db) in str(caught.value)
+    assert db.read_bytes() == content  # nothing was written over it
+    with pytest.raises(StorageNotInitializedError):
+        await storage.list_conversations()
+
+
+async def test_a_database_of_another_application_is_refused(db: Path) -> None:
+    with raw(db) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    with pytest.raises(ConfigError, match="another application"):
+        await create_sqlite_storage(db).initialize()
+    assert scalar(db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'") == 1
+
+
+# ------------------------------------------------------------------ journal mode
+
+
+@pytest.mark.parametrize(("wal", "mode"), [(True, "wal"), (False, "delete")])
+async def test_wal_mode_on_and_off(db: Path, wal: bool, mode: str) -> None:
+    async with create_sqlite_storage(db, enable_wal_mode=not wal):
+        pass  # start from the other mode: the setting must switch an existing file
+    async with create_sqlite_storage(db, enable_wal_mode=wal) as storage:
+        await storage.store_conversation("c", {"t": 1})
+        assert scalar(db, "PRAGMA journal_mode") == mode
+        assert Path(f"{db}-wal").exists() is wal
+        details = (await storage.health_check())["details"]
+        assert details["journal_mode"] == mode
+        assert details["schema_version"] == SCHEMA_VERSION and details["page_count"] > 0
+
+
+@pytest.mark.parametrize("level", ["FULL", "NORMAL", "EXTRA"])
+async def test_synchronous_setting_is_applied(db: Path, level: str) -> None:
+    async with create_sqlite_storage(db, synchronous=level.lower()) as storage:
+        assert isinstance(storage, SqliteStorage)
+        assert await storage._run("checking", lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == {
+            "NORMAL": 1, "FULL": 2, "EXTRA": 3}[level]  # fmt: skip
+
+
+# ------------------------------------------------------------------------ values
+
+
+async def test_values_are_canonical_json_text_and_cache_times_exact_ms(db: Path, clock: FakeClock) -> None:
+    async with create_sqlite_storage(db, clock=clock) as storage:
+        await storage.store_system_state("s", {"b": [1, 2.5], "a": "ü"})
+        await storage.store_cache("k", 1, ttl=1.5)
+        await storage.store_cache("forever", 2)
+    with raw(db) as conn:
+        assert conn.execute("SELECT typeof(data), data FROM system_state").fetchone() == (
+            "text", '{"a":"ü","b":[1,2.5]}')  # fmt: skip
+        now_ms = round(clock() * 1000)
+        rows = conn.execute("SELECT cache_key, created_ms, expires_ms FROM cache ORDER BY cache_key").fetchall()
+        assert rows == [("forever", now_ms, None), ("k", now_ms, now_ms + 1500)]
+
+
+async def test_a_corrupt_row_names_db_table_and_key_and_the_rest_stays_readable(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_raw_messages("c1", [{"n": 0}, {"n": 1}])
+        await storage.store_raw_messages("c2", [{"n": 0}])
+        with raw(db) as conn:
+            conn.execute("UPDATE raw_messages SET data = '{\"n\": ' WHERE conversation_id = 'c1' AND seq = 1")
+        with pytest.raises(CorruptedDataError) as caught:
+            await storage.load_raw_messages("c1")
+        message = str(caught.value)
+        assert str(db) in message and "raw_messages" in message and "'c1'" in message and "seq 1" in message
+        assert await storage.load_raw_messages("c2") == [{"n": 0}]
+        stats = await storage.get_storage_stats()
+        assert (stats["unreadable_count"], stats["raw_message_count"]) == (1, 2)
+        problems = await storage.verify()
+        assert len(problems) == 1 and "seq 1" in problems[0].message
+        await storage.store_raw_messages("c1", [{"n": 9}])  # storing again repairs it
+        assert await storage.load_raw_messages("c1") == [{"n": 9}]
+        assert await storage.verify() == []
+
+
+# -------------------------------------------------------- rows, parents, cascade
+
+
+async def test_append_inserts_rows_and_never_rewrites_the_history(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        assert isinstance(storage, SqliteStorage)
+        await storage.store_raw_messages("c", [{"n": n} for n in range(300)])
+        # Rows of another conversation after c's: a rewrite of c would give it new row ids.
+        await storage.store_raw_messages("other", [{"n": 0}])
+        before = _rows(db, "c")
+        changes = await storage._run("counting", lambda conn: conn.total_changes)
+        assert await storage.append_raw_messages("c", [{"n": 300}, {"n": 301}]) == 302
+        assert await storage._run("counting", lambda conn: conn.total_changes) - changes == 2
+        after = _rows(db, "c")
+    assert after[:300] == before  # same row ids, positions and bytes: untouched
+    assert [(seq, data) for _id, seq, data in after[300:]] == [(300, '{"n":300}'), (301, '{"n":301}')]
+
+
+def _rows(db: Path, conversation_id: str) -> list[tuple[int, int, str]]:
+    with raw(db) as conn:
+        sql = "SELECT id, seq, data FROM raw_messages WHERE conversation_id = ? ORDER BY seq"
+        return conn.execute(sql, (conversation_id,)).fetchall()
+
+
+async def test_the_conversation_row_lives_exactly_as_long_as_a_part(db: Path) -> None:
+    def rows() -> int:
+        return int(scalar(db, "SELECT COUNT(*) FROM conversations"))
+
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_raw_messages("c", [{"n": 1}])
+        await storage.store_memory("c", "m", {})
+        await storage.store_chunks("c", [{"s": 0}])
+        await storage.store_raw_messages("c", [])
+        await storage.delete_memory("c", "m")
+        assert rows() == 1  # the chunks are still there
+        await storage.store_chunks("c", [])
+        assert rows() == 0
+        await storage.store_memory("c", "m", {})
+        await storage.delete_memory("c", "m")
+        assert rows() == 0
+
+
+async def test_delete_conversation_cascades_to_every_row(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_conversation("c", {"t": 1})
+        await storage.store_raw_messages("c", [{"n": n} for n in range(5)])
+        await storage.store_memory("c", "m1", {})
+        await storage.store_memory("keep", "m1", {})
+        assert await storage.delete_conversation("c") is True
+    with raw(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM raw_messages").fetchone()[0] == 0
+        assert conn.execute("SELECT conversation_id FROM memories").fetchall() == [("keep",)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+# ------------------------------------------------------------------------ backup
+
+
+async def test_backup_is_a_self_contained_copy_that_opens_with_the_same_data(tmp_path: Path, db: Path) -> None:
+    copy = tmp_path / "backups" / "copy.db"
+    async with create_sqlite_storage(db) as storage:
+        assert isinstance(storage, SqliteStorage)
+        with pytest.raises(StorageNotInitializedError):
+            await SqliteStorage({"db_path": tmp_path / "other.db"}).backup(copy)
+        await storage.store_conversation("c", {"t": 1})
+        await storage.store_raw_messages("c", [{"n": n} for n in range(50)])
+        await storage.store_memory("c", "m", {"x": 1})
+        await storage.store_reasoning_chain("a", {"step": 1})
+        await storage.store_cache("k", [1, 2])
+        await storage.store_system_state("s", "v")
+        assert await storage.backup(copy) == copy
+        await storage.store_system_state("s", "changed after the backup")
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.db"]  # no -wal, no temp file
+    assert scalar(copy, "PRAGMA journal_mode") == "delete"
+    async with create_sqlite_storage(copy) as restored:
+        assert await restored.load_conversation("c") == {"t": 1}
+        assert await restored.load_raw_messages("c") == [{"n": n} for n in range(50)]
+        assert await restored.load_memories("c") == [{"memory_id": "m", "x": 1}]
+        assert await restored.load_reasoning_chains("a") == [{"step": 1}]
+        assert await restored.load_cache("k") == [1, 2]
+        assert await restored.load_system_state("s") == "v"
+        assert await restored.verify() == []
+
+
+# -------------------------------------------------------------- engine failures
+
+
+async def test_a_held_write_lock_gives_lock_timeout_error_and_reads_go_on(db: Path) -> None:
+    async with create_sqlite_storage(db, connection_timeout=0.2) as storage:
+        await storage.store_system_state("s", 1)
+        with raw(db) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(LockTimeoutError) as caught:
+                await storage.store_system_state("s", 2)
+            assert isinstance(caught.value, TimeoutError) and str(db) in str(caught.value)
+            assert "database is locked" not in str(caught.value)
+            assert await storage.load_system_state("s") == 1  # WAL: readers are not blocked
+            other.execute("ROLLBACK")
+        await storage.store_system_state("s", 3)
+        assert await storage.load_system_state("s") == 3
+
+
+async def test_a_full_database_raises_storage_full_and_keeps_the_old_data(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        assert isinstance(storage, SqliteStorage)
+        await storage.store_system_state("s", "before")
+        # max_page_count makes SQLite answer SQLITE_FULL exactly as a full disk does.
+        await storage._run("limiting", lambda c: c.execute("PRAGMA max_page_count = 1").fetchone())
+        with pytest.raises(StorageFullError, match="intact"):
+            await storage.store_system_state("s", "x" * 200_000)
+        with pytest.raises(StorageFullError):
+            await storage.append_raw_messages("c", [{"big": "y" * 200_000}])
+        assert await storage.load_system_state("s") == "before"
+        assert await storage.load_raw_messages("c") == []
+        assert await storage.list_conversations() == []
+
+
+# --------------------------------------------------------------- many processes
+
+WORKER = """
+import asyncio, json, os, sys
+from connectome_storage import create_sqlite_storage
+
+db, worker, count, go, wal = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+
+async def main():
+    async with create_sqlite_storage(db, enable_wal_mode=wal) as storage:
+        print("ready", flush=True)
+        while not os.path.exists(go):
+            await asyncio.sleep(0.001)
+        totals = []
+        for n in range(count):
+            totals.append(await storage.append_raw_messages("shared", [{"worker": worker, "n": n}]))
+            if n % 5 == 0:  # readers in the mix, so rollback-journal mode meets SHARED locks
+                assert len(await storage.load_raw_messages("shared")) >= totals[-1]
+        print(json.dumps(totals), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("wal", [True, False], ids=["wal", "rollback-journal"])
+async def test_many_processes_appending_lose_nothing_and_never_see_locked(tmp_path: Path, wal: bool) -> None:
+    db, go = tmp_path / "shared.db", tmp_path / "go"
+    workers, count = 4, 40
+    async with create_sqlite_storage(db, enable_wal_mode=wal):
+        pass  # the schema exists before the workers race
+    argv = [sys.executable, "-c", WORKER, str(db), "worker", str(count), str(go), "1" if wal else "0"]
+    pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": _env()}
+    processes = [subprocess.Popen([*argv[:4], str(w), *argv[5:]], **pipes) for w in range(workers)]
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    results = [process.communicate() for process in processes]
+    for process, (_out, err) in zip(processes, results, strict=True):
+        assert "database is locked" not in err
+        assert process.returncode == 0, err
+    totals = [json.loads(out) for out, _err in results]
+    # Every append saw a distinct new length: the appends were serialized, none lost.
+    assert sorted(t for worker_totals in totals for t in worker_totals) == list(range(1, workers * count + 1))
+    async with create_sqlite_storage(db, enable_wal_mode=wal) as storage:
+        messages = await storage.load_raw_messages("shared")
+    assert len(messages) == workers * count
+    for w in range(workers):
+        assert [m["n"] for m in messages if m["worker"] == w] == list(range(count))
+    assert [seq for _id, seq, _data in _rows(db, "shared")] == list(range(workers * count))
+
+
+# ----------------------------------------------------------- optional package
+
+
+def test_importing_the_package_does_not_import_aiosqlite() -> None:
+    result = run_python("""
+        import sys
+        import connectome_storage
+        print("aiosqlite" in sys.modules)
+    """)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_missing_aiosqlite_raises_import_error_naming_the_extra(tmp_path: Path) -> None:
+    result = run_python(
+        """
+        import sys
+        sys.modules["aiosqlite"] = None  # as if it were not installed
+        from connectome_storage import StorageFactory, create_sqlite_storage
+        for build in (lambda: create_sqlite_storage(sys.argv[1]),
+                      lambda: StorageFactory.create_storage("sqlite", {"db_path": sys.argv[1]})):
+            try:
+                build()
+            except ImportError as e:
+                print(e)
+            else:
+                print("no error")
+        """,
+        str(tmp_path / "x.db"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("pip install connectome-storage[sqlite]" in line for line in lines)
+    assert not (tmp_path / "x.db").exists()

@@ -1,0 +1,240 @@
+"""migrate(): file tree -> SQLite -> file tree is byte-identical; re-running changes nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectome_storage import (
+    MigrationReport,
+    StorageInterface,
+    create_file_storage,
+    create_sqlite_storage,
+    migrate,
+)
+from connectome_storage.errors import StorageNotInitializedError
+
+from .conftest import FakeClock
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = ROOT / "sample_data"
+DATA_FOLDERS = ("conversations", "cache", "agents", "system")
+STATES: list[tuple[str, Any]] = [
+    ("config", {"model": "x", "temperature": 0.2}),
+    ("counter", 41),
+    ("flag", False),
+    ("nothing", None),
+    ("list", [1, "two", {"three": 3.0}]),
+]
+UNUSUAL_IDS = ["../../etc/passwd", "ümlaut-日本語-🙂", "CON", "with space", "100%", "%41", ".hidden"]
+
+
+def tree(root: Path, folders: tuple[str, ...] | None = None) -> dict[str, bytes | None]:
+    """Every entry under ``root`` (folders as None, files as bytes), skipping the hidden
+    housekeeping entries at the root (format marker, locks, backups)."""
+    entries: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if relative.parts[0].startswith(".") or (folders and relative.parts[0] not in folders):
+            continue
+        entries[relative.as_posix()] = path.read_bytes() if path.is_file() else None
+    return entries
+
+
+async def populate(storage: StorageInterface) -> dict[str, int]:
+    """A varied store; returns what migrate should report copying."""
+    expected = dict.fromkeys(["conversations", "raw_messages", "memories", "chunks", "reasoning_chains",
+                              "cache_entries", "system_states"], 0)  # fmt: skip
+    for index, conversation_id in enumerate(["conv_001", "conv_002", *UNUSUAL_IDS]):
+        await storage.store_conversation(conversation_id, {"title": f"#{index}", "id": conversation_id, "n": index})
+        await storage.store_raw_messages(conversation_id, [{"role": "user", "content": f"hello {index}"}])
+        await storage.append_raw_messages(conversation_id, [{"role": "assistant", "n": n} for n in range(index)])
+        expected["raw_messages"] += 1 + index
+        if index % 2 == 0:
+            await storage.store_chunks(conversation_id, [{"start": 0, "end": index}, {"start": index, "end": 99}])
+            expected["chunks"] += 1
+        if index % 3 == 0:
+            # Stored out of id order, then one replaced: first-stored order must survive.
+            await storage.store_memory(conversation_id, "m2", {"text": "two", "score": 0.5})
+            await storage.store_memory(conversation_id, "m1", {"text": "one"})
+            await storage.store_memory(conversation_id, conversation_id, {"text": "named like the conversation"})
+            await storage.store_memory(conversation_id, "m2", {"text": "two, replaced", "tags": ["x"]})
+            expected["memories"] += 3
+        expected["conversations"] += 1
+    # Conversations that have one part only.
+    await storage.append_raw_messages("only-messages", [{"n": 1}])
+    await storage.store_memory("only-memories", "m", {"v": None})
+    await storage.store_chunks("only-chunks", [{"c": 1}])
+    expected["conversations"] += 3
+    expected["raw_messages"] += 1
+    expected["memories"] += 1
+    expected["chunks"] += 1
+    for agent_id in ["planner", *UNUSUAL_IDS[:3]]:
+        for step in range(3):
+            await storage.store_reasoning_chain(agent_id, {"agent": agent_id, "step": step, "thoughts": ["a", "b"]})
+        expected["reasoning_chains"] += 3
+    for cache_key in ["prompt:1", *UNUSUAL_IDS]:
+        await storage.store_cache(cache_key, {"completion": cache_key, "tokens": 12})
+        await storage.store_cache(f"ttl:{cache_key}", [cache_key, 1.5], ttl=3600)
+        expected["cache_entries"] += 2
+    for state_key, value in [*STATES, *((k, k) for k in UNUSUAL_IDS)]:
+        await storage.store_system_state(state_key, value)
+        expected["system_states"] += 1
+    return expected
+
+
+async def test_file_to_sqlite_to_file_is_byte_identical(tmp_path: Path, clock: FakeClock) -> None:
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    async with create_file_storage(original, clock=clock) as source:
+        expected = await populate(source)
+        async with create_sqlite_storage(tmp_path / "middle.db", clock=clock) as middle:
+            first = await migrate(source, middle)
+            async with create_file_storage(copy, clock=clock) as destination:
+                second = await migrate(middle, destination)
+    assert first.as_dict() == second.as_dict() == {**expected, "skipped_expired": 0}
+    before, after = tree(original), tree(copy)
+    assert len(before) > 60
+    assert list(after) == list(before)  # same files and folders, nothing more
+    assert after == before
+
+
+async def test_migrating_again_changes_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    copy = tmp_path / "copy"
+    async with create_file_storage(tmp_path / "original", clock=clock) as source:
+        await populate(source)
+        async with create_sqlite_storage(tmp_path / "middle.db", clock=clock) as middle:
+            first = await migrate(source, middle)
+            async with create_file_storage(copy, clock=clock) as destination:
+                await migrate(middle, destination)
+                in_middle, in_copy, times = await dump(middle), tree(copy), stamps(copy)
+                assert await migrate(source, middle) == first
+                assert await migrate(middle, destination) == first
+                assert await dump(middle) == in_middle
+                assert tree(copy) == in_copy
+                # No file was rewritten and no backup taken: the copy already held the data.
+                assert stamps(copy) == times
+
+
+def stamps(root: Path) -> dict[str, int]:
+    """mtime of every file, backups included (lock files are touched by every writer)."""
+    return {
+        p.relative_to(root).as_posix(): p.stat().st_mtime_ns
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] != ".locks"
+    }
+
+
+async def dump(storage: StorageInterface) -> dict[str, Any]:
+    """Everything a storage holds, read back through the API."""
+    everything: dict[str, Any] = {}
+    for conversation_id in await storage.list_conversations():
+        everything[f"conversation {conversation_id}"] = [
+            await storage.load_conversation(conversation_id),
+            await storage.load_raw_messages(conversation_id),
+            await storage.load_chunks(conversation_id),
+            await storage.load_memories(conversation_id),
+        ]
+    for agent_id in await storage.list_agents():
+        everything[f"agent {agent_id}"] = await storage.load_reasoning_chains(agent_id)
+    for cache_key in await storage._list_all_cache_keys():
+        everything[f"cache {cache_key}"] = await storage._read_cache(cache_key)
+    for state_key in await storage.list_system_states():
+        everything[f"state {state_key}"] = await storage.load_system_state(state_key)
+    return everything
+
+
+async def test_expired_cache_entries_are_skipped_and_times_kept(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_file_storage(tmp_path / "files", clock=clock) as source:
+        await source.store_cache("forever", 1)
+        await source.store_cache("long", 2, ttl=3600)
+        await source.store_cache("short", 3, ttl=10)
+        await source.store_cache("gone", 4, ttl=5)
+        clock.advance(30)
+        async with create_sqlite_storage(tmp_path / "db.sqlite", clock=clock) as destination:
+            report = await migrate(source, destination)
+            assert (report.cache_entries, report.skipped_expired) == (2, 2)
+            assert sorted(await destination._list_all_cache_keys()) == ["forever", "long"]
+            for key in ("forever", "long"):
+                assert await destination._read_cache(key) == await source._read_cache(key)
+            clock.advance(3600)
+            assert await destination.load_cache("long") is None
+            assert await destination.load_cache("forever") == 1
+
+
+async def test_replace_semantics_fix_order_and_drop_parts_the_source_lacks(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_sqlite_storage(tmp_path / "src.db", clock=clock) as source, \
+            create_file_storage(tmp_path / "dst", clock=clock) as destination:  # fmt: skip
+        await source.store_memory("c", "m2", {"v": 2})
+        await source.store_memory("c", "m1", {"v": 1})
+        await source.append_raw_messages("c", [{"n": 1}])
+        await source.store_reasoning_chain("a", {"step": 1})
+        # The destination holds the same ids in another order, extra parts, extra entities.
+        await destination.store_memory("c", "m1", {"v": "old"})
+        await destination.store_memory("c", "m2", {"v": "old"})
+        await destination.store_memory("c", "m3", {"v": "extra"})
+        await destination.store_conversation("c", {"stale": True})
+        await destination.store_chunks("c", [{"stale": True}])
+        await destination.store_reasoning_chain("a", {"step": "old"})
+        await destination.store_system_state("untouched", 1)
+        await migrate(source, destination)
+        assert await destination.load_memories("c") == [{"memory_id": "m2", "v": 2}, {"memory_id": "m1", "v": 1}]
+        assert await destination.load_conversation("c") is None
+        assert await destination.load_chunks("c") == []
+        assert await destination.load_raw_messages("c") == [{"n": 1}]
+        assert await destination.load_reasoning_chains("a") == [{"step": 1}]
+        assert await destination.load_system_state("untouched") == 1
+
+
+async def test_progress_counts_up_to_the_total(tmp_path: Path, clock: FakeClock) -> None:
+    calls: list[tuple[int, int]] = []
+    async with create_file_storage(tmp_path / "files", clock=clock) as source, \
+            create_sqlite_storage(tmp_path / "db.sqlite", clock=clock) as destination:  # fmt: skip
+        await populate(source)
+        entities = (len(await source.list_conversations()) + len(await source.list_agents())
+                    + len(await source.list_cache_keys()) + len(await source.list_system_states()))  # fmt: skip
+        await migrate(source, destination, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, entities)
+    assert {total for _done, total in calls} == {entities}
+    dones = [done for done, _total in calls]
+    assert dones == sorted(set(dones)) and dones[-1] == entities == len(calls) - 1
+
+
+async def test_empty_migration_reports_zero_and_final_progress(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    async with create_file_storage(tmp_path / "a") as source, create_sqlite_storage(tmp_path / "b.db") as destination:
+        report = await migrate(source, destination, progress=lambda *call: calls.append(call))
+    assert report == MigrationReport()
+    assert calls == [(0, 0)]
+
+
+@pytest.mark.parametrize("which", ["source", "destination"])
+async def test_both_storages_must_be_initialized(tmp_path: Path, which: str) -> None:
+    opened = create_file_storage(tmp_path / "files")
+    closed = create_sqlite_storage(tmp_path / "db.sqlite")
+    async with opened:
+        await opened.store_system_state("s", 1)
+        pair: tuple[Any, Any] = (closed, opened) if which == "source" else (opened, closed)
+        with pytest.raises(StorageNotInitializedError):
+            await migrate(*pair)
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+def _sample_data_present() -> bool:
+    return any(path.is_file() for folder in DATA_FOLDERS for path in (SAMPLE_DATA / folder).rglob("*.json"))
+
+
+@pytest.mark.skipif(not _sample_data_present(), reason="sample_data/ has not been generated yet")
+async def test_sample_data_round_trips_through_sqlite(tmp_path: Path) -> None:
+    original = tmp_path / "sample"
+    shutil.copytree(SAMPLE_DATA, original)
+    # Epoch 0: every cache entry of the sample counts as unexpired, whenever this runs.
+    async with create_file_storage(original, clock=lambda: 0.0) as source, \
+            create_sqlite_storage(tmp_path / "sample.db", clock=lambda: 0.0) as middle, \
+            create_file_storage(tmp_path / "copy", clock=lambda: 0.0) as destination:  # fmt: skip
+        await migrate(source, middle)
+        report = await migrate(middle, destination)
+    assert report.skipped_expired == 0
+    assert tree(tmp_path / "copy", DATA_FOLDERS) == tree(SAMPLE_DATA, DATA_FOLDERS)
