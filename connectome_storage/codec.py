@@ -75,7 +75,7 @@ def _check(value: Any, where: str, depth: int) -> None:
     elif isinstance(value, (str, int, float, dict, list)):
         # Subclasses (OrderedDict, IntEnum, StrEnum...) come back as their base type,
         # which compares equal; check them by that base type.
-        base = next(t for t in (bool, str, int, float, dict, list) if isinstance(value, t))
+        base: Any = next(t for t in (bool, str, int, float, dict, list) if isinstance(value, t))
         _check(base(value), where, depth)
     else:
         raise SerializationError(

@@ -95,7 +95,7 @@ class AppendLog:
             "pretty": self._pretty,
         }
         self._record(journal, {"pending": pending}, durable=True)
-        fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
         try:
             _write_at(fd, new_bytes, offset)
             os.fsync(fd)
@@ -146,7 +146,7 @@ class AppendLog:
         with open(path, "rb") as f:
             f.seek(pending["offset"])
             written = f.read(pending["new_size"] - pending["offset"])
-        return hashlib.sha256(written).hexdigest() == pending["digest"]
+        return bool(hashlib.sha256(written).hexdigest() == pending["digest"])
 
     @staticmethod
     def _roll_back(path: Path, pending: dict[str, Any]) -> dict[str, Any]:

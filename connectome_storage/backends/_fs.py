@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ __all__ = [
     "fsync_dir",
     "keep_backup",
     "list_backups",
+    "missing_dirs",
     "os_error",
     "read_bytes",
     "remove_stale_temp_files",
@@ -63,17 +65,36 @@ def fsync_dir(path: Path) -> None:
 
 def ensure_dir(path: Path, root: Path) -> None:
     """Create ``path`` and missing parents below ``root``, making each new entry durable."""
-    if path.is_dir():
-        return
-    missing: list[Path] = []
-    current = path
-    while current != root and not current.is_dir():
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
+    for folder in reversed(missing_dirs(path, root)):
         with suppress(FileExistsError):
             folder.mkdir()
         fsync_dir(folder.parent)
+
+
+def missing_dirs(path: Path, root: Path) -> list[Path]:
+    """The folders from ``path`` up to ``root`` that do not exist yet, deepest first.
+
+    Raises StorageIOError on a symbolic link below ``root``: a link planted inside the
+    tree must not let a write or a delete reach outside it.
+    """
+    missing: list[Path] = []
+    current = path
+    while current != root:
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            missing.append(current)
+            current = current.parent
+            continue
+        if stat.S_ISLNK(mode):
+            raise StorageIOError(
+                f"refusing to go through the symbolic link {current}: it could lead outside "
+                f"{root}; replace it with a real folder"
+            )
+        if not stat.S_ISDIR(mode):
+            raise StorageIOError(f"{current} is a file where a folder belongs; move it away")
+        current = current.parent
+    return missing
 
 
 def read_bytes(path: Path) -> bytes | None:

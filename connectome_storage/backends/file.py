@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,11 +32,20 @@ from ..errors import (
     StorageError,
     UnsupportedFormatError,
 )
-from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, Problem, StorageInterface, logger
+from ..interface import (
+    CONVERSATION_PARTS,
+    CacheEntry,
+    ChangeEvent,
+    Kind,
+    Problem,
+    StorageInterface,
+    logger,
+)
 from ..naming import decode_name, encode_name
 from . import _fs
 from ._applog import AppendLog
 from ._locks import EntityLocks
+from ._watch import DEFAULT_DEBOUNCE_MS, OwnWrites, watch_tree
 
 __all__ = ["FORMAT_VERSION", "FileStorage"]
 
@@ -72,6 +82,7 @@ class FileStorage(StorageInterface):
         self._locks = EntityLocks(self._root, self.settings.connection_timeout)
         self._keep = self.settings.max_backup_files if self.settings.create_backups else 0
         self._logs = AppendLog(self._root, self.settings.pretty_print_json)
+        self._own = OwnWrites()  # lets watch() tell this object's writes from others'
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -108,7 +119,7 @@ class FileStorage(StorageInterface):
             )
 
     async def _close(self) -> None:
-        return None
+        self._own.stop_all()  # every running watch() ends
 
     # --------------------------------------------------------------------- paths
 
@@ -169,6 +180,7 @@ class FileStorage(StorageInterface):
             backup = None if old is None else _fs.keep_backup(self._root, path, self._keep, self._stamp())
             try:
                 _fs.atomic_write(path, data, self._root)
+                self._own.wrote(path)
             except BaseException:
                 # The live file was not replaced: drop its backup, which is a hard link to
                 # it and would otherwise change with the file's next append in place.
@@ -180,12 +192,13 @@ class FileStorage(StorageInterface):
 
     def _remove_file(self, path: Path) -> bool:
         try:
-            if not path.is_file():
+            if _fs.missing_dirs(path.parent, self._root) or not path.is_file():
                 return False
             if path.name in LOG_FILES:
                 self._logs.forget(path)
             _fs.keep_backup(self._root, path, self._keep, self._stamp())
             removed = _fs.unlink(path)
+            self._own.removed(path)
             if path.parent.parent.name in ("conversations", "agents"):
                 _remove_empty_dir(path.parent)
             return removed
@@ -232,7 +245,9 @@ class FileStorage(StorageInterface):
         # An append takes no backup: the previous version is a prefix of the new one.
         path = self.path_of(kind, key)
         try:
-            return self._logs.append(path, items, lambda: self._load_sync(kind, path) or [])
+            count = self._logs.append(path, items, lambda: self._load_sync(kind, path) or [])
+            self._own.wrote(path)
+            return count
         except OSError as e:
             raise _fs.os_error(e, "appending to", path) from e
 
@@ -360,7 +375,9 @@ class FileStorage(StorageInterface):
         if envelope is None or not _cache_entry(envelope, path, key).expired(now_ms):
             return 0
         try:
-            return int(_fs.unlink(path))  # expired entries are dropped without a backup
+            removed = _fs.unlink(path)  # expired entries are dropped without a backup
+            self._own.removed(path)
+            return int(removed)
         except OSError as e:
             raise _fs.os_error(e, "deleting", path) from e
 
@@ -434,6 +451,29 @@ class FileStorage(StorageInterface):
                         if inner.name not in allowed:
                             stray(inner.path, f"only {', '.join(sorted(allowed))} belong here")
         return strays
+
+    # -------------------------------------------------------------------- watch
+
+    async def watch(
+        self,
+        *,
+        debounce_ms: int = DEFAULT_DEBOUNCE_MS,
+        stop_event: asyncio.Event | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> AsyncIterator[ChangeEvent]:
+        """Yield a ChangeEvent for each data file anyone adds, modifies or deletes.
+
+        A burst of notifications is gathered for at most ``debounce_ms`` (it ends sooner
+        once 50 ms pass quietly) and gives one event per file. Ends on cancellation, when
+        ``stop_event`` is set, or at ``shutdown()``; ``ready`` is set once watching has
+        begun. A file that no longer parses is reported with ``valid=False``, never
+        raised. docs/watch.md has the details.
+        """
+        self._require_initialized()
+        events = watch_tree(self, self._own, debounce_ms=debounce_ms, stop_event=stop_event, ready=ready)
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
     # ------------------------------------------------------------------ backups
 

@@ -14,6 +14,7 @@ from connectome_storage import FileStorage, create_file_storage
 from connectome_storage.errors import (
     CorruptedDataError,
     InvalidArgumentError,
+    StorageIOError,
     UnsupportedFormatError,
 )
 
@@ -277,3 +278,19 @@ async def test_a_tree_from_a_newer_version_is_refused(base: Path) -> None:
     with pytest.raises(UnsupportedFormatError, match="version 99"):
         await create_file_storage(base).initialize()
 
+
+
+async def test_a_planted_symlink_cannot_lead_a_write_or_delete_outside(storage: FileStorage, base: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "current.json").write_text('{"precious": true}\n')
+    (base / "conversations" / "c1").symlink_to(outside, target_is_directory=True)
+    (base / "agents" / "a1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(StorageIOError, match="symbolic link"):
+        await storage.store_conversation("c1", {"evil": True})
+    with pytest.raises(StorageIOError, match="symbolic link"):
+        await storage.delete_conversation("c1")
+    with pytest.raises(StorageIOError, match="symbolic link"):
+        await storage.store_reasoning_chain("a1", {"evil": True})
+    assert sorted(os.listdir(outside)) == ["current.json"]
+    assert (outside / "current.json").read_text() == '{"precious": true}\n'
