@@ -88,3 +88,7 @@ def make_storage(
 async def storage(make_storage: Callable[..., StorageInterface]) -> AsyncIterator[StorageInterface]:
     async with make_storage() as opened:
         yield opened
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--crash-rounds", default="12", help="SIGKILLs per backend in tests/reliability/test_crash.py")
