@@ -141,12 +141,7 @@ class SqliteStorage(StorageInterface):
         upgrade = version < SCHEMA_VERSION or app_id != APPLICATION_ID
         if upgrade:
             self._check_ours(version, app_id, tables)  # before anything changes the file
-        wanted = "wal" if self.settings.enable_wal_mode else "delete"
-        mode = conn.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]
-        if mode != wanted:
-            # Leaving WAL needs every other connection closed; running on in WAL is safe.
-            logger.warning("%s stays in journal_mode %s (wanted %s): other connections have it open",
-                           self._path, mode, wanted)  # fmt: skip
+        self._set_journal_mode(conn, timeout_ms)
         if upgrade:
             self._transaction(conn, self._migrate, "BEGIN IMMEDIATE", "upgrading the schema of")
         try:
@@ -154,6 +149,26 @@ class SqliteStorage(StorageInterface):
             self._json1 = True
         except sqlite3.OperationalError:
             self._json1 = False  # an SQLite built without JSON1: stats read every row instead
+
+    def _set_journal_mode(self, conn: sqlite3.Connection, timeout_ms: int) -> None:
+        wanted = "wal" if self.settings.enable_wal_mode else "delete"
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode == wanted:
+            return
+        # Leaving WAL fails with SQLITE_BUSY while any other connection has the file open,
+        # however long one waits; so ask once, without the busy timeout, and run on in WAL
+        # (which is safe) if others are there.
+        conn.execute(f"PRAGMA busy_timeout = {0 if mode == 'wal' else timeout_ms}")
+        try:
+            mode = conn.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if not (_is_busy(e) and mode == "wal"):
+                raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+        if mode != wanted:
+            logger.warning("%s stays in journal_mode %s (enable_wal_mode=%s): other connections "
+                           "have it open", self._path, mode, self.settings.enable_wal_mode)  # fmt: skip
 
     def _check_ours(self, version: int, app_id: int, tables: int) -> None:
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and (version or tables)):

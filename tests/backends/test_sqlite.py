@@ -7,6 +7,7 @@ standard library's sqlite3 module, never a mock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -144,6 +145,21 @@ async def test_wal_mode_on_and_off(db: Path, wal: bool, mode: str) -> None:
         details = (await storage.health_check())["details"]
         assert details["journal_mode"] == mode
         assert details["schema_version"] == SCHEMA_VERSION and details["page_count"] > 0
+
+
+async def test_wal_off_while_another_connection_is_open_runs_on_in_wal(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with create_sqlite_storage(db, enable_wal_mode=True) as first:
+        await first.store_system_state("s", 1)
+        # SQLite cannot leave WAL while another connection is open: opening must neither
+        # wait for that nor fail (a regression would end in LockTimeoutError).
+        async with create_sqlite_storage(db, enable_wal_mode=False, connection_timeout=5) as second:
+            assert await second.load_system_state("s") == 1
+            await second.store_system_state("s", 2)
+            assert (await second.health_check())["details"]["journal_mode"] == "wal"
+        assert await first.load_system_state("s") == 2
+    assert "stays in journal_mode wal" in caplog.text
 
 
 @pytest.mark.parametrize("level", ["FULL", "NORMAL", "EXTRA"])
@@ -309,6 +325,20 @@ async def test_a_full_database_raises_storage_full_and_keeps_the_old_data(db: Pa
 
 # --------------------------------------------------------------- many processes
 
+
+async def test_concurrent_coroutines_and_objects_in_one_process_lose_nothing(db: Path) -> None:
+    async with create_sqlite_storage(db) as one, create_sqlite_storage(db) as two:
+        # Coroutines of one object share its connection: their transactions must not
+        # interleave; the second object is a second connection to the same file.
+        totals = await asyncio.gather(
+            *(storage.append_raw_messages("c", [{"n": n}]) for n in range(60) for storage in (one, two)),
+            *(one.store_memory("c", f"m{n}", {"n": n}) for n in range(20)),
+        )
+        assert sorted(totals[:120]) == list(range(1, 121))
+        assert len(await two.load_raw_messages("c")) == 120
+        assert sorted(m["n"] for m in await two.load_memories("c")) == list(range(20))
+
+
 WORKER = """
 import asyncio, json, os, sys
 from connectome_storage import create_sqlite_storage
@@ -335,8 +365,7 @@ asyncio.run(main())
 async def test_many_processes_appending_lose_nothing_and_never_see_locked(tmp_path: Path, wal: bool) -> None:
     db, go = tmp_path / "shared.db", tmp_path / "go"
     workers, count = 4, 40
-    async with create_sqlite_storage(db, enable_wal_mode=wal):
-        pass  # the schema exists before the workers race
+    # No schema yet: the workers also race to create it (and to set the journal mode).
     argv = [sys.executable, "-c", WORKER, str(db), "worker", str(count), str(go), "1" if wal else "0"]
     pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": _env()}
     processes = [subprocess.Popen([*argv[:4], str(w), *argv[5:]], **pipes) for w in range(workers)]
