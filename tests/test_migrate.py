@@ -1,4 +1,4 @@
-"""migrate(): file tree -> SQLite -> file tree is byte-identical; re-running changes nothing."""
+"""migrate(): a file tree through SQLite or Redis and back is byte-identical; re-running changes nothing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from connectome_storage import (
 )
 from connectome_storage.errors import StorageNotInitializedError
 
-from .conftest import FakeClock
+from .conftest import BACKENDS, FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "sample_data"
@@ -86,11 +86,20 @@ async def populate(storage: StorageInterface) -> dict[str, int]:
     return expected
 
 
-async def test_file_to_sqlite_to_file_is_byte_identical(tmp_path: Path, clock: FakeClock) -> None:
+@pytest.fixture(params=["sqlite", "redis"])
+def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Any:
+    """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS)."""
+    options = {"redis_url": request.getfixturevalue("redis_server").url} if request.param == "redis" else {}
+    return lambda: BACKENDS[request.param](tmp_path, clock, options)
+
+
+async def test_file_to_other_backend_to_file_is_byte_identical(
+    tmp_path: Path, clock: FakeClock, make_middle: Any
+) -> None:
     original, copy = tmp_path / "original", tmp_path / "copy"
     async with create_file_storage(original, clock=clock) as source:
         expected = await populate(source)
-        async with create_sqlite_storage(tmp_path / "middle.db", clock=clock) as middle:
+        async with make_middle() as middle:
             first = await migrate(source, middle)
             async with create_file_storage(copy, clock=clock) as destination:
                 second = await migrate(middle, destination)
@@ -101,11 +110,11 @@ async def test_file_to_sqlite_to_file_is_byte_identical(tmp_path: Path, clock: F
     assert after == before
 
 
-async def test_migrating_again_changes_nothing(tmp_path: Path, clock: FakeClock) -> None:
+async def test_migrating_again_changes_nothing(tmp_path: Path, clock: FakeClock, make_middle: Any) -> None:
     copy = tmp_path / "copy"
     async with create_file_storage(tmp_path / "original", clock=clock) as source:
         await populate(source)
-        async with create_sqlite_storage(tmp_path / "middle.db", clock=clock) as middle:
+        async with make_middle() as middle:
             first = await migrate(source, middle)
             async with create_file_storage(copy, clock=clock) as destination:
                 await migrate(middle, destination)
