@@ -17,8 +17,8 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P idx:system            set     state keys
     P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
 
-Every operation that touches several keys is one Lua script, so it is atomic and one
-round trip. docs/redis.md explains expiry, faults and retries.
+Every operation that touches several keys is one Lua script (_redis_lua.py), so it is
+atomic and one round trip. docs/redis.md explains expiry, faults and retries.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..naming import encode_name
+from ._redis_lua import SCRIPTS
 
 __all__ = ["RedisStorage"]
 
@@ -51,95 +52,6 @@ _BATCH = 500
 
 _SUFFIX = {Kind.CONVERSATION: "current", Kind.CHUNKS: "chunks", Kind.RAW_MESSAGES: "raw", Kind.MEMORIES: "mem"}
 _INDEX = {Kind.REASONING_CHAINS: "idx:agents", Kind.CACHE: "idx:cache", Kind.SYSTEM: "idx:system"}
-
-# Lua's unpack() has a stack limit (~8000 values), so long appends push in slices.
-_PUSH = """
-local function push(key, first)
-  local n = 0
-  for i = first, #ARGV, 1000 do
-    n = redis.call('RPUSH', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-  return n
-end
-"""
-_SCRIPTS = {
-    # KEYS: value, index. ARGV: id, json.
-    "write": """
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1""",
-    # KEYS: list, index. ARGV: id, items...
-    "append": _PUSH + """
-local n = push(KEYS[1], 2)
-redis.call('SADD', KEYS[2], ARGV[1])
-return n""",
-    "replace_log": _PUSH + """
-redis.call('DEL', KEYS[1])
-push(KEYS[1], 2)
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1""",
-    # KEYS: index, n keys to delete, then keys whose existence keeps the id listed.
-    # ARGV: id, SREM or ZREM, n. The index is reconciled even when nothing was deleted,
-    # so an entry Redis expired natively leaves the listing too.
-    "delete": """
-local n = tonumber(ARGV[3])
-local removed = redis.call('DEL', unpack(KEYS, 2, n + 1))
-if #KEYS == n + 1 or redis.call('EXISTS', unpack(KEYS, n + 2)) == 0 then
-  redis.call(ARGV[2], KEYS[1], ARGV[1])
-end
-return removed""",
-    # KEYS: hash, order, index. ARGV: conversation id, memory id, json.
-    # A new member goes after the last one; a replaced one keeps its score (its place).
-    "put_member": """
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  local seq = 1
-  if #last > 0 then seq = tonumber(last[2]) + 1 end
-  redis.call('ZADD', KEYS[2], seq, ARGV[2])
-end
-redis.call('SADD', KEYS[3], ARGV[1])
-return 1""",
-    # KEYS: hash, order, index, every part. ARGV: conversation id, memory id.
-    "delete_member": """
-local removed = redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
-if redis.call('EXISTS', unpack(KEYS, 4)) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
-return removed""",
-    # KEYS: value, index. ARGV: key, json, px ('' = no expiry), score.
-    "write_cache": """
-if ARGV[3] == '' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-return 1""",
-    # KEYS: index, cache keys. ARGV: their ids. Drops index members whose entry Redis
-    # expired natively; returns those ids.
-    "prune_cache": """
-local gone = {}
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 and redis.call('ZREM', KEYS[1], ARGV[i - 1]) == 1 then
-    gone[#gone + 1] = ARGV[i - 1]
-  end
-end
-return gone""",
-    # KEYS: index, cache keys. ARGV: now_ms, their ids. The expiry is checked again here:
-    # another client may have refreshed an entry since it was picked.
-    "expire_cache": """
-local removed = 0
-local now = tonumber(ARGV[1])
-for i = 2, #KEYS do
-  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '')
-  if score and score <= now then
-    redis.call('DEL', KEYS[i])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    removed = removed + 1
-  end
-end
-return removed""",
-}
 
 
 def _import_redis() -> Any:
@@ -188,14 +100,15 @@ class RedisStorage(StorageInterface):
                 self.settings.redis_url,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
-                # redis-py retries every command three times by default; that would
-                # repeat an RPUSH whose reply was lost. We retry reads ourselves, once.
+                # No retries inside redis-py (Redis(host=...) would retry three times by
+                # default): resending an RPUSH whose reply was lost appends it twice.
+                # _call retries reads, once.
                 retry=self._redis.asyncio.retry.Retry(self._redis.backoff.NoBackoff(), 0),
             )
         else:
             self._server = _describe_client(client)
         self._client = client
-        self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
+        self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
         try:
             await self._call("connecting", None, client.ping, read=True)
         except BaseException:
@@ -237,24 +150,30 @@ class RedisStorage(StorageInterface):
 
     # ---------------------------------------------------------------- engine calls
 
-    async def _call(self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False) -> T:
+    async def _call(
+        self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False
+    ) -> T:
         """Run one Redis call, turning engine errors into StorageError subclasses.
 
-        A read that fails on the connection is tried once more (the pool then reconnects);
-        a write never is, since a lost reply does not say whether it was applied.
+        A read whose connection broke is tried once more, on a fresh connection (a pooled
+        one may have died with a restarted server). A timeout is not retried, so a hung
+        server costs one ``connection_timeout``; a write is never retried, since a lost
+        reply does not say whether it was applied.
         """
+        exceptions = self._redis.exceptions
         for attempt in (1, 2):
             try:
                 return await function(*args)
-            except (self._redis.exceptions.RedisError, OSError) as e:
-                error = self._translate(e, what, key)
-                if not (read and attempt == 1 and isinstance(error, BackendUnavailableError)):
-                    raise error from e
+            except (exceptions.RedisError, OSError) as e:
+                retry = read and attempt == 1 and isinstance(e, exceptions.ConnectionError)
+                if not retry:
+                    raise self._translate(e, what, key) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _script(self, name: str, what: str, key: str | None, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _script(self, name: str, key: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one of ``_redis_lua.SCRIPTS``; ``key`` is the entity named in errors. Never retried."""
         script = self._scripts[name]
-        return await self._call(what, key, lambda: script(keys=list(keys), args=list(args)))
+        return await self._call(f"running {name} on {key}", key, lambda: script(keys=keys, args=args))
 
     def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError:
         exceptions = self._redis.exceptions
@@ -268,7 +187,7 @@ class RedisStorage(StorageInterface):
             return BackendUnavailableError(
                 f"Redis at {self._server} is unavailable while {what} ({type(error).__name__}: "
                 f"{text}); check that the server runs and is reachable (connection_timeout="
-                f"{self.settings.connection_timeout}s). The storage reconnects by itself."
+                f"{self.settings.connection_timeout}s). The same storage works again once it is back."
             )
         if text.startswith("WRONGTYPE") and key is not None:
             return CorruptedDataError(key, f"the key holds the wrong Redis type ({text})", hint=_HINT)
@@ -296,7 +215,7 @@ class RedisStorage(StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         name = self.key_of(kind, key)
-        await self._script("write", f"writing {name}", name, [name, self.index_of(kind)], [key, encode(value, pretty=False)])
+        await self._script("write", name, [name, self.index_of(kind)], [key, encode(value, pretty=False)])
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         name = self.key_of(kind, key)
@@ -304,7 +223,7 @@ class RedisStorage(StorageInterface):
         siblings = self._part_keys(key) if kind in _SUFFIX else []
         command = "ZREM" if kind is Kind.CACHE else "SREM"
         keys = [self.index_of(kind), *targets, *siblings]
-        removed = await self._script("delete", f"deleting {name}", name, keys, [key, command, len(targets)])
+        removed = await self._script("delete", name, keys, [key, command, len(targets)])
         return bool(removed)
 
     # ---------------------------------------------------------------------- logs
@@ -317,12 +236,12 @@ class RedisStorage(StorageInterface):
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         name = self.key_of(kind, key)
         encoded = [encode(item, pretty=False) for item in items]
-        return int(await self._script("append", f"appending to {name}", name, [name, self.index_of(kind)], [key, *encoded]))
+        return int(await self._script("append", name, [name, self.index_of(kind)], [key, *encoded]))
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         name = self.key_of(kind, key)
         encoded = [encode(item, pretty=False) for item in items]
-        await self._script("replace_log", f"writing {name}", name, [name, self.index_of(kind)], [key, *encoded])
+        await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded])
 
     # ------------------------------------------------------------------- members
 
@@ -330,17 +249,14 @@ class RedisStorage(StorageInterface):
         name = self.key_of(Kind.MEMORIES, conversation_id)
         keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES)]
         args = [conversation_id, memory_id, encode(memory, pretty=False)]
-        await self._script("put_member", f"writing a memory to {name}", name, keys, args)
+        await self._script("put_member", name, keys, args)
 
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
         name, order_key = self.key_of(Kind.MEMORIES, conversation_id), self._order_key(conversation_id)
 
         # MULTI/EXEC: the order and the hash are read at one instant.
         commands = [("zrange", order_key, 0, -1), ("hgetall", name)]
-        order, values = await self._pipelined(f"reading {name}", commands, key=name, transaction=True)
-        for result in (order, values):
-            if isinstance(result, Exception):
-                raise self._translate(result, f"reading {name}", name)
+        order, values = await self._pipelined(f"reading {name}", commands, key=name, transaction=True, strict=True)
         by_id = {_text(field): raw for field, raw in values.items()}
         ids = [_text(member) for member in order]
         if set(ids) != set(by_id):
@@ -357,7 +273,7 @@ class RedisStorage(StorageInterface):
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
         name = self.key_of(Kind.MEMORIES, conversation_id)
         keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES), *self._part_keys(conversation_id)]
-        removed = await self._script("delete_member", f"deleting a memory from {name}", name, keys, [conversation_id, memory_id])
+        removed = await self._script("delete_member", name, keys, [conversation_id, memory_id])
         return bool(removed)
 
     # ------------------------------------------------------------- conversations
@@ -366,8 +282,7 @@ class RedisStorage(StorageInterface):
         # One script: readers see every part or none, and the listing set changes with them.
         parts = self._part_keys(conversation_id)
         keys = [self.index_of(Kind.CONVERSATION), *parts]
-        what = f"deleting conversation {conversation_id!r}"
-        return bool(await self._script("delete", what, parts[0], keys, [conversation_id, "SREM", len(parts)]))
+        return bool(await self._script("delete", parts[0], keys, [conversation_id, "SREM", len(parts)]))
 
     async def _list_conversations(self) -> list[str]:
         return await self._members(self.index_of(Kind.CONVERSATION))
@@ -389,7 +304,7 @@ class RedisStorage(StorageInterface):
             # still checks expires_ms against the clock, so an injected clock stays exact.
             px, score = str(max(1, entry.expires_ms - self._now_ms())), str(entry.expires_ms)
         args = [entry.key, encode(envelope, pretty=False), px, score]
-        await self._script("write_cache", f"writing {name}", name, [name, self.index_of(Kind.CACHE)], args)
+        await self._script("write_cache", name, [name, self.index_of(Kind.CACHE)], args)
 
     async def _read_cache(self, cache_key: str) -> CacheEntry | None:
         name = self.key_of(Kind.CACHE, cache_key)
@@ -402,7 +317,9 @@ class RedisStorage(StorageInterface):
             if type(created) is not int or not (expires is None or type(expires) is int):
                 raise TypeError("created_ms and expires_ms must be integers")
         except (KeyError, TypeError) as e:
-            raise CorruptedDataError(name, f"not a cache entry ({e}); expected created_ms, expires_ms, data", hint=_HINT) from e
+            raise CorruptedDataError(
+                name, f"not a cache entry ({e}); expected created_ms, expires_ms, data", hint=_HINT
+            ) from e
         return CacheEntry(cache_key, data, created, expires)
 
     async def _cache_index(self) -> tuple[list[str], int]:
@@ -414,7 +331,7 @@ class RedisStorage(StorageInterface):
         gone: set[str] = set()
         for batch in _batches(ids):
             keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
-            removed = await self._script("prune_cache", f"pruning {index}", index, keys, batch)
+            removed = await self._script("prune_cache", index, keys, batch)
             gone.update(_text(member) for member in removed)
         return [key for key in ids if key not in gone], len(gone)
 
@@ -424,7 +341,9 @@ class RedisStorage(StorageInterface):
     async def _list_cache_keys(self, now_ms: int) -> list[str]:
         await self._cache_index()
         index = self.index_of(Kind.CACHE)
-        live = await self._call(f"listing {index}", index, self.client.zrangebyscore, index, f"({now_ms}", "+inf", read=True)
+        live = await self._call(
+            f"listing {index}", index, self.client.zrangebyscore, index, f"({now_ms}", "+inf", read=True
+        )
         return [_text(member) for member in live]
 
     async def _delete_expired_cache(self, now_ms: int) -> int:
@@ -432,10 +351,12 @@ class RedisStorage(StorageInterface):
         # and the file backend would have removed them here.
         removed = (await self._cache_index())[1]
         index = self.index_of(Kind.CACHE)
-        expired = await self._call(f"listing {index}", index, self.client.zrangebyscore, index, "-inf", now_ms, read=True)
+        expired = await self._call(
+            f"listing {index}", index, self.client.zrangebyscore, index, "-inf", now_ms, read=True
+        )
         for batch in _batches([_text(member) for member in expired]):
             keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
-            removed += int(await self._script("expire_cache", f"expiring entries of {index}", index, keys, [now_ms, *batch]))
+            removed += int(await self._script("expire_cache", index, keys, [now_ms, *batch]))
         return removed
 
     # ------------------------------------------------------------- health, stats
@@ -444,7 +365,7 @@ class RedisStorage(StorageInterface):
         started = time.perf_counter()
         await self._call("pinging", None, self.client.ping)
         ping_ms = round((time.perf_counter() - started) * 1000, 3)
-        server, memory = await self._pipelined("reading INFO", [("info", "server"), ("info", "memory")])
+        server, memory = await self._pipelined("reading INFO", [("info", "server"), ("info", "memory")], strict=True)
         return {
             "server": self._server,
             "key_prefix": self._prefix,
@@ -456,12 +377,19 @@ class RedisStorage(StorageInterface):
         }
 
     async def _pipelined(
-        self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None, transaction: bool = False
+        self,
+        what: str,
+        commands: Sequence[tuple[Any, ...]],
+        *,
+        key: str | None = None,
+        transaction: bool = False,
+        strict: bool = False,
     ) -> list[Any]:
         """Send ``(command, *args)`` tuples as one pipeline (MULTI/EXEC if ``transaction``).
 
-        A command that fails on the data (WRONGTYPE) comes back as an exception value, so
-        stats can count it and go on; connection trouble raises BackendUnavailableError.
+        Unless ``strict``, a command that fails on the data (WRONGTYPE) comes back as an
+        exception value, so stats can count it and go on; connection trouble always raises
+        BackendUnavailableError.
         """
 
         async def run() -> list[Any]:
@@ -471,8 +399,10 @@ class RedisStorage(StorageInterface):
                 return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
         results = await self._call(what, key, run, read=True)
+        exceptions = self._redis.exceptions
+        fatal = Exception if strict else exceptions.ConnectionError | exceptions.TimeoutError
         for result in results:
-            if isinstance(result, self._redis.exceptions.ConnectionError | self._redis.exceptions.TimeoutError):
+            if isinstance(result, fatal):
                 raise self._translate(result, what, key) from result
         return results
 
@@ -484,7 +414,7 @@ class RedisStorage(StorageInterface):
         """
         await self._cache_index()
         cache = self.index_of(Kind.CACHE)
-        conversations, agents, states, live, expired = await self._pipelined("counting entities", [
+        conversations, agents, states, live, expired = await self._pipelined("counting entities", strict=True, commands=[
             ("smembers", self.index_of(Kind.CONVERSATION)),
             ("smembers", self.index_of(Kind.REASONING_CHAINS)),
             ("scard", self.index_of(Kind.SYSTEM)),
@@ -584,7 +514,9 @@ def _json_type(value: Any) -> str:
 
 def _check_item(value: Any, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise CorruptedDataError(source, f"expected a JSON object, found {_json_type(value)}", line=1, column=1, hint=_HINT)
+        raise CorruptedDataError(
+            source, f"expected a JSON object, found {_json_type(value)}", line=1, column=1, hint=_HINT
+        )
     return value
 
 
@@ -594,8 +526,9 @@ def _check_shape(kind: Kind, value: Any, source: str) -> Any:
         return _check_item(value, source)
     if kind is Kind.CHUNKS:
         if not isinstance(value, list):
-            raise CorruptedDataError(source, f"expected a JSON array, found {_json_type(value)}", line=1, column=1, hint=_HINT)
+            raise CorruptedDataError(
+                source, f"expected a JSON array, found {_json_type(value)}", line=1, column=1, hint=_HINT
+            )
         for index, item in enumerate(value):
             _check_item(item, f"{source}[{index}]")
     return value
-

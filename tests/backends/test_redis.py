@@ -1,0 +1,623 @@
+"""What only RedisStorage does: key layout, native expiry, scripts, faults, a client it
+does not own. Everything runs against a real redis-server (tests/redis_server.py); the
+tests that kill, pause or fill a server start their own so the shared one stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+from redis.crc import key_slot
+
+from connectome_storage import RedisStorage, create_file_storage, create_redis_storage
+from connectome_storage.errors import (
+    BackendUnavailableError,
+    CorruptedDataError,
+    StorageFullError,
+)
+from connectome_storage.interface import CacheEntry, Kind
+
+from ..conftest import FakeClock
+from ..redis_server import RedisServer
+
+SENTINEL = "connectome-test-sentinel"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> str:
+    return f"test:{tmp_path.name}:"
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A plain client to look at what the storage wrote."""
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def make(redis_server: RedisServer, prefix: str, clock: FakeClock) -> Callable[..., RedisStorage]:
+    def build(**options: Any) -> RedisStorage:
+        options = {"key_prefix": prefix, "clock": clock, **options}
+        storage = create_redis_storage(options.pop("url", redis_server.url), **options)
+        assert isinstance(storage, RedisStorage)
+        return storage
+
+    return build
+
+
+@pytest.fixture
+async def storage(make: Callable[..., RedisStorage]) -> AsyncIterator[RedisStorage]:
+    async with make() as opened:
+        yield opened
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test alone, free to be killed, paused or filled."""
+    server = RedisServer(tmp_path / "own-redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]]) -> bool:
+    """Poll ``check`` for a state the server reaches asynchronously; counts tries, not time."""
+    for _ in range(2000):
+        if await check():
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+async def _commands_of(monitor_client: Any, storage: RedisStorage, action: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Every command the server ran while ``action`` ran, as MONITOR saw them."""
+    async with monitor_client.monitor() as monitor:
+        await action()
+        await storage.client.echo(SENTINEL)
+        seen = []
+        while SENTINEL not in (info := await monitor.next_command())["command"]:
+            seen.append(info)
+    return seen
+
+
+# ------------------------------------------------------------------ packaging
+
+
+def test_missing_redis_package_raises_import_error_naming_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "import connectome_storage\n"
+        "from connectome_storage import StorageFactory, create_redis_storage\n"
+        "for build in (lambda: create_redis_storage('redis://127.0.0.1:1/0'),\n"
+        "              lambda: StorageFactory.create_storage('redis', {})):\n"
+        "    try:\n"
+        "        build()\n"
+        "    except ImportError as e:\n"
+        "        print('IMPORT-ERROR:', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("pip install connectome-storage[redis]" in line for line in lines)
+
+
+def test_importing_the_package_does_not_import_redis() -> None:
+    code = "import sys, connectome_storage; print('redis' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- client owner
+
+
+async def _client_ids(raw: Any) -> set[int]:
+    return {int(client["id"]) for client in await raw.client_list()}
+
+
+async def test_a_client_passed_in_is_not_closed_by_shutdown(
+    redis_server: RedisServer, raw: Any, make: Callable[..., RedisStorage]
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_server.url, single_connection_client=True)
+    try:
+        storage = make(client=client)
+        async with storage:
+            await storage.store_system_state("k", 1)
+            assert storage.client is client
+            connection_id = await client.client_id()
+        assert client.connection is not None and client.connection.is_connected
+        assert connection_id in await _client_ids(raw)
+        assert await client.client_id() == connection_id  # the same connection, still open
+        assert (await storage.health_check())["status"] == "unhealthy"  # shut down: refused
+    finally:
+        await client.aclose()
+
+
+async def test_a_client_the_storage_made_is_closed_by_shutdown(raw: Any, make: Callable[..., RedisStorage]) -> None:
+    storage = make()
+    async with storage:
+        connection_id = await storage.client.client_id()
+        assert connection_id in await _client_ids(raw)
+        assert (await storage.health_check())["details"]["client_owned_by_caller"] is False
+
+    async def closed() -> bool:
+        return connection_id not in await _client_ids(raw)
+
+    assert await _eventually(closed)
+
+
+# ------------------------------------------------------------------ key layout
+
+
+async def test_two_prefixes_never_see_each_other(make: Callable[..., RedisStorage], prefix: str) -> None:
+    # The second prefix extends the first with what looks like a key of it.
+    async with make(key_prefix=prefix) as outer, make(key_prefix=prefix + "conv:{c}:") as inner:
+        for storage, tag in ((outer, "outer"), (inner, "inner")):
+            await storage.store_conversation("c", {"who": tag})
+            await storage.append_raw_messages("c", [{"who": tag}])
+            await storage.store_memory("c", "m", {"who": tag})
+            await storage.store_reasoning_chain("a", {"who": tag})
+            await storage.store_cache("k", tag)
+            await storage.store_system_state("s", tag)
+        await inner.store_system_state("only-inner", 1)
+        for storage, tag in ((outer, "outer"), (inner, "inner")):
+            assert await storage.load_conversation("c") == {"who": tag}
+            assert await storage.load_raw_messages("c") == [{"who": tag}]
+            assert await storage.load_memories("c") == [{"memory_id": "m", "who": tag}]
+            assert await storage.load_reasoning_chains("a") == [{"who": tag}]
+            assert await storage.load_cache("k") == tag
+        assert await outer.list_system_states() == ["s"]
+        assert await inner.list_system_states() == ["only-inner", "s"]
+        assert await outer.delete_conversation("c") is True
+        assert await inner.load_conversation("c") == {"who": "inner"}
+        assert (await inner.get_storage_stats())["conversation_count"] == 1
+        assert (await outer.get_storage_stats())["conversation_count"] == 0
+
+
+async def test_ids_with_braces_and_colons_are_distinct_and_keep_one_slot(storage: RedisStorage) -> None:
+    ids = ["x", "x}", "{x}", "x}:raw", "x}:current", "conv:{x}", "%7Dx", "a:b"]
+    for index, conversation_id in enumerate(ids):
+        await storage.store_conversation(conversation_id, {"n": index})
+        await storage.append_raw_messages(conversation_id, [{"n": index}])
+        await storage.store_memory(conversation_id, "m", {"n": index})
+    for index, conversation_id in enumerate(ids):
+        assert await storage.load_conversation(conversation_id) == {"n": index}
+        assert await storage.load_raw_messages(conversation_id) == [{"n": index}]
+        keys = storage._part_keys(conversation_id)
+        assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+        assert all(key.count("{") == 1 and key.count("}") == 1 for key in keys)
+    assert await storage.list_conversations() == sorted(ids)
+
+
+async def test_memories_keep_their_order_through_delete_and_reinsert(storage: RedisStorage, raw: Any) -> None:
+    for memory_id in ("m1", "m2", "m3"):
+        await storage.store_memory("c", memory_id, {"v": memory_id})
+    await storage.delete_memory("c", "m1")
+    await storage.store_memory("c", "m1", {"v": "again"})
+    await storage.store_memory("c", "m2", {"v": "replaced"})
+    assert [m["memory_id"] for m in await storage.load_memories("c")] == ["m2", "m3", "m1"]
+    assert await raw.hlen(storage.key_of(Kind.MEMORIES, "c")) == 3
+    assert await raw.zcard(storage._order_key("c")) == 3
+
+
+async def test_long_logs_go_in_one_script_despite_lua_unpack_limits(storage: RedisStorage) -> None:
+    messages = [{"n": n} for n in range(9000)]
+    await storage.store_raw_messages("c", messages[:2500])
+    assert await storage.append_raw_messages("c", messages[2500:]) == 9000
+    assert await storage.load_raw_messages("c") == messages
+
+
+# ---------------------------------------------------------------------- expiry
+
+
+async def test_cache_entries_expire_natively(storage: RedisStorage, raw: Any, clock: FakeClock) -> None:
+    await storage.store_cache("ttl", 1, ttl=100)
+    await storage.store_cache("forever", 2)
+    assert 0 < await raw.pttl(storage.key_of(Kind.CACHE, "ttl")) <= 100_000
+    assert await raw.pttl(storage.key_of(Kind.CACHE, "forever")) == -1
+    # Expiry is what is left on the clock, not the time since creation (migrate copies
+    # entries created long ago).
+    now = round(clock() * 1000)
+    await storage._write_cache(CacheEntry("old", 3, now - 3_600_000, now + 5_000))
+    assert 0 < await raw.pttl(storage.key_of(Kind.CACHE, "old")) <= 5_000
+    entry = await storage._read_cache("old")
+    assert entry == CacheEntry("old", 3, now - 3_600_000, now + 5_000)
+
+
+async def _expire_natively(raw: Any, storage: RedisStorage, *keys: str) -> None:
+    """Make Redis expire entries now, as it would once their PX runs out."""
+    names = [storage.key_of(Kind.CACHE, key) for key in keys]
+    for name in names:
+        await raw.pexpire(name, 1)
+
+    async def gone() -> bool:
+        return bool(await raw.exists(*names) == 0)
+
+    assert await _eventually(gone)
+
+
+async def test_entries_redis_expired_leave_the_listing(storage: RedisStorage, raw: Any) -> None:
+    index = storage.index_of(Kind.CACHE)
+    for key in ("native", "live", "native-2"):
+        await storage.store_cache(key, key, ttl=1000)
+    await _expire_natively(raw, storage, "native", "native-2")
+    assert await raw.zcard(index) == 3  # Redis knows nothing of our index
+    assert await storage.list_cache_keys() == ["live"]
+    assert await raw.zrange(index, 0, -1) == [b"live"]  # the listing pruned it
+    assert await storage.load_cache("native") is None
+    await storage.store_cache("native-3", 3, ttl=1000)
+    await _expire_natively(raw, storage, "native-3")
+    stats = await storage.get_storage_stats()
+    assert (stats["cache_entry_count"], stats["expired_cache_entry_count"]) == (1, 0)
+
+
+async def test_cleanup_counts_entries_redis_expired_and_those_expired_on_the_clock(
+    storage: RedisStorage, raw: Any, clock: FakeClock
+) -> None:
+    index = storage.index_of(Kind.CACHE)
+    await storage.store_cache("native", 1, ttl=1000)
+    await storage.store_cache("on-clock", 2, ttl=10)
+    await storage.store_cache("live", 3, ttl=1000)
+    await _expire_natively(raw, storage, "native")
+    clock.advance(20)
+    assert await storage.load_cache("on-clock") is None  # expired on the clock...
+    assert await raw.exists(storage.key_of(Kind.CACHE, "on-clock")) == 1  # ...not yet in Redis
+    assert await storage.cleanup_expired_cache() == 2
+    assert await raw.exists(storage.key_of(Kind.CACHE, "on-clock")) == 0
+    assert await raw.zrange(index, 0, -1) == [b"live"]
+    assert await storage.cleanup_expired_cache() == 0
+
+
+# ------------------------------------------------------------------- atomicity
+
+
+async def test_delete_conversation_is_one_script_that_updates_the_listing(
+    storage: RedisStorage, raw: Any, redis_server: RedisServer
+) -> None:
+    for conversation_id in ("warm-up", "c1", "c2"):
+        await storage.store_conversation(conversation_id, {"t": 1})
+        await storage.store_raw_messages(conversation_id, [{"n": 1}])
+        await storage.store_chunks(conversation_id, [{"c": 1}])
+        await storage.store_memory(conversation_id, "m", {"x": 1})
+    await storage.delete_conversation("warm-up")  # the server now caches the script
+    keys = storage._part_keys("c1")
+    assert await raw.exists(*keys) == 5
+    monitor_client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        seen = await _commands_of(monitor_client, storage, lambda: storage.delete_conversation("c1"))
+    finally:
+        await monitor_client.aclose()
+    sent = [info["command"].split()[0] for info in seen if info["client_type"] != "lua"]
+    inside = [info["command"] for info in seen if info["client_type"] == "lua"]
+    assert sent == ["EVALSHA"]  # one round trip, one script: nothing can run in between
+    assert any(command.startswith("DEL ") and all(key in command for key in keys) for command in inside)
+    assert await raw.exists(*keys) == 0
+    assert await raw.smembers(storage.index_of(Kind.CONVERSATION)) == {b"c2"}
+    assert await storage.list_conversations() == ["c2"]
+
+
+async def test_listing_stats_and_cleanup_never_use_keys_or_scan(
+    storage: RedisStorage, raw: Any, clock: FakeClock
+) -> None:
+    async def calls(command: str) -> int:
+        return int((await raw.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    before = {command: await calls(command) for command in ("keys", "scan", "scard", "llen", "hlen")}
+    await storage.store_conversation("c1", {})
+    await storage.store_raw_messages("c1", [{"n": 1}, {"n": 2}])
+    await storage.store_memory("c2", "m1", {})
+    await storage.store_memory("c2", "m2", {})
+    await storage.store_chunks("c3", [{"a": 1}, {"b": 2}, {"c": 3}])
+    await storage.store_reasoning_chain("a1", {})
+    await storage.store_cache("live", 1)
+    await storage.store_cache("dying", 1, ttl=1)
+    await storage.store_system_state("s", 1)
+    clock.advance(2)
+    stats = await storage.get_storage_stats()
+    await storage.list_conversations()
+    await storage.list_agents()
+    await storage.list_cache_keys()
+    await storage.list_system_states()
+    await storage.cleanup_expired_cache()
+    assert await storage.verify() == []
+    expected = {
+        "conversation_count": 3, "raw_message_count": 2, "memory_count": 2, "chunk_count": 3,
+        "agent_count": 1, "reasoning_chain_count": 1, "cache_entry_count": 1,
+        "expired_cache_entry_count": 1, "system_state_count": 1, "unreadable_count": 0,
+    }  # fmt: skip
+    assert {key: stats[key] for key in expected} == expected
+    assert stats["total_bytes"] > 0
+    assert await calls("keys") == before["keys"]
+    assert await calls("scan") == before["scan"]
+    for counter in ("scard", "llen", "hlen"):  # proof that commandstats saw the stats run
+        assert await calls(counter) > before[counter]
+
+
+# ---------------------------------------------------------------- corrupt data
+
+
+async def test_bad_json_and_wrong_types_raise_corrupted_data_naming_the_key(storage: RedisStorage, raw: Any) -> None:
+    await storage.store_conversation("c1", {"ok": True})
+    await storage.store_raw_messages("c1", [{"n": 1}, {"n": 2}])
+    await storage.store_chunks("c2", [{"a": 1}])
+    await storage.store_system_state("s", 1)
+    document = storage.key_of(Kind.CONVERSATION, "c1")
+    await raw.set(document, b'{"ok": tru')
+    with pytest.raises(CorruptedDataError) as caught:
+        await storage.load_conversation("c1")
+    assert caught.value.path == document and document in str(caught.value)
+    assert (caught.value.line, caught.value.column) != (None, None)
+
+    log = storage.key_of(Kind.RAW_MESSAGES, "c1")
+    await raw.lset(log, 1, b"[1]")
+    with pytest.raises(CorruptedDataError, match=r"expected a JSON object") as caught:
+        await storage.load_raw_messages("c1")
+    assert caught.value.path == f"{log}[1]"
+
+    chunks = storage.key_of(Kind.CHUNKS, "c2")
+    await raw.delete(chunks)
+    await raw.hset(chunks, "not", "a string")
+    with pytest.raises(CorruptedDataError, match="wrong Redis type"):
+        await storage.load_chunks("c2")
+    stats = await storage.get_storage_stats()  # counts what it can, never raises
+    assert stats["unreadable_count"] == 1 and stats["raw_message_count"] == 2
+    assert {problem.location for problem in await storage.verify()} == {document, f"{log}[1]", chunks}
+
+    # Storing again repairs each of them.
+    await storage.store_conversation("c1", {"ok": 1})
+    await storage.store_raw_messages("c1", [{"n": 3}])
+    await storage.store_chunks("c2", [{"b": 2}])
+    assert await storage.verify() == []
+    assert await storage.load_chunks("c2") == [{"b": 2}]
+
+
+# ---------------------------------------------------------------------- faults
+
+
+async def test_a_dead_server_is_reported_and_the_same_object_recovers(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    storage = make(url=own_server.url, connection_timeout=2)
+    async with storage:
+        await storage.store_conversation("c1", {"t": 1})
+        own_server.kill()
+        with pytest.raises(BackendUnavailableError, match=str(own_server.port)):
+            await storage.load_conversation("c1")
+        with pytest.raises(BackendUnavailableError):
+            await storage.append_raw_messages("c1", [{"n": 1}])
+        with pytest.raises(BackendUnavailableError):
+            await storage.get_storage_stats()
+        report = await storage.health_check()
+        assert report["status"] == "unhealthy"
+        assert report["details"]["error_type"] == "BackendUnavailableError"
+
+        own_server.start()  # same port; an empty server, which also forgot our scripts
+        assert (await storage.health_check())["status"] == "healthy"
+        assert await storage.load_conversation("c1") is None
+        assert await storage.append_raw_messages("c1", [{"n": 1}]) == 1
+        await storage.store_conversation("c1", {"t": 2})
+        assert await storage.load_conversation("c1") == {"t": 2}
+        assert await storage.list_conversations() == ["c1"]
+
+
+async def test_initialize_against_a_dead_server_raises_backend_unavailable(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    own_server.kill()
+    storage = make(url=own_server.url, connection_timeout=2)
+    with pytest.raises(BackendUnavailableError, match="check that the server runs"):
+        await storage.initialize()
+    with pytest.raises(Exception, match="initialize"):
+        await storage.load_conversation("c1")
+    own_server.start()
+    async with storage:
+        assert await storage.list_conversations() == []
+
+
+async def test_a_hung_server_times_out_and_an_append_is_never_repeated(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    storage = make(url=own_server.url, connection_timeout=0.5)
+    async with storage:
+        await storage.append_raw_messages("c1", [{"n": 0}])  # the server now caches the script
+        own_server.pause()  # the port still accepts connections; nothing answers
+        try:
+            with pytest.raises(BackendUnavailableError, match="Timeout"):
+                await storage.append_raw_messages("c1", [{"n": 1}])
+            with pytest.raises(BackendUnavailableError):
+                await storage.load_raw_messages("c1")
+            assert (await storage.health_check())["status"] == "unhealthy"
+        finally:
+            own_server.resume()
+        # The server may still run the append it had buffered (a lost reply says nothing
+        # about the write); it must run it at most once, so it was not retried.
+        messages = await storage.load_raw_messages("c1")
+        assert messages in ([{"n": 0}], [{"n": 0}, {"n": 1}])
+        assert await storage.append_raw_messages("c1", [{"n": 2}]) == len(messages) + 1
+
+
+async def test_out_of_memory_raises_storage_full_and_writes_nothing(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    storage = make(url=own_server.url)
+    async with storage:
+        await storage.store_system_state("before", "kept")
+        await storage.append_raw_messages("c1", [{"n": 1}])
+        client = storage.client
+        used = (await client.info("memory"))["used_memory"]
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", used + 256 * 1024)
+        written = 0
+        with pytest.raises(StorageFullError, match="out of memory"):
+            for written in range(10_000):
+                await storage.store_system_state(f"s{written}", "x" * 16_384)
+        assert await storage.load_system_state(f"s{written}") is None
+        assert f"s{written}" not in await storage.list_system_states()
+        with pytest.raises(StorageFullError):
+            await storage.append_raw_messages("c1", [{"n": 2}])
+        assert await storage.load_raw_messages("c1") == [{"n": 1}]
+        assert await storage.load_system_state("before") == "kept"
+        assert await storage.delete_system_state("s0") is True  # deleting frees memory
+        await client.config_set("maxmemory", 0)
+        assert await storage.append_raw_messages("c1", [{"n": 2}]) == 2
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy in front of a real server that can lose replies, as a network can.
+
+    With ``drop_replies`` set to n, the next n replies are swallowed and their connection
+    is cut, after the server has executed the command: the client cannot know whether
+    its write happened. A client that resent it would apply it twice.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.drop_replies = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool) -> None:
+            while data := await source.read(65536):
+                if replies and self.drop_replies > 0:
+                    self.drop_replies -= 1
+                    return
+                sink.write(data)
+                await sink.drain()
+
+        try:
+            await asyncio.wait(
+                [asyncio.ensure_future(pump(reader, upstream_writer, False)),
+                 asyncio.ensure_future(pump(upstream_reader, writer, True))],
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+        finally:
+            for stream in (writer, upstream_writer):
+                stream.close()
+
+
+@pytest.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[ReplyDroppingProxy]:
+    faulty = ReplyDroppingProxy(redis_server.port)
+    await faulty.start()
+    yield faulty
+    await faulty.close()
+
+
+async def test_a_lost_reply_is_retried_for_a_read_and_never_for_an_append(
+    proxy: ReplyDroppingProxy, make: Callable[..., RedisStorage]
+) -> None:
+    async with make(url=proxy.url, connection_timeout=2) as storage:
+        await storage.append_raw_messages("c1", [{"n": 0}])  # the server now caches the script
+        proxy.drop_replies = 1
+        assert await storage.load_raw_messages("c1") == [{"n": 0}]  # retried once, transparently
+        assert proxy.drop_replies == 0
+        proxy.drop_replies = 1
+        with pytest.raises(BackendUnavailableError):
+            await storage.append_raw_messages("c1", [{"n": 1}])
+        # The server did run it; only the reply was lost. It must be there exactly once.
+        assert await storage.load_raw_messages("c1") == [{"n": 0}, {"n": 1}]
+        proxy.drop_replies = 2
+        with pytest.raises(BackendUnavailableError):
+            await storage.load_raw_messages("c1")  # a read is tried twice, not more
+
+
+# ---------------------------------------------------------------------- health
+
+
+async def test_health_check_pings_and_reads_server_info(storage: RedisStorage, prefix: str) -> None:
+    report = await storage.health_check()
+    details = report["details"]
+    assert report["status"] == "healthy" and report["backend"] == "redis"
+    assert isinstance(details["ping_ms"], float) and details["ping_ms"] >= 0
+    assert details["redis_version"].count(".") == 2
+    assert isinstance(details["used_memory"], int) and details["used_memory"] > 0
+    assert details["key_prefix"] == prefix
+    assert details["server"].startswith("redis://127.0.0.1:")
+
+
+async def test_credentials_never_appear_in_messages(make: Callable[..., RedisStorage], own_server: RedisServer) -> None:
+    own_server.kill()
+    storage = make(url=f"redis://user:s3cret@127.0.0.1:{own_server.port}/0", connection_timeout=2)
+    with pytest.raises(BackendUnavailableError) as caught:
+        await storage.initialize()
+    assert "s3cret" not in str(caught.value)
+    assert f"127.0.0.1:{own_server.port}" in str(caught.value)
+
+
+# --------------------------------------------------------------------- migrate
+
+
+async def test_file_to_redis_to_file_is_byte_identical(tmp_path: Path, make: Callable[..., RedisStorage]) -> None:
+    from connectome_storage.migrate import migrate
+
+    clock = FakeClock()
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    async with create_file_storage(original, clock=clock) as source:
+        for conversation_id in ("conv_001", "a/b:{c}", "ümlaut 🙂"):
+            await source.store_conversation(conversation_id, {"title": conversation_id, "n": [1, 2.5, None]})
+            await source.store_raw_messages(conversation_id, [{"role": "user", "text": "hi"}, {"role": "ai"}])
+            await source.store_chunks(conversation_id, [{"start": 0, "end": 2}])
+            for memory_id in ("m3", "m1", "m2"):
+                await source.store_memory(conversation_id, memory_id, {"text": memory_id})
+        await source.append_raw_messages("only-messages", [{"n": 1}])
+        await source.store_memory("only-memories", "m", {"x": {"deep": [True, False]}})
+        for step in range(3):
+            await source.store_reasoning_chain("agent-1", {"step": step})
+        await source.store_cache("forever", {"answer": 42})
+        await source.store_cache("hour", [1, 2], ttl=3600)
+        clock.advance(60)
+        await source.store_cache("later", "x", ttl=7200)
+        await source.store_cache("expired", "x", ttl=1)
+        clock.advance(2)
+        await source.store_system_state("config", {"mode": "fast", "limits": [1, 2]})
+        await source.store_system_state("counter", 7)
+
+        async with make(clock=clock) as middle:
+            there = await migrate(source, middle)
+            assert (there.conversations, there.memories, there.reasoning_chains) == (5, 10, 3)
+            assert (there.cache_entries, there.skipped_expired, there.system_states) == (3, 1, 2)
+            async with create_file_storage(copy, clock=clock) as destination:
+                back = await migrate(middle, destination)
+    assert back.as_dict() == {**there.as_dict(), "skipped_expired": 0}
+
+    def data_files(root: Path) -> dict[str, bytes]:
+        return {
+            path.relative_to(root).as_posix(): path.read_bytes()
+            for path in sorted(root.rglob("*"))
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        }
+
+    before, after = data_files(original), data_files(copy)
+    assert len(before) == 3 * 4 + 2 + 1 + 4 + 2  # parts, lone parts, agent, cache files, states
+    del before["cache/expired.json"]  # expired entries are not migrated, by design
+    assert sorted(after) == sorted(before)
+    for name, content in before.items():
+        assert after[name] == content, name
