@@ -1,4 +1,5 @@
-"""The usage examples of the primary design (seed 004) run as written.
+"""The usage examples of the primary design (seed 004) run as written (file and SQLite;
+the Redis example there is a sketch of an old aioredis API, replaced by RedisStorage).
 
 Each example is copied verbatim, with `from connectome_storage import` for
 `from storage import`, inside an async function (the seed uses top-level await).
@@ -92,3 +93,73 @@ async def test_file_storage_configuration_dict(tmp_path: Path) -> None:
             await storage.store_conversation("c", {"n": n})
         kept = await storage.list_backups("conversations/c/current.json")
     assert len(kept) == 5
+
+
+async def test_factory_sqlite_storage(tmp_path: Path) -> None:
+    from connectome_storage import StorageFactory
+
+    # Create SQLite storage
+    storage = StorageFactory.create_storage('sqlite', {
+        'db_path': './my_database.db',
+        'enable_wal_mode': True
+    })
+
+    async with storage:
+        await storage.store_system_state("k", 1)
+    assert (tmp_path / "my_database.db").is_file()
+
+
+async def test_environment_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONNECTOME_STORAGE_TYPE", "sqlite")
+    monkeypatch.setenv("CONNECTOME_STORAGE_DB_PATH", "./production.db")
+    monkeypatch.setenv("CONNECTOME_STORAGE_WAL_MODE", "true")
+
+    from connectome_storage import create_storage_from_env
+
+    storage = create_storage_from_env()
+    await storage.initialize()
+
+    assert storage.backend_name == "sqlite"
+    await storage.store_conversation("c", CONVERSATION)
+    await storage.shutdown()
+    assert (tmp_path / "production.db").is_file()
+
+
+async def test_data_migration(tmp_path: Path) -> None:
+    from connectome_storage import create_file_storage as make_old
+
+    async with make_old('./old_storage') as old:
+        await old.store_conversation("conv_001", CONVERSATION)
+        await old.store_raw_messages("conv_001", [{"role": "user", "content": "hi"}])
+        await old.store_memory("conv_001", "mem_b", {"text": "second"})
+        await old.store_memory("conv_001", "mem_a", {"text": "first"})
+
+    from connectome_storage import create_file_storage, create_sqlite_storage
+
+    # Load from file storage
+    file_storage = create_file_storage('./old_storage')
+    await file_storage.initialize()
+
+    # Create SQLite storage
+    sqlite_storage = create_sqlite_storage('./new_database.db')
+    await sqlite_storage.initialize()
+
+    # Migrate conversations
+    conversations = await file_storage.list_conversations()
+    for conv_id in conversations:
+        data = await file_storage.load_conversation(conv_id)
+        await sqlite_storage.store_conversation(conv_id, data)
+
+        # Migrate associated data
+        raw_messages = await file_storage.load_raw_messages(conv_id)
+        await sqlite_storage.store_raw_messages(conv_id, raw_messages)
+
+        memories = await file_storage.load_memories(conv_id)
+        for memory in memories:
+            await sqlite_storage.store_memory(conv_id, memory['memory_id'], memory)
+
+    assert await sqlite_storage.load_conversation("conv_001") == CONVERSATION
+    assert await sqlite_storage.load_memories("conv_001") == await file_storage.load_memories("conv_001")
+    assert await sqlite_storage.load_raw_messages("conv_001") == [{"role": "user", "content": "hi"}]
+    await file_storage.shutdown()
+    await sqlite_storage.shutdown()
