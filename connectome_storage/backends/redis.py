@@ -512,11 +512,11 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
-def _check_item(value: Any, source: str) -> dict[str, Any]:
+def _check_item(value: Any, source: str, top_level: bool = True) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise CorruptedDataError(
-            source, f"expected a JSON object, found {_json_type(value)}", line=1, column=1, hint=_HINT
-        )
+        line = 1 if top_level else None  # a nested item has no position we could name
+        problem = f"expected a JSON object, found {_json_type(value)}"
+        raise CorruptedDataError(source, problem, line=line, column=line, hint=_HINT)
     return value
 
 
@@ -530,5 +530,5 @@ def _check_shape(kind: Kind, value: Any, source: str) -> Any:
                 source, f"expected a JSON array, found {_json_type(value)}", line=1, column=1, hint=_HINT
             )
         for index, item in enumerate(value):
-            _check_item(item, f"{source}[{index}]")
+            _check_item(item, f"{source}[{index}]", top_level=False)
     return value

@@ -219,6 +219,20 @@ async def test_long_logs_go_in_one_script_despite_lua_unpack_limits(storage: Red
     assert await storage.load_raw_messages("c") == messages
 
 
+async def test_concurrent_writers_through_separate_clients_lose_nothing(make: Callable[..., RedisStorage]) -> None:
+    async with make() as first, make() as second:
+        writers = [first, second] * 100
+        counts = await asyncio.gather(
+            *(storage.append_raw_messages("c", [{"n": n}]) for n, storage in enumerate(writers))
+        )
+        await asyncio.gather(*(storage.store_memory("c", f"m{n}", {"n": n}) for n, storage in enumerate(writers)))
+        assert sorted(counts) == list(range(1, 201))  # each append saw its own new length
+        assert sorted(m["n"] for m in await first.load_raw_messages("c")) == list(range(200))
+        memories = await second.load_memories("c")
+        assert sorted(m["n"] for m in memories) == list(range(200))
+        assert len({m["memory_id"] for m in memories}) == 200
+
+
 # ---------------------------------------------------------------------- expiry
 
 
