@@ -29,6 +29,7 @@ from ..config import FileSettings
 from ..errors import (
     CorruptedDataError,
     InvalidArgumentError,
+    InvalidKeyError,
     StorageError,
     UnsupportedFormatError,
 )
@@ -83,6 +84,7 @@ class FileStorage(StorageInterface):
         self._keep = self.settings.max_backup_files if self.settings.create_backups else 0
         self._logs = AppendLog(self._root, self.settings.pretty_print_json)
         self._own = OwnWrites()  # lets watch() tell this object's writes from others'
+        self._case = _CaseGuard()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -95,6 +97,7 @@ class FileStorage(StorageInterface):
             for folder in FOLDERS:
                 _fs.ensure_dir(self._root / folder, self._root)
             self._check_marker()
+            self._case.detect(self._root / MARKER)
             removed = _fs.remove_stale_temp_files([self._root / f for f in FOLDERS])
         except OSError as e:
             raise _fs.os_error(e, "initializing", self._root) from e
@@ -151,6 +154,7 @@ class FileStorage(StorageInterface):
     async def _load(self, kind: Kind, key: str) -> Any:
         path = self.path_of(kind, key)
         try:
+            self._case.check(self._entity_path(kind, path), key)
             raw = _read_small(path)
             if raw is _TOO_BIG:
                 return await asyncio.to_thread(self._load_sync, kind, path)
@@ -206,7 +210,19 @@ class FileStorage(StorageInterface):
             raise _fs.os_error(e, "deleting", path) from e
 
     async def _locked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
-        return await self._locks.run(self._entity(kind, key), function, *args)
+        return await self._locks.run(self._entity(kind, key), self._case_checked, kind, key, function, *args)
+
+    def _case_checked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
+        try:
+            self._case.check(self._entity_path(kind, self.path_of(kind, key)), key)
+        except OSError as e:
+            raise _fs.os_error(e, "listing", self._root) from e
+        return function(*args)
+
+    @staticmethod
+    def _entity_path(kind: Kind, path: Path) -> Path:
+        """The folder (conversations, agents) or file (cache, system) an id names."""
+        return path.parent if kind in PART_FILES or kind is Kind.REASONING_CHAINS else path
 
     # ---------------------------------------------------------------- documents
 
@@ -527,6 +543,40 @@ class FileStorage(StorageInterface):
 
 
 # ------------------------------------------------------------------- helpers
+
+
+class _CaseGuard:
+    """Refuses ids that would alias each other on a filesystem that ignores case.
+
+    On macOS and Windows, ``State`` and ``state`` would silently share one file. When the
+    name an id maps to already exists there, the folder listing tells whether it exists
+    under exactly that spelling; if not, the id is refused with InvalidKeyError rather
+    than allowed to read or overwrite the other one. Encoded names are ASCII, so their
+    case is plain ASCII case. On a case-sensitive filesystem (detected at initialize) the
+    guard costs nothing; on one that ignores case it lists a folder whenever an existing
+    entity is touched, which is why large stores there are better kept in SQLite.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def detect(self, marker: Path) -> None:
+        self.active = marker.with_name(marker.name.swapcase()).exists()
+
+    def check(self, entity: Path, identifier: str) -> None:
+        if not self.active or not os.path.lexists(entity):
+            return  # nothing there under any spelling: no alias possible
+        names = os.listdir(entity.parent)
+        if entity.name in names:
+            return
+        other = next((n for n in names if n.lower() == entity.name.lower()), entity.name)
+        raise InvalidKeyError(
+            f"id {identifier!r} differs only in case from the stored id "
+            f"{decode_name(other.removesuffix('.json')) or other!r}, and the filesystem under "
+            f"{entity.parent} ignores case, so both would share one file; use ids that differ "
+            "in more than case"
+        )
+
 
 _TOO_BIG = object()
 

@@ -12,6 +12,7 @@ from pyfakefs.fake_filesystem import OSType
 from pyfakefs.fake_filesystem_unittest import Patcher
 
 from connectome_storage import create_file_storage
+from connectome_storage.errors import InvalidKeyError
 
 IDS = [
     "conv_001", "../../etc/passwd", "..\\..\\windows\\system32", "C:\\evil", "CON", "con", "nul.txt",
@@ -44,3 +45,31 @@ async def test_every_id_round_trips_inside_the_folder(os_type: OSType) -> None:
 
 def walk(top: str) -> list[Path]:
     return [Path(dirpath) / name for dirpath, dirs, files in os.walk(top) for name in dirs + files]
+
+
+@pytest.mark.parametrize("os_type", [OSType.WINDOWS, OSType.MACOS], ids=lambda t: t.name)
+async def test_ids_differing_only_in_case_never_share_a_file(os_type: OSType) -> None:
+    with Patcher() as patcher:
+        patcher.fs.os = os_type
+        root = Path("C:/data/storage_data" if os_type is OSType.WINDOWS else "/data/storage_data")
+        async with create_file_storage(root) as storage:
+            await storage.store_system_state("State", 1)
+            await storage.store_conversation("Conv", {"v": 1})
+            await storage.store_reasoning_chain("Agent", {"v": 1})
+            with pytest.raises(InvalidKeyError, match="differs only in case from the stored id 'State'"):
+                await storage.store_system_state("state", 2)
+            with pytest.raises(InvalidKeyError):
+                await storage.load_system_state("STATE")
+            with pytest.raises(InvalidKeyError):
+                await storage.append_raw_messages("conv", [{"v": 2}])
+            with pytest.raises(InvalidKeyError):
+                await storage.delete_conversation("CONV")
+            with pytest.raises(InvalidKeyError):
+                await storage.store_reasoning_chain("agent", {"v": 2})
+            assert await storage.load_system_state("State") == 1
+            assert await storage.load_conversation("Conv") == {"v": 1}
+            assert await storage.load_raw_messages("Conv") == []
+            # Once the first id is gone, the other spelling is free to use.
+            await storage.delete_system_state("State")
+            await storage.store_system_state("state", 2)
+            assert await storage.list_system_states() == ["state"]
