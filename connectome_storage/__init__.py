@@ -16,10 +16,11 @@ from .factory import (
     create_sqlite_storage,
     create_storage_from_env,
 )
-from .interface import StorageInterface
+from .interface import ChangeEvent, StorageInterface
 from .migrate import MigrationReport, migrate
 
 __all__ = [
+    "ChangeEvent",
     "FileStorage",
     "MigrationReport",
     "RedisStorage",

@@ -13,6 +13,7 @@ The tree::
     ├── BackendUnavailableError   (ConnectionError) server down, connection refused
     ├── StorageFullError                          disk (or server memory) full
     ├── UnsupportedFormatError                    data written by a newer version of the library
+    ├── NotSupportedError         (NotImplementedError) feature this backend lacks
     └── StorageIOError                            any other failure of the medium
 
 Messages say what happened, to which id or path, and what to do about it.
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidKeyError",
     "LockTimeoutError",
+    "NotSupportedError",
     "SerializationError",
     "StorageError",
     "StorageFullError",
@@ -109,6 +111,10 @@ class BackendUnavailableError(StorageError, ConnectionError):
 
 class StorageFullError(StorageError):
     """The medium has no room left (ENOSPC, EDQUOT, Redis OOM); nothing was changed."""
+
+
+class NotSupportedError(StorageError, NotImplementedError):
+    """This backend does not offer the feature asked for (``watch()`` is file-backend only)."""
 
 
 class StorageIOError(StorageError):

@@ -18,10 +18,11 @@ import enum
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from .codec import check_value
 from .config import CommonSettings, resolve_settings
@@ -29,13 +30,14 @@ from .errors import (
     CorruptedDataError,
     InvalidArgumentError,
     InvalidKeyError,
+    NotSupportedError,
     SerializationError,
     StorageError,
     StorageNotInitializedError,
 )
 from .naming import check_id
 
-__all__ = ["CacheEntry", "Kind", "Problem", "StorageInterface"]
+__all__ = ["CacheEntry", "ChangeEvent", "Kind", "Problem", "StorageInterface"]
 
 logger = logging.getLogger("connectome_storage")
 
@@ -74,6 +76,39 @@ class Problem:
 
     location: str
     message: str
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One change to a stored entity, as ``watch()`` reports it (docs/watch.md).
+
+    ``kind`` and ``id`` name the entity (``id`` is the original id, not the file name);
+    ``change`` is ``"added"``, ``"modified"`` or ``"deleted"``; ``path`` is the file.
+    ``own`` is True when the storage object being watched made the change itself.
+    ``valid`` is False when the file after the change does not parse or has the wrong
+    shape; ``error`` then holds the message a load would raise.
+    """
+
+    kind: Kind
+    id: str
+    change: Literal["added", "modified", "deleted"]
+    path: Path
+    own: bool = False
+    valid: bool = True
+    error: str | None = None
+
+    @property
+    def kind_name(self) -> str:
+        """``conversation``, ``raw_messages``, ``chunks``, ``memories``, ``reasoning_chains``,
+        ``cache`` or ``system``."""
+        return self.kind.name.lower()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``kind`` as ``kind_name``, ``path`` as a string)."""
+        return {
+            "kind": self.kind_name, "id": self.id, "change": self.change, "path": str(self.path),
+            "own": self.own, "valid": self.valid, "error": self.error,
+        }  # fmt: skip
 
 
 class StorageInterface(ABC):
@@ -340,6 +375,24 @@ class StorageInterface(ABC):
         async for _ in self._walk_entities(problems):
             pass
         return problems
+
+    async def watch(
+        self,
+        *,
+        debounce_ms: int = 400,
+        stop_event: asyncio.Event | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> AsyncIterator[ChangeEvent]:
+        """Report changes to stored data, by anyone, as they happen (docs/watch.md).
+
+        Only the file backend can watch (FileStorage overrides this); elsewhere the first
+        iteration raises NotSupportedError.
+        """
+        raise NotSupportedError(
+            f"watch() is supported on the file backend only; {type(self).__name__} "
+            f"({self.backend_name}) cannot report live changes"
+        )
+        yield  # never reached: it makes this an async generator, so the error comes at iteration
 
     # -------------------------------------------------- generic stats and verify
 
