@@ -11,19 +11,31 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import orjson
 
+from .backends._watch import DEFAULT_DEBOUNCE_MS
+from .codec import format_time
 from .config import read_environment
-from .errors import ConfigError, InvalidArgumentError, InvalidKeyError, StorageError
+from .errors import (
+    ConfigError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    NotSupportedError,
+    StorageError,
+)
 from .factory import StorageFactory
-from .interface import StorageInterface
+from .interface import ChangeEvent, StorageInterface
 
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[StorageInterface, argparse.Namespace], Awaitable[int]]
+# A command that opens its own storages (migrate) instead of the one the options select.
+Standalone = Callable[[argparse.Namespace], Awaitable[int]]
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
@@ -147,6 +159,164 @@ async def _restore(storage: StorageInterface, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -------------------------------------------------------------------- watch
+
+
+def _watch_line(event: ChangeEvent, root: Path | None, stamp: str) -> str:
+    shown = str(event.path)
+    if root is not None and event.path.is_relative_to(root):
+        shown = event.path.relative_to(root).as_posix()
+    line = f"{stamp}  {event.change:<8}  {event.kind_name:<16}  {event.id}  {shown}"
+    if event.own:
+        line += "  (own)"
+    if not event.valid:
+        line += f"  INVALID: {event.error}"
+    return line
+
+
+async def _watch(storage: StorageInterface, args: argparse.Namespace) -> int:
+    base_dir = getattr(storage, "base_dir", None)  # None on backends that cannot watch
+    root = None if base_dir is None else Path(base_dir).absolute()
+    ready = asyncio.Event()
+
+    async def announce() -> None:
+        await ready.wait()
+        print(f"watching {root} for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        async for event in storage.watch(debounce_ms=args.debounce, ready=ready):
+            stamp = format_time(round(time.time() * 1000))
+            if args.json:
+                record = {"time": stamp, **event.as_dict()}
+                line = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+            else:
+                line = _watch_line(event, root, stamp)
+            # Flushed line by line: the reader is usually a person or a pipe waiting for it.
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    finally:
+        announcer.cancel()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ migrate
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REPORT_LINES = [
+    ("conversations", "conversations"),
+    ("raw_messages", "raw messages"),
+    ("memories", "memories"),
+    ("chunks", "chunk lists"),
+    ("reasoning_chains", "reasoning chains"),
+    ("cache_entries", "cache entries"),
+    ("system_states", "system states"),
+    ("skipped_expired", "expired, not copied"),
+]
+
+
+class _ProgressBar:
+    """``progress(done, total)`` for migrate, on stderr.
+
+    On a terminal, one bar redrawn in place with ``\\r`` (at most ~20 times a second); on
+    a pipe or a log file, a line at 0, 25, 50, 75 and 100 %, so logs stay short.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self._stream = stream
+        self._label = label
+        self._tty = stream.isatty()
+        self._quarter = -1
+        self._drawn_at = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        fraction = 1.0 if total <= 0 else min(1.0, done / total)
+        if self._tty:
+            now = time.monotonic()
+            if done < total and now - self._drawn_at < 0.05:
+                return
+            self._drawn_at, self._drawn = now, True
+            filled = round(fraction * self.WIDTH)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self._stream.write(f"\r{self._label} [{bar}] {fraction:4.0%}  {done}/{total}")
+        else:
+            quarter = int(fraction * 4)
+            if quarter <= self._quarter:
+                return
+            self._quarter = quarter
+            self._stream.write(f"{self._label}: {fraction:.0%} ({done}/{total})\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) -> StorageInterface:
+    """The storage a migrate SPEC names: file:PATH, sqlite:PATH or a Redis URL."""
+    config: dict[str, Any]
+    if spec.startswith(_REDIS_SCHEMES):
+        backend, config = "redis", {"redis_url": spec}
+        if key_prefix is not None:
+            config["key_prefix"] = key_prefix
+    else:
+        scheme, _, location = spec.partition(":")
+        if scheme not in ("file", "sqlite") or not location:
+            raise ConfigError(
+                f"{option} {spec!r} is not a storage: use file:PATH, sqlite:PATH or "
+                "redis://HOST:PORT/DB"
+            )
+        backend = scheme
+        config = {"base_dir" if scheme == "file" else "db_path": location}
+        exists = Path(location).is_dir() if scheme == "file" else Path(location).is_file()
+        if must_exist and not exists:
+            raise ConfigError(f"{option} {spec!r}: {location} does not exist; nothing to migrate")
+    # The CONNECTOME_STORAGE_* variables still apply (pretty JSON, timeouts, ...); the SPEC
+    # decides the backend and where it is.
+    _backend, settings = read_environment(os.environ)
+    return _build_storage(backend, settings | config)
+
+
+def _same_place(source: str, destination: str, source_prefix: Any, destination_prefix: Any) -> bool:
+    if source.startswith(_REDIS_SCHEMES):
+        return (source, source_prefix) == (destination, destination_prefix)
+    scheme, _, location = source.partition(":")
+    other_scheme, _, other = destination.partition(":")
+    return scheme == other_scheme and Path(location).resolve() == Path(other).resolve()
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from .migrate import migrate  # only this command needs it
+
+    source_prefix = args.from_key_prefix or args.migrate_key_prefix
+    destination_prefix = args.to_key_prefix or args.migrate_key_prefix
+    if _same_place(args.source, args.destination, source_prefix, destination_prefix):
+        raise ConfigError(f"--from and --to name the same storage ({args.source}); nothing to do")
+    source = _endpoint(args.source, "--from", source_prefix, must_exist=True)
+    destination = _endpoint(args.destination, "--to", destination_prefix, must_exist=False)
+    bar = _ProgressBar(sys.stderr, "migrating")
+    started = time.perf_counter()
+    async with source, destination:
+        try:
+            report = await migrate(source, destination, progress=bar)
+        finally:
+            bar.close()
+    elapsed = time.perf_counter() - started
+    counts = {name: int(getattr(report, name)) for name, _label in _REPORT_LINES}
+    if args.json:
+        _print_json(counts)
+        return EXIT_OK
+    print(f"migrated {args.source} -> {args.destination} in {elapsed:.2f} s")
+    width = max(len(label) for _name, label in _REPORT_LINES)
+    for name, label in _REPORT_LINES:
+        print(f"  {label.ljust(width)}  {counts[name]:>8}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------- parsing
 
 
@@ -163,9 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key-prefix", help="Redis key prefix")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Handler, help_text: str, json: bool = False) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        handler: Handler | Standalone,
+        help_text: str,
+        json: bool = False,
+        standalone: bool = False,
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, standalone=standalone)
         if json:
             sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         return sub
@@ -190,6 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
     restore = command("restore", _restore, "put the newest kept version of a file back (file backend)")
     restore.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
     restore.add_argument("--version", type=int, help="restore this version number (see `backups PATH`)")
+    watch = command(
+        "watch", _watch, "print each change made to the tree, by anyone, until Ctrl-C (file backend)"
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument(
+        "--debounce", type=int, default=DEFAULT_DEBOUNCE_MS, metavar="MS",
+        help=f"gather a burst of changes for at most MS ms (default {DEFAULT_DEBOUNCE_MS})",
+    )  # fmt: skip
+    migrate = command(
+        "migrate", _migrate, "copy everything from one storage into another, with a progress bar",
+        json=True, standalone=True,
+    )  # fmt: skip
+    migrate.add_argument("--from", dest="source", required=True, metavar="SPEC",
+                         help="source: file:PATH, sqlite:PATH or redis://HOST:PORT/DB")  # fmt: skip
+    migrate.add_argument("--to", dest="destination", required=True, metavar="SPEC",
+                         help="destination, same forms; created if missing")  # fmt: skip
+    migrate.add_argument("--key-prefix", dest="migrate_key_prefix", metavar="PREFIX",
+                         help="Redis key prefix for a redis:// source or destination")  # fmt: skip
+    migrate.add_argument("--from-key-prefix", metavar="PREFIX", help="key prefix of a Redis source")
+    migrate.add_argument("--to-key-prefix", metavar="PREFIX", help="key prefix of a Redis target")
     return parser
 
 
@@ -205,12 +401,20 @@ def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
     elif len(locations) == 1:
         backend = locations[0]
     config.update(overrides)
+    return _build_storage(backend, config)
+
+
+def _build_storage(backend: str, config: dict[str, Any]) -> StorageInterface:
+    """A ``backend`` storage from ``config``, leaving out keys that belong to other backends
+    (CONNECTOME_STORAGE_* variables are read for every backend)."""
     cls = StorageFactory.backend_class(backend)
     accepted = set(cls.settings_class.__dataclass_fields__)
     return cls({key: value for key, value in config.items() if key in accepted})
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.standalone:
+        return int(await args.handler(args))
     storage = storage_from_args(args)
     async with storage:
         return int(await args.handler(storage, args))
@@ -221,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
-    except (ConfigError, InvalidKeyError, InvalidArgumentError) as e:
+    except (ConfigError, InvalidKeyError, InvalidArgumentError, NotSupportedError) as e:
         print(f"connectome-storage: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except StorageError as e:
@@ -231,4 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"connectome-storage: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C is how `watch` is meant to end; anything else was interrupted.
+        return EXIT_OK if args.command == "watch" else 130
+    except BrokenPipeError:
+        # The reader went away (`watch | head -3`): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -157,7 +157,8 @@ def subcommands() -> dict[str, str]:
 def test_every_command_has_help_text_and_a_docs_section() -> None:
     docs = (ROOT / "docs" / "cli.md").read_text()
     commands = subcommands()
-    assert {"stats", "health", "ls", "show", "verify"} <= set(commands)
+    every = {"stats", "health", "ls", "show", "verify", "migrate", "backups", "restore", "cleanup", "watch"}
+    assert every <= set(commands)
     for name, description in commands.items():
         assert len(description) > 15, f"{name} needs help text"
         assert f"### `{name}" in docs, f"docs/cli.md needs a section for {name}"
