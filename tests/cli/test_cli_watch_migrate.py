@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -144,6 +144,15 @@ def test_watch_refuses_other_backends_with_exit_2(tmp_path: Path) -> None:
     assert "file backend only" in result.stderr and "Traceback" not in result.stderr
 
 
+def data_files(root: Path) -> dict[str, bytes]:
+    """Every data file's bytes by relative path (housekeeping such as .locks left out)."""
+    folders = ("conversations", "cache", "agents", "system")
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()
+    }  # fmt: skip
+
+
 def stats(*location: str) -> dict[str, object]:
     result = cli(*location, "stats", "--json")
     assert result.returncode == 0, result.stderr
@@ -178,14 +187,6 @@ def test_migrate_there_and_back_gives_the_same_files(tree: Path, tmp_path: Path)
         "conversations": 2, "raw_messages": 2, "memories": 1, "chunks": 1, "reasoning_chains": 1,
         "cache_entries": 2, "system_states": 1, "skipped_expired": 0,
     }  # fmt: skip
-
-    def data_files(root: Path) -> dict[str, bytes]:
-        folders = ("conversations", "cache", "agents", "system")
-        return {
-            str(p.relative_to(root)): p.read_bytes()
-            for folder in folders for p in sorted((root / folder).rglob("*")) if p.is_file()
-        }  # fmt: skip
-
     assert data_files(back) == data_files(tree) and len(data_files(tree)) == 9
 
 
@@ -242,3 +243,19 @@ def test_migrate_stops_with_exit_1_on_a_corrupt_source_file(tree: Path, tmp_path
     result = cli("migrate", "--from", f"file:{tree}", "--to", f"file:{tmp_path / 'copy'}")
     assert result.returncode == 1
     assert str(bad) in result.stderr and "line 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_migrate_through_redis_with_key_prefixes(tree: Path, tmp_path: Path, redis_server: Any) -> None:
+    pytest.importorskip("redis")
+    url, first, second = redis_server.url, f"cli:{tmp_path.name}:a:", f"cli:{tmp_path.name}:b:"
+    to_redis = cli("migrate", "--from", f"file:{tree}", "--to", url, "--key-prefix", first)
+    assert to_redis.returncode == 0, to_redis.stderr
+    assert stats("--redis-url", url, "--key-prefix", first) == stats("--base-dir", str(tree))
+    across = cli("migrate", "--from", url, "--from-key-prefix", first, "--to", url, "--to-key-prefix", second)
+    assert across.returncode == 0, across.stderr
+    back = tmp_path / "back"
+    home = cli("migrate", "--from", url, "--key-prefix", second, "--to", f"file:{back}")
+    assert home.returncode == 0, home.stderr
+    assert data_files(back) == data_files(tree)
+    same = cli("migrate", "--from", url, "--to", url, "--key-prefix", first)
+    assert same.returncode == 2 and "same storage" in same.stderr
