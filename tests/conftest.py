@@ -91,4 +91,19 @@ async def storage(make_storage: Callable[..., StorageInterface]) -> AsyncIterato
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--crash-rounds", default="12", help="SIGKILLs per backend in tests/reliability/test_crash.py")
+    # Sizes of the reliability tests' long forms (docs/reliability.md gives the commands).
+    parser.addoption(
+        "--crash-rounds",
+        default="500",
+        help="SIGKILLs per backend in the slow long form of tests/reliability/test_crash.py",
+    )
+    parser.addoption(
+        "--concurrency",
+        default="8x4x25",
+        help="PROCESSESxCOROUTINESxCOUNT in the slow long form of tests/reliability/test_concurrency.py",
+    )
+    parser.addoption(
+        "--hostile-examples",
+        default="60",
+        help="hypothesis examples per backend in tests/reliability/test_hostile_*.py (CI: 60)",
+    )

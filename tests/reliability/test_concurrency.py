@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectome_storage import create_file_storage
+from connectome_storage import create_file_storage, create_storage_from_env
 from connectome_storage.backends.file import FileStorage
 from connectome_storage.errors import LockTimeoutError
 
 WRITER = Path(__file__).with_name("writer.py")
 READER = Path(__file__).with_name("reader.py")
+# Seconds after which a process is taken to hang: a guard against a deadlock blocking the
+# suite forever, not a measure of speed (the short form takes about a second).
+HANG = 600
 
 
 def check_tags(items: list[dict[str, Any]], writers: list[str], workers: int, count: int) -> None:
@@ -86,39 +92,105 @@ def test_threads_with_their_own_event_loops(tmp_path: Path) -> None:
     check_tags(asyncio.run(load()), [f"t{n}" for n in range(4)], 1, 15)
 
 
-def run_writers(env: dict[str, str], writers: int, workers: int, count: int) -> list[str]:
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
+
+
+def run_writers(env: dict[str, str], go: Path, writers: int, workers: int, count: int) -> tuple[list[str], list[int]]:
+    """Run ``writers`` writer.py processes, started together once all are ready (``go``);
+    return their names and the append totals they saw."""
     names = [f"p{n}" for n in range(writers)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
     procs = [
-        subprocess.Popen([sys.executable, str(WRITER), name, str(workers), str(count)], env=full_env, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, str(WRITER), name, str(workers), str(count), str(go)],
+            env=clean_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for name in names
     ]
     for proc in procs:
-        _, err = proc.communicate(timeout=300)
+        assert proc.stdout is not None
+        if proc.stdout.readline() != b"ready\n":
+            _, err = proc.communicate()
+            raise AssertionError(f"a writer did not start: {err.decode()}")
+    go.touch()
+    totals: list[int] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=HANG)
         assert proc.returncode == 0, err.decode()
-    return names
+        totals += json.loads(out)
+    return names, totals
 
 
-async def test_processes_with_several_coroutines_each(tmp_path: Path) -> None:
-    base = tmp_path / "data"
-    env = {"CONNECTOME_STORAGE_TYPE": "file", "CONNECTOME_STORAGE_BASE_DIR": str(base)}
-    stop = tmp_path / "stop"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
-    # A reader loads the history throughout; appends happen in place, so it must never
-    # see a torn file or a shrinking history.
-    reader = subprocess.Popen([sys.executable, str(READER), str(stop)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def backend_env(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    """CONNECTOME_STORAGE_* variables that point every process at one fresh storage."""
+    if backend == "file":
+        return {"CONNECTOME_STORAGE_TYPE": "file", "CONNECTOME_STORAGE_BASE_DIR": str(tmp_path / "data")}
+    if backend == "sqlite":
+        return {"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_DB_PATH": str(tmp_path / "shared.db")}
+    return {
+        "CONNECTOME_STORAGE_TYPE": "redis",
+        "CONNECTOME_STORAGE_REDIS_URL": request.getfixturevalue("redis_server").url,
+        "CONNECTOME_STORAGE_KEY_PREFIX": f"test:concurrency:{uuid.uuid4().hex}:",
+    }
+
+
+async def hammer(env: dict[str, str], stop: Path, writers: int, workers: int, count: int) -> None:
+    """``writers`` processes of ``workers`` coroutines each, plus a reader; then check all."""
+    # A reader loads the history throughout; on the file backend appends happen in place,
+    # so it must never see a torn file; on no backend may the history shrink.
+    reader = subprocess.Popen(
+        [sys.executable, str(READER), str(stop)], env=clean_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
-        names = run_writers(env, writers=4, workers=3, count=6)
+        names, totals = run_writers(env, stop.with_name("go"), writers, workers, count)
     finally:
         stop.touch()
-        out, err = reader.communicate(timeout=120)
+        out, err = reader.communicate(timeout=HANG)
     assert reader.returncode == 0, err.decode()
     assert int(out) > 0
-    async with create_file_storage(base) as storage:
-        check_tags(await storage.load_raw_messages("shared"), names, 3, 6)
-        check_tags(await storage.load_reasoning_chains("shared-agent"), names, 3, 6)
-        check_tags(await storage.load_memories("shared"), names, 3, 6)
+    items = writers * workers * count
+    # Every append saw a distinct total: no two appends interleaved or were counted twice.
+    assert sorted(totals) == list(range(1, items + 1))
+    async with create_storage_from_env(env) as storage:
+        history = await storage.load_raw_messages("shared")
+        check_tags(history, names, workers, count)
+        # The writers really ran at once: the history switches writer more often than the
+        # writers - 1 times it would if they had run one after another.
+        switches = sum(a["writer"] != b["writer"] for a, b in itertools.pairwise(history))
+        assert switches > writers - 1
+        check_tags(await storage.load_reasoning_chains("shared-agent"), names, workers, count)
+        memories = await storage.load_memories("shared")
+        hot = [m for m in memories if m["memory_id"] == "hot"]
+        check_tags([m for m in memories if m["memory_id"] != "hot"], names, workers, count)
+        # The last write to "hot" was some coroutine's last write: its seq is count - 1.
+        assert len(hot) == 1 and hot[0]["seq"] == count - 1 and hot[0]["writer"] in names
         assert await storage.verify() == []
+        stats = await storage.get_storage_stats()
+        assert (stats["raw_message_count"], stats["memory_count"], stats["reasoning_chain_count"]) == (
+            items,
+            items + 1,
+            items,
+        )
+
+
+@pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
+async def test_processes_with_several_coroutines_each(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    await hammer(backend_env(backend, tmp_path, request), tmp_path / "stop", writers=4, workers=3, count=6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
+async def test_processes_long_form(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    writers, workers, count = (int(n) for n in request.config.getoption("--concurrency").split("x"))
+    await hammer(backend_env(backend, tmp_path, request), tmp_path / "stop", writers, workers, count)
+    print(
+        f"{backend}: {writers} processes x {workers} coroutines x {count} rounds: {writers * workers * count} "
+        "appends, chains and memories each, all present, each writer's order kept"
+    )
 
 
 HOLD_LOCK = """

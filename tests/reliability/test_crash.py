@@ -1,14 +1,16 @@
 """Crash torture: SIGKILL a busy writer at random instants; no acknowledged write is lost.
 
-The short form (a dozen kills per backend) runs in the normal suite. The long form:
+The short form (SHORT_ROUNDS kills per backend) runs in the normal suite, which CI runs
+with ``-m "not slow"``. The long form is marked slow, so only an explicit run picks it:
 
-    python -m pytest tests/reliability/test_crash.py -m slow --crash-rounds 500
+    python -m pytest -s tests/reliability/test_crash.py -m slow --crash-rounds 500
 
-(docs/reliability.md records its last result).
+(``-s`` shows the figures it prints; docs/reliability.md records its last result).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -17,7 +19,6 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,7 +36,9 @@ def backend_env(backend: str, tmp_path: Path) -> dict[str, str]:
 def run_and_kill(env: dict[str, str], round_: int, rng: random.Random) -> list[tuple[str, int, int]]:
     """Start a writer, SIGKILL it at a random instant, return what it acknowledged."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
-    proc = subprocess.Popen([sys.executable, str(WRITER), str(round_)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER), str(round_)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode() if proc.stderr else ""
     time.sleep(rng.uniform(0.0, 0.25))
@@ -63,7 +66,10 @@ async def check(env: dict[str, str], acked: list[tuple[str, int, int]]) -> dict[
         doc = await storage.load_conversation("doc")
         if "doc" in last:
             assert doc is not None and (doc["round"], doc["i"]) >= last["doc"]
-        for kind, items in (("log", await storage.load_raw_messages("log")), ("chain", await storage.load_reasoning_chains("agent"))):
+        for kind, items in (
+            ("log", await storage.load_raw_messages("log")),
+            ("chain", await storage.load_reasoning_chains("agent")),
+        ):
             seen: dict[int, list[int]] = defaultdict(list)
             for item in items:
                 seen[item["round"]].append(item["seq"])
@@ -78,14 +84,32 @@ async def check(env: dict[str, str], acked: list[tuple[str, int, int]]) -> dict[
         return {"operations": len(acked)}
 
 
-@pytest.mark.parametrize("backend", ["file", "sqlite"])
-async def test_sigkill_at_random_instants(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    rounds = int(request.config.getoption("--crash-rounds"))
+SHORT_ROUNDS = 12
+
+
+def torture(backend: str, tmp_path: Path, rounds: int) -> tuple[int, int]:
+    """Kill a writer ``rounds`` times, checking everything after each kill; (kills, acks)."""
     rng = random.Random(rounds * 7919 + len(backend))
     env = backend_env(backend, tmp_path)
     acked: list[tuple[str, int, int]] = []
     for round_ in range(rounds):
         acked += run_and_kill(env, round_, rng)
-        await check(env, acked)
+        asyncio.run(check(env, acked))
+        if (round_ + 1) % 50 == 0:  # progress of a long run, seen with -s
+            print(f"{backend}: {round_ + 1} kills survived, {len(acked)} acknowledged operations checked", flush=True)
     assert any(kind == "log" for kind, _, _ in acked), "the writer never got to work"
-    print(f"{backend}: {rounds} kills survived, {len(acked)} acknowledged operations checked")
+    return rounds, len(acked)
+
+
+@pytest.mark.parametrize("backend", ["file", "sqlite"])
+def test_sigkill_at_random_instants(backend: str, tmp_path: Path) -> None:
+    kills, operations = torture(backend, tmp_path, SHORT_ROUNDS)
+    print(f"{backend}: {kills} kills survived, {operations} acknowledged operations checked")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["file", "sqlite"])
+def test_sigkill_long_form(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    rounds = int(request.config.getoption("--crash-rounds"))
+    kills, operations = torture(backend, tmp_path, rounds)
+    print(f"{backend}: {kills} kills survived, {operations} acknowledged operations checked")
