@@ -24,8 +24,11 @@ __all__ = [
     "parse_time",
 ]
 
-# orjson refuses to serialize deeper than 254 levels; checking first gives a clear message.
-MAX_DEPTH = 254
+# orjson writes at most 254 containers nested in one another. Backends wrap a value in one
+# more (a file holds an array of messages, a cache entry an envelope around its data), so a
+# value may nest 253: then every backend and every method takes it, and an append to a
+# file log accepts the same values in place as when it rewrites the whole file.
+MAX_DEPTH = 253
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1  # orjson writes unsigned 64-bit ints too
 
@@ -43,10 +46,11 @@ def check_value(value: Any, where: str = "value") -> None:
 
 
 def _check(value: Any, where: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
+    # ``depth`` containers enclose ``value``; only containers count towards the limit.
+    if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
         raise SerializationError(
-            f"{where} is nested deeper than {MAX_DEPTH} levels (or refers to itself); "
-            "flatten the value",
+            f"{where} nests containers more than {MAX_DEPTH} levels deep (or refers to "
+            "itself); flatten the value",
             location=where,
         )
     # Exact types first: they are the common case and cheaper than isinstance chains.
