@@ -100,6 +100,13 @@ class AppendLog:
             _write_at(fd, new_bytes, offset)
             os.fsync(fd)
             after = os.fstat(fd)
+        except BaseException:
+            # A full disk (or any failure) mid-append: undo it now, so the file on disk is the
+            # previous version at once, not only after the next access through the library.
+            # Putting the old tail back rewrites bytes already allocated, so it fits even then.
+            with suppress(OSError):
+                self._record(journal, {"committed": self._roll_back(path, pending)}, durable=False)
+            raise
         finally:
             os.close(fd)
         self._record(journal, {"committed": _state(after, count + len(items), self._pretty)}, durable=False)

@@ -10,7 +10,6 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ __all__ = [
     "os_error",
     "read_bytes",
     "remove_stale_temp_files",
+    "scandir",
     "unlink",
 ]
 
@@ -156,7 +156,7 @@ def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
     """Kept versions of ``root / relative``, oldest first."""
     folder = root / BACKUP_DIR / relative
     versions = []
-    for entry in _scandir(folder):
+    for entry in scandir(folder):
         number, _, rest = entry.name.partition("-")
         if entry.is_file() and number.isdigit() and rest.endswith(".json"):
             stamp = rest[: -len(".json")]
@@ -201,11 +201,11 @@ def remove_stale_temp_files(folders: list[Path]) -> int:
     """
     removed = 0
     for folder in folders:
-        for entry in _scandir(folder):
+        for entry in scandir(folder):
             if entry.name.startswith(TEMP_PREFIX):
                 removed += _remove_if_stale(Path(entry.path))
             elif entry.is_dir(follow_symlinks=False):
-                for inner in _scandir(Path(entry.path)):
+                for inner in scandir(Path(entry.path)):
                     if inner.name.startswith(TEMP_PREFIX):
                         removed += _remove_if_stale(Path(inner.path))
     return removed
@@ -237,9 +237,10 @@ def _remove_if_stale(path: Path) -> int:
     return 0
 
 
-def _scandir(folder: Path) -> Iterator[os.DirEntry[str]]:
+def scandir(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; [] if it does not exist."""
     try:
         with os.scandir(folder) as entries:
-            yield from entries
+            return list(entries)
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return []

@@ -81,3 +81,16 @@ async def test_enospc_in_the_middle_of_a_write(tmp_path: Path, monkeypatch: pyte
         monkeypatch.undo()
         assert await storage.load_conversation("c") == {"v": "old"}
     assert visible_and_temp_files(base / "conversations" / "c") == ["current.json"]
+
+
+async def test_a_full_disk_during_an_append_in_place_leaves_the_old_bytes_on_disk(tiny_tmpfs: Path) -> None:
+    base = tiny_tmpfs / "storage_data"
+    async with create_file_storage(base, create_backups=False) as storage:
+        await storage.append_raw_messages("c", [{"n": 1}])
+        await storage.append_raw_messages("c", [{"n": 2}])  # now the file is known: appends go in place
+        path = base / "conversations" / "c" / "raw_messages.json"
+        before = path.read_bytes()
+        with pytest.raises(StorageFullError):
+            await storage.append_raw_messages("c", [BIG])
+        # Read straight from disk, as a person or another program would, before any load.
+        assert path.read_bytes() == before
