@@ -473,26 +473,45 @@ class FileStorage(StorageInterface):
         return await asyncio.to_thread(_fs.list_backups, self._root, Path(relative_path))
 
     async def restore_backup(self, relative_path: str | Path, number: int | None = None) -> _fs.BackupVersion:
-        """Put a kept version back (the newest unless ``number`` is given).
+        """Put a kept version back: version ``number``, or else the newest one that reads
+        correctly (a broken hand edit is kept too when it gets replaced, so the newest kept
+        version is not always a good one).
 
         The version it replaces is itself kept. Raises InvalidArgumentError when the path
-        is not a data file of the tree or no such version is kept.
+        is not a data file of the tree, or no such (readable) version is kept.
         """
         self._require_initialized()
         kind, key = self._parse_relative(relative_path)
-        return await self._locked(kind, key, self._restore_sync, Path(relative_path), number)  # type: ignore[no-any-return]
+        return await self._locked(kind, key, self._restore_sync, kind, key, Path(relative_path), number)  # type: ignore[no-any-return]
 
-    def _restore_sync(self, relative: Path, number: int | None) -> _fs.BackupVersion:
+    def _restore_sync(self, kind: Kind, key: str, relative: Path, number: int | None) -> _fs.BackupVersion:
         versions = _fs.list_backups(self._root, relative)
-        chosen = versions[-1] if versions and number is None else next((v for v in versions if v.number == number), None)
-        if chosen is None:
-            kept = ", ".join(str(v.number) for v in versions) or "none"
-            raise InvalidArgumentError(f"no kept version {number or ''} of {relative} (kept: {kept})")
-        data = _fs.read_bytes(chosen.path)
+        kept = ", ".join(str(v.number) for v in versions) or "none"
+        if number is not None:
+            candidates = [v for v in versions if v.number == number]
+            if not candidates:
+                raise InvalidArgumentError(f"no kept version {number} of {relative} (kept: {kept})")
+        else:
+            candidates = [v for v in reversed(versions) if self._readable(kind, key, v.path)]
+            if not candidates:
+                raise InvalidArgumentError(
+                    f"no kept version of {relative} reads correctly (kept: {kept}); "
+                    "pick one with --version, or fix the file by hand"
+                )
+        data = _fs.read_bytes(candidates[0].path)
         if data is None:
-            raise InvalidArgumentError(f"kept version {chosen.number} of {relative} vanished")
+            raise InvalidArgumentError(f"kept version {candidates[0].number} of {relative} vanished")
         self._replace_file(self._root / relative, data)
-        return chosen
+        return candidates[0]
+
+    def _readable(self, kind: Kind, key: str, path: Path) -> bool:
+        try:
+            value = self._load_sync(kind, path)
+            if kind is Kind.CACHE:
+                cache_entry(value, path, key)
+        except CorruptedDataError:
+            return False
+        return True
 
     def _parse_relative(self, relative_path: str | Path) -> tuple[Kind, str]:
         """(kind, id) of a data file path relative to the base dir, else InvalidArgumentError."""

@@ -230,12 +230,6 @@ def test_every_broken_file_is_named_restored_and_nothing_crashes(tmp_path: Path)
     assert_clean_exit(cli(base, "verify"), 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect reported to the lead: restore puts back the newest kept version even when that "
-    "version is itself a broken hand edit (kept when the entity was stored again), so the good one "
-    "is only reachable with --version",
-)
 def test_restore_brings_back_the_last_good_version_when_a_broken_one_was_kept(tmp_path: Path) -> None:
     base = tmp_path / "storage_data"
     path = base / "conversations/c/current.json"
