@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("cleanup", _cleanup, "remove expired cache entries")
     backups = command("backups", _backups, "list the kept versions of one file (file backend)", json=True)
     backups.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
-    restore = command("restore", _restore, "put the newest kept version of a file back (file backend)")
+    restore = command("restore", _restore, "put back the newest kept version of a file that reads correctly (file backend)")
     restore.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
     restore.add_argument("--version", type=int, help="restore this version number (see `backups PATH`)")
     watch = command(
