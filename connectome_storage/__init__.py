@@ -5,6 +5,8 @@ One asyncio API over a JSON file tree (default), SQLite and Redis; see README.md
 
 from __future__ import annotations
 
+import logging
+
 from .backends.file import FileStorage
 from .backends.redis import RedisStorage  # imports the redis package only when built
 from .backends.sqlite import SqliteStorage  # imports aiosqlite only when built
@@ -35,3 +37,7 @@ __all__ = [
     "migrate",
 ]
 __version__ = "0.1.0"
+
+# A library logs, the application decides where it goes: without this, Python's last-resort
+# handler would print the library's warnings to stderr.
+logging.getLogger("connectome_storage").addHandler(logging.NullHandler())
