@@ -12,8 +12,10 @@ reasoning chains to agent "shared-agent" and stores COUNT memories, tagging each
 coroutine also replaces the one memory "hot" with its latest tag, so that all writers
 read-modify-write the same memory at once.
 
-At the end it prints, as one JSON array, the totals that append_raw_messages returned:
-across all writers, each total from 1 to the final count must appear exactly once.
+At the end it prints one JSON object: ``totals``, the totals that append_raw_messages
+returned (across all writers, each total from 1 to the final count must appear exactly
+once), and ``started``/``finished``, ``time.monotonic()`` (one clock for every process
+on the machine) when its coroutines began and ended, so the test can tell they overlapped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 from connectome_storage import StorageInterface, create_storage_from_env
@@ -41,8 +44,10 @@ async def main(writer: str, workers: int, count: int, go: Path) -> None:
         print("ready", flush=True)
         while not go.exists():
             await asyncio.sleep(0.001)
+        started = time.monotonic()
         await asyncio.gather(*(coroutine(storage, writer, w, count, totals) for w in range(workers)))
-    print(json.dumps(totals))
+        finished = time.monotonic()
+    print(json.dumps({"totals": totals, "started": started, "finished": finished}))
 
 
 if __name__ == "__main__":
