@@ -1,0 +1,96 @@
+"""The targets of the benchmark issue, checked against ratios measured in the same run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .context import Sizes
+from .harness import Comparison
+
+__all__ = ["Target", "evaluate"]
+
+# "As fast with 100,000 conversations as with 100": two runs of the very same operation
+# differ by a few percent from noise alone, so "as fast" is read as at least 0.9x.
+SAME_SPEED = 0.9
+
+
+@dataclass
+class Target:
+    text: str
+    comparison: str
+    variant: str
+    threshold: float
+    bound: Literal["at least", "at most"]
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value >= self.threshold if self.bound == "at least" else self.value <= self.threshold
+
+    @property
+    def status(self) -> str:
+        return {True: "met", False: "**missed**", None: "not measured"}[self.met]
+
+
+def _targets(sizes: Sizes) -> list[Target]:
+    short, _middle, long = sizes.histories
+    big = sizes.session_histories[1]
+    targets = [
+        Target("FileStorage store >= 0.7x the plain durable write", "files.store",
+               "FileStorage.store_conversation", 0.7, "at least"),
+        Target("FileStorage load >= 0.5x plain read + orjson.loads", "files.load",
+               "FileStorage.load_conversation", 0.5, "at least"),
+    ]  # fmt: skip
+    for backend in ("file", "sqlite", "redis"):
+        targets.append(
+            Target(
+                f"{backend}: append to a {long:,} history <= 3x the cost of appending to {short:,}",
+                f"append.{backend}",
+                f"history {long:,}",
+                3.0,
+                "at most",
+            )
+        )
+    targets += [
+        Target("SqliteStorage appends >= 1.5x SQLiteSession.add_items (equal durability)",
+               "sqlite.session.append", "SqliteStorage.append_raw_messages", 1.5, "at least"),
+        Target(f"SqliteStorage loads a {big:,}-message history >= 2x faster than get_items",
+               f"sqlite.session.load{big}", "SqliteStorage.load_raw_messages", 2.0, "at least"),
+    ]  # fmt: skip
+    for key, what in [
+        ("store", "store_conversation vs SET"), ("load", "load_conversation vs GET"),
+        ("append", "append vs RPUSH"), ("history", "load_raw_messages vs LRANGE"),
+        ("cache_set", "store_cache vs SET PX"), ("cache_get", "load_cache vs GET"),
+    ]:  # fmt: skip
+        targets.append(
+            Target(f"RedisStorage {what} >= 0.8x raw redis-py", f"redis.{key}", "RedisStorage", 0.8, "at least")
+        )
+    for backend in ("file", "sqlite", "redis"):
+        targets.append(
+            Target(
+                f"{backend}: load_conversation with {sizes.big_tree:,} conversations as fast as with "
+                f"{sizes.small_tree:,} (>= {SAME_SPEED}x)",
+                f"scale.load.{backend}",
+                f"{sizes.big_tree:,} conversations",
+                SAME_SPEED,
+                "at least",
+            )
+        )
+    return targets
+
+
+def evaluate(sizes: Sizes, comparisons: dict[str, Comparison]) -> list[Target]:
+    """Every target with its measured median ratio and the range over rounds."""
+    targets = _targets(sizes)
+    for target in targets:
+        comparison = comparisons.get(target.comparison)
+        if comparison is None:
+            continue
+        figure = comparison.figure(target.variant)
+        target.value, target.low, target.high = figure.ratio, min(figure.ratios), max(figure.ratios)
+    return targets
