@@ -154,42 +154,49 @@ class BackupVersion:
 
 def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
     """Kept versions of ``root / relative``, oldest first."""
-    folder = root / BACKUP_DIR / relative
-    versions = []
+    return [
+        BackupVersion(number, name[7 : -len(".json")], path, path.stat().st_size)
+        for number, name, path in _kept(root / BACKUP_DIR / relative)
+    ]
+
+
+def _kept(folder: Path) -> list[tuple[int, str, Path]]:
+    """(number, name, path) of the kept versions in ``folder``, oldest first, by name only."""
+    kept = []
     for entry in scandir(folder):
         number, _, rest = entry.name.partition("-")
-        if entry.is_file() and number.isdigit() and rest.endswith(".json"):
-            stamp = rest[: -len(".json")]
-            versions.append(BackupVersion(int(number), stamp, Path(entry.path), entry.stat().st_size))
-    return sorted(versions, key=lambda v: v.number)
+        if number.isdigit() and rest.endswith(".json"):
+            kept.append((int(number), entry.name, Path(entry.path)))
+    return sorted(kept)
 
 
 def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Path | None:
     """Keep the current version of ``path`` before it is replaced or deleted; return it.
 
     A hard link costs no copy: ``os.replace`` only swaps the directory entry, so the old
-    inode lives on under the backup name. Where links are not supported, copy.
+    inode lives on under the backup name. Where links are not supported, copy. Names are
+    read, never stat'ed, and the folder is created only for a file's first backup: this
+    runs before every replace, so each system call shows in the cost of a store.
     """
     if keep <= 0:
         return None
-    relative = path.relative_to(root)
-    folder = root / BACKUP_DIR / relative
-    ensure_dir(folder, root)
-    versions = list_backups(root, relative)
-    number = versions[-1].number + 1 if versions else 1
-    target = folder / f"{number:06d}-{stamp}.json"
+    folder = root / BACKUP_DIR / path.relative_to(root)
+    kept = _kept(folder)
+    if not kept:
+        ensure_dir(folder, root)
+    target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
     try:
         os.link(path, target)
     except FileNotFoundError:
-        return None
+        return None  # nothing to keep
     except OSError:
         data = read_bytes(path)
         if data is None:
             return None
         atomic_write(target, data, root)
-    for old in versions[: max(0, len(versions) + 1 - keep)]:
+    for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)]:
         with suppress(FileNotFoundError):
-            os.unlink(old.path)
+            os.unlink(old)
     return target
 
 

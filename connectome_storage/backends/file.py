@@ -383,6 +383,10 @@ class FileStorage(StorageInterface):
         for key, entry in await self._cache_entries():
             if entry.expired(now_ms):
                 removed += await self._locked(Kind.CACHE, key, self._remove_if_expired, key, now_ms)
+        if removed:
+            # One folder fsync for the whole sweep: losing these unlinks to a crash would
+            # only bring back entries that are expired anyway.
+            await asyncio.to_thread(_fs.fsync_dir, self._root / "cache")
         return removed
 
     def _remove_if_expired(self, key: str, now_ms: int) -> int:
@@ -392,9 +396,11 @@ class FileStorage(StorageInterface):
         if envelope is None or not cache_entry(envelope, path, key).expired(now_ms):
             return 0
         try:
-            removed = _fs.unlink(path)  # expired entries are dropped without a backup
+            os.unlink(path)  # expired entries are dropped without a backup
             self._own.removed(path)
-            return int(removed)
+            return 1
+        except FileNotFoundError:
+            return 0
         except OSError as e:
             raise _fs.os_error(e, "deleting", path) from e
 
@@ -420,6 +426,48 @@ class FileStorage(StorageInterface):
             "free_bytes": usage.free,
             "writable": True,
         }
+
+    async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
+        return await asyncio.to_thread(self._collect_stats_sync, now_ms)
+
+    def _collect_stats_sync(self, now_ms: int) -> dict[str, Any]:
+        """One pass over the tree in one thread (the generic version costs an await or two
+        per file, and lists the folders twice)."""
+        stats = dict.fromkeys(
+            ["conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
+             "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
+             "unreadable_count"],
+            0,
+        )  # fmt: skip
+        counters = {Kind.RAW_MESSAGES: "raw_message_count", Kind.MEMORIES: "memory_count",
+                    Kind.CHUNKS: "chunk_count", Kind.REASONING_CHAINS: "reasoning_chain_count"}  # fmt: skip
+
+        def count(kind: Kind, path: Path) -> bool:
+            """Count one file; True if it exists (readable or not)."""
+            try:
+                value = self._load_sync(kind, path)
+                if value is not None and kind is Kind.CACHE:
+                    expired = cache_entry(value, path, decode_name(path.stem) or "").expired(now_ms)
+                    stats["expired_cache_entry_count" if expired else "cache_entry_count"] += 1
+                elif value is not None and kind in counters:
+                    stats[counters[kind]] += len(value)
+            except CorruptedDataError:
+                stats["unreadable_count"] += 1
+                return True
+            return value is not None
+
+        for folder, files, counter in (("conversations", PART_FILES, "conversation_count"),
+                                       ("agents", {Kind.REASONING_CHAINS: CHAINS_FILE}, "agent_count")):  # fmt: skip
+            for entry in _fs.scandir(self._root / folder):
+                if decode_name(entry.name) is not None and entry.is_dir(follow_symlinks=False):
+                    found = [count(kind, Path(entry.path, name)) for kind, name in files.items()]
+                    stats[counter] += any(found)
+        for key in self._list_json_files("cache"):
+            count(Kind.CACHE, self.path_of(Kind.CACHE, key))
+        for key in self._list_json_files("system"):
+            stats["system_state_count"] += count(Kind.SYSTEM, self.path_of(Kind.SYSTEM, key))
+        stats["total_bytes"] = self._total_bytes_sync()
+        return stats
 
     async def _total_bytes(self) -> int:
         return await asyncio.to_thread(self._total_bytes_sync)
