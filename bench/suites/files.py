@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -53,9 +54,16 @@ async def run(ctx: Context) -> Section:
     async def kv_put(i: int) -> None:
         await kv.put(ids[i % len(ids)], document(i), collection="conversations")
 
+    async def plain_store_thread(i: int) -> None:
+        await asyncio.to_thread(plain_store, i)
+
     writers = [
         Variant("plain durable write (sync)", each_sync(plain_store)),
         Variant("FileStorage.store_conversation", each(ours_store)),
+        # What any asyncio library pays at least: the same write, one thread hop away.
+        Variant(
+            "plain durable write in asyncio.to_thread", each(plain_store_thread), "floor without blocking the loop"
+        ),
     ]
     if kv is not None:
         writers.append(Variant("FileTreeStore.put", each(kv_put), "no folder fsync"))

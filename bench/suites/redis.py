@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import redis.asyncio
+
+from connectome_storage import RedisStorage
+from connectome_storage.backends._redis_lua import SCRIPTS
 
 from ..backends import open_storage
 from ..context import Context
@@ -15,11 +20,18 @@ from ..harness import Section, Variant, compare, each
 __all__ = ["run"]
 
 INTRO = """\
-RedisStorage (one Lua script per write: the value and its listing index change in one
-atomic round trip; plain GET/LRANGE for reads; values checked and encoded with orjson)
-against a `redis.asyncio.Redis` with its defaults sending the plain command for the same
-data: SET, GET + `orjson.loads`, RPUSH, LRANGE + `orjson.loads` per item, SET PX. Both
-talk to the same redis-server on 127.0.0.1 (no persistence), started by the bench."""
+RedisStorage (values checked and encoded with orjson; a plain SET XX or RPUSHX when the
+key exists, else one Lua script that also lists the id in its index; a Lua script for
+every cache write, which keeps the expiry index in step; plain GET/LRANGE for reads)
+against a `redis.asyncio.Redis` with its defaults, used two ways: the plain command a
+user would send for the same data (SET, GET + `orjson.loads`, RPUSH, LRANGE +
+`orjson.loads` per item, SET PX), which is the baseline of each table, and, where
+RedisStorage sends something else, the very commands RedisStorage sends (SET XX, RPUSHX,
+EVALSHA of the same cache script), so that the table shows what the commands cost and
+what the library's Python costs. Both talk to the same redis-server on 127.0.0.1 (no
+persistence), started by the bench."""
+
+SAME = "raw redis-py, same commands"
 
 
 def _dumps(value: Any) -> bytes:
@@ -30,18 +42,24 @@ async def run(ctx: Context) -> Section:
     sizes = ctx.sizes
     section = Section("redis", "RedisStorage against raw redis-py", INTRO)
     ours = await open_storage(ctx, "redis", "redis-ours")
+    assert isinstance(ours, RedisStorage)
     raw: Any = redis.asyncio.Redis.from_url(ctx.redis_url)
     prefix = "bench:redis-raw:"
     ids = [f"conv_{i:03d}" for i in range(sizes.keys)]
     history = sizes.session_histories[0]
     await ours.store_raw_messages("history", messages(history))
     await raw.rpush(f"{prefix}history", *[_dumps(m) for m in messages(history)])
+    write_cache = raw.register_script(SCRIPTS["write_cache"])
+    cache_index = f"{prefix}idx:cache"
 
     async def ours_store(i: int) -> None:
         await ours.store_conversation(ids[i % len(ids)], document(i))
 
     async def raw_store(i: int) -> None:
         await raw.set(f"{prefix}conv:{ids[i % len(ids)]}", _dumps(document(i)))
+
+    async def same_store(i: int) -> None:
+        await raw.set(f"{prefix}conv:{ids[i % len(ids)]}", _dumps(document(i)), xx=True)
 
     async def ours_load(i: int) -> None:
         assert await ours.load_conversation(ids[i % len(ids)]) is not None
@@ -54,6 +72,9 @@ async def run(ctx: Context) -> Section:
 
     async def raw_append(i: int) -> None:
         await raw.rpush(f"{prefix}appended", _dumps(message(i)))
+
+    async def same_append(i: int) -> None:
+        await raw.rpushx(f"{prefix}appended", _dumps(message(i)))
 
     async def ours_history(i: int) -> None:
         assert len(await ours.load_raw_messages("history")) == history
@@ -68,21 +89,33 @@ async def run(ctx: Context) -> Section:
     async def raw_cache_set(i: int) -> None:
         await raw.set(f"{prefix}cache:{ids[i % len(ids)]}", _dumps(cache_value(i)), px=3_600_000)
 
+    async def same_cache_set(i: int) -> None:
+        key = ids[i % len(ids)]
+        expires = round(time.time() * 1000) + 3_600_000
+        envelope = _dumps({"created_ms": expires - 3_600_000, "expires_ms": expires, "data": cache_value(i)})
+        await write_cache(keys=[f"{prefix}cache:{key}", cache_index], args=[key, envelope, "3600000", str(expires)])
+
     async def ours_cache_get(i: int) -> None:
         assert await ours.load_cache(f"llm:{ids[i % len(ids)]}") is not None
 
     async def raw_cache_get(i: int) -> None:
         orjson.loads(await raw.get(f"{prefix}cache:{ids[i % len(ids)]}"))
 
-    for key, title, ops, raw_op, our_op in [
-        ("store", "store_conversation (2 KB) / SET", sizes.writes * 4, raw_store, ours_store),
-        ("load", "load_conversation (2 KB) / GET", sizes.reads, raw_load, ours_load),
-        ("append", "append_raw_messages (one message) / RPUSH", sizes.writes * 4, raw_append, ours_append),
-        ("history", f"load_raw_messages ({history:,}) / LRANGE", max(3, sizes.reads // 50), raw_history, ours_history),
-        ("cache_set", "store_cache with a TTL / SET PX", sizes.writes * 4, raw_cache_set, ours_cache_set),
-        ("cache_get", "load_cache / GET", sizes.reads, raw_cache_get, ours_cache_get),
-    ]:  # fmt: skip
-        variants = [Variant("raw redis-py", each(raw_op)), Variant("RedisStorage", each(our_op))]
+    Op = Callable[[int], Awaitable[None]]
+    table: list[tuple[str, str, int, Op, Op, Op | None]] = [
+        ("store", "store_conversation (2 KB) / SET", sizes.writes * 4, raw_store, ours_store, same_store),
+        ("load", "load_conversation (2 KB) / GET", sizes.reads, raw_load, ours_load, None),
+        ("append", "append_raw_messages (one message) / RPUSH", sizes.writes * 4, raw_append, ours_append, same_append),
+        ("history", f"load_raw_messages ({history:,}) / LRANGE", max(3, sizes.reads // 50), raw_history,
+         ours_history, None),
+        ("cache_set", "store_cache with a TTL / SET PX", sizes.writes * 4, raw_cache_set, ours_cache_set,
+         same_cache_set),
+        ("cache_get", "load_cache / GET", sizes.reads, raw_cache_get, ours_cache_get, None),
+    ]  # fmt: skip
+    for key, title, ops, raw_op, our_op, same_op in table:
+        variants = [Variant("raw redis-py, plain command", each(raw_op)), Variant("RedisStorage", each(our_op))]
+        if same_op is not None:
+            variants.append(Variant(SAME, each(same_op)))
         section.comparisons.append(
             await compare(f"redis.{key}", title, variants, ops=ops, repeats=sizes.repeats, warmup=len(ids))
         )

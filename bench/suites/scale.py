@@ -30,7 +30,7 @@ from connectome_storage.naming import encode_name
 from ..backends import BACKENDS, open_storage
 from ..context import Context
 from ..data import cache_value, document, message, messages
-from ..harness import Runner, Section, Variant, compare, each, throughput
+from ..harness import Runner, Section, Variant, compare, each, each_sync, throughput
 
 __all__ = ["run"]
 
@@ -124,6 +124,23 @@ async def _trees(ctx: Context, section: Section, backend: str) -> None:
             ops=sizes.reads, repeats=sizes.repeats, warmup=sizes.reads // 4,
         )
     )  # fmt: skip
+    if isinstance(small, FileStorage) and isinstance(big, FileStorage):
+        # The same reads without the library: how much of the difference is the filesystem.
+        def plain_loader(root: Path, ids: list[str]) -> Runner:
+            def load(i: int) -> None:
+                with open(root / "conversations" / ids[i % len(ids)] / "current.json", "rb") as f:
+                    orjson.loads(f.read())
+
+            return each_sync(load)
+
+        section.comparisons.append(
+            await compare(
+                "scale.load.file.plain", "file: plain read + orjson.loads of the same files, random ids",
+                [Variant(f"{sizes.small_tree:,} conversations", plain_loader(small.base_dir, small_ids)),
+                 Variant(f"{sizes.big_tree:,} conversations", plain_loader(big.base_dir, big_ids))],
+                ops=sizes.reads, repeats=sizes.repeats, warmup=sizes.reads // 4,
+            )
+        )  # fmt: skip
     plain_list, plain_stats, list_name, stats_name = await _plain_whole(ctx, backend, big)
 
     async def ours_list(_first: int, _count: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -158,14 +159,32 @@ async def _against_session(ctx: Context, section: Section, ours: SqliteStorage, 
     async def session_append(i: int) -> None:
         await session.add_items([message(append_size + i)])
 
+    # The floor for any asyncio library at this durability: one INSERT committed (one
+    # WAL fsync) on a worker thread, with no checks, no index lookup, no parent row.
+    floor = sqlite3.connect(root / "floor.db", isolation_level=None, check_same_thread=False)
+    floor.execute("PRAGMA journal_mode = WAL")
+    floor.execute("PRAGMA synchronous = FULL")
+    floor.execute("CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+
+    def floor_commit(i: int) -> None:
+        floor.execute("BEGIN IMMEDIATE")
+        floor.execute("INSERT INTO log (data) VALUES (?)", (_dumps(message(i)),))
+        floor.execute("COMMIT")
+
+    async def floor_append(i: int) -> None:
+        await asyncio.to_thread(floor_commit, i)
+
     section.comparisons.append(
         await compare(
             "sqlite.session.append", f"append one message to ~{append_size:,} (equal durability)",
             [Variant("SQLiteSession.add_items", each(session_append)),
-             Variant("SqliteStorage.append_raw_messages", each(ours_append))],
+             Variant("SqliteStorage.append_raw_messages", each(ours_append)),
+             Variant("one INSERT + COMMIT in asyncio.to_thread", each(floor_append), "floor"),
+             Variant("one INSERT + COMMIT on the loop's thread", each_sync(floor_commit), "floor, blocks the loop")],
             ops=sizes.writes, repeats=sizes.repeats, warmup=5,
         )
     )  # fmt: skip
+    floor.close()
     for size in sizes.session_histories:
         loaded = module.SQLiteSession(f"load{size}", root / "session.db")
         await loaded.add_items(messages(size))
