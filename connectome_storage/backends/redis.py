@@ -18,7 +18,10 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
 
 Every operation that touches several keys is one Lua script (_redis_lua.py), so it is
-atomic and one round trip. docs/redis.md explains expiry, faults and retries.
+atomic and one round trip. Replacing a document or appending to a log whose key already
+exists is one plain command instead (SET XX, RPUSHX): an existing key is always listed
+in its index already, so there is nothing else to touch, and Redis runs a plain command
+faster than a script. docs/redis.md explains expiry, faults and retries.
 """
 
 from __future__ import annotations
@@ -215,7 +218,14 @@ class RedisStorage(StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         name = self.key_of(kind, key)
-        await self._script("write", name, [name, self.index_of(kind)], [key, encode(value, pretty=False)])
+        data = encode(value, pretty=False)
+        # Replacing an existing value needs no script: every script that creates a key also
+        # lists its id, and none unlists an id while one of its keys exists, so a key that
+        # exists when SET XX runs is listed. Measured: a script costs about 10 us more
+        # than a plain SET, a sixth of a local round trip.
+        if await self._call(f"writing {name}", name, lambda: self.client.set(name, data, xx=True)):
+            return
+        await self._script("write", name, [name, self.index_of(kind)], [key, data])
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         name = self.key_of(kind, key)
@@ -236,6 +246,11 @@ class RedisStorage(StorageInterface):
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         name = self.key_of(kind, key)
         encoded = [encode(item, pretty=False) for item in items]
+        # RPUSHX pushes only onto an existing list, which is listed already (see
+        # _write_document); it answers 0, having written nothing, when the list is new.
+        length = await self._call(f"appending to {name}", name, self.client.rpushx, name, *encoded)
+        if length:
+            return int(length)
         return int(await self._script("append", name, [name, self.index_of(kind)], [key, *encoded]))
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
