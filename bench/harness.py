@@ -134,7 +134,7 @@ class Comparison:
         return {
             "key": self.key, "title": self.title, "baseline": self.baseline, "ops": self.ops,
             "repeats": self.repeats, "ratio_kind": self.ratio_kind, "unit": self.unit,
-            "note": self.note,
+            "rate_label": self.rate_label, "note": self.note,
             "figures": [
                 {"name": f.name, "samples": f.samples, "ratios": f.ratios, "median": f.median,
                  "ratio": f.ratio, "note": f.note}

@@ -3,6 +3,8 @@
     python -m bench                  # the full run (minutes); needs pip install -e '.[bench]'
     python -m bench --smoke          # every benchmark at toy sizes, in seconds; peers optional
     python -m bench --only files     # some sections (files, append, sqlite, redis, scale)
+    python -m bench --json run.json  # also keep every figure; --render run.json rewrites the
+                                     # report from it without running anything
 
 Scratch data goes to a temporary folder inside the project (so on the project's
 filesystem, never /dev/shm), removed at the end; the bench starts its own redis-server
@@ -21,13 +23,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tests.redis_server import RedisServer
 
 from . import harness
 from .context import FULL, SMOKE, Context
 from .environment import machine, versions
-from .harness import Comparison, Section
+from .harness import Comparison, Figure, Section
 from .report import format_seconds, render
 from .suites import append, files, redis, scale, sqlite
 from .targets import evaluate
@@ -52,6 +55,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="Markdown report (default: docs/performance.md; a smoke run prints it instead)",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    parser.add_argument(
+        "--render", type=Path, default=None,
+        help="run nothing: write the report again from a --json file (after editing bench/FINDINGS.md)",
+    )  # fmt: skip
     parser.add_argument("--only", action="append", choices=sorted(SECTIONS), help="run only these sections")
     parser.add_argument("--scratch", type=Path, default=PROJECT,
                         help="folder in which to make the temporary scratch folder (default: the project)")  # fmt: skip
@@ -82,11 +89,40 @@ async def _run(ctx: Context, names: list[str]) -> list[Section]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render is not None:
+        run = json.loads(args.render.read_text())
+    else:
+        run = _measure(args)
+        if args.json is not None:
+            args.json.write_text(json.dumps(run, indent=2))
+    smoke = bool(run["smoke"])
+    sizes = SMOKE if smoke else FULL
+    sections = [_section(s) for s in run["sections"]]
+    targets = evaluate(sizes, {c.key: c for s in sections for c in s.comparisons})
+    markdown = render(
+        smoke=smoke, command=run["command"], started=run["started"], elapsed=run["elapsed"],
+        machine=run["machine"], versions=run["versions"], sections=sections, targets=targets,
+        findings=None if smoke else PROJECT / "bench" / "FINDINGS.md", skipped=run["skipped_peers"],
+    )  # fmt: skip
+    # A smoke run prints its report unless told where to write it: it must never
+    # overwrite the real one by default.
+    output = args.output if args.output is not None or smoke else PROJECT / "docs" / "performance.md"
+    if output is None:
+        print(markdown)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(markdown)
+        print(f"wrote {output}", file=sys.stderr)
+    for target in targets:
+        print(f"{target.status:>14}  {target.text}", file=sys.stderr)
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmarks; return everything the report needs, ready for JSON."""
     sizes = SMOKE if args.smoke else FULL
-    output = args.output if args.output is not None or args.smoke else PROJECT / "docs" / "performance.md"
-    # (None for a smoke run without --output: the report goes to stdout.)
     names = args.only or list(SECTIONS)
-    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     began = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=".bench-tmp-", dir=args.scratch))
     server = RedisServer(scratch / "redis-server")
@@ -101,36 +137,48 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    comparisons = {c.key: c for s in sections for c in s.comparisons}
-    targets = evaluate(sizes, comparisons)
-    elapsed = time.perf_counter() - began
     command = "python -m bench" + (" --smoke" if args.smoke else "") + "".join(f" --only {n}" for n in args.only or [])
-    markdown = render(
-        smoke=args.smoke, command=command, started=started_at, elapsed=elapsed,
-        machine=about_machine, versions=versions(server_version), sections=sections,
-        targets=targets, findings=None if args.smoke else PROJECT / "bench" / "FINDINGS.md",
-        skipped=ctx.missing_peers,
-    )  # fmt: skip
-    if output is None:
-        print(markdown)  # a smoke run must never overwrite the real report by default
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(markdown)
-        print(f"wrote {output}", file=sys.stderr)
-    if args.json is not None:
-        document = {
-            "smoke": args.smoke,
-            "sections": [
-                {"key": s.key, "title": s.title, "notes": s.notes, "comparisons": [c.as_dict() for c in s.comparisons]}
-                for s in sections
-            ],
-            "targets": [{"text": t.text, "comparison": t.comparison, "value": t.value, "met": t.met} for t in targets],
-            "skipped_peers": ctx.missing_peers,
-        }
-        args.json.write_text(json.dumps(document, indent=2))
-    for target in targets:
-        print(f"{target.status:>14}  {target.text}", file=sys.stderr)
-    return 0
+    comparisons = {c.key: c for s in sections for c in s.comparisons}
+    return {
+        "smoke": args.smoke,
+        "command": command,
+        "started": started,
+        "elapsed": time.perf_counter() - began,
+        "machine": about_machine,
+        "versions": versions(server_version),
+        "sections": [
+            {"key": s.key, "title": s.title, "intro": s.intro, "notes": s.notes,
+             "comparisons": [c.as_dict() for c in s.comparisons]}
+            for s in sections
+        ],
+        "targets": [
+            {"text": t.text, "comparison": t.comparison, "value": t.value, "met": t.met}
+            for t in evaluate(sizes, comparisons)
+        ],
+        "skipped_peers": ctx.missing_peers,
+    }  # fmt: skip
+
+
+def _section(data: dict[str, Any]) -> Section:
+    """A section back from its JSON form."""
+    comparisons = []
+    for c in data["comparisons"]:
+        figures = [Figure(f["name"], f["samples"], f["ratios"], f["note"]) for f in c["figures"]]
+        comparisons.append(
+            Comparison(
+                c["key"],
+                c["title"],
+                c["baseline"],
+                figures,
+                c["ops"],
+                c["repeats"],
+                ratio_kind=c["ratio_kind"],
+                unit=c["unit"],
+                rate_label=c.get("rate_label", "ops/s"),
+                note=c["note"],
+            )
+        )
+    return Section(data["key"], data["title"], data["intro"], comparisons, data["notes"])
 
 
 def _server_version(server: RedisServer) -> str:
