@@ -109,8 +109,14 @@ async def _show(storage: StorageInterface, args: argparse.Namespace) -> int:
         shown["memories"] = await storage.load_memories(conversation_id)
     if parts["chunks"]:
         shown["chunks"] = await storage.load_chunks(conversation_id)
-    if all(value in (None, []) for value in shown.values()) and conversation_id not in await storage.list_conversations():
-        print(f"connectome-storage: no conversation {conversation_id!r}; `connectome-storage ls` lists them", file=sys.stderr)
+    if (
+        all(value in (None, []) for value in shown.values())
+        and conversation_id not in await storage.list_conversations()
+    ):
+        print(
+            f"connectome-storage: no conversation {conversation_id!r}; `connectome-storage ls` lists them",
+            file=sys.stderr,
+        )
         return EXIT_PROBLEMS
     _print_json(next(iter(shown.values())) if len(shown) == 1 else shown)
     return EXIT_OK
@@ -144,7 +150,9 @@ def _file_storage(storage: StorageInterface, command: str) -> Any:
 async def _backups(storage: StorageInterface, args: argparse.Namespace) -> int:
     versions = await _file_storage(storage, "backups").list_backups(args.path)
     if args.json:
-        _print_json([{"number": v.number, "taken_at": v.taken_at, "size": v.size, "path": str(v.path)} for v in versions])
+        _print_json(
+            [{"number": v.number, "taken_at": v.taken_at, "size": v.size, "path": str(v.path)} for v in versions]
+        )
     elif not versions:
         print(f"no kept versions of {args.path}")
     else:
@@ -266,10 +274,7 @@ def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) 
     else:
         scheme, _, location = spec.partition(":")
         if scheme not in ("file", "sqlite") or not location:
-            raise ConfigError(
-                f"{option} {spec!r} is not a storage: use file:PATH, sqlite:PATH or "
-                "redis://HOST:PORT/DB"
-            )
+            raise ConfigError(f"{option} {spec!r} is not a storage: use file:PATH, sqlite:PATH or redis://HOST:PORT/DB")
         backend = scheme
         config = {"base_dir" if scheme == "file" else "db_path": location}
         exists = Path(location).is_dir() if scheme == "file" else Path(location).is_file()
@@ -359,16 +364,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--memories", action="store_true", help="show the memories")
     show.add_argument("--chunks", action="store_true", help="show the chunking decisions")
     show.add_argument("--all", action="store_true", help="show every part")
-    command("verify", _verify, "check every entity parses and the tree holds no strays; exit 1 naming each bad file", json=True)
+    command(
+        "verify",
+        _verify,
+        "check every entity parses and the tree holds no strays; exit 1 naming each bad file",
+        json=True,
+    )
     command("cleanup", _cleanup, "remove expired cache entries")
     backups = command("backups", _backups, "list the kept versions of one file (file backend)", json=True)
     backups.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
-    restore = command("restore", _restore, "put back the newest kept version of a file that reads correctly (file backend)")
+    restore = command(
+        "restore", _restore, "put back the newest kept version of a file that reads correctly (file backend)"
+    )
     restore.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
     restore.add_argument("--version", type=int, help="restore this version number (see `backups PATH`)")
-    watch = command(
-        "watch", _watch, "print each change made to the tree, by anyone, until Ctrl-C (file backend)"
-    )
+    watch = command("watch", _watch, "print each change made to the tree, by anyone, until Ctrl-C (file backend)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.add_argument(
         "--debounce", type=int, default=DEFAULT_DEBOUNCE_MS, metavar="MS",
@@ -392,7 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
 def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> StorageInterface:
     """The storage the global options and CONNECTOME_STORAGE_* variables select."""
     backend, config = read_environment(os.environ if environ is None else environ)
-    overrides = {"base_dir": args.base_dir, "db_path": args.db_path, "redis_url": args.redis_url, "key_prefix": args.key_prefix}
+    overrides = {
+        "base_dir": args.base_dir,
+        "db_path": args.db_path,
+        "redis_url": args.redis_url,
+        "key_prefix": args.key_prefix,
+    }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     implied = {"base_dir": "file", "db_path": "sqlite", "redis_url": "redis"}
     locations = [implied[key] for key in overrides if key in implied]

@@ -49,8 +49,7 @@ def _check(value: Any, where: str, depth: int) -> None:
     # ``depth`` containers enclose ``value``; only containers count towards the limit.
     if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
         raise SerializationError(
-            f"{where} nests containers more than {MAX_DEPTH} levels deep (or refers to "
-            "itself); flatten the value",
+            f"{where} nests containers more than {MAX_DEPTH} levels deep (or refers to itself); flatten the value",
             location=where,
         )
     # Exact types first: they are the common case and cheaper than isinstance chains.
@@ -67,8 +66,7 @@ def _check(value: Any, where: str, depth: int) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise SerializationError(
-                    f"{where} has a key of type {type(key).__name__} ({key!r}); "
-                    "JSON object keys must be str",
+                    f"{where} has a key of type {type(key).__name__} ({key!r}); JSON object keys must be str",
                     location=where,
                 )
             _check_str(key, f"{where} key {key!r}")

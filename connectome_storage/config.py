@@ -86,8 +86,7 @@ def _parse_seconds(value: Any, name: str, *, allow_none: bool = False) -> float 
         seconds = float(value)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"{name}={value!r} is not a number of seconds; use a number greater than 0 "
-            "such as 30 or 2.5"
+            f"{name}={value!r} is not a number of seconds; use a number greater than 0 such as 30 or 2.5"
         ) from None
     if not (math.isfinite(seconds) and seconds > 0):
         raise ConfigError(f"{name}={value!r} must be a finite number of seconds greater than 0")
@@ -134,8 +133,7 @@ def _parse_redis_url(value: Any, name: str) -> str:
     text = _parse_text(value, name)
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
-            f"{name}={value!r} is not a Redis URL; use redis://HOST:PORT/DB, rediss://... "
-            "or unix:///path/to/socket"
+            f"{name}={value!r} is not a Redis URL; use redis://HOST:PORT/DB, rediss://... or unix:///path/to/socket"
         )
     return text
 
@@ -218,8 +216,7 @@ def read_environment(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
         key = ENV_VARIABLES.get(variable)
         if key is None:
             raise ConfigError(
-                f"unknown environment variable {variable}; known ones are "
-                f"{', '.join([TYPE_VARIABLE, *ENV_VARIABLES])}"
+                f"unknown environment variable {variable}; known ones are {', '.join([TYPE_VARIABLE, *ENV_VARIABLES])}"
             )
         config[key] = _PARSERS[key](raw, variable)
     backend = environ.get(TYPE_VARIABLE, "file").strip().lower() or "file"

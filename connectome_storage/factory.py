@@ -11,7 +11,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .config import read_environment
 from .errors import ConfigError
@@ -29,7 +29,7 @@ __all__ = [
 class StorageFactory:
     """Creates storages by backend name: ``file``, ``sqlite``, ``redis`` or a registered one."""
 
-    _backends: dict[str, type[StorageInterface] | str] = {
+    _backends: ClassVar[dict[str, type[StorageInterface] | str]] = {
         "file": "connectome_storage.backends.file:FileStorage",
         "sqlite": "connectome_storage.backends.sqlite:SqliteStorage",
         "redis": "connectome_storage.backends.redis:RedisStorage",

@@ -355,7 +355,7 @@ class StorageInterface(ABC):
         try:
             self._require_initialized()
             details = await self._probe()
-        except (StorageError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, StorageError, OSError) as e:
             report["status"] = "unhealthy"
             details = {"error": str(e), "error_type": type(e).__name__}
         report["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -555,17 +555,13 @@ class StorageInterface(ABC):
 
 def _check_dict(value: Any, where: str) -> None:
     if not isinstance(value, dict):
-        raise SerializationError(
-            f"{where} must be a dict, got {type(value).__name__}", location=where
-        )
+        raise SerializationError(f"{where} must be a dict, got {type(value).__name__}", location=where)
     check_value(value, where)
 
 
 def _check_dict_list(value: Any, where: str) -> None:
     if not isinstance(value, list):
-        raise SerializationError(
-            f"{where} must be a list of dicts, got {type(value).__name__}", location=where
-        )
+        raise SerializationError(f"{where} must be a list of dicts, got {type(value).__name__}", location=where)
     for index, item in enumerate(value):
         _check_dict(item, f"{where}[{index}]")
 

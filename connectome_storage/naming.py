@@ -30,8 +30,7 @@ MAX_NAME_BYTES = 255 - len(".json")
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _WINDOWS_DEVICES = frozenset(
-    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-    + [f"{stem}{n}" for stem in ("COM", "LPT") for n in range(10)]
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"] + [f"{stem}{n}" for stem in ("COM", "LPT") for n in range(10)]
 )
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 

@@ -30,16 +30,32 @@ CONVERSATIONS = {
         },
         "messages": [
             {"role": "user", "content": "Plan three days in Lisbon for me.", "ts": "2026-11-20T08:00:00Z"},
-            {"role": "assistant", "content": "Happy to! When are you going, and what's your budget?", "ts": "2026-11-20T08:00:04Z"},
-            {"role": "user", "content": "Early March. Cheap as possible, I love museums.", "ts": "2026-11-20T08:01:10Z"},
-            {"role": "assistant", "content": "Many museums are free on Sunday mornings; I'll plan around that.", "ts": "2026-11-20T08:01:15Z"},
+            {
+                "role": "assistant",
+                "content": "Happy to! When are you going, and what's your budget?",
+                "ts": "2026-11-20T08:00:04Z",
+            },
+            {
+                "role": "user",
+                "content": "Early March. Cheap as possible, I love museums.",
+                "ts": "2026-11-20T08:01:10Z",
+            },
+            {
+                "role": "assistant",
+                "content": "Many museums are free on Sunday mornings; I'll plan around that.",
+                "ts": "2026-11-20T08:01:15Z",
+            },
         ],
         "chunks": [
             {"chunk_id": "chunk_0", "start": 0, "end": 2, "reason": "trip request and clarifying question"},
             {"chunk_id": "chunk_1", "start": 2, "end": 4, "reason": "constraints: budget, museums"},
         ],
         "memories": {
-            "mem_001": {"text": "User travels on a budget in early March.", "importance": 0.8, "source_chunk": "chunk_1"},
+            "mem_001": {
+                "text": "User travels on a budget in early March.",
+                "importance": 0.8,
+                "source_chunk": "chunk_1",
+            },
             "mem_002": {"text": "User loves museums.", "importance": 0.6, "source_chunk": "chunk_1"},
         },
     },
@@ -53,7 +69,11 @@ CONVERSATIONS = {
         },
         "messages": [
             {"role": "user", "content": "My pytest run fails one time in ten. Ideas?", "ts": "2026-11-21T07:12:00Z"},
-            {"role": "assistant", "content": "Look for shared state between tests and unseeded randomness.", "ts": "2026-11-21T07:12:06Z"},
+            {
+                "role": "assistant",
+                "content": "Look for shared state between tests and unseeded randomness.",
+                "ts": "2026-11-21T07:12:06Z",
+            },
         ],
         "chunks": [{"chunk_id": "chunk_0", "start": 0, "end": 2, "reason": "single topic"}],
         "memories": {"mem_001": {"text": "User writes Python and uses pytest.", "importance": 0.4}},
@@ -73,11 +93,26 @@ CONVERSATIONS = {
 
 CHAINS = {
     "research-agent": [
-        {"goal": "draft itinerary", "steps": ["check season", "list free museums"], "tools": ["web_search"], "outcome": "draft ready"},
-        {"goal": "price check", "steps": ["compare hostels"], "tools": ["web_search", "calculator"], "outcome": "3 options"},
+        {
+            "goal": "draft itinerary",
+            "steps": ["check season", "list free museums"],
+            "tools": ["web_search"],
+            "outcome": "draft ready",
+        },
+        {
+            "goal": "price check",
+            "steps": ["compare hostels"],
+            "tools": ["web_search", "calculator"],
+            "outcome": "3 options",
+        },
     ],
     "support-agent": [
-        {"goal": "triage ticket 42", "steps": ["read order", "check policy"], "tools": ["orders_api"], "outcome": "refund eligible"},
+        {
+            "goal": "triage ticket 42",
+            "steps": ["read order", "check policy"],
+            "tools": ["orders_api"],
+            "outcome": "refund eligible",
+        },
     ],
 }
 
@@ -93,7 +128,9 @@ async def build(target: Path) -> None:
         for agent_id, chains in CHAINS.items():
             for chain in chains:
                 await storage.store_reasoning_chain(agent_id, chain)
-        await storage.store_cache("llm:itinerary:lisbon:v1", {"model": "gpt-x", "text": "Day 1: Alfama and the castle..."}, ttl=86400)
+        await storage.store_cache(
+            "llm:itinerary:lisbon:v1", {"model": "gpt-x", "text": "Day 1: Alfama and the castle..."}, ttl=86400
+        )
         await storage.store_cache("embedding:conv_002:0", [0.12, -0.5, 0.33])
         await storage.store_system_state("last_run", {"status": "ok", "finished_at": "2026-11-21T09:30:00Z"})
         await storage.store_system_state("compression_config", {"chunk_size": 2, "model": "summarizer-v3"})

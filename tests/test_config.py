@@ -16,7 +16,11 @@ def test_defaults_without_any_variable() -> None:
     storage = create_storage_from_env({})
     assert isinstance(storage, FileStorage)
     settings = storage.settings
-    assert (settings.base_dir, settings.create_backups, settings.pretty_print_json) == (Path("./storage_data"), True, True)
+    assert (settings.base_dir, settings.create_backups, settings.pretty_print_json) == (
+        Path("./storage_data"),
+        True,
+        True,
+    )
     assert (settings.max_backup_files, settings.connection_timeout, settings.default_cache_ttl) == (5, 30.0, None)
 
 
@@ -96,7 +100,13 @@ def test_factory_refuses_keys_the_backend_does_not_take() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("max_backup_files", "lots"), ("connection_timeout", -1), ("create_backups", "perhaps"), ("clock", 5), ("default_cache_ttl", 0)],
+    [
+        ("max_backup_files", "lots"),
+        ("connection_timeout", -1),
+        ("create_backups", "perhaps"),
+        ("clock", 5),
+        ("default_cache_ttl", 0),
+    ],
 )
 def test_factory_refuses_unparseable_values(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=key):

@@ -50,7 +50,7 @@ ROUND_TRIP_VALUES: list[Any] = [
     1e308,
     5e-324,
     "",
-    "ünïcödé \u2028 \x00 \"quoted\" \\ 🙂",
+    'ünïcödé \u2028 \x00 "quoted" \\ 🙂',
     [],
     {},
     {"nested": [{"deep": [1, 2.5, None, {"k": "v"}]}], "": "empty key", "z": False, "a": 1},

@@ -45,7 +45,9 @@ def test_longest_accepted_ids(identifier: str) -> None:
     assert len(encode_name(identifier) + ".json") <= 255
 
 
-@pytest.mark.parametrize("bad", ["", "\x00", "x" * (MAX_NAME_BYTES + 1), "é" * (MAX_NAME_BYTES // 6 + 1), "\udc80", 1, None])
+@pytest.mark.parametrize(
+    "bad", ["", "\x00", "x" * (MAX_NAME_BYTES + 1), "é" * (MAX_NAME_BYTES // 6 + 1), "\udc80", 1, None]
+)
 def test_unusable_ids(bad: object) -> None:
     with pytest.raises(InvalidKeyError, match="conversation_id"):
         check_id(bad, "conversation_id")
@@ -53,7 +55,7 @@ def test_unusable_ids(bad: object) -> None:
 
 def test_every_encoded_name_is_a_single_safe_path_component() -> None:
     samples = ["/", "\\", ":", "*", "?", '"', "<", ">", "|", "\t", "\n", "..", "~", "AUX", "nul"]
-    for identifier in samples + ["".join(samples)]:
+    for identifier in [*samples, "".join(samples)]:
         name = encode_name(identifier)
         assert set(name) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-%")
         assert not name.startswith(".") and not name.endswith(".")

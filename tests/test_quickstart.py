@@ -16,7 +16,9 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
 def run_quickstart(cwd: Path, env: dict[str, str]) -> str:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")}
-    result = subprocess.run([sys.executable, str(QUICKSTART)], cwd=cwd, env=clean | env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(QUICKSTART)], cwd=cwd, env=clean | env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -43,8 +45,12 @@ def test_quickstart_on_sqlite(tmp_path: Path) -> None:
 
 
 def test_quickstart_on_redis(tmp_path: Path, redis_server: RedisServer) -> None:
-    out = run_quickstart(tmp_path, {"CONNECTOME_STORAGE_TYPE": "redis", "CONNECTOME_STORAGE_REDIS_URL": redis_server.url,
-                                    "CONNECTOME_STORAGE_KEY_PREFIX": f"quickstart:{tmp_path.name}:"})  # fmt: skip
+    env = {
+        "CONNECTOME_STORAGE_TYPE": "redis",
+        "CONNECTOME_STORAGE_REDIS_URL": redis_server.url,
+        "CONNECTOME_STORAGE_KEY_PREFIX": f"quickstart:{tmp_path.name}:",
+    }
+    out = run_quickstart(tmp_path, env)
     check_output(out, "redis")
     assert not (tmp_path / "storage_data").exists()
 

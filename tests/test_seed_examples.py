@@ -28,7 +28,7 @@ async def test_basic_usage(tmp_path: Path) -> None:
     from connectome_storage import create_file_storage, create_sqlite_storage  # noqa: F401
 
     # Create file storage
-    storage = create_file_storage('./my_storage')
+    storage = create_file_storage("./my_storage")
     await storage.initialize()
 
     # Store a conversation
@@ -48,11 +48,9 @@ async def test_factory_file_storage(tmp_path: Path) -> None:
     from connectome_storage import StorageFactory
 
     # Create file storage with custom config
-    storage = StorageFactory.create_storage('file', {
-        'base_dir': './my_storage',
-        'create_backups': True,
-        'pretty_print_json': True
-    })
+    storage = StorageFactory.create_storage(
+        "file", {"base_dir": "./my_storage", "create_backups": True, "pretty_print_json": True}
+    )
 
     async with storage:
         await storage.store_system_state("k", 1)
@@ -62,7 +60,7 @@ async def test_factory_file_storage(tmp_path: Path) -> None:
 async def test_monitoring_examples(capsys: pytest.CaptureFixture[str]) -> None:
     from connectome_storage import create_file_storage
 
-    storage = create_file_storage('./storage_data')
+    storage = create_file_storage("./storage_data")
     await storage.initialize()
     await storage.store_conversation("conv_001", CONVERSATION)
 
@@ -83,12 +81,12 @@ async def test_file_storage_configuration_dict(tmp_path: Path) -> None:
     from connectome_storage import StorageFactory
 
     file_config = {
-        'base_dir': './storage_data',           # Storage root directory
-        'create_backups': True,                 # Create timestamped backups
-        'max_backup_files': 5,                  # Keep 5 most recent backups
-        'pretty_print_json': True               # Human-readable JSON formatting
+        "base_dir": "./storage_data",  # Storage root directory
+        "create_backups": True,  # Create timestamped backups
+        "max_backup_files": 5,  # Keep 5 most recent backups
+        "pretty_print_json": True,  # Human-readable JSON formatting
     }
-    async with StorageFactory.create_storage('file', file_config) as storage:
+    async with StorageFactory.create_storage("file", file_config) as storage:
         for n in range(7):
             await storage.store_conversation("c", {"n": n})
         kept = await storage.list_backups("conversations/c/current.json")
@@ -99,10 +97,7 @@ async def test_factory_sqlite_storage(tmp_path: Path) -> None:
     from connectome_storage import StorageFactory
 
     # Create SQLite storage
-    storage = StorageFactory.create_storage('sqlite', {
-        'db_path': './my_database.db',
-        'enable_wal_mode': True
-    })
+    storage = StorageFactory.create_storage("sqlite", {"db_path": "./my_database.db", "enable_wal_mode": True})
 
     async with storage:
         await storage.store_system_state("k", 1)
@@ -128,7 +123,7 @@ async def test_environment_configuration(tmp_path: Path, monkeypatch: pytest.Mon
 async def test_data_migration(tmp_path: Path) -> None:
     from connectome_storage import create_file_storage as make_old
 
-    async with make_old('./old_storage') as old:
+    async with make_old("./old_storage") as old:
         await old.store_conversation("conv_001", CONVERSATION)
         await old.store_raw_messages("conv_001", [{"role": "user", "content": "hi"}])
         await old.store_memory("conv_001", "mem_b", {"text": "second"})
@@ -137,11 +132,11 @@ async def test_data_migration(tmp_path: Path) -> None:
     from connectome_storage import create_file_storage, create_sqlite_storage
 
     # Load from file storage
-    file_storage = create_file_storage('./old_storage')
+    file_storage = create_file_storage("./old_storage")
     await file_storage.initialize()
 
     # Create SQLite storage
-    sqlite_storage = create_sqlite_storage('./new_database.db')
+    sqlite_storage = create_sqlite_storage("./new_database.db")
     await sqlite_storage.initialize()
 
     # Migrate conversations
@@ -156,7 +151,7 @@ async def test_data_migration(tmp_path: Path) -> None:
 
         memories = await file_storage.load_memories(conv_id)
         for memory in memories:
-            await sqlite_storage.store_memory(conv_id, memory['memory_id'], memory)
+            await sqlite_storage.store_memory(conv_id, memory["memory_id"], memory)
 
     assert await sqlite_storage.load_conversation("conv_001") == CONVERSATION
     assert await sqlite_storage.load_memories("conv_001") == await file_storage.load_memories("conv_001")

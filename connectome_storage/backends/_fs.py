@@ -42,8 +42,7 @@ def os_error(e: OSError, action: str, path: Path | str) -> StorageError:
     """Turn an OSError into the StorageError a caller can act on."""
     if e.errno in _FULL:
         return StorageFullError(
-            f"no space left while {action} {path}: free disk space and retry; "
-            "the previous version is intact"
+            f"no space left while {action} {path}: free disk space and retry; the previous version is intact"
         )
     return StorageIOError(f"{action} {path} failed: {e.strerror or e} (errno {e.errno})")
 

@@ -105,7 +105,7 @@ class CaseGuard:
 TOO_BIG = object()
 
 
-def read_small(path: Path) -> bytes | None | object:
+def read_small(path: Path) -> bytes | object | None:
     """The file's bytes if small, None if absent, ``TOO_BIG`` if it should go to a thread."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -156,7 +156,9 @@ def check_shape(kind: Kind, value: Any, path: Path) -> Any:
         for index, item in enumerate(value):
             memory_id = item.get("memory_id")
             if not isinstance(memory_id, str) or memory_id in seen:
-                problem = "has no string memory_id" if not isinstance(memory_id, str) else f"repeats memory_id {memory_id!r}"
+                problem = (
+                    "has no string memory_id" if not isinstance(memory_id, str) else f"repeats memory_id {memory_id!r}"
+                )
                 raise _shape_error(path, f"memory {index} {problem}", False)
             seen.add(memory_id)
     return value
@@ -170,10 +172,11 @@ def cache_entry(envelope: dict[str, Any], path: Path, key: str) -> CacheEntry:
         expires = None if envelope["expires_at"] is None else parse_time(envelope["expires_at"])
         return CacheEntry(key, envelope["data"], created, expires)
     except (KeyError, ValueError, TypeError) as e:
-        raise _shape_error(path, f"not a cache entry ({e!s}); expected cache_key, created_at, expires_at, data", False) from e
+        raise _shape_error(
+            path, f"not a cache entry ({e!s}); expected cache_key, created_at, expires_at, data", False
+        ) from e
 
 
 def _json_type(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
-

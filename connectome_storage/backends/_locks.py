@@ -45,7 +45,7 @@ class _Timeout(Exception):
     pass
 
 
-class os_lock:  # noqa: N801 - used like a function: ``with os_lock(path, deadline):``
+class os_lock:
     """Hold an exclusive OS lock on ``path`` until the ``with`` block ends."""
 
     def __init__(self, path: Path, deadline: float) -> None:
@@ -118,9 +118,7 @@ class EntityLocks:
         finally:
             lock.release()
 
-    def _run_os_locked(
-        self, entity: str, deadline: float, function: Callable[..., T], args: tuple[object, ...]
-    ) -> T:
+    def _run_os_locked(self, entity: str, deadline: float, function: Callable[..., T], args: tuple[object, ...]) -> T:
         path = self.lock_path(entity)
         try:
             lock = os_lock(path, deadline)

@@ -291,7 +291,9 @@ class FileStorage(StorageInterface):
         return await self._load(Kind.MEMORIES, conversation_id) or []
 
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
-        return bool(await self._locked(Kind.MEMORIES, conversation_id, self._delete_member_sync, conversation_id, memory_id))
+        return bool(
+            await self._locked(Kind.MEMORIES, conversation_id, self._delete_member_sync, conversation_id, memory_id)
+        )
 
     def _delete_member_sync(self, conversation_id: str, memory_id: str) -> bool:
         path = self.path_of(Kind.MEMORIES, conversation_id)
@@ -308,7 +310,9 @@ class FileStorage(StorageInterface):
     # ------------------------------------------------------------ conversations
 
     async def _delete_conversation(self, conversation_id: str) -> bool:
-        return bool(await self._locked(Kind.CONVERSATION, conversation_id, self._delete_conversation_sync, conversation_id))
+        return bool(
+            await self._locked(Kind.CONVERSATION, conversation_id, self._delete_conversation_sync, conversation_id)
+        )
 
     def _delete_conversation_sync(self, conversation_id: str) -> bool:
         found = False

@@ -63,7 +63,9 @@ async def test_golden_layout_and_bytes(storage: FileStorage, base: Path, clock: 
         "system/state.json",
     ]
     conv = base / "conversations" / "conv_001"
-    assert (conv / "current.json").read_bytes() == b'{\n  "a": null,\n  "b": [\n    1,\n    2\n  ],\n  "title": "Hi"\n}\n'
+    assert (
+        conv / "current.json"
+    ).read_bytes() == b'{\n  "a": null,\n  "b": [\n    1,\n    2\n  ],\n  "title": "Hi"\n}\n'
     assert (conv / "raw_messages.json").read_text("utf-8") == (
         '[\n  {\n    "content": "héllo 🙂",\n    "role": "user"\n  }\n]\n'
     )
@@ -279,8 +281,9 @@ async def test_a_tree_from_a_newer_version_is_refused(base: Path) -> None:
         await create_file_storage(base).initialize()
 
 
-
-async def test_a_planted_symlink_cannot_lead_a_write_or_delete_outside(storage: FileStorage, base: Path, tmp_path: Path) -> None:
+async def test_a_planted_symlink_cannot_lead_a_write_or_delete_outside(
+    storage: FileStorage, base: Path, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "current.json").write_text('{"precious": true}\n')

@@ -15,7 +15,7 @@ from connectome_storage.errors import CorruptedDataError
 
 ITEMS: list[dict[str, Any]] = [
     {"role": "user", "content": "héllo 🙂", "meta": {"tags": ["a", "b"], "nested": [{"x": []}, {}]}},
-    {"role": "assistant", "content": "line\nbreak \"quoted\"", "score": 0.25, "n": None},
+    {"role": "assistant", "content": 'line\nbreak "quoted"', "score": 0.25, "n": None},
     {},
 ]
 

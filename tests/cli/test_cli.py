@@ -31,7 +31,9 @@ def tree(tmp_path: Path) -> Path:
     base = tmp_path / "storage_data"
 
     async def fill() -> None:
-        async with create_file_storage(base, clock=lambda: 1_000_000_000.0) as storage:  # 2001: expired entries are expired now
+        async with create_file_storage(
+            base, clock=lambda: 1_000_000_000.0
+        ) as storage:  # 2001: expired entries are expired now
             await storage.store_conversation("conv_001", {"title": "Lisbon"})
             await storage.store_conversation("conv_001", {"title": "Lisbon trip"})
             await storage.store_raw_messages("conv_001", [{"role": "user", "content": "hi"}])
