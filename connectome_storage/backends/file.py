@@ -177,12 +177,16 @@ class FileStorage(StorageInterface):
     def _replace_file(self, path: Path, data: bytes) -> None:
         """Write ``data`` to ``path`` unless it already holds exactly that; keep a backup."""
         try:
-            old = _fs.read_bytes(path)
-            if old == data:
+            try:
+                size = os.stat(path).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                size = None
+            # Only a file of the same size can hold the same bytes: most stores skip the read.
+            if size == len(data) and _fs.read_bytes(path) == data:
                 return
             if path.name in LOG_FILES:
                 self._logs.forget(path)
-            backup = None if old is None else _fs.keep_backup(self._root, path, self._keep, self._stamp())
+            backup = None if size is None else _fs.keep_backup(self._root, path, self._keep, self._stamp())
             try:
                 _fs.atomic_write(path, data, self._root)
                 self._own.wrote(path)
