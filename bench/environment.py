@@ -87,11 +87,13 @@ def _git() -> str:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # Only the library's own files decide what was measured (the bench's and the
+        # report's are expected to change while a run is prepared).
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "connectome_storage"],
                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return f"{head}{' (with uncommitted changes)' if dirty else ''}"
+    return f"{head}{', with uncommitted changes to the library' if dirty else ', library files as committed'}"
 
 
 def versions(redis_server: str) -> dict[str, str]:

@@ -11,7 +11,9 @@ of that same round) and the report gives the median of those ratios and their ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -167,8 +169,15 @@ async def compare(
     unit: Unit = "time",
     rate_label: str = "ops/s",
     note: str = "",
+    one_cpu: bool = False,
 ) -> Comparison:
     """Run ``variants`` interleaved; the first one is the baseline.
+
+    ``one_cpu`` keeps every thread of the process on one CPU while the comparison runs
+    (Linux), for comparisons whose variants each hop to a worker thread of their own:
+    otherwise each of those threads lands by chance on the loop's CPU or the other one,
+    and the hop costs about 30 or about 70 µs on the machine this was written on, which
+    would decide the ratio instead of what the variants differ in.
 
     ``ops`` operations per batch, ``repeats`` rounds, after ``warmup`` untimed operations
     of each variant (first-call costs: imports, connections, a statement cache).
@@ -188,6 +197,7 @@ async def compare(
     # collection before each batch scans only what the benchmark itself allocates.
     gc.collect()
     gc.freeze()
+    pinned = _pin_to_one_cpu() if one_cpu else None
     try:
         if warmup:
             for variant in variants:
@@ -201,6 +211,8 @@ async def compare(
             await asyncio.sleep(0)
     finally:
         gc.unfreeze()
+        if pinned is not None:
+            _set_affinity(pinned)
     base = samples[variants[0].name]
     figures: list[Figure] = []
     for variant in variants:
@@ -217,6 +229,29 @@ async def compare(
     for listener in listeners:
         listener(comparison)
     return comparison
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _set_affinity(cpus: set[int]) -> None:
+    for tid in _threads():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def _pin_to_one_cpu() -> set[int] | None:
+    """Move every thread of this process to one CPU; return the CPUs to restore, or None
+    where affinity cannot be set. Threads started later inherit the creating thread's."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    _set_affinity({min(allowed)})
+    return allowed
 
 
 # Called with each finished comparison (the runner prints progress through this).
