@@ -88,6 +88,8 @@ def _check(value: Any, where: str, depth: int) -> None:
 
 
 def _check_str(value: str, where: str) -> None:
+    if value.isascii():
+        return  # the common case, checked without building the UTF-8 bytes
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -146,5 +148,9 @@ def parse_time(text: str) -> int:
     """Inverse of ``format_time``; raises ValueError on anything else."""
     if not (isinstance(text, str) and len(text) == 24 and text.endswith("Z")):
         raise ValueError(f"not a time stamp of the form 2026-11-21T09:30:00.000Z: {text!r}")
-    moment = datetime.strptime(text[:-1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+    # fromisoformat is ~100x faster than strptime; the checks above and the "T" and "."
+    # positions keep it to exactly the form format_time writes.
+    if text[10] != "T" or text[19] != ".":
+        raise ValueError(f"not a time stamp of the form 2026-11-21T09:30:00.000Z: {text!r}")
+    moment = datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
     return round(moment.timestamp() * 1000)
