@@ -18,7 +18,6 @@ from typing import Any, TextIO
 
 import orjson
 
-from .backends._watch import DEFAULT_DEBOUNCE_MS
 from .codec import format_time
 from .config import read_environment
 from .errors import (
@@ -29,7 +28,7 @@ from .errors import (
     StorageError,
 )
 from .factory import StorageFactory
-from .interface import ChangeEvent, StorageInterface
+from .interface import DEFAULT_DEBOUNCE_MS, ChangeEvent, StorageInterface
 
 __all__ = ["build_parser", "main"]
 

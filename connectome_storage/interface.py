@@ -41,6 +41,9 @@ __all__ = ["CacheEntry", "ChangeEvent", "Kind", "Problem", "StorageInterface"]
 
 logger = logging.getLogger("connectome_storage")
 
+# How long watch() gathers a burst of changes into one event per file, by default.
+DEFAULT_DEBOUNCE_MS = 400
+
 
 class Kind(enum.Enum):
     """What a stored value is; each backend maps kinds to files, tables or keys."""
@@ -379,7 +382,7 @@ class StorageInterface(ABC):
     async def watch(
         self,
         *,
-        debounce_ms: int = 400,
+        debounce_ms: int = DEFAULT_DEBOUNCE_MS,
         stop_event: asyncio.Event | None = None,
         ready: asyncio.Event | None = None,
     ) -> AsyncIterator[ChangeEvent]:
@@ -428,13 +431,13 @@ class StorageInterface(ABC):
 
     async def _walk_entities(self, problems: list[Problem]) -> Any:
         """Yield (kind, key, value) for everything stored; unreadable ones go to ``problems``."""
+        readers = {
+            Kind.CONVERSATION: lambda c: self._read_document(Kind.CONVERSATION, c),
+            Kind.RAW_MESSAGES: lambda c: self._read_log(Kind.RAW_MESSAGES, c),
+            Kind.CHUNKS: lambda c: self._read_document(Kind.CHUNKS, c),
+            Kind.MEMORIES: self._read_members,
+        }
         for conversation_id in await self._list_conversations():
-            readers = {
-                Kind.CONVERSATION: lambda c: self._read_document(Kind.CONVERSATION, c),
-                Kind.RAW_MESSAGES: lambda c: self._read_log(Kind.RAW_MESSAGES, c),
-                Kind.CHUNKS: lambda c: self._read_document(Kind.CHUNKS, c),
-                Kind.MEMORIES: self._read_members,
-            }
             for kind, read in readers.items():
                 try:
                     value = await read(conversation_id)

@@ -28,15 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import watchfiles
 
 from ..errors import InvalidArgumentError, StorageError
-from ..interface import ChangeEvent, Kind
+from ..interface import DEFAULT_DEBOUNCE_MS, ChangeEvent, Kind
 from . import _fs
 
 if TYPE_CHECKING:
     from .file import FileStorage
 
-__all__ = ["DEFAULT_DEBOUNCE_MS", "OwnWrites", "watch_tree"]
+__all__ = ["OwnWrites", "watch_tree"]
 
-DEFAULT_DEBOUNCE_MS = 400
 # A burst ends once this long passes with no new notification (watchfiles' ``step``).
 _QUIET_MS = 50
 _FOLDERS = frozenset({"conversations", "cache", "agents", "system"})
@@ -268,9 +267,7 @@ async def watch_tree(
 ) -> AsyncGenerator[ChangeEvent, None]:
     """ChangeEvents for ``storage``'s tree until stopped; see ``FileStorage.watch``."""
     if isinstance(debounce_ms, bool) or not isinstance(debounce_ms, int) or debounce_ms < 1:
-        raise InvalidArgumentError(
-            f"debounce_ms must be a whole number of milliseconds >= 1, got {debounce_ms!r}"
-        )
+        raise InvalidArgumentError(f"debounce_ms must be a whole number of milliseconds >= 1, got {debounce_ms!r}")
     root = storage._root
     signal = _StopSignal(stop_event)
     # Registered before the watcher starts, so that no own write can slip through unrecorded.

@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..interface import (
     CONVERSATION_PARTS,
+    DEFAULT_DEBOUNCE_MS,
     CacheEntry,
     ChangeEvent,
     Kind,
@@ -58,7 +59,7 @@ from ._layout import (
     remove_empty_dir,
 )
 from ._locks import EntityLocks
-from ._watch import DEFAULT_DEBOUNCE_MS, OwnWrites, watch_tree
+from ._watch import OwnWrites, watch_tree
 
 __all__ = ["FORMAT_VERSION", "FileStorage"]
 
@@ -137,12 +138,9 @@ class FileStorage(StorageInterface):
         return self._root / ("cache" if kind is Kind.CACHE else "system") / f"{name}.json"
 
     def _entity(self, kind: Kind, key: str) -> str:
-        """The lock name. All parts of one conversation share a lock, so that
-        delete_conversation excludes every writer of that conversation."""
-        path = self.path_of(kind, key)
-        if kind in PART_FILES:
-            path = path.parent
-        return path.relative_to(self._root).as_posix()
+        """The lock name: the entity's folder or file. All parts of one conversation share
+        a lock, so that delete_conversation excludes every writer of that conversation."""
+        return self._entity_path(kind, self.path_of(kind, key)).relative_to(self._root).as_posix()
 
     def _stamp(self) -> str:
         return format_time(self._now_ms()).replace(":", "-")

@@ -447,13 +447,16 @@ class RedisStorage(StorageInterface):
         """
         await self._cache_index()
         cache = self.index_of(Kind.CACHE)
-        conversations, agents, states, live, expired = await self._pipelined("counting entities", strict=True, commands=[
+        counts = [
             ("smembers", self.index_of(Kind.CONVERSATION)),
             ("smembers", self.index_of(Kind.REASONING_CHAINS)),
             ("scard", self.index_of(Kind.SYSTEM)),
             ("zcount", cache, f"({now_ms}", "+inf"),
             ("zcount", cache, "-inf", now_ms),
-        ])  # fmt: skip
+        ]
+        conversations, agents, states, live, expired = await self._pipelined(
+            "counting entities", strict=True, commands=counts
+        )
         stats = {
             "conversation_count": len(conversations), "raw_message_count": 0, "memory_count": 0,
             "chunk_count": 0, "agent_count": len(agents), "reasoning_chain_count": 0,

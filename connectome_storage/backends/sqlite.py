@@ -81,9 +81,7 @@ def _import_aiosqlite() -> Any:
     try:
         import aiosqlite
     except ImportError as e:
-        raise ImportError(
-            "SqliteStorage needs the aiosqlite package: pip install connectome-storage[sqlite]"
-        ) from e
+        raise ImportError("SqliteStorage needs the aiosqlite package: pip install connectome-storage[sqlite]") from e
     return aiosqlite
 
 
@@ -485,9 +483,7 @@ class SqliteStorage(StorageInterface):
         return await self._read("reading", body)
 
     async def _list_cache_keys(self, now_ms: int) -> list[str]:
-        return await self._column(
-            "SELECT cache_key FROM cache WHERE expires_ms IS NULL OR expires_ms > ?", now_ms
-        )
+        return await self._column("SELECT cache_key FROM cache WHERE expires_ms IS NULL OR expires_ms > ?", now_ms)
 
     async def _list_all_cache_keys(self) -> list[str]:
         return await self._column("SELECT cache_key FROM cache")
