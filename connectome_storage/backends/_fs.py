@@ -13,18 +13,26 @@ import stat
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import StorageError, StorageFullError, StorageIOError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no reuse of spares, readers take no lock
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "BACKUP_DIR",
     "TEMP_PREFIX",
     "BackupVersion",
+    "Kept",
     "atomic_write",
     "ensure_dir",
     "fsync_dir",
     "keep_backup",
     "list_backups",
+    "lock_for_reading",
     "missing_dirs",
     "os_error",
     "read_bytes",
@@ -35,6 +43,7 @@ __all__ = [
 
 TEMP_PREFIX = ".tmp-"
 BACKUP_DIR = ".backups"
+SPARE = "spare"  # spare-<number>: an expired version's inode, kept to be overwritten
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -100,35 +109,78 @@ def read_bytes(path: Path) -> bytes | None:
     """The file's bytes, or None if it (or its folder) does not exist."""
     try:
         with open(path, "rb") as f:
+            lock_for_reading(f.fileno())
             return f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
 
 
-def atomic_write(path: Path, data: bytes, root: Path) -> None:
+def atomic_write(path: Path, data: bytes, root: Path, reuse: Path | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new version.
 
     Temp file in the same folder, write, fsync, ``os.replace``, fsync of the folder. On
-    any failure the temp file is removed and the old version stays.
+    any failure the temp file is removed and the old version stays. ``reuse`` names a
+    spare (see keep_backup) whose inode becomes the temp file: overwriting allocated
+    blocks costs about a quarter less than creating a file and later freeing another.
     """
     folder = path.parent
     ensure_dir(folder, root)
     temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    fd = _reuse(reuse, temp) if reuse is not None else -1
+    reused = fd >= 0
+    if not reused:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if reused:
+                os.ftruncate(fd, len(data))
             os.fsync(fd)
+            if reused:
+                os.replace(temp, path)  # still locked: a waiting reader reads only a live version
         finally:
             os.close(fd)
-        os.replace(temp, path)
+        if not reused:
+            os.replace(temp, path)  # closed first: Windows cannot rename an open file
     except BaseException:
         with suppress(OSError):
             os.unlink(temp)
         raise
     fsync_dir(folder)
+
+
+def _reuse(spare: Path, temp: Path) -> int:
+    """Move ``spare`` to ``temp`` and return it open for writing, or -1 to create afresh.
+
+    A lock-free reader may still hold this inode open from when it was the live file
+    (versions pass through the backups first, so only a reader stalled for several
+    stores could). Readers take a shared lock (``lock_for_reading``); the exclusive lock
+    here fails while one reads, and makes a late one wait for the complete new version.
+    An inode with another link (a kept version a crash left linked to the live file) is
+    never overwritten.
+    """
+    try:
+        os.rename(spare, temp)
+    except OSError:
+        return -1  # gone, or on another filesystem
+    fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_nlink == 1:
+            return fd
+    except BlockingIOError:
+        pass
+    os.close(fd)
+    os.unlink(temp)
+    return -1
+
+
+def lock_for_reading(fd: int) -> None:
+    """Wait while a writer reuses the inode open as ``fd`` (see ``_reuse``); rarely waits."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def unlink(path: Path) -> bool:
@@ -161,42 +213,65 @@ def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
 
 def _kept(folder: Path) -> list[tuple[int, str, Path]]:
     """(number, name, path) of the kept versions in ``folder``, oldest first, by name only."""
-    kept = []
+    return _scan_backups(folder)[0]
+
+
+def _scan_backups(folder: Path) -> tuple[list[tuple[int, str, Path]], list[Path]]:
+    """The kept versions in ``folder`` (as ``_kept``) and its spares."""
+    kept, spares = [], []
     for entry in scandir(folder):
         number, _, rest = entry.name.partition("-")
         if number.isdigit() and rest.endswith(".json"):
             kept.append((int(number), entry.name, Path(entry.path)))
-    return sorted(kept)
+        elif number == SPARE:
+            spares.append(Path(entry.path))
+    return sorted(kept), spares
 
 
-def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Path | None:
-    """Keep the current version of ``path`` before it is replaced or deleted; return it.
+class Kept(NamedTuple):
+    """What keep_backup did: the version it kept, and a spare for the write to reuse."""
+
+    version: Path | None
+    spare: Path | None
+
+
+def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
+    """Keep the current version of ``path`` before it is replaced or deleted.
 
     A hard link costs no copy: ``os.replace`` only swaps the directory entry, so the old
     inode lives on under the backup name. Where links are not supported, copy. Names are
     read, never stat'ed, and the folder is created only for a file's first backup: this
     runs before every replace, so each system call shows in the cost of a store.
+
+    The oldest version past ``keep`` is not freed but renamed ``spare-<number>``, and
+    the spare left by an earlier call is returned for atomic_write to overwrite. Two
+    steps, so that the rename is durable (the write's fsync commits it) before its
+    inode is overwritten: a power cut mid-write can garble only a spare, never a version.
     """
     if keep <= 0:
-        return None
+        return Kept(None, None)
     folder = root / BACKUP_DIR / path.relative_to(root)
-    kept = _kept(folder)
-    if not kept:
+    kept, spares = _scan_backups(folder)
+    if not kept and not spares:
         ensure_dir(folder, root)
     target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
     try:
         os.link(path, target)
     except FileNotFoundError:
-        return None  # nothing to keep
+        return Kept(None, None)  # nothing to keep
     except OSError:
         data = read_bytes(path)
         if data is None:
-            return None
+            return Kept(None, None)
         atomic_write(target, data, root)
-    for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)]:
+    expired = [old for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)]]
+    if expired and fcntl is not None:
+        number = expired[0].name.partition("-")[0]
+        os.rename(expired.pop(0), folder / f"{SPARE}-{number}")
+    for old in expired + spares[1:]:
         with suppress(FileNotFoundError):
             os.unlink(old)
-    return target
+    return Kept(target, spares[0] if spares else None)
 
 
 def remove_stale_temp_files(folders: list[Path]) -> int:

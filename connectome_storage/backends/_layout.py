@@ -114,6 +114,7 @@ def read_small(path: Path) -> bytes | object | None:
     except IsADirectoryError:
         return TOO_BIG  # the thread path reports it as corrupted
     try:
+        _fs.lock_for_reading(fd)
         size = os.fstat(fd).st_size
         if size > _READ_IN_LOOP_LIMIT:
             return TOO_BIG

@@ -184,15 +184,17 @@ class FileStorage(StorageInterface):
                 return
             if path.name in LOG_FILES:
                 self._logs.forget(path)
-            backup = None if size is None else _fs.keep_backup(self._root, path, self._keep, self._stamp())
+            kept = _fs.Kept(None, None)
+            if size is not None:
+                kept = _fs.keep_backup(self._root, path, self._keep, self._stamp())
             try:
-                _fs.atomic_write(path, data, self._root)
+                _fs.atomic_write(path, data, self._root, reuse=kept.spare)
                 self._own.wrote(path)
             except BaseException:
                 # The live file was not replaced: drop its backup, which is a hard link to
                 # it and would otherwise change with the file's next append in place.
-                if backup is not None:
-                    backup.unlink(missing_ok=True)
+                if kept.version is not None:
+                    kept.version.unlink(missing_ok=True)
                 raise
         except OSError as e:
             raise _fs.os_error(e, "writing", path) from e

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectome_storage import FileStorage, create_file_storage
+from connectome_storage.backends import _fs
 from connectome_storage.errors import (
     CorruptedDataError,
     InvalidArgumentError,
@@ -129,6 +130,59 @@ async def test_backups_rotate_keeping_the_newest(base: Path, clock: FakeClock) -
     assert [v.number for v in kept] == [3, 4, 5]
     assert [v.path.read_text() for v in kept] == [f'{{\n  "version": {n}\n}}\n' for n in (2, 3, 4)]
     assert kept[-1].taken_at == "2026-11-21T09-30-06.000Z"
+
+
+def version_bytes(version: int) -> bytes:
+    return f'{{\n  "version": {version}\n}}\n'.encode()
+
+
+async def test_an_expired_version_becomes_a_spare_whose_inode_the_next_store_overwrites(
+    base: Path, clock: FakeClock
+) -> None:
+    async with create_file_storage(base, clock=clock, max_backup_files=2) as storage:
+        for version in range(4):
+            await storage.store_conversation("c", {"version": version})
+        folder = base / ".backups" / "conversations" / "c" / "current.json"
+        spares = sorted(folder.glob("spare-*"))
+        assert [p.name for p in spares] == ["spare-000001"]
+        spare_inode = spares[0].stat().st_ino
+        await storage.store_conversation("c", {"version": 4})
+        live = base / "conversations" / "c" / "current.json"
+        assert live.stat().st_ino == spare_inode and live.read_bytes() == version_bytes(4)
+        assert [p.name for p in folder.glob("spare-*")] == ["spare-000002"]
+        kept = await storage.list_backups("conversations/c/current.json")
+    assert [(v.number, v.path.read_bytes()) for v in kept] == [(3, version_bytes(2)), (4, version_bytes(3))]
+
+
+async def test_a_reader_still_holding_an_old_version_keeps_it_intact(base: Path, clock: FakeClock) -> None:
+    """A lock-free reader that opened the live file and stalled while the version passed
+    through the backups and became a spare: its bytes must not change under it."""
+    async with create_file_storage(base, clock=clock, max_backup_files=1) as storage:
+        await storage.store_conversation("c", {"version": 0})
+        fd = os.open(base / "conversations" / "c" / "current.json", os.O_RDONLY)
+        try:
+            _fs.lock_for_reading(fd)  # what every read does after opening
+            for version in range(1, 6):
+                await storage.store_conversation("c", {"version": version})
+            assert os.pread(fd, 1000, 0) == version_bytes(0)
+        finally:
+            os.close(fd)
+        assert await storage.load_conversation("c") == {"version": 5}
+
+
+async def test_a_spare_still_linked_to_a_kept_version_is_not_overwritten(base: Path, clock: FakeClock) -> None:
+    """A crash between linking a backup and replacing the file leaves a kept version that
+    is the live inode; that inode later reaches a spare while a newer version links it."""
+    async with create_file_storage(base, clock=clock, max_backup_files=2) as storage:
+        await storage.store_conversation("c", {"version": 0})
+        folder = base / ".backups" / "conversations" / "c" / "current.json"
+        folder.mkdir(parents=True)
+        os.link(base / "conversations" / "c" / "current.json", folder / "000001-crash.json")
+        for version in range(1, 5):
+            await storage.store_conversation("c", {"version": version})
+        kept = await storage.list_backups("conversations/c/current.json")
+    assert [(v.number, v.path.read_bytes()) for v in kept] == [(4, version_bytes(2)), (5, version_bytes(3))]
+    assert (base / "conversations" / "c" / "current.json").read_bytes() == version_bytes(4)
 
 
 @pytest.mark.parametrize("options", [{"max_backup_files": 0}, {"create_backups": False}])
