@@ -130,17 +130,22 @@ class FileStorage(StorageInterface):
 
     def path_of(self, kind: Kind, key: str) -> Path:
         """The file that holds ``kind`` for ``key`` (it may not exist)."""
+        return self._root / self._relative(kind, key)
+
+    @staticmethod
+    def _relative(kind: Kind, key: str) -> str:
         name = encode_name(key)
         if kind in PART_FILES:
-            return self._root / "conversations" / name / PART_FILES[kind]
+            return f"conversations/{name}/{PART_FILES[kind]}"
         if kind is Kind.REASONING_CHAINS:
-            return self._root / "agents" / name / CHAINS_FILE
-        return self._root / ("cache" if kind is Kind.CACHE else "system") / f"{name}.json"
+            return f"agents/{name}/{CHAINS_FILE}"
+        return f"{'cache' if kind is Kind.CACHE else 'system'}/{name}.json"
 
     def _entity(self, kind: Kind, key: str) -> str:
         """The lock name: the entity's folder or file. All parts of one conversation share
         a lock, so that delete_conversation excludes every writer of that conversation."""
-        return self._entity_path(kind, self.path_of(kind, key)).relative_to(self._root).as_posix()
+        relative = self._relative(kind, key)
+        return relative.rpartition("/")[0] if kind in PART_FILES or kind is Kind.REASONING_CHAINS else relative
 
     def _stamp(self) -> str:
         return format_time(self._now_ms()).replace(":", "-")
@@ -153,7 +158,8 @@ class FileStorage(StorageInterface):
     async def _load(self, kind: Kind, key: str) -> Any:
         path = self.path_of(kind, key)
         try:
-            self._case.check(self._entity_path(kind, path), key)
+            if self._case.active:
+                self._case.check(self._root / self._entity(kind, key), key)
             raw = read_small(path)
             if raw is TOO_BIG:
                 return await asyncio.to_thread(self._load_sync, kind, path)
@@ -218,16 +224,12 @@ class FileStorage(StorageInterface):
         return await self._locks.run(self._entity(kind, key), self._case_checked, kind, key, function, *args)
 
     def _case_checked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
-        try:
-            self._case.check(self._entity_path(kind, self.path_of(kind, key)), key)
-        except OSError as e:
-            raise _fs.os_error(e, "listing", self._root) from e
+        if self._case.active:  # only on filesystems that ignore case
+            try:
+                self._case.check(self._root / self._entity(kind, key), key)
+            except OSError as e:
+                raise _fs.os_error(e, "listing", self._root) from e
         return function(*args)
-
-    @staticmethod
-    def _entity_path(kind: Kind, path: Path) -> Path:
-        """The folder (conversations, agents) or file (cache, system) an id names."""
-        return path.parent if kind in PART_FILES or kind is Kind.REASONING_CHAINS else path
 
     # ---------------------------------------------------------------- documents
 
