@@ -43,12 +43,16 @@ def check_id(value: Any, what: str) -> str:
         raise InvalidKeyError(f"{what} must not be empty")
     if "\x00" in value:
         raise InvalidKeyError(f"{what} {value!r} contains a NUL character, which no file name can hold")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InvalidKeyError(
-            f"{what} {value!r} holds a lone surrogate at index {e.start}; ids must be valid UTF-8"
-        ) from e
+    if value.isascii():
+        if len(value) * 3 <= MAX_NAME_BYTES:
+            return value  # no ASCII character encodes to more than 3 bytes: no need to measure
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidKeyError(
+                f"{what} {value!r} holds a lone surrogate at index {e.start}; ids must be valid UTF-8"
+            ) from e
     size = len(encode_name(value).encode("ascii"))
     if size > MAX_NAME_BYTES:
         raise InvalidKeyError(
