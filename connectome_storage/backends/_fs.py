@@ -254,16 +254,7 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
     kept, spares = _scan_backups(folder)
     if not kept and not spares:
         ensure_dir(folder, root)
-    target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
-    try:
-        os.link(path, target)
-    except FileNotFoundError:
-        return Kept(None, None)  # nothing to keep
-    except OSError:
-        data = read_bytes(path)
-        if data is None:
-            return Kept(None, None)
-        atomic_write(target, data, root)
+    # Make room first, so that a crash at any instant leaves at most ``keep`` versions.
     expired = [old for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)]]
     if expired and fcntl is not None:
         number = expired[0].name.partition("-")[0]
@@ -271,7 +262,18 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
     for old in expired + spares[1:]:
         with suppress(FileNotFoundError):
             os.unlink(old)
-    return Kept(target, spares[0] if spares else None)
+    spare = spares[0] if spares else None
+    target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
+    try:
+        os.link(path, target)
+    except FileNotFoundError:
+        return Kept(None, spare)  # nothing to keep
+    except OSError:
+        data = read_bytes(path)
+        if data is None:
+            return Kept(None, spare)
+        atomic_write(target, data, root)
+    return Kept(target, spare)
 
 
 def remove_stale_temp_files(folders: list[Path]) -> int:

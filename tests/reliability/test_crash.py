@@ -11,6 +11,7 @@ with ``-m "not slow"``. The long form is marked slow, so only an explicit run pi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from connectome_storage import create_storage_from_env
+from connectome_storage import FileStorage, create_storage_from_env
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 
@@ -77,6 +78,13 @@ async def check(env: dict[str, str], acked: list[tuple[str, int, int]]) -> dict[
                 assert seqs == list(range(len(seqs))), f"{kind}: gap or duplicate in round {round_}"
             for round_, highest in per_round[kind].items():
                 assert len(seen[round_]) > highest, f"{kind}: acknowledged item {round_}/{highest} lost"
+        if isinstance(storage, FileStorage):
+            # Kept versions are whole, in order, and older than the live one: a reused
+            # spare inode never belongs to a version (nor a crash's leftover link to one).
+            kept = await storage.list_backups("conversations/doc/current.json")
+            versions = [json.loads(v.path.read_bytes()) for v in kept]
+            stamps = [(v["round"], v["i"]) for v in versions] + ([(doc["round"], doc["i"])] if doc else [])
+            assert len(kept) <= 5 and stamps == sorted(stamps), stamps
         memories = {m["memory_id"]: (m["round"], m["i"]) for m in await storage.load_memories("log")}
         for kind, round_, i in acked:
             if kind == "mem":
