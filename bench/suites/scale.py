@@ -97,6 +97,44 @@ def _bulk(db_path: Path) -> Iterator[sqlite3.Connection]:
     os.sync()
 
 
+PLAIN_READ = {
+    "file": "plain read + orjson.loads",
+    "sqlite": "aiosqlite SELECT by id + orjson.loads",
+    "redis": "redis-py GET + orjson.loads",
+}
+
+
+async def _plain_loader(ctx: Context, storage: StorageInterface, ids: list[str]) -> Runner:
+    """Load one conversation document the plain way, without the library."""
+    if isinstance(storage, FileStorage):
+        root = storage.base_dir
+
+        def read(i: int) -> None:
+            with open(root / "conversations" / ids[i % len(ids)] / "current.json", "rb") as f:
+                orjson.loads(f.read())
+
+        return each_sync(read)
+    if isinstance(storage, SqliteStorage):
+        db = await aiosqlite.connect(storage.db_path)
+        ctx.closers.append(db.close)
+
+        async def select(i: int) -> None:
+            sql = "SELECT document FROM conversations WHERE conversation_id = ?"
+            rows = list(await db.execute_fetchall(sql, (ids[i % len(ids)],)))  # one hop, as ours
+            orjson.loads(rows[0][0])
+
+        return each(select)
+    assert isinstance(storage, RedisStorage)
+    raw: Any = redis.asyncio.Redis.from_url(ctx.redis_url)
+    ctx.closers.append(raw.aclose)
+    keys = [storage.key_of(Kind.CONVERSATION, conversation_id) for conversation_id in ids]
+
+    async def get(i: int) -> None:
+        orjson.loads(await raw.get(keys[i % len(keys)]))
+
+    return each(get)
+
+
 async def _build_tree(ctx: Context, backend: str, name: str, count: int) -> StorageInterface:
     """A storage holding ``count`` conversations, written without per-item durability."""
     storage = await open_storage(ctx, backend, name)
@@ -156,23 +194,17 @@ async def _trees(ctx: Context, section: Section, backend: str) -> None:
             note=FILE_ONE_CPU if backend == "file" else ONE_CPU,
         )
     )  # fmt: skip
-    if isinstance(small, FileStorage) and isinstance(big, FileStorage):
-        # The same reads without the library: how much of the difference is the filesystem.
-        def plain_loader(root: Path, ids: list[str]) -> Runner:
-            def load(i: int) -> None:
-                with open(root / "conversations" / ids[i % len(ids)] / "current.json", "rb") as f:
-                    orjson.loads(f.read())
-
-            return each_sync(load)
-
-        section.comparisons.append(
-            await compare(
-                "scale.load.file.plain", "file: plain read + orjson.loads of the same files, random ids",
-                [Variant(f"{sizes.small_tree:,} conversations", plain_loader(small.base_dir, small_ids)),
-                 Variant(f"{sizes.big_tree:,} conversations", plain_loader(big.base_dir, big_ids))],
-                ops=sizes.reads, repeats=sizes.repeats, warmup=warm, one_cpu=True, note=FILE_ONE_CPU,
-            )
-        )  # fmt: skip
+    # The same reads without the library: how much of the difference is the medium itself
+    # (dentry and inode lookups, a deeper B-tree, a bigger hash table).
+    section.comparisons.append(
+        await compare(
+            f"scale.load.{backend}.plain", f"{backend}: {PLAIN_READ[backend]} of the same conversations, random ids",
+            [Variant(f"{sizes.small_tree:,} conversations", await _plain_loader(ctx, small, small_ids)),
+             Variant(f"{sizes.big_tree:,} conversations", await _plain_loader(ctx, big, big_ids))],
+            ops=sizes.reads, repeats=sizes.repeats, warmup=warm, one_cpu=True,
+            note=FILE_ONE_CPU if backend == "file" else ONE_CPU,
+        )
+    )  # fmt: skip
     plain_list, plain_stats, list_name, stats_name = await _plain_whole(ctx, backend, big)
 
     async def ours_list(_first: int, _count: int) -> None:
