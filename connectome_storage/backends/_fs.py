@@ -165,7 +165,12 @@ def _reuse(spare: Path, temp: Path) -> int:
         os.rename(spare, temp)
     except OSError:
         return -1  # gone, or on another filesystem
-    fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # not a plain file we may write (put there by hand): drop it
+        with suppress(OSError):
+            os.unlink(temp)
+        return -1
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.fstat(fd).st_nlink == 1:
@@ -207,23 +212,19 @@ def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
     """Kept versions of ``root / relative``, oldest first."""
     return [
         BackupVersion(number, name[7 : -len(".json")], path, path.stat().st_size)
-        for number, name, path in _kept(root / BACKUP_DIR / relative)
+        for number, name, path in _scan_backups(root / BACKUP_DIR / relative)[0]
     ]
 
 
-def _kept(folder: Path) -> list[tuple[int, str, Path]]:
-    """(number, name, path) of the kept versions in ``folder``, oldest first, by name only."""
-    return _scan_backups(folder)[0]
-
-
 def _scan_backups(folder: Path) -> tuple[list[tuple[int, str, Path]], list[Path]]:
-    """The kept versions in ``folder`` (as ``_kept``) and its spares."""
+    """(number, name, path) of the kept versions in ``folder``, oldest first, and its
+    spares; by name only."""
     kept, spares = [], []
     for entry in scandir(folder):
         number, _, rest = entry.name.partition("-")
         if number.isdigit() and rest.endswith(".json"):
             kept.append((int(number), entry.name, Path(entry.path)))
-        elif number == SPARE:
+        elif number == SPARE and entry.is_file(follow_symlinks=False):
             spares.append(Path(entry.path))
     return sorted(kept), spares
 

@@ -185,6 +185,31 @@ async def test_a_spare_still_linked_to_a_kept_version_is_not_overwritten(base: P
     assert (base / "conversations" / "c" / "current.json").read_bytes() == version_bytes(4)
 
 
+@pytest.mark.parametrize("planted", ["folder", "symlink", "read-only"])
+async def test_a_spare_tampered_with_by_hand_is_not_written_through(
+    base: Path, clock: FakeClock, tmp_path: Path, planted: str
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("untouched")
+    async with create_file_storage(base, clock=clock, max_backup_files=1) as storage:
+        for version in range(3):
+            await storage.store_conversation("c", {"version": version})
+        folder = base / ".backups" / "conversations" / "c" / "current.json"
+        (spare,) = folder.glob("spare-*")
+        spare.unlink()
+        if planted == "folder":
+            spare.mkdir()
+        elif planted == "symlink":
+            spare.symlink_to(outside)
+        else:
+            spare.write_text("old")
+            spare.chmod(0o444)
+        await storage.store_conversation("c", {"version": 3})
+        assert await storage.load_conversation("c") == {"version": 3}
+    assert outside.read_text() == "untouched"
+    assert [p.name for p in (base / "conversations" / "c").iterdir()] == ["current.json"]
+
+
 @pytest.mark.parametrize("options", [{"max_backup_files": 0}, {"create_backups": False}])
 async def test_backups_can_be_turned_off(base: Path, clock: FakeClock, options: dict[str, object]) -> None:
     async with create_file_storage(base, clock=clock, **options) as storage:
