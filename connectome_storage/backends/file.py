@@ -134,6 +134,7 @@ class FileStorage(StorageInterface):
 
     @staticmethod
     def _relative(kind: Kind, key: str) -> str:
+        """The file's path below base_dir, with ``/``: the one place the layout maps ids."""
         name = encode_name(key)
         if kind in PART_FILES:
             return f"conversations/{name}/{PART_FILES[kind]}"
