@@ -12,6 +12,10 @@ The tree::
     ├── LockTimeoutError          (TimeoutError)  per-entity lock not obtained in time
     ├── BackendUnavailableError   (ConnectionError) server down, connection refused
     ├── StorageFullError                          disk (or server memory) full
+    ├── AccessDeniedError         (PermissionError) wrong password, ACL, file permissions
+    ├── ValueTooLargeError        (ValueError)    a value over a backend's own size limit
+    ├── TransactionError                          a transaction misused or unable to commit
+    ├── DecryptionError                           a value that the configured keys cannot decrypt
     ├── UnsupportedFormatError                    data written by a newer version of the library
     ├── NotSupportedError         (NotImplementedError) feature this backend lacks
     └── StorageIOError                            any other failure of the medium
@@ -22,9 +26,11 @@ Messages say what happened, to which id or path, and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "BackendUnavailableError",
     "ConfigError",
     "CorruptedDataError",
+    "DecryptionError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "LockTimeoutError",
@@ -34,7 +40,9 @@ __all__ = [
     "StorageFullError",
     "StorageIOError",
     "StorageNotInitializedError",
+    "TransactionError",
     "UnsupportedFormatError",
+    "ValueTooLargeError",
 ]
 
 
@@ -123,3 +131,19 @@ class StorageIOError(StorageError):
 
 class UnsupportedFormatError(StorageError):
     """The tree or database was written by a newer format version than this library reads."""
+
+
+class AccessDeniedError(StorageError, PermissionError):
+    """The backend refused access: a wrong password, an ACL, or file permissions (the message says which)."""
+
+
+class ValueTooLargeError(StorageError, ValueError):
+    """A value is over a backend's own size limit (Redis strings: 512 MiB); the message names the limit."""
+
+
+class TransactionError(StorageError):
+    """A transaction was nested or misused, or its commit could not complete (nothing of it was applied)."""
+
+
+class DecryptionError(StorageError):
+    """A stored value cannot be decrypted with the configured keys; the message names the entity."""
