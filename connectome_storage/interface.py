@@ -35,9 +35,10 @@ from .errors import (
     StorageError,
     StorageNotInitializedError,
 )
+from .kv import DEFAULT_NAMESPACE, KeyValueStore, KVRecord, KVSelect
 from .naming import check_id
 
-__all__ = ["CacheEntry", "ChangeEvent", "Kind", "Problem", "StorageInterface"]
+__all__ = ["CAPABILITIES", "MAX_TTL_SECONDS", "CacheEntry", "ChangeEvent", "Kind", "Problem", "StorageInterface", "check_ttl"]
 
 logger = logging.getLogger("connectome_storage")
 
@@ -58,6 +59,18 @@ class Kind(enum.Enum):
 
 
 CONVERSATION_PARTS = (Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES)
+
+# What a backend may do beyond the common contract (``capabilities``, ``supports()``).
+CAPABILITIES = frozenset({"watch", "backups", "native_ttl", "cross_process", "persistent", "lru_eviction"})
+
+# The keys of get_storage_stats(), in the order every backend reports them; a backend may
+# add its own after these.
+STATS_KEYS = (
+    "backend", "conversation_count", "raw_message_count", "memory_count", "chunk_count",
+    "agent_count", "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count",
+    "system_state_count", "kv_namespace_count", "kv_entry_count", "expired_kv_entry_count",
+    "total_bytes", "unreadable_count",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,23 @@ class StorageInterface(ABC):
 
     def _now_ms(self) -> int:
         return round(self.settings.clock() * 1000)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this backend does beyond the common contract (a subset of CAPABILITIES)."""
+        return self._capabilities()
+
+    def supports(self, name: str) -> bool:
+        """``name in capabilities``; an unknown name raises InvalidArgumentError listing the known ones."""
+        if name not in CAPABILITIES:
+            raise InvalidArgumentError(
+                f"unknown capability {name!r}; the known ones are {', '.join(sorted(CAPABILITIES))}"
+            )
+        return name in self.capabilities
+
+    def _capabilities(self) -> frozenset[str]:
+        """Backends override this; the default claims nothing beyond the contract."""
+        return frozenset()
 
     # ------------------------------------------------------------- conversations
 
@@ -291,7 +321,7 @@ class StorageInterface(ABC):
         self._require_initialized()
         check_id(cache_key, "cache_key")
         check_value(data, "data")
-        ttl = self.settings.default_cache_ttl if ttl is None else _check_ttl(ttl)
+        ttl = self.settings.default_cache_ttl if ttl is None else check_ttl(ttl)
         now = self._now_ms()
         expires = None if ttl is None else now + max(1, round(ttl * 1000))
         await self._write_cache(CacheEntry(cache_key, data, now, expires))
@@ -322,6 +352,21 @@ class StorageInterface(ABC):
         self._require_initialized()
         return await self._delete_expired_cache(self._now_ms())
 
+    async def cleanup(self) -> dict[str, int]:
+        """All housekeeping at once; returns how many of each thing it removed.
+
+        Always ``expired_cache`` and ``expired_kv_entries``; backends add their own counts
+        (the file tree: ``temp_files``, ``backups``, ``lock_files``).
+        """
+        self._require_initialized()
+        now_ms = self._now_ms()
+        removed = {
+            "expired_cache": await self._delete_expired_cache(now_ms),
+            "expired_kv_entries": await self._kv_remove_expired(None, now_ms),
+        }
+        removed.update(await self._cleanup_housekeeping(now_ms))
+        return removed
+
     # -------------------------------------------------------------- system state
 
     async def store_system_state(self, state_key: str, data: Any) -> bool:
@@ -349,6 +394,17 @@ class StorageInterface(ABC):
         self._require_initialized()
         return sorted(await self._list_system_states())
 
+    # -------------------------------------------------- key-value collections
+
+    def kv(self, namespace: str = DEFAULT_NAMESPACE) -> KeyValueStore:
+        """A KeyValueStore over one namespace (docs/kv.md); InvalidKeyError for a bad name."""
+        return KeyValueStore(self, namespace)
+
+    async def list_namespaces(self) -> list[str]:
+        """Sorted namespaces that hold a live key-value entry."""
+        self._require_initialized()
+        return sorted(await self._kv_namespaces(self._now_ms()))
+
     # -------------------------------------------------------------------- health
 
     async def health_check(self) -> dict[str, Any]:
@@ -368,8 +424,13 @@ class StorageInterface(ABC):
     async def get_storage_stats(self) -> dict[str, Any]:
         """Counts of every kind of data; corrupt entities are counted as unreadable."""
         self._require_initialized()
-        stats = await self._collect_stats(self._now_ms())
-        return {"backend": self.backend_name, **stats}
+        now_ms = self._now_ms()
+        stats = {"backend": self.backend_name, **await self._collect_stats(now_ms)}
+        stats.update(zip(("kv_namespace_count", "kv_entry_count", "expired_kv_entry_count"),
+                         await self._kv_stats(now_ms), strict=True))  # fmt: skip
+        # One key order on every backend, so two backends' reports compare line by line.
+        ordered = {key: stats.pop(key) for key in STATS_KEYS if key in stats}
+        return {**ordered, **stats}
 
     async def verify(self) -> list[Problem]:
         """Read every stored entity and report each that does not parse; [] when all is well."""
@@ -555,6 +616,70 @@ class StorageInterface(ABC):
     async def _total_bytes(self) -> int:
         """Bytes the stored data occupies."""
 
+    async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
+        """Backend-specific housekeeping for ``cleanup()``; counts by what was removed."""
+        return {}
+
+    # ------------------------------------------------ key-value hooks (docs/kv.md)
+    #
+    # Records carry epoch-millisecond times; ``now_ms`` is the storage clock's reading for
+    # the call. "Live" means not expired at ``now_ms``. A backend without collections
+    # inherits these: the reads find nothing and the writes raise NotSupportedError.
+
+    def _kv_unsupported(self) -> NotSupportedError:
+        return NotSupportedError(
+            f"{type(self).__name__} ({self.backend_name}) does not implement key-value collections"
+        )
+
+    async def _kv_get(self, namespace: str, keys: list[str]) -> dict[str, KVRecord]:
+        """Records stored under ``keys`` (distinct), expired ones included or not."""
+        raise self._kv_unsupported()
+
+    async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
+        """Store ``records`` (distinct keys) all or nothing, one atomic step per entry at least.
+
+        A record replacing a live entry keeps that entry's ``created_ms``; an expired entry is
+        replaced whole. With ``if_not_exists`` (one record), a live entry wins: return False and
+        change nothing; the check and the write must be one atomic step across processes.
+        """
+        raise self._kv_unsupported()
+
+    async def _kv_delete(self, namespace: str, keys: list[str], now_ms: int) -> int:
+        """Remove ``keys`` (distinct), expired ones too; return how many were live."""
+        raise self._kv_unsupported()
+
+    async def _kv_select(self, namespace: str, select: KVSelect, now_ms: int) -> list[KVRecord]:
+        """Live records matching ``select``, ordered and paged (``KVSelect.apply`` is the reference)."""
+        raise self._kv_unsupported()
+
+    async def _kv_keys(self, namespace: str, select: KVSelect, now_ms: int) -> list[str]:
+        """Keys of ``_kv_select``; backends that can list keys without values override this."""
+        return [record.key for record in await self._kv_select(namespace, select, now_ms)]
+
+    async def _kv_count(self, namespace: str, select: KVSelect, now_ms: int) -> int:
+        """How many live records match ``select`` (its limit and offset are None and 0)."""
+        return len(await self._kv_keys(namespace, select, now_ms))
+
+    async def _kv_set_expiry(self, namespace: str, key: str, expires_ms: int | None, now_ms: int) -> bool:
+        """Set (or with None remove) a live entry's expiry, touching nothing else; False when not live."""
+        raise self._kv_unsupported()
+
+    async def _kv_namespaces(self, now_ms: int) -> list[str]:
+        """Namespaces holding a live entry."""
+        return []
+
+    async def _kv_clear(self, namespace: str, now_ms: int) -> int:
+        """Remove every entry of a namespace; return how many were live."""
+        raise self._kv_unsupported()
+
+    async def _kv_remove_expired(self, namespace: str | None, now_ms: int) -> int:
+        """Remove expired entries of one namespace (None: all); return how many."""
+        return 0
+
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
+        """(namespaces with a live entry, live entries, expired entries not yet removed)."""
+        return (0, 0, 0)
+
 
 def _check_dict(value: Any, where: str) -> None:
     if not isinstance(value, dict):
@@ -569,9 +694,16 @@ def _check_dict_list(value: Any, where: str) -> None:
         _check_dict(item, f"{where}[{index}]")
 
 
-def _check_ttl(ttl: Any) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0 or ttl == float("inf"):
+# The longest ttl any backend takes: every engine can hold the expiry time it gives (the
+# file tree writes it as an ISO 8601 year, Redis as milliseconds, SQLite as an int64).
+MAX_TTL_SECONDS = 100 * 365.25 * 24 * 3600  # 100 years: 3,155,760,000 s
+
+
+def check_ttl(ttl: Any, where: str = "ttl") -> float:
+    """``ttl`` as float seconds; InvalidArgumentError unless it is a number in (0, 100 years]."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_SECONDS:
         raise InvalidArgumentError(
-            f"ttl must be a number of seconds greater than 0 (or None for the default), got {ttl!r}"
+            f"{where} must be a number of seconds greater than 0 and at most 100 years "
+            f"({MAX_TTL_SECONDS:,.0f} s), got {ttl!r}"
         )
     return float(ttl)
