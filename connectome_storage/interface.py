@@ -56,6 +56,7 @@ class Kind(enum.Enum):
     REASONING_CHAINS = "reasoning_chains"  # log, per agent
     CACHE = "cache"  # document with expiry, per cache key
     SYSTEM = "system"  # document, per state key
+    KV = "kv"  # key-value entry, per (namespace, key): handled by the _kv_* hooks, never the others
 
 
 CONVERSATION_PARTS = (Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES)
@@ -112,18 +113,19 @@ class ChangeEvent:
     own: bool = False
     valid: bool = True
     error: str | None = None
+    namespace: str | None = None  # the collection of a ``kv`` entry; None for every other kind
 
     @property
     def kind_name(self) -> str:
         """``conversation``, ``raw_messages``, ``chunks``, ``memories``, ``reasoning_chains``,
-        ``cache`` or ``system``."""
+        ``cache``, ``system`` or ``kv``."""
         return self.kind.name.lower()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (``kind`` as ``kind_name``, ``path`` as a string)."""
         return {
             "kind": self.kind_name, "id": self.id, "change": self.change, "path": str(self.path),
-            "own": self.own, "valid": self.valid, "error": self.error,
+            "own": self.own, "valid": self.valid, "error": self.error, "namespace": self.namespace,
         }  # fmt: skip
 
 
