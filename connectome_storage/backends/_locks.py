@@ -30,7 +30,7 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
-    import filelock
+    import filelock  # type: ignore[import-not-found,unused-ignore]  # installed on Windows only
 
 __all__ = ["LOCK_DIR", "EntityLocks", "os_lock"]
 
