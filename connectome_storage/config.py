@@ -8,8 +8,11 @@ set, whichever backend is chosen, and returns them as config keys.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,14 +21,17 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 
 __all__ = [
+    "ENCRYPTION_KEY_VARIABLE",
     "ENV_PREFIX",
     "ENV_VARIABLES",
+    "TYPE_VARIABLE",
     "CommonSettings",
     "FileSettings",
     "RedisSettings",
     "SqliteSettings",
     "parse_bool",
     "read_environment",
+    "redact_url",
     "resolve_settings",
 ]
 
@@ -49,6 +55,9 @@ class FileSettings(CommonSettings):
     max_backup_files: int = 5
     pretty_print_json: bool = True
     connection_timeout: float = 30.0
+    # How long backups and lock files of an entity that no longer exists are kept before
+    # cleanup() removes them (7 days).
+    backup_retention: float = 604800.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,7 @@ class SqliteSettings(CommonSettings):
     enable_wal_mode: bool = True
     connection_timeout: float = 30.0
     synchronous: str = "FULL"
+    serializer: str = "json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +75,33 @@ class RedisSettings(CommonSettings):
     key_prefix: str = "connectome:"
     connection_timeout: float = 30.0
     client: Any = None
+    serializer: str = "json"
+    cluster: bool = False
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;#]*")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^?#]*)@")  # greedy: up to the last "@"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for messages, logs and reports.
+
+    ``redis://user:pw@host`` -> ``redis://user:***@host``, ``redis://:pw@host`` ->
+    ``redis://:***@host``, ``redis://host/0?password=pw`` -> ``redis://host/0?password=***``.
+    A Redis URL's lone user info (``redis://pw@host``) is hidden too, since some clients
+    read it as the password. The rest of the URL is kept as written.
+    """
+
+    def userinfo(match: re.Match[str]) -> str:
+        scheme, info = match.group(1), match.group(2)
+        user, colon, _password = info.partition(":")
+        if colon:
+            info = f"{user}:***"
+        elif scheme.lower() in ("redis", "rediss", "unix"):
+            info = "***"
+        return f"{scheme}://{info}@"
+
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(userinfo, url, count=1))
 
 
 def parse_bool(value: Any, name: str) -> bool:
@@ -129,13 +166,70 @@ def _parse_text(value: Any, name: str) -> str:
     raise ConfigError(f"{name}={value!r} must be a string")
 
 
+def _parse_secret_url(value: Any, name: str) -> str:
+    # A URL may carry a password: no message shows it unredacted.
+    if isinstance(value, str) and "\x00" not in value:
+        return value
+    raise ConfigError(f"{name} must be a URL string, got a {type(value).__name__}")
+
+
 def _parse_redis_url(value: Any, name: str) -> str:
-    text = _parse_text(value, name)
+    text = _parse_secret_url(value, name)
     if not text.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
-            f"{name}={value!r} is not a Redis URL; use redis://HOST:PORT/DB, rediss://... or unix:///path/to/socket"
+            f"{name}={redact_url(text)!r} is not a Redis URL; "
+            "use redis://HOST:PORT/DB, rediss://... or unix:///path/to/socket"
         )
     return text
+
+
+def _parse_dsn(value: Any, name: str) -> str:
+    text = _parse_secret_url(value, name)
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{name}={redact_url(text)!r} is not a PostgreSQL DSN; use postgresql://USER@HOST:PORT/DATABASE"
+        )
+    return text
+
+
+def _parse_serializer(value: Any, name: str) -> str:
+    serializer = _parse_text(value, name).strip().lower()
+    if serializer == "msgpack":
+        raise ConfigError(f"{name}={value!r}: the msgpack serializer is not supported yet; use json (the default)")
+    if serializer != "json":
+        raise ConfigError(f"{name}={value!r} is not a serializer; use json (msgpack is planned)")
+    return serializer
+
+
+def _parse_cluster(value: Any, name: str) -> bool:
+    if parse_bool(value, name):
+        raise ConfigError(
+            f"{name}={value!r}: Redis Cluster is not supported yet; use a single Redis server (false, the default)"
+        )
+    return False
+
+
+ENCRYPTION_KEY_VARIABLE = "CONNECTOME_STORAGE_ENCRYPTION_KEY"
+
+
+def _parse_encryption_key(value: Any, name: str) -> None:
+    """Check the key's form, then refuse it: encryption is not built yet, and a security
+    setting must never be accepted and silently do nothing. The value is never shown."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        key = base64.b64decode(value.strip(), validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f"{name} is not a usable key (value not shown): it must be base64 of exactly 32 random bytes, "
+            "e.g. from `python -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'`"
+        )
+    raise ConfigError(
+        f"{name} is set, but encryption at rest is not available yet in this version; unset it "
+        "(data would otherwise be stored unencrypted while you expect it encrypted)"
+    )
 
 
 def _parse_clock(value: Any, name: str) -> Callable[[], float]:
@@ -165,9 +259,14 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "redis_url": _parse_redis_url,
     "key_prefix": _parse_text,
     "client": lambda value, name: value,
+    "backup_retention": _parse_timeout,
+    "serializer": _parse_serializer,
+    "cluster": _parse_cluster,
+    "dsn": _parse_dsn,
+    "encryption_key": _parse_encryption_key,
 }
 
-# Variable -> config key, in the order of DESIGN section 6.
+# Variable -> config key, in the order of the table in docs/configuration.md.
 ENV_VARIABLES: dict[str, str] = {
     "CONNECTOME_STORAGE_BASE_DIR": "base_dir",
     "CONNECTOME_STORAGE_DB_PATH": "db_path",
@@ -180,6 +279,12 @@ ENV_VARIABLES: dict[str, str] = {
     "CONNECTOME_STORAGE_KEY_PREFIX": "key_prefix",
     "CONNECTOME_STORAGE_CACHE_TTL": "default_cache_ttl",
     "CONNECTOME_STORAGE_SQLITE_SYNCHRONOUS": "synchronous",
+    "CONNECTOME_STORAGE_BACKUP_RETENTION": "backup_retention",
+    "CONNECTOME_STORAGE_SERIALIZER": "serializer",
+    "CONNECTOME_STORAGE_POSTGRES_DSN": "dsn",
+    "CONNECTOME_STORAGE_REDIS_CLUSTER": "cluster",
+    # Checked, then refused: encryption is not available yet (no backend takes this key).
+    ENCRYPTION_KEY_VARIABLE: "encryption_key",
 }
 TYPE_VARIABLE = "CONNECTOME_STORAGE_TYPE"
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .config import read_environment
+from .config import TYPE_VARIABLE, read_environment
 from .errors import ConfigError
 from .interface import StorageInterface
 
@@ -48,14 +48,17 @@ class StorageFactory:
         return sorted(cls._backends)
 
     @classmethod
-    def backend_class(cls, name: str) -> type[StorageInterface]:
-        """The class registered as ``name``; ConfigError listing the known names otherwise."""
+    def backend_class(cls, name: str, source: str | None = None) -> type[StorageInterface]:
+        """The class registered as ``name``; ConfigError listing the known names otherwise.
+
+        ``source`` names where the name came from (``CONNECTOME_STORAGE_TYPE``, ``--type``)
+        so the message points at what to fix.
+        """
         key = name.strip().lower() if isinstance(name, str) else name
         backend = cls._backends.get(key)
         if backend is None:
-            raise ConfigError(
-                f"unknown storage backend {name!r}; known backends: {', '.join(cls.available_backends())}"
-            )
+            given = f"{source}={name!r}" if source else repr(name)
+            raise ConfigError(f"unknown storage backend {given}; known backends: {', '.join(cls.available_backends())}")
         if isinstance(backend, str):
             module_name, _, class_name = backend.partition(":")
             backend = getattr(importlib.import_module(module_name), class_name)
@@ -102,6 +105,6 @@ def create_storage_from_env(environ: Mapping[str, str] | None = None) -> Storage
     accepted); those that belong to another backend are then ignored.
     """
     backend, config = read_environment(os.environ if environ is None else environ)
-    cls = StorageFactory.backend_class(backend)
+    cls = StorageFactory.backend_class(backend, TYPE_VARIABLE)
     accepted = {name for name in cls.settings_class.__dataclass_fields__}
     return cls({key: value for key, value in config.items() if key in accepted})

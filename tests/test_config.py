@@ -1,14 +1,15 @@
-"""Configuration: the factory, create_storage_from_env and every variable of DESIGN section 6."""
+"""Configuration: the factory, create_storage_from_env and every variable of docs/configuration.md."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connectome_storage import FileStorage, StorageFactory, StorageInterface, create_storage_from_env
-from connectome_storage.config import ENV_VARIABLES
+from connectome_storage.config import ENV_VARIABLES, redact_url
 from connectome_storage.errors import ConfigError
 
 
@@ -87,9 +88,13 @@ def test_every_documented_variable_is_known() -> None:
         "CONNECTOME_STORAGE_BASE_DIR", "CONNECTOME_STORAGE_DB_PATH", "CONNECTOME_STORAGE_CREATE_BACKUPS",
         "CONNECTOME_STORAGE_PRETTY_JSON", "CONNECTOME_STORAGE_WAL_MODE", "CONNECTOME_STORAGE_TIMEOUT",
         "CONNECTOME_STORAGE_MAX_BACKUPS", "CONNECTOME_STORAGE_REDIS_URL", "CONNECTOME_STORAGE_KEY_PREFIX",
-        "CONNECTOME_STORAGE_CACHE_TTL",
+        "CONNECTOME_STORAGE_CACHE_TTL", "CONNECTOME_STORAGE_BACKUP_RETENTION", "CONNECTOME_STORAGE_SERIALIZER",
+        "CONNECTOME_STORAGE_ENCRYPTION_KEY", "CONNECTOME_STORAGE_POSTGRES_DSN", "CONNECTOME_STORAGE_REDIS_CLUSTER",
     }  # fmt: skip
     assert documented <= set(ENV_VARIABLES)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    for variable in ENV_VARIABLES:
+        assert f"`{variable}`" in docs, f"docs/configuration.md must describe {variable}"
 
 
 def test_factory_refuses_keys_the_backend_does_not_take() -> None:
@@ -146,3 +151,119 @@ def test_register_backend_refuses_non_storage_classes() -> None:
 def test_storage_interface_is_abstract() -> None:
     with pytest.raises(TypeError):
         StorageInterface()  # type: ignore[abstract]
+
+
+# ------------------------------------------------------------ newer settings
+
+
+def test_backup_retention_defaults_to_seven_days_and_is_read() -> None:
+    assert create_storage_from_env({}).settings.backup_retention == 604800.0  # type: ignore[attr-defined]
+    storage = create_storage_from_env({"CONNECTOME_STORAGE_BACKUP_RETENTION": "3600"})
+    assert storage.settings.backup_retention == 3600.0  # type: ignore[attr-defined]
+    assert StorageFactory.create_storage("file", {"backup_retention": 1.5}).settings.backup_retention == 1.5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "week", "inf"])
+def test_backup_retention_must_be_positive_seconds(value: str) -> None:
+    with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_BACKUP_RETENTION"):
+        create_storage_from_env({"CONNECTOME_STORAGE_BACKUP_RETENTION": value})
+
+
+def test_backup_retention_belongs_to_the_file_tree_only() -> None:
+    with pytest.raises(ConfigError, match="'backup_retention'"):
+        StorageFactory.create_storage("sqlite", {"backup_retention": 60})
+    # As a variable it is validated, then ignored by the other backends.
+    storage = create_storage_from_env(
+        {"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_BACKUP_RETENTION": "60"}
+    )
+    assert not hasattr(storage.settings, "backup_retention")
+
+
+def test_serializer_json_is_accepted_and_msgpack_is_refused_until_it_exists() -> None:
+    storage = create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_SERIALIZER": "JSON"})
+    assert storage.settings.serializer == "json"  # type: ignore[attr-defined]
+    for backend in ("sqlite", "redis"):
+        with pytest.raises(ConfigError, match=r"serializer.*not supported yet"):
+            StorageFactory.create_storage(backend, {"serializer": "msgpack"})
+    with pytest.raises(ConfigError, match=r"CONNECTOME_STORAGE_SERIALIZER.*not supported yet"):
+        create_storage_from_env({"CONNECTOME_STORAGE_SERIALIZER": "msgpack"})  # validated even for file
+    with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_SERIALIZER='pickle' is not a serializer"):
+        create_storage_from_env({"CONNECTOME_STORAGE_SERIALIZER": "pickle"})
+    with pytest.raises(ConfigError, match="'serializer'"):
+        StorageFactory.create_storage("file", {"serializer": "json"})
+
+
+def test_redis_cluster_false_is_accepted_and_true_is_refused_until_it_exists() -> None:
+    storage = create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "redis", "CONNECTOME_STORAGE_REDIS_CLUSTER": "no"})
+    assert storage.settings.cluster is False  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"CONNECTOME_STORAGE_REDIS_CLUSTER.*not supported yet"):
+        create_storage_from_env({"CONNECTOME_STORAGE_REDIS_CLUSTER": "true"})
+    with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_REDIS_CLUSTER='sometimes' is not a boolean"):
+        create_storage_from_env({"CONNECTOME_STORAGE_REDIS_CLUSTER": "sometimes"})
+    with pytest.raises(ConfigError, match=r"cluster.*not supported yet"):
+        StorageFactory.create_storage("redis", {"cluster": True})
+
+
+def test_postgres_dsn_is_validated_without_showing_its_password() -> None:
+    create_storage_from_env({"CONNECTOME_STORAGE_POSTGRES_DSN": "postgresql://bob:pw@db:5432/mem"})  # ignored by file
+    with pytest.raises(ConfigError) as caught:
+        create_storage_from_env({"CONNECTOME_STORAGE_POSTGRES_DSN": "mysql://bob:hunter2@db/mem"})
+    message = str(caught.value)
+    assert "CONNECTOME_STORAGE_POSTGRES_DSN" in message and "mysql://bob:***@db/mem" in message
+    assert "hunter2" not in message
+
+
+KEY_32 = base64.b64encode(bytes(range(32))).decode()
+
+
+@pytest.mark.parametrize("value", ["c2hvcnQ=", "not base64 at all!", base64.b64encode(bytes(31)).decode(), ""])
+def test_a_malformed_encryption_key_is_refused_without_showing_it(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_storage_from_env({"CONNECTOME_STORAGE_ENCRYPTION_KEY": value})
+    message = str(caught.value)
+    assert "CONNECTOME_STORAGE_ENCRYPTION_KEY" in message and "32 random bytes" in message
+    assert not value or value not in message
+
+
+def test_a_wellformed_encryption_key_is_refused_since_encryption_is_not_available() -> None:
+    # Accepting it would let a user believe data is encrypted while it is written in clear.
+    with pytest.raises(ConfigError, match="encryption at rest is not available yet") as caught:
+        create_storage_from_env({"CONNECTOME_STORAGE_ENCRYPTION_KEY": KEY_32})
+    assert KEY_32 not in str(caught.value)
+    with pytest.raises(ConfigError, match="'encryption_key'"):
+        StorageFactory.create_storage("file", {"encryption_key": KEY_32})
+
+
+def test_an_unknown_backend_variable_is_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "mongo"})
+    assert "CONNECTOME_STORAGE_TYPE='mongo'" in str(caught.value)
+    assert "known backends: file, redis, sqlite" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0?password=s3cret", "redis://127.0.0.1:6379/0?password=***"),
+        ("redis://:s3cret@host:1/0", "redis://:***@host:1/0"),
+        ("rediss://user:s3cret@host/0?a=1&password=s3cret&b=2", "rediss://user:***@host/0?a=1&password=***&b=2"),
+        ("redis://s3cret@host", "redis://***@host"),
+        ("redis://user:p@s3cret@host/0", "redis://user:***@host/0"),
+        ("unix:///tmp/redis.sock?db=1&password=s3cret", "unix:///tmp/redis.sock?db=1&password=***"),
+        ("postgresql://bob:s3cret@db/mem", "postgresql://bob:***@db/mem"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+)
+def test_redact_url_hides_every_form_of_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "s3cret" not in redact_url(url)
+
+
+@pytest.mark.parametrize("url", ["http://:s3cret@localhost/0", "http://localhost/0?password=s3cret"])
+def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_storage_from_env({"CONNECTOME_STORAGE_REDIS_URL": url})
+    assert "CONNECTOME_STORAGE_REDIS_URL" in str(caught.value) and "s3cret" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        StorageFactory.create_storage("redis", {"redis_url": url})
+    assert "redis_url" in str(caught.value) and "s3cret" not in str(caught.value)
