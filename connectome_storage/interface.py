@@ -38,7 +38,16 @@ from .errors import (
 from .kv import DEFAULT_NAMESPACE, KeyValueStore, KVRecord, KVSelect
 from .naming import check_id
 
-__all__ = ["CAPABILITIES", "MAX_TTL_SECONDS", "CacheEntry", "ChangeEvent", "Kind", "Problem", "StorageInterface", "check_ttl"]
+__all__ = [
+    "CAPABILITIES",
+    "MAX_TTL_SECONDS",
+    "CacheEntry",
+    "ChangeEvent",
+    "Kind",
+    "Problem",
+    "StorageInterface",
+    "check_ttl",
+]
 
 logger = logging.getLogger("connectome_storage")
 

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from .codec import check_value
-from .errors import InvalidArgumentError, InvalidKeyError
+from .errors import InvalidArgumentError, InvalidKeyError, SerializationError
 from .naming import check_id
 
 if TYPE_CHECKING:
@@ -144,9 +144,9 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         elif char == "?":
             out.append(".")
         elif char == "[":
-            end = pattern.find("]", i + 1 if i < n and pattern[i] in "^!" else i)
-            if i < n and pattern[i] in "^!" and end == i + 1:
-                end = pattern.find("]", end + 1)
+            # A "]" right after "[" (or "[^", "[!") belongs to the set, as in SQLite's GLOB.
+            first = i + 1 if i < n and pattern[i] in "^!" else i
+            end = pattern.find("]", first + 1)
             if end < 0:  # no closing bracket: a literal "["
                 out.append(re.escape(char))
                 continue
@@ -155,7 +155,8 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
             negate = body[:1] in ("^", "!")
             if negate:
                 body = body[1:]
-            body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+            for special in "\\^[]":
+                body = body.replace(special, "\\" + special)
             out.append(f"[{'^' if negate else ''}{body}]")
         else:
             out.append(re.escape(char))
@@ -191,7 +192,11 @@ def _check_tags(tags: Any) -> dict[str, str]:
             raise InvalidArgumentError(f"a tag name must be a non-empty str without NUL, got {name!r}")
         if not isinstance(value, str) or "\x00" in value:
             raise InvalidArgumentError(f"tag {name!r} must have a str value without NUL, got {value!r}")
-        check_value(value, f"tags[{name!r}]")
+        for text in (name, value):
+            try:
+                check_value(text, "tags")
+            except SerializationError as e:  # a lone surrogate: not UTF-8, so no engine can hold it
+                raise InvalidArgumentError(f"tag {name!r}: {e}") from e
         checked[name] = value
     return checked
 
