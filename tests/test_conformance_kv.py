@@ -464,9 +464,10 @@ async def test_query_and_count_agree_with_the_reference_on_many_entries(
         KVSelect(since_ms=round((START + 3) * 1000), until_ms=round((START + 9) * 1000), descending=True),
     ]:
         expected = [r.key for r in select.apply(records, now_ms)]
+        since = None if select.since_ms is None else select.since_ms / 1000
+        until = None if select.until_ms is None else select.until_ms / 1000
         found = await kv.query(
-            prefix=select.prefix, tags=dict(select.tags), since=None if select.since_ms is None else select.since_ms / 1000,
-            until=None if select.until_ms is None else select.until_ms / 1000, order_by=select.order_by,
+            prefix=select.prefix, tags=dict(select.tags), since=since, until=until, order_by=select.order_by,
             descending=select.descending, limit=select.limit, offset=select.offset,
         )  # fmt: skip
         assert [e.key for e in found] == expected
