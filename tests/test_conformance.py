@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md sections 2, 3 and 5, run once per backend (see conftest.BACKENDS)."""
+"""The storage contract of docs/design.md (API, values, errors), run once per backend (see conftest.BACKENDS)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from connectome_storage.errors import (
     StorageError,
     StorageNotInitializedError,
 )
+from connectome_storage.interface import CAPABILITIES, STATS_KEYS
 from connectome_storage.naming import MAX_NAME_BYTES
 
 from .conftest import FakeClock
@@ -323,11 +324,17 @@ async def test_delete_cache(storage: StorageInterface, clock: FakeClock) -> None
     assert await storage.list_cache_keys() == []
 
 
-@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf"), "10", True])
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf"), "10", True, 1e12, 1e17, 1e308, 3_155_760_001])
 async def test_bad_ttl_is_refused(storage: StorageInterface, ttl: Any) -> None:
-    with pytest.raises(InvalidArgumentError, match="ttl"):
+    with pytest.raises(InvalidArgumentError, match="100 years"):
         await storage.store_cache("k", 1, ttl=ttl)
     assert await storage.list_cache_keys() == []
+
+
+async def test_a_ttl_of_100_years_is_accepted(storage: StorageInterface, clock: FakeClock) -> None:
+    await storage.store_cache("k", 1, ttl=3_155_760_000)
+    clock.advance(3_155_759_999)
+    assert await storage.load_cache("k") == 1
 
 
 async def test_cache_values_can_be_any_json(storage: StorageInterface) -> None:
@@ -501,6 +508,41 @@ async def test_stats_count_every_kind(storage: StorageInterface, clock: FakeCloc
     }
     assert {key: stats[key] for key in expected} == expected
     assert stats["total_bytes"] > empty["total_bytes"]
+
+
+async def test_stats_keys_come_in_one_order_on_every_backend(storage: StorageInterface) -> None:
+    await storage.store_system_state("s", None)  # a None state is stored, listed and counted
+    stats = await storage.get_storage_stats()
+    assert list(stats)[: len(STATS_KEYS)] == list(STATS_KEYS)
+    assert stats["system_state_count"] == 1 == len(await storage.list_system_states())
+
+
+async def test_cleanup_reports_what_it_removed(storage: StorageInterface, clock: FakeClock) -> None:
+    await storage.store_cache("dying", 1, ttl=1)
+    await storage.store_cache("live", 1)
+    await storage.kv("n").set("k", 1, ttl=1)
+    clock.advance(2)
+    removed = await storage.cleanup()
+    assert removed["expired_cache"] == 1 and removed["expired_kv_entries"] == 1
+    assert all(isinstance(count, int) for count in removed.values())
+    assert await storage.list_cache_keys() == ["live"]
+    assert (await storage.cleanup())["expired_cache"] == 0
+
+
+async def test_capabilities_and_supports(storage: StorageInterface) -> None:
+    expected = {
+        "file": {"watch", "backups", "persistent", "cross_process"},
+        "sqlite": {"persistent", "cross_process"},
+        "redis": {"native_ttl", "cross_process"},  # plus "persistent" when the server persists
+    }[storage.backend_name]
+    capabilities = storage.capabilities
+    assert isinstance(capabilities, frozenset)
+    assert expected <= capabilities <= CAPABILITIES
+    assert capabilities - expected <= {"persistent"}
+    for name in CAPABILITIES:
+        assert storage.supports(name) is (name in capabilities)
+    with pytest.raises(InvalidArgumentError, match="lru_eviction"):
+        storage.supports("teleport")
 
 
 async def test_verify_finds_nothing_wrong_in_a_clean_store(storage: StorageInterface) -> None:
