@@ -1,6 +1,6 @@
 """connectome-storage: durable, human-readable storage for an AI agent's memory.
 
-One asyncio API over a JSON file tree (default), SQLite and Redis; see README.md.
+One asyncio API over a JSON file tree (default), SQLite, Redis and memory; see README.md.
 """
 
 from __future__ import annotations
@@ -8,22 +8,28 @@ from __future__ import annotations
 import logging
 
 from .backends.file import FileStorage
+from .backends.memory import MemoryStorage
 from .backends.redis import RedisStorage  # imports the redis package only when built
 from .backends.sqlite import SqliteStorage  # imports aiosqlite only when built
 from .errors import StorageError
 from .factory import (
     StorageFactory,
     create_file_storage,
+    create_memory_storage,
     create_redis_storage,
     create_sqlite_storage,
     create_storage_from_env,
 )
 from .interface import ChangeEvent, StorageInterface
+from .kv import Entry, KeyValueStore
 from .migrate import MigrationReport, migrate
 
 __all__ = [
     "ChangeEvent",
+    "Entry",
     "FileStorage",
+    "KeyValueStore",
+    "MemoryStorage",
     "MigrationReport",
     "RedisStorage",
     "SqliteStorage",
@@ -31,6 +37,7 @@ __all__ = [
     "StorageFactory",
     "StorageInterface",
     "create_file_storage",
+    "create_memory_storage",
     "create_redis_storage",
     "create_sqlite_storage",
     "create_storage_from_env",

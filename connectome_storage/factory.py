@@ -20,6 +20,7 @@ from .interface import StorageInterface
 __all__ = [
     "StorageFactory",
     "create_file_storage",
+    "create_memory_storage",
     "create_redis_storage",
     "create_sqlite_storage",
     "create_storage_from_env",
@@ -27,12 +28,13 @@ __all__ = [
 
 
 class StorageFactory:
-    """Creates storages by backend name: ``file``, ``sqlite``, ``redis`` or a registered one."""
+    """Creates storages by backend name: ``file``, ``sqlite``, ``redis``, ``memory`` or a registered one."""
 
     _backends: ClassVar[dict[str, type[StorageInterface] | str]] = {
         "file": "connectome_storage.backends.file:FileStorage",
         "sqlite": "connectome_storage.backends.sqlite:SqliteStorage",
         "redis": "connectome_storage.backends.redis:RedisStorage",
+        "memory": "connectome_storage.backends.memory:MemoryStorage",
     }
 
     @classmethod
@@ -96,6 +98,11 @@ def create_redis_storage(url: str | None = None, *, client: Any = None, **option
     if client is not None:
         config["client"] = client
     return StorageFactory.create_storage("redis", config)
+
+
+def create_memory_storage(**options: Any) -> StorageInterface:
+    """A MemoryStorage: everything in this process's memory (``max_conversations`` bounds it)."""
+    return StorageFactory.create_storage("memory", options)
 
 
 def create_storage_from_env(environ: Mapping[str, str] | None = None) -> StorageInterface:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from connectome_storage import (
+    MemoryStorage,
     StorageInterface,
     create_file_storage,
     create_redis_storage,
@@ -55,7 +56,18 @@ def _redis(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> Storage
     return create_redis_storage(key_prefix=f"test:{tmp_path.name}:", clock=clock, **options)
 
 
-BACKENDS: dict[str, Builder] = {"file": _file, "sqlite": _sqlite, "redis": _redis}
+def _memory(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageInterface:
+    # Every storage a test builds shares the first one's data, as a second process would
+    # open the same tree or database.
+    first = _MEMORY_DATA.get(tmp_path)
+    storage = MemoryStorage({"clock": clock, **options}, share_with=first)
+    _MEMORY_DATA.setdefault(tmp_path, storage)
+    return storage
+
+
+_MEMORY_DATA: dict[Path, MemoryStorage] = {}
+
+BACKENDS: dict[str, Builder] = {"file": _file, "memory": _memory, "sqlite": _sqlite, "redis": _redis}
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from connectome_storage import (
     StorageInterface,
     create_file_storage,
+    create_memory_storage,
     create_redis_storage,
     create_sqlite_storage,
 )
@@ -31,7 +32,7 @@ T = TypeVar("T")
 
 
 class EveryBackend:
-    """One storage per backend (file pretty, file compact, SQLite, Redis) over fresh data.
+    """One storage per backend (file pretty, file compact, SQLite, Redis, memory) over fresh data.
 
     The file trees and the database live deep below ``tmp_path`` (``outer``), so that a
     write escaping its folder would land somewhere ``stray_paths`` sees.
@@ -52,6 +53,7 @@ class EveryBackend:
             ),
             "sqlite": create_sqlite_storage(self.sqlite_dir / "connectome.db", clock=self.clock),
             "redis": create_redis_storage(redis_url, key_prefix=f"test:hostile:{uuid.uuid4().hex}:", clock=self.clock),
+            "memory": create_memory_storage(clock=self.clock),
         }
         self._runner = asyncio.Runner()
 

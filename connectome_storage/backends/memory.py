@@ -1,0 +1,329 @@
+"""MemoryStorage: the whole contract in this process's memory, for tests and short-lived agents.
+
+Every value is kept as its canonical JSON bytes and decoded on each read, so a loaded
+value is always a fresh copy (mutating it never changes what is stored) and values obey
+exactly the same rules as on the persistent backends (``-0.0``, 64-bit integers, key
+order). Every hook runs to completion without awaiting, so on one event loop each
+operation is atomic without locks.
+
+``max_conversations`` bounds how many conversations are held: past it, the least recently
+used one (stored, loaded or appended, any part) is evicted whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+from ..codec import decode, encode
+from ..config import CommonSettings
+from ..errors import ConfigError
+from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
+from ..kv import KVRecord, KVSelect
+
+__all__ = ["MemorySettings", "MemoryStorage"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySettings(CommonSettings):
+    connection_timeout: float = 30.0
+    max_conversations: int | None = None  # None: no bound
+
+
+@dataclasses.dataclass
+class _Data:
+    """Everything one MemoryStorage holds; storages built with ``share_with`` hold the same one."""
+
+    documents: dict[tuple[Kind, str], bytes] = dataclasses.field(default_factory=dict)
+    logs: dict[tuple[Kind, str], list[bytes]] = dataclasses.field(default_factory=dict)
+    members: dict[str, dict[str, bytes]] = dataclasses.field(default_factory=dict)  # insertion order
+    cache: dict[str, tuple[bytes, int, int | None]] = dataclasses.field(default_factory=dict)
+    kv: dict[str, dict[str, tuple[bytes, KVRecord]]] = dataclasses.field(default_factory=dict)
+    recency: OrderedDict[str, None] = dataclasses.field(default_factory=OrderedDict)  # oldest first
+
+
+def _load(raw: bytes) -> Any:
+    return decode(raw, "memory")
+
+
+class MemoryStorage(StorageInterface):
+    """Holds everything in memory; nothing survives the process.
+
+    Options: ``max_conversations`` (int > 0 or None), ``connection_timeout``, ``clock``,
+    ``default_cache_ttl``.
+    """
+
+    backend_name: ClassVar[str] = "memory"
+    settings_class: ClassVar[type[MemorySettings]] = MemorySettings
+    settings: MemorySettings
+
+    def __init__(self, config: dict[str, Any] | None = None, *, share_with: MemoryStorage | None = None) -> None:
+        super().__init__(config)
+        limit = self.settings.max_conversations
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"max_conversations={limit!r} must be a whole number of 1 or more, or None")
+        # share_with: a second object over the same data, as a second process would open the
+        # same file tree (the conformance suite builds storages this way).
+        self._data = share_with._data if share_with is not None else _Data()
+
+    def _capabilities(self) -> frozenset[str]:
+        return frozenset({"lru_eviction"}) if self.settings.max_conversations is not None else frozenset()
+
+    def size(self) -> int:
+        """How many conversations are held."""
+        self._require_initialized()
+        return len(self._data.recency)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def _open(self) -> None:
+        pass
+
+    async def _close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------ recency (LRU)
+
+    def _touch(self, conversation_id: str) -> None:
+        """Mark a conversation used; evict the least recently used ones past the bound."""
+        recency = self._data.recency
+        if conversation_id not in recency:
+            if not self._has_parts(conversation_id):
+                return
+            recency[conversation_id] = None
+        recency.move_to_end(conversation_id)
+        limit = self.settings.max_conversations
+        while limit is not None and len(recency) > limit:
+            oldest = next(iter(recency))
+            self._drop_conversation(oldest)
+
+    def _has_parts(self, conversation_id: str) -> bool:
+        data = self._data
+        return (
+            (Kind.CONVERSATION, conversation_id) in data.documents
+            or (Kind.CHUNKS, conversation_id) in data.documents
+            or (Kind.RAW_MESSAGES, conversation_id) in data.logs
+            or conversation_id in data.members
+        )
+
+    def _settle(self, kind: Kind, key: str) -> None:
+        """After a write or delete of a conversation part: keep recency in step."""
+        if kind not in CONVERSATION_PARTS:
+            return
+        if self._has_parts(key):
+            self._touch(key)
+        else:
+            self._data.recency.pop(key, None)
+
+    def _drop_conversation(self, conversation_id: str) -> bool:
+        data = self._data
+        found = data.documents.pop((Kind.CONVERSATION, conversation_id), None) is not None
+        found = data.documents.pop((Kind.CHUNKS, conversation_id), None) is not None or found
+        found = data.logs.pop((Kind.RAW_MESSAGES, conversation_id), None) is not None or found
+        found = data.members.pop(conversation_id, None) is not None or found
+        data.recency.pop(conversation_id, None)
+        return found
+
+    # -------------------------------------------------------------- documents
+
+    async def _read_document(self, kind: Kind, key: str) -> Any:
+        raw = self._data.documents.get((kind, key))
+        if raw is None:
+            return None
+        if kind in CONVERSATION_PARTS:
+            self._touch(key)
+        return _load(raw)
+
+    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        self._data.documents[(kind, key)] = encode(value, pretty=False)
+        self._settle(kind, key)
+
+    async def _delete(self, kind: Kind, key: str) -> bool:
+        data = self._data
+        if kind is Kind.CACHE:
+            return data.cache.pop(key, None) is not None
+        if kind in (Kind.RAW_MESSAGES, Kind.REASONING_CHAINS):
+            found = data.logs.pop((kind, key), None) is not None
+        else:
+            found = data.documents.pop((kind, key), None) is not None
+        self._settle(kind, key)
+        return found
+
+    # ------------------------------------------------------------------- logs
+
+    async def _read_log(self, kind: Kind, key: str) -> list[Any]:
+        items = self._data.logs.get((kind, key))
+        if items is None:
+            return []
+        if kind in CONVERSATION_PARTS:
+            self._touch(key)
+        return [_load(raw) for raw in items]
+
+    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        log = self._data.logs.setdefault((kind, key), [])
+        log.extend(encode(item, pretty=False) for item in items)
+        self._settle(kind, key)
+        return len(log)
+
+    async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
+        self._data.logs[(kind, key)] = [encode(item, pretty=False) for item in items]
+        self._settle(kind, key)
+
+    # --------------------------------------------------------------- memories
+
+    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        self._data.members.setdefault(conversation_id, {})[memory_id] = encode(memory, pretty=False)
+        self._settle(Kind.MEMORIES, conversation_id)
+
+    async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
+        members = self._data.members.get(conversation_id)
+        if not members:
+            return []
+        self._touch(conversation_id)
+        return [_load(raw) for raw in members.values()]
+
+    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        members = self._data.members.get(conversation_id)
+        if members is None or members.pop(memory_id, None) is None:
+            return False
+        if not members:
+            del self._data.members[conversation_id]
+        self._settle(Kind.MEMORIES, conversation_id)
+        return True
+
+    async def _delete_conversation(self, conversation_id: str) -> bool:
+        return self._drop_conversation(conversation_id)
+
+    # ---------------------------------------------------------------- listing
+
+    async def _list_conversations(self) -> list[str]:
+        return list(self._data.recency)
+
+    async def _list_agents(self) -> list[str]:
+        return [key for kind, key in self._data.logs if kind is Kind.REASONING_CHAINS]
+
+    async def _list_system_states(self) -> list[str]:
+        return [key for kind, key in self._data.documents if kind is Kind.SYSTEM]
+
+    # ------------------------------------------------------------------ cache
+
+    async def _write_cache(self, entry: CacheEntry) -> None:
+        self._data.cache[entry.key] = (encode(entry.data, pretty=False), entry.created_ms, entry.expires_ms)
+
+    async def _read_cache(self, cache_key: str) -> CacheEntry | None:
+        stored = self._data.cache.get(cache_key)
+        if stored is None:
+            return None
+        raw, created_ms, expires_ms = stored
+        return CacheEntry(cache_key, _load(raw), created_ms, expires_ms)
+
+    async def _list_cache_keys(self, now_ms: int) -> list[str]:
+        return [key for key, (_, _, expires) in self._data.cache.items() if expires is None or expires > now_ms]
+
+    async def _list_all_cache_keys(self) -> list[str]:
+        return list(self._data.cache)
+
+    async def _delete_expired_cache(self, now_ms: int) -> int:
+        cache = self._data.cache
+        expired = [key for key, (_, _, expires) in cache.items() if expires is not None and expires <= now_ms]
+        for key in expired:
+            del cache[key]
+        return len(expired)
+
+    # ------------------------------------------------------------ health, size
+
+    async def _probe(self) -> dict[str, Any]:
+        return {"conversations": len(self._data.recency), "max_conversations": self.settings.max_conversations}
+
+    async def _total_bytes(self) -> int:
+        data = self._data
+        total = sum(map(len, data.documents.values()))
+        total += sum(len(raw) for log in data.logs.values() for raw in log)
+        total += sum(len(raw) for members in data.members.values() for raw in members.values())
+        total += sum(len(raw) for raw, _, _ in data.cache.values())
+        return total + sum(len(raw) for entries in data.kv.values() for raw, _ in entries.values())
+
+    # -------------------------------------------------- key-value collections
+    #
+    # An entry is kept as (encoded value, record without its value): filters and ordering
+    # never need the value, so only what a call returns is decoded.
+
+    @staticmethod
+    def _decoded(raw: bytes, record: KVRecord) -> KVRecord:
+        return dataclasses.replace(record, value=_load(raw), tags=dict(record.tags))
+
+    async def _kv_get(self, namespace: str, keys: list[str]) -> dict[str, KVRecord]:
+        entries = self._data.kv.get(namespace, {})
+        return {key: self._decoded(*entries[key]) for key in keys if key in entries}
+
+    async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
+        entries = self._data.kv.setdefault(namespace, {})
+        encoded = [encode(record.value, pretty=False) for record in records]  # every value before any write
+        for raw, record in zip(encoded, records, strict=True):
+            old = entries.get(record.key)
+            if old is not None and not old[1].expired(now_ms):
+                if if_not_exists:
+                    return False
+                record = dataclasses.replace(record, created_ms=old[1].created_ms)
+            entries[record.key] = (raw, dataclasses.replace(record, value=None, tags=dict(record.tags)))
+        return True
+
+    async def _kv_delete(self, namespace: str, keys: list[str], now_ms: int) -> int:
+        entries = self._data.kv.get(namespace, {})
+        live = 0
+        for key in keys:
+            old = entries.pop(key, None)
+            live += old is not None and not old[1].expired(now_ms)
+        self._prune_namespace(namespace)
+        return live
+
+    def _prune_namespace(self, namespace: str) -> None:
+        if not self._data.kv.get(namespace, True):
+            del self._data.kv[namespace]
+
+    async def _kv_select(self, namespace: str, select: KVSelect, now_ms: int) -> list[KVRecord]:
+        entries = self._data.kv.get(namespace, {})
+        chosen = select.apply((record for _, record in entries.values()), now_ms)
+        return [self._decoded(entries[record.key][0], record) for record in chosen]
+
+    async def _kv_set_expiry(self, namespace: str, key: str, expires_ms: int | None, now_ms: int) -> bool:
+        entries = self._data.kv.get(namespace, {})
+        old = entries.get(key)
+        if old is None or old[1].expired(now_ms):
+            return False
+        entries[key] = (old[0], dataclasses.replace(old[1], expires_ms=expires_ms))
+        return True
+
+    async def _kv_namespaces(self, now_ms: int) -> list[str]:
+        return [
+            name
+            for name, entries in self._data.kv.items()
+            if any(not record.expired(now_ms) for _, record in entries.values())
+        ]
+
+    async def _kv_clear(self, namespace: str, now_ms: int) -> int:
+        entries = self._data.kv.pop(namespace, {})
+        return sum(not record.expired(now_ms) for _, record in entries.values())
+
+    async def _kv_remove_expired(self, namespace: str | None, now_ms: int) -> int:
+        removed = 0
+        for name in [namespace] if namespace is not None else list(self._data.kv):
+            entries = self._data.kv.get(name, {})
+            expired = [key for key, (_, record) in entries.items() if record.expired(now_ms)]
+            for key in expired:
+                del entries[key]
+            removed += len(expired)
+            if name in self._data.kv:
+                self._prune_namespace(name)
+        return removed
+
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
+        live = expired = 0
+        for entries in self._data.kv.values():
+            for _, record in entries.values():
+                if record.expired(now_ms):
+                    expired += 1
+                else:
+                    live += 1
+        return (len(await self._kv_namespaces(now_ms)), live, expired)
