@@ -65,7 +65,7 @@ class MemoryStorage(StorageInterface):
             raise ConfigError(f"max_conversations={limit!r} must be a whole number of 1 or more, or None")
         # share_with: a second object over the same data, as a second process would open the
         # same file tree (the conformance suite builds storages this way).
-        self._data = share_with._data if share_with is not None else _Data()
+        self._data: _Data = share_with._data if share_with is not None else _Data()
 
     def _capabilities(self) -> frozenset[str]:
         return frozenset({"lru_eviction"}) if self.settings.max_conversations is not None else frozenset()
