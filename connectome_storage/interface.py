@@ -259,6 +259,16 @@ class StorageInterface(ABC):
         check_id(conversation_id, "conversation_id")
         return await self._read_log(Kind.RAW_MESSAGES, conversation_id)
 
+    async def pop_raw_message(self, conversation_id: str) -> dict[str, Any] | None:
+        """Remove and return the newest raw message (None when there is none).
+
+        One atomic step against concurrent appends by any process: a message appended at
+        the same time is either popped or kept, never lost.
+        """
+        self._require_initialized()
+        check_id(conversation_id, "conversation_id")
+        return await self._pop_log(Kind.RAW_MESSAGES, conversation_id)  # type: ignore[no-any-return]
+
     async def store_memory(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> bool:
         """Insert or replace one memory; a replaced memory keeps its place in the order."""
         self._require_initialized()
@@ -626,6 +636,11 @@ class StorageInterface(ABC):
     @abstractmethod
     async def _total_bytes(self) -> int:
         """Bytes the stored data occupies."""
+
+    async def _pop_log(self, kind: Kind, key: str) -> Any:
+        """Remove and return the last item of a log atomically (None when empty); an emptied
+        log is removed like ``store_raw_messages(id, [])`` removes it."""
+        raise NotSupportedError(f"{type(self).__name__} ({self.backend_name}) cannot pop from a log")
 
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Backend-specific housekeeping for ``cleanup()``; counts by what was removed."""

@@ -129,6 +129,18 @@ async def test_conversation_round_trip_and_replace(storage: StorageInterface) ->
     assert await storage.load_conversation("c1") == {"title": "second"}
 
 
+async def test_pop_raw_message_takes_the_newest(storage: StorageInterface) -> None:
+    assert await storage.pop_raw_message("c1") is None
+    await storage.append_raw_messages("c1", [{"n": 1}, {"n": 2}])
+    assert await storage.pop_raw_message("c1") == {"n": 2}
+    assert await storage.load_raw_messages("c1") == [{"n": 1}]
+    assert await storage.append_raw_messages("c1", [{"n": 3}]) == 2
+    assert await storage.pop_raw_message("c1") == {"n": 3}
+    assert await storage.pop_raw_message("c1") == {"n": 1}
+    assert await storage.pop_raw_message("c1") is None
+    assert await storage.list_conversations() == []  # an emptied history is no stored part
+
+
 async def test_list_conversations_is_sorted_and_counts_any_part(storage: StorageInterface) -> None:
     await storage.store_conversation("b", {})
     await storage.append_raw_messages("c", [{"role": "user"}])

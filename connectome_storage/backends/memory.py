@@ -170,6 +170,16 @@ class MemoryStorage(StorageInterface):
         self._data.logs[(kind, key)] = [encode(item, pretty=False) for item in items]
         self._settle(kind, key)
 
+    async def _pop_log(self, kind: Kind, key: str) -> Any:
+        items = self._data.logs.get((kind, key))
+        if not items:
+            return None
+        raw = items.pop()
+        if not items:
+            del self._data.logs[(kind, key)]
+        self._settle(kind, key)
+        return _load(raw)
+
     # --------------------------------------------------------------- memories
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
