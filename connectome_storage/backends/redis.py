@@ -42,6 +42,8 @@ from ..errors import (
 )
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..naming import encode_name as _encode_name
+from ._redis_kv import RedisKV
+from ._redis_kv_lua import KV_SCRIPTS
 from ._redis_lua import SCRIPTS
 
 __all__ = ["RedisStorage"]
@@ -69,7 +71,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisStorage(StorageInterface):
+class RedisStorage(RedisKV, StorageInterface):
     """Stores everything on a Redis server under ``key_prefix``.
 
     Options: ``redis_url``, ``key_prefix``, ``connection_timeout`` (connect and socket
@@ -112,7 +114,7 @@ class RedisStorage(StorageInterface):
         else:
             self._server = _describe_client(client)
         self._client = client
-        self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
+        self._scripts = {name: client.register_script(source) for name, source in (SCRIPTS | KV_SCRIPTS).items()}
         try:
             await self._call("connecting", None, client.ping, read=True)
         except BaseException:
@@ -495,6 +497,7 @@ class RedisStorage(StorageInterface):
             for length in await self._pipelined("counting reasoning chains", commands):
                 count("reasoning_chain_count", length)
         stats["total_bytes"] = await self._total_bytes()
+        stats["unreadable_count"] += await self._kv_unreadable_count()
         return stats
 
     async def _all_keys(self) -> list[str]:
@@ -506,7 +509,7 @@ class RedisStorage(StorageInterface):
         keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
         keys += [self.key_of(Kind.CACHE, c) for c in await self._list_all_cache_keys()]
         keys += [self.key_of(Kind.SYSTEM, s) for s in await self._list_system_states()]
-        return keys
+        return keys + await self._kv_all_keys()
 
     async def _total_bytes(self) -> int:
         """Bytes Redis reports for this prefix's keys (MEMORY USAGE; big lists are sampled)."""
