@@ -30,6 +30,7 @@ import watchfiles
 from ..errors import InvalidArgumentError, StorageError
 from ..interface import DEFAULT_DEBOUNCE_MS, ChangeEvent, Kind
 from . import _fs
+from ._file_kv import kv_entity_of
 
 if TYPE_CHECKING:
     from .file import FileStorage
@@ -38,7 +39,7 @@ __all__ = ["OwnWrites", "watch_tree"]
 
 # A burst ends once this long passes with no new notification (watchfiles' ``step``).
 _QUIET_MS = 50
-_FOLDERS = frozenset({"conversations", "cache", "agents", "system"})
+_FOLDERS = frozenset({"conversations", "cache", "agents", "system", "kv"})
 
 Signature = tuple[int, int, int]
 
@@ -144,16 +145,19 @@ class _Tree:
         self._own = own
         self._known: dict[Path, Signature] = {}
 
-    def entity(self, path: Path) -> tuple[Kind, str] | None:
-        """(kind, id) if ``path`` is a data file of the layout, else None."""
+    def entity(self, path: Path) -> tuple[Kind, str, str | None] | None:
+        """(kind, id, kv namespace or None) if ``path`` is a data file of the layout, else None."""
         try:
             relative = path.relative_to(self._root)
         except ValueError:
             return None
         if not relative.parts or relative.parts[0] not in _FOLDERS:
             return None
+        kv = kv_entity_of(relative.parts)
+        if kv is not None:
+            return Kind.KV, kv[1], kv[0]
         try:
-            return self._storage._parse_relative(relative)
+            return (*self._storage._parse_relative(relative), None)
         except InvalidArgumentError:
             return None
 
@@ -209,8 +213,8 @@ class _Tree:
         else:
             change = "added" if before is None else "modified"
             self._known[path] = now
-        kind, key = entity
-        return ChangeEvent(kind, key, change, path, own=self._own.is_own(path, now))
+        kind, key, namespace = entity
+        return ChangeEvent(kind, key, change, path, own=self._own.is_own(path, now), namespace=namespace)
 
 
 async def _checked(storage: FileStorage, event: ChangeEvent) -> ChangeEvent:
@@ -230,6 +234,7 @@ async def _checked(storage: FileStorage, event: ChangeEvent) -> ChangeEvent:
         Kind.REASONING_CHAINS: lambda key: storage._read_log(Kind.REASONING_CHAINS, key),
         Kind.MEMORIES: storage._read_members,
         Kind.CACHE: storage._read_cache,
+        Kind.KV: lambda key: storage._kv_get(event.namespace or "", [key]),
     }
     try:
         await readers[event.kind](event.id)
