@@ -59,6 +59,37 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX cache_expires ON cache (expires_ms, cache_key)",
         "CREATE TABLE system_state (state_key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL)",
     ),
+    # 2: key-value collections (``_sqlite_kv``). A rowid table, for the reason above: values
+    # are whole session documents and checkpoints; the primary key index orders the keys.
+    (
+        """CREATE TABLE kv (
+            namespace TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,          -- canonical compact JSON
+            tags TEXT NOT NULL,           -- canonical JSON object of str to str; '{}' when none
+            created_ms INTEGER NOT NULL,  -- epoch milliseconds
+            updated_ms INTEGER NOT NULL,
+            expires_ms INTEGER,           -- NULL: never expires
+            PRIMARY KEY (namespace, key)
+        )""",
+        # order_by="updated_at" / "created_at" (ties by key) and since/until ranges.
+        "CREATE INDEX kv_updated ON kv (namespace, updated_ms, key)",
+        "CREATE INDEX kv_created ON kv (namespace, created_ms, key)",
+        # Expired counts and cleanup read only the rows that have an expiry.
+        "CREATE INDEX kv_expires ON kv (expires_ms, namespace) WHERE expires_ms IS NOT NULL",
+        # One row per tag of an entry: find_by_tag and tag filters are index ranges, already
+        # in key order. Small rows, so WITHOUT ROWID (the primary key is the table).
+        """CREATE TABLE kv_tags (
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            key TEXT NOT NULL,
+            PRIMARY KEY (namespace, name, value, key),
+            FOREIGN KEY (namespace, key) REFERENCES kv (namespace, key) ON DELETE CASCADE
+        ) WITHOUT ROWID""",
+        # The cascade and a rewrite find an entry's tag rows through this.
+        "CREATE INDEX kv_tags_entry ON kv_tags (namespace, key)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

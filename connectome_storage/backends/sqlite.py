@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
 from . import _fs
+from ._sqlite_kv import SqliteKV
 from ._sqlite_schema import (
     APPLICATION_ID,
     ENSURE_PARENT,
@@ -85,7 +86,7 @@ def _import_aiosqlite() -> Any:
     return aiosqlite
 
 
-class SqliteStorage(StorageInterface):
+class SqliteStorage(SqliteKV, StorageInterface):
     """Stores everything in one SQLite database at ``db_path``.
 
     Options: ``db_path``, ``enable_wal_mode``, ``synchronous`` (FULL, EXTRA or NORMAL),
