@@ -44,11 +44,19 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process with no persistence, in its own directory."""
+    """One redis-server process with no persistence, in its own directory.
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    ``password`` sets ``requirepass`` (the default user then needs it); ``extra`` are more
+    ``--name value`` arguments (``["--appendonly", "yes"]`` to make it persist).
+    """
+
+    def __init__(
+        self, directory: Path, port: int | None = None, *, password: str | None = None, extra: list[str] | None = None
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.password = password
+        self.extra = list(extra or [])
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -72,6 +80,9 @@ class RedisServer:
             "--logfile", str(self.log_path),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.password is not None:
+            command += ["--requirepass", self.password]
+        command += self.extra  # later arguments win over the defaults above
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + _STARTUP_GRACE_SECONDS
         while not self.answers_ping():
@@ -84,6 +95,10 @@ class RedisServer:
     def answers_ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                if self.password is not None:
+                    connection.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not connection.recv(16).startswith(b"+OK"):
+                        return False
                 connection.sendall(b"PING\r\n")
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:

@@ -90,6 +90,18 @@ for i = 2, #KEYS do
   end
 end
 return gone""",
+    # KEYS: set index, then n keys per id. ARGV: n, the ids. Drops each id none of whose
+    # keys exists (evicted under maxmemory, or deleted by hand); returns those ids.
+    "prune_index": """
+local n = tonumber(ARGV[1])
+local gone = {}
+for i = 2, #ARGV do
+  local first = 2 + (i - 2) * n
+  if redis.call('EXISTS', unpack(KEYS, first, first + n - 1)) == 0 and redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+return gone""",
     # KEYS: index, cache keys. ARGV: now_ms, their ids. The expiry is checked again here:
     # another client may have refreshed an entry since it was picked.
     "expire_cache": """

@@ -27,18 +27,24 @@ faster than a script. docs/redis.md explains expiry, faults and retries.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import unquote
 
 from ..codec import decode, encode
-from ..config import RedisSettings
+from ..config import RedisSettings, redact_url
 from ..errors import (
+    AccessDeniedError,
     BackendUnavailableError,
+    ConfigError,
     CorruptedDataError,
     StorageError,
     StorageFullError,
     StorageIOError,
+    ValueTooLargeError,
 )
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..naming import encode_name as _encode_name
@@ -46,7 +52,9 @@ from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
 from ._redis_lua import SCRIPTS
 
-__all__ = ["RedisStorage"]
+# redact_url lives in config (the CLI and every backend show URLs); it is re-exported here
+# because this is where Redis URLs are used.
+__all__ = ["RedisStorage", "redact_url"]
 
 T = TypeVar("T")
 
@@ -55,6 +63,13 @@ _HINT = "store the entity again to replace it, or delete the key"
 # Ids per pipeline or script call: big enough to amortise round trips, small enough that
 # one call never blocks the server for long.
 _BATCH = 500
+# Redis refuses one bulk argument (a string value, a list element, a hash field) longer than
+# proto-max-bulk-len: 512 MiB unless the server is configured otherwise, and never below
+# 1 MiB. Over it, the server closes the connection mid-request instead of answering.
+_DEFAULT_BULK_LIMIT = 512 * 1024 * 1024
+_MIN_BULK_LIMIT = 1024 * 1024
+# A health probe key left behind (a probe cut off between its write and its delete) expires.
+_PROBE_TTL_MS = 60_000
 
 _SUFFIX = {Kind.CONVERSATION: "current", Kind.CHUNKS: "chunks", Kind.RAW_MESSAGES: "raw", Kind.MEMORIES: "mem"}
 _INDEX = {Kind.REASONING_CHAINS: "idx:agents", Kind.CACHE: "idx:cache", Kind.SYSTEM: "idx:system"}
@@ -93,7 +108,16 @@ class RedisStorage(RedisKV, StorageInterface):
         self._client: Any = None
         self._owns_client = False
         self._scripts: dict[str, Any] = {}
-        self._server = _describe_url(self.settings.redis_url)
+        # Shown in messages, health and repr: never the password (docs/redis.md, Secrets).
+        self._server = redact_url(self.settings.redis_url)
+        self._secrets = _url_secrets(self.settings.redis_url)
+        # Read from the server at initialize() (CONFIG GET); these are the values assumed
+        # when CONFIG is not permitted.
+        self._bulk_limit = _DEFAULT_BULK_LIMIT
+        self._persistent: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(server={self._server!r}, key_prefix={self._prefix!r})"
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -101,8 +125,22 @@ class RedisStorage(RedisKV, StorageInterface):
         client = self.settings.client
         self._owns_client = client is None
         if client is None:
-            timeout = self.settings.connection_timeout
-            client = self._redis.asyncio.Redis.from_url(
+            client = self._make_client()
+        else:
+            self._server = _describe_client(client)
+        self._client = client
+        self._scripts = {name: client.register_script(source) for name, source in (SCRIPTS | KV_SCRIPTS).items()}
+        try:
+            await self._call("connecting", None, client.ping, read=True)
+            await self._read_server_config()
+        except BaseException:
+            await self._close()
+            raise
+
+    def _make_client(self) -> Any:
+        timeout = self.settings.connection_timeout
+        try:
+            return self._redis.asyncio.Redis.from_url(
                 self.settings.redis_url,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
@@ -111,15 +149,32 @@ class RedisStorage(RedisKV, StorageInterface):
                 # _call retries reads, once.
                 retry=self._redis.asyncio.retry.Retry(self._redis.backoff.NoBackoff(), 0),
             )
-        else:
-            self._server = _describe_client(client)
-        self._client = client
-        self._scripts = {name: client.register_script(source) for name, source in (SCRIPTS | KV_SCRIPTS).items()}
-        try:
-            await self._call("connecting", None, client.ping, read=True)
-        except BaseException:
-            await self._close()
-            raise
+        except ValueError as e:  # redis-py's own URL parsing: a bad port, db or option
+            raise ConfigError(
+                f"redis_url {self._server!r} is not usable: {self._scrub(str(e))}; use "
+                "redis://[[user]:password@]host:port/db, rediss://... or unix:///path/to/socket"
+            ) from e
+
+    async def _read_server_config(self) -> None:
+        """Whether the server persists, and its value size limit, from CONFIG GET.
+
+        A user whose ACL forbids CONFIG (or a managed server that renamed it) gets the
+        defaults: not known to persist, and the 512 MiB limit.
+        """
+        names = ("appendonly", "save", "proto-max-bulk-len")
+        replies = await self._pipelined("reading CONFIG", [("config_get", name) for name in names])
+        values = dict(
+            zip(names, (_config_value(reply, name) for reply, name in zip(replies, names, strict=True)), strict=True)
+        )
+        appendonly, save, limit = values["appendonly"], values["save"], values["proto-max-bulk-len"]
+        self._persistent = None if appendonly is None or save is None else appendonly == "yes" or bool(save.strip())
+        if limit is not None and limit.isdigit():
+            self._bulk_limit = int(limit)
+
+    def _capabilities(self) -> frozenset[str]:
+        # "persistent" only when the server said so at initialize(): an unknown server is
+        # not promised to keep data over a restart.
+        return frozenset({"native_ttl", "cross_process"} | ({"persistent"} if self._persistent else set()))
 
     async def _close(self) -> None:
         client, self._client = self._client, None
@@ -157,26 +212,77 @@ class RedisStorage(RedisKV, StorageInterface):
     # ---------------------------------------------------------------- engine calls
 
     async def _call(
-        self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False
+        self,
+        what: str,
+        key: str | None,
+        function: Callable[..., Awaitable[T]],
+        *args: Any,
+        read: bool = False,
+        size: int = 0,
     ) -> T:
         """Run one Redis call, turning engine errors into StorageError subclasses.
 
         A read whose connection broke is tried once more, on a fresh connection (a pooled
         one may have died with a restarted server). A timeout is not retried, so a hung
         server costs one ``connection_timeout``; a write is never retried, since a lost
-        reply does not say whether it was applied.
+        reply does not say whether it was applied. ``size`` is the longest value a write
+        sends: a connection the server closed on it may mean the value was over its limit.
         """
         exceptions = self._redis.exceptions
         for attempt in (1, 2):
             try:
                 return await function(*args)
             except (exceptions.RedisError, OSError) as e:
-                retry = read and attempt == 1 and isinstance(e, exceptions.ConnectionError)
-                if not retry:
-                    raise self._translate(e, what, key) from e
+                broken = isinstance(e, exceptions.ConnectionError | OSError)
+                broken = broken and not isinstance(e, exceptions.AuthenticationError)
+                if read and attempt == 1 and broken and isinstance(e, exceptions.ConnectionError):
+                    continue
+                # Over the limit, Redis answers "invalid bulk length" and closes the
+                # connection; redis-py raises whichever it meets first.
+                if key is not None and size >= _MIN_BULK_LIMIT and (broken or _is_bulk_error(e)):
+                    too_large = await self._too_large_after_all(key, size)
+                    if too_large is not None:
+                        raise too_large from e
+                raise self._translate(e, what, key) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _script(self, name: str, key: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _check_size(self, key: str, payloads: Sequence[bytes]) -> int:
+        """Refuse, before sending anything, a value over the server's limit; the longest size."""
+        size = max(map(len, payloads), default=0)
+        if size > self._bulk_limit:
+            raise self._too_large(key, size, self._bulk_limit)
+        return size
+
+    async def _too_large_after_all(self, key: str, size: int) -> ValueTooLargeError | None:
+        """After the server dropped the connection on a big write: was the limit lowered
+        since initialize()? Reads it again (on a fresh connection); None when not over it
+        or when CONFIG is not permitted."""
+        try:  # as a read: the connection the server closed may be tried first, then a fresh one
+            reply = await self._call("reading CONFIG", None, self.client.config_get, "proto-max-bulk-len", read=True)
+        except StorageError:
+            return None
+        limit = _config_value(reply, "proto-max-bulk-len")
+        if limit is None or not limit.isdigit():
+            return None
+        self._bulk_limit = int(limit)
+        return self._too_large(key, size, self._bulk_limit) if size > self._bulk_limit else None
+
+    def _too_large(self, key: str, size: int | None, limit: int) -> ValueTooLargeError:
+        measured = "" if size is None else f" is {size:,} bytes,"
+        return ValueTooLargeError(
+            f"the value for {key}{measured} is over the limit of {limit:,} bytes ({limit / 2**20:g} MiB) "
+            f"that Redis at {self._server} takes for one string, list element or hash field "
+            "(proto-max-bulk-len; 512 MiB unless configured); nothing was written. "
+            "Store it in smaller parts, or raise proto-max-bulk-len on the server"
+        )
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (an engine's message) with any password of the URL replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def _script(self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0) -> Any:
         """Run one of ``_redis_lua.SCRIPTS``; ``key`` is the entity named in errors.
 
         Never retried, but for a server that does not know the script (restarted, or
@@ -196,11 +302,24 @@ class RedisStorage(RedisKV, StorageInterface):
                 script.sha = await client.script_load(script.script)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
 
-        return await self._call(f"running {name} on {key}", key, run)
+        return await self._call(f"running {name} on {key}", key, run, size=size)
 
     def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError:
         exceptions = self._redis.exceptions
-        text = str(error)
+        text = self._scrub(str(error))
+        if isinstance(error, exceptions.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
+            return AccessDeniedError(
+                f"Redis at {self._server} refused to authenticate while {what} ({text}); check the user "
+                "name and password in redis_url (redis://user:password@host:port/db)"
+            )
+        if isinstance(error, exceptions.NoPermissionError) or text.startswith("NOPERM"):
+            return AccessDeniedError(
+                f"Redis at {self._server} denied {what} by its ACL (NOPERM: {text}): the user is authenticated "
+                f"but not authorized; grant it the keys ~{self._prefix}* and the commands it needs "
+                "(docs/redis.md, Access control)"
+            )
+        if _is_bulk_error(error):
+            return self._too_large(key or what, None, self._bulk_limit)
         if isinstance(error, exceptions.OutOfMemoryError) or text.startswith("OOM"):
             return StorageFullError(
                 f"Redis at {self._server} is out of memory while {what}; nothing was written. "
@@ -239,13 +358,14 @@ class RedisStorage(RedisKV, StorageInterface):
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         name = self.key_of(kind, key)
         data = encode(value, pretty=False)
+        size = self._check_size(name, [data])
         # Replacing an existing value needs no script: every script that creates a key also
         # lists its id, and none unlists an id while one of its keys exists, so a key that
         # exists when SET XX runs is listed. Measured: a script costs about 10 us more
         # than a plain SET, a sixth of a local round trip.
-        if await self._call(f"writing {name}", name, lambda: self.client.set(name, data, xx=True)):
+        if await self._call(f"writing {name}", name, lambda: self.client.set(name, data, xx=True), size=size):
             return
-        await self._script("write", name, [name, self.index_of(kind)], [key, data])
+        await self._script("write", name, [name, self.index_of(kind)], [key, data], size=size)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         name = self.key_of(kind, key)
@@ -266,25 +386,28 @@ class RedisStorage(RedisKV, StorageInterface):
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         name = self.key_of(kind, key)
         encoded = [encode(item, pretty=False) for item in items]
+        size = self._check_size(name, encoded)
         # RPUSHX pushes only onto an existing list, which is listed already (see
         # _write_document); it answers 0, having written nothing, when the list is new.
-        length = await self._call(f"appending to {name}", name, self.client.rpushx, name, *encoded)
+        length = await self._call(f"appending to {name}", name, self.client.rpushx, name, *encoded, size=size)
         if length:
             return int(length)
-        return int(await self._script("append", name, [name, self.index_of(kind)], [key, *encoded]))
+        return int(await self._script("append", name, [name, self.index_of(kind)], [key, *encoded], size=size))
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         name = self.key_of(kind, key)
         encoded = [encode(item, pretty=False) for item in items]
-        await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded])
+        size = self._check_size(name, encoded)
+        await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size=size)
 
     # ------------------------------------------------------------------- members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
         name = self.key_of(Kind.MEMORIES, conversation_id)
         keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES)]
-        args = [conversation_id, memory_id, encode(memory, pretty=False)]
-        await self._script("put_member", name, keys, args)
+        data = encode(memory, pretty=False)
+        size = self._check_size(f"{name}[{memory_id!r}]", [data])
+        await self._script("put_member", name, keys, [conversation_id, memory_id, data], size=size)
 
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
         name, order_key = self.key_of(Kind.MEMORIES, conversation_id), self._order_key(conversation_id)
@@ -338,8 +461,11 @@ class RedisStorage(RedisKV, StorageInterface):
             # Redis expires the key itself after the time left on our clock; the interface
             # still checks expires_ms against the clock, so an injected clock stays exact.
             px, score = str(max(1, entry.expires_ms - self._now_ms())), str(entry.expires_ms)
-        args = [entry.key, encode(envelope, pretty=False), px, score]
-        await self._script("write_cache", name, [name, self.index_of(Kind.CACHE)], args)
+        data = encode(envelope, pretty=False)
+        size = self._check_size(name, [data])
+        await self._script(
+            "write_cache", name, [name, self.index_of(Kind.CACHE)], [entry.key, data, px, score], size=size
+        )
 
     async def _read_cache(self, cache_key: str) -> CacheEntry | None:
         name = self.key_of(Kind.CACHE, cache_key)
@@ -394,13 +520,41 @@ class RedisStorage(RedisKV, StorageInterface):
             removed += int(await self._script("expire_cache", index, keys, [now_ms, *batch]))
         return removed
 
+    async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
+        """Drop index entries whose keys are all gone: evicted under a maxmemory policy, or
+        deleted by hand. (The cache index is reconciled by the expired-cache step.)"""
+        groups: list[tuple[Kind, Callable[[str], list[str]]]] = [
+            (Kind.CONVERSATION, self._part_keys),
+            (Kind.REASONING_CHAINS, lambda agent_id: [self.key_of(Kind.REASONING_CHAINS, agent_id)]),
+            (Kind.SYSTEM, lambda state_key: [self.key_of(Kind.SYSTEM, state_key)]),
+        ]
+        removed = 0
+        for kind, keys_of in groups:
+            index = self.index_of(kind)
+            for batch in _batches(await self._members(index)):
+                keys = [index, *(key for member in batch for key in keys_of(member))]
+                gone = await self._script("prune_index", index, keys, [len(keys_of(batch[0])), *batch])
+                removed += len(gone)
+        return {"stale_index_entries": removed}
+
     # ------------------------------------------------------------- health, stats
 
     async def _probe(self) -> dict[str, Any]:
+        """PING, then write, read and delete a probe key under the prefix: a user whose ACL
+        cannot touch the prefix's keys is unhealthy, though PING and INFO work for it."""
         started = time.perf_counter()
         await self._call("pinging", None, self.client.ping)
         ping_ms = round((time.perf_counter() - started) * 1000, 3)
-        server, memory = await self._pipelined("reading INFO", [("info", "server"), ("info", "memory")], strict=True)
+        probe = f"{self._prefix}health:{{{os.urandom(8).hex()}}}"
+        token = os.urandom(8).hex().encode()
+        # set(name, value, ex, px): the probe expires if the delete never runs.
+        commands = [("set", probe, token, None, _PROBE_TTL_MS), ("get", probe), ("delete", probe)]
+        _, read_back, _ = await self._pipelined(f"probing {probe}", commands, key=probe, strict=True)
+        if read_back is None or (read_back if isinstance(read_back, bytes) else read_back.encode()) != token:
+            raise StorageIOError(f"Redis at {self._server} did not return the probe value written to {probe}")
+        # INFO is informative only: a user allowed the data but not INFO is still healthy.
+        server, memory = await self._pipelined("reading INFO", [("info", "server"), ("info", "memory")])
+        server, memory = ({} if isinstance(r, Exception) else r for r in (server, memory))
         return {
             "server": self._server,
             "key_prefix": self._prefix,
@@ -408,6 +562,8 @@ class RedisStorage(RedisKV, StorageInterface):
             "redis_version": server.get("redis_version"),
             "used_memory": memory.get("used_memory"),
             "maxmemory": memory.get("maxmemory"),
+            "persistent": self._persistent,
+            "max_value_bytes": self._bulk_limit,
             "client_owned_by_caller": not self._owns_client,
         }
 
@@ -538,10 +694,33 @@ def _batches(items: list[str]) -> Iterator[list[str]]:
         yield items[start : start + _BATCH]
 
 
-def _describe_url(url: str) -> str:
-    """The URL without credentials, fit for messages and health reports."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+def _url_secrets(url: str) -> list[str]:
+    """The passwords a URL carries (user info, ``password=`` query), as written and decoded,
+    longest first; short ones are left out, since replacing them would garble messages."""
+    found: set[str] = set()
+    rest = url.partition("://")[2]
+    info, at, _ = rest.split("?", 1)[0].rpartition("@")
+    if at:
+        found.add(info.partition(":")[2] or info)
+    found.update(re.findall(r"(?i)[?&;](?:password|passwd|pwd)=([^&;#]*)", url))
+    found |= {unquote(secret) for secret in found}
+    return sorted((secret for secret in found if len(secret) >= 3), key=len, reverse=True)
+
+
+def _is_bulk_error(error: BaseException) -> bool:
+    """Redis's refusal of a value over proto-max-bulk-len (or of a string grown past it)."""
+    text = str(error)
+    return "invalid bulk length" in text or "exceeds maximum allowed size" in text
+
+
+def _config_value(reply: Any, name: str) -> str | None:
+    """One value of a CONFIG GET reply; None when it failed (an ACL, a renamed command)."""
+    if not isinstance(reply, dict):
+        return None
+    for key, value in reply.items():
+        if _text(key) == name:
+            return _text(value)
+    return None
 
 
 def _describe_client(client: Any) -> str:

@@ -6,6 +6,7 @@ tests that kill, pause or fill a server start their own so the shared one stays 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,10 +18,14 @@ import redis.asyncio
 from redis.crc import key_slot
 
 from connectome_storage import RedisStorage, create_file_storage, create_redis_storage
+from connectome_storage.backends.redis import redact_url
 from connectome_storage.errors import (
+    AccessDeniedError,
     BackendUnavailableError,
+    ConfigError,
     CorruptedDataError,
     StorageFullError,
+    ValueTooLargeError,
 )
 from connectome_storage.interface import CacheEntry, Kind
 
@@ -635,3 +640,274 @@ async def test_file_to_redis_to_file_is_byte_identical(tmp_path: Path, make: Cal
     assert sorted(after) == sorted(before)
     for name, content in before.items():
         assert after[name] == content, name
+
+
+# ------------------------------------------------------------- value size limit
+
+MIB = 1024 * 1024
+
+
+async def _lower_bulk_limit(server: RedisServer) -> None:
+    """proto-max-bulk-len at its minimum, 1 MiB: the same refusal as 512 MiB, without
+    allocating 512 MiB in a test."""
+    client = redis.asyncio.Redis.from_url(server.url)
+    try:
+        assert await client.config_set("proto-max-bulk-len", "1mb")
+    finally:
+        await client.aclose()
+
+
+async def test_a_value_over_the_servers_limit_raises_value_too_large_and_writes_nothing(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    await _lower_bulk_limit(own_server)
+    big = "x" * (MIB + 10)
+    async with make(url=own_server.url) as storage:
+        await storage.append_raw_messages("c1", [{"n": 0}])
+        writes = [
+            storage.store_conversation("c1", {"text": big}),
+            storage.store_conversation("new", {"text": big}),
+            storage.append_raw_messages("c1", [{"n": 1}, {"text": big}]),
+            storage.store_raw_messages("c1", [{"text": big}]),
+            storage.store_memory("c1", "m1", {"text": big}),
+            storage.store_chunks("c1", [{"text": big}]),
+            storage.store_reasoning_chain("a1", {"text": big}),
+            storage.store_cache("k", big, ttl=60),
+            storage.store_system_state("s", big),
+        ]
+        for write in writes:
+            with pytest.raises(ValueTooLargeError) as caught:
+                await write
+            message = str(caught.value)
+            assert "1,048,576 bytes" in message and "proto-max-bulk-len" in message
+            assert "check that the server runs" not in message
+        assert await storage.load_raw_messages("c1") == [{"n": 0}]  # nothing of it was written
+        assert await storage.list_conversations() == ["c1"]
+        assert (await storage.list_agents(), await storage.list_cache_keys(), await storage.list_system_states()) == (
+            [],
+            [],
+            [],
+        )
+        await storage.store_system_state("s", "x" * (MIB - 100))  # under the limit: fine
+        assert (await storage.health_check())["details"]["max_value_bytes"] == MIB
+
+
+async def test_a_limit_lowered_after_initialize_is_found_when_the_server_drops_the_connection(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    async with make(url=own_server.url) as storage:
+        await _lower_bulk_limit(own_server)  # the storage still assumes 512 MiB
+        for write in (
+            storage.store_conversation("c1", {"text": "x" * 2 * MIB}),
+            storage.append_raw_messages("c1", [{"text": "x" * 2 * MIB}]),
+        ):
+            with pytest.raises(ValueTooLargeError, match="1,048,576 bytes"):
+                await write  # Redis closed the connection mid-request (ConnectionError in redis-py)
+        await storage.store_conversation("c1", {"t": 1})  # the same storage goes on
+        assert await storage.load_conversation("c1") == {"t": 1}
+
+
+# ------------------------------------------------------------ access control
+
+PASSWORD = "Sup3r-Secret-pw"
+
+
+@pytest.fixture
+def locked_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server that wants PASSWORD (requirepass)."""
+    server = RedisServer(tmp_path / "locked-redis", password=PASSWORD)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _urls(port: int, password: str) -> list[str]:
+    return [
+        f"redis://:{password}@127.0.0.1:{port}/0",
+        f"redis://default:{password}@127.0.0.1:{port}/0",
+        f"redis://127.0.0.1:{port}/0?password={password}",
+    ]
+
+
+async def test_a_wrong_or_missing_password_raises_access_denied_saying_authentication(
+    locked_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    for url in [*_urls(locked_server.port, "wrong-password"), f"redis://127.0.0.1:{locked_server.port}/0"]:
+        storage = make(url=url, connection_timeout=5)
+        with pytest.raises(AccessDeniedError) as caught:
+            await storage.initialize()
+        assert "authenticate" in str(caught.value) and "wrong-password" not in str(caught.value), url
+        assert not isinstance(caught.value, BackendUnavailableError)
+    for url in _urls(locked_server.port, PASSWORD):
+        async with make(url=url) as storage:
+            await storage.store_conversation("c1", {"t": 1})
+            assert (await storage.health_check())["status"] == "healthy"
+
+
+@pytest.fixture
+async def acl_user(raw: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Make ACL users on the shared server (``ACL SETUSER name on >pw <rules>``); removed after."""
+    made: list[str] = []
+
+    async def create(*rules: str) -> str:
+        name = f"user-{tmp_path.name}-{len(made)}"
+        await raw.execute_command("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}", *rules)
+        made.append(name)
+        return name
+
+    yield create
+    for name in made:
+        await raw.execute_command("ACL", "DELUSER", name)
+
+
+async def test_a_user_whose_acl_excludes_the_prefix_is_unhealthy_and_denied(
+    make: Callable[..., RedisStorage], redis_server: RedisServer, acl_user: Callable[..., Awaitable[str]]
+) -> None:
+    user = await acl_user("~elsewhere:*", "+@all")  # PING, INFO and CONFIG work; our keys do not
+    async with make(url=f"redis://{user}:{PASSWORD}@127.0.0.1:{redis_server.port}/0") as storage:
+        report = await storage.health_check()
+        assert report["status"] == "unhealthy"
+        assert report["details"]["error_type"] == "AccessDeniedError"
+        assert "ACL" in report["details"]["error"] and PASSWORD not in str(report)
+        operations: list[Callable[[], Awaitable[Any]]] = [
+            lambda: storage.store_conversation("c1", {"t": 1}),
+            lambda: storage.load_conversation("c1"),
+            lambda: storage.append_raw_messages("c1", [{"n": 1}]),
+            lambda: storage.store_cache("k", 1),
+            storage.list_conversations,
+        ]
+        for operation in operations:
+            with pytest.raises(AccessDeniedError, match=r"by its ACL \(NOPERM"):
+                await operation()
+
+
+async def test_a_user_limited_to_the_prefix_is_healthy_without_config_or_info(
+    make: Callable[..., RedisStorage],
+    redis_server: RedisServer,
+    prefix: str,
+    acl_user: Callable[..., Awaitable[str]],
+) -> None:
+    user = await acl_user(f"~{prefix}*", "+@all", "-config", "-info")
+    async with make(url=f"redis://{user}:{PASSWORD}@127.0.0.1:{redis_server.port}/0") as storage:
+        await storage.store_conversation("c1", {"t": 1})
+        report = await storage.health_check()
+        assert report["status"] == "healthy", report
+        assert report["details"]["persistent"] is None and report["details"]["redis_version"] is None
+        assert not storage.supports("persistent")  # not known, so not promised
+        assert report["details"]["max_value_bytes"] == 512 * MIB
+
+
+# ------------------------------------------------------------------- secrets
+
+
+def test_redact_url_hides_every_form_of_password() -> None:
+    assert redact_url("redis://127.0.0.1:6379/0?password=pw1") == "redis://127.0.0.1:6379/0?password=***"
+    assert redact_url("redis://:pw2@host:1/0") == "redis://:***@host:1/0"
+    assert redact_url("redis://user:pw3@host") == "redis://user:***@host"
+    assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+async def test_the_password_appears_in_no_message_log_report_or_repr(
+    locked_server: RedisServer, make: Callable[..., RedisStorage], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    for url in _urls(locked_server.port, PASSWORD):
+        # Authentication failure.
+        wrong = make(url=url.replace(PASSWORD, PASSWORD[::-1]), connection_timeout=5)
+        with pytest.raises(AccessDeniedError) as caught:
+            await wrong.initialize()
+        seen += [str(caught.value), repr(wrong), str(wrong), str(await wrong.health_check())]
+        # Healthy: health details, stats, repr.
+        storage = make(url=url, connection_timeout=5)
+        async with storage:
+            await storage.store_conversation("c1", {"t": 1})
+            report = await storage.health_check()
+            assert "***" in report["details"]["server"]
+            seen += [str(report), str(await storage.get_storage_stats()), repr(storage), str(storage)]
+    # Connection refused: the same URLs against a server that is gone.
+    locked_server.stop()
+    for url in _urls(locked_server.port, PASSWORD):
+        storage = make(url=url, connection_timeout=2)
+        with pytest.raises(BackendUnavailableError) as refused:
+            await storage.initialize()
+        assert "***" in str(refused.value)
+        seen += [str(refused.value), str(await storage.health_check())]
+    # A URL redis-py cannot parse.
+    with pytest.raises(ConfigError) as bad:
+        await make(url=f"redis://:{PASSWORD}@127.0.0.1:notaport/0").initialize()
+    seen.append(str(bad.value))
+    seen += [record.getMessage() for record in caplog.records]
+    for text in seen:
+        assert PASSWORD not in text, text
+
+
+# -------------------------------------------------------- health, capabilities
+
+
+async def test_health_of_a_stopped_server_is_an_unhealthy_report(
+    own_server: RedisServer, make: Callable[..., RedisStorage]
+) -> None:
+    storage = make(url=own_server.url, connection_timeout=2)
+    async with storage:
+        own_server.stop()
+        report = await storage.health_check()
+    assert report["status"] == "unhealthy" and report["details"]["error_type"] == "BackendUnavailableError"
+    never_opened = await make(url=own_server.url, connection_timeout=2).health_check()
+    assert never_opened["status"] == "unhealthy"
+
+
+async def test_capabilities_say_persistent_only_when_the_server_persists(
+    storage: RedisStorage, tmp_path: Path, make: Callable[..., RedisStorage]
+) -> None:
+    assert storage.capabilities == frozenset({"native_ttl", "cross_process"})  # save "", appendonly no
+    assert storage.supports("native_ttl") and not storage.supports("persistent")
+    for name, extra in (("aof", ["--appendonly", "yes"]), ("rdb", ["--save", "3600 1"])):
+        server = RedisServer(tmp_path / name, extra=extra)
+        server.start()
+        try:
+            async with make(url=server.url) as persisting:
+                assert persisting.capabilities == frozenset({"native_ttl", "cross_process", "persistent"})
+                assert (await persisting.health_check())["details"]["persistent"] is True
+        finally:
+            server.stop()
+
+
+# ------------------------------------------------------------- stats, cleanup
+
+
+async def test_stats_have_every_common_key_and_count_a_state_stored_as_none(storage: RedisStorage) -> None:
+    await storage.store_system_state("nothing", None)
+    await storage.store_system_state("something", 1)
+    stats = await storage.get_storage_stats()
+    common = [
+        "backend", "conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
+        "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
+        "total_bytes", "unreadable_count",
+    ]  # fmt: skip
+    assert set(common) <= set(stats)
+    assert [key for key in stats if key in common] == common
+    assert stats["system_state_count"] == 2
+
+
+async def test_cleanup_leaves_no_stale_member_in_any_index(storage: RedisStorage, raw: Any) -> None:
+    await storage.store_cache("native", 1, ttl=1000)
+    await storage.store_cache("kept", 2, ttl=1000)
+    await _expire_natively(raw, storage, "native")
+    for conversation_id in ("evicted", "kept"):
+        await storage.store_conversation(conversation_id, {"t": 1})
+    await storage.store_reasoning_chain("evicted-agent", {"s": 1})
+    await storage.store_system_state("evicted-state", 1)
+    # What maxmemory eviction (or a hand-made DEL) does: the keys go, the index members stay.
+    await raw.delete(
+        storage.key_of(Kind.CONVERSATION, "evicted"),
+        storage.key_of(Kind.REASONING_CHAINS, "evicted-agent"),
+        storage.key_of(Kind.SYSTEM, "evicted-state"),
+    )
+    assert await storage.cleanup() == {"expired_cache": 1, "expired_kv_entries": 0, "stale_index_entries": 3}
+    assert await raw.zrange(storage.index_of(Kind.CACHE), 0, -1) == [b"kept"]
+    assert await storage.list_conversations() == ["kept"]
+    assert (await storage.list_agents(), await storage.list_system_states()) == ([], [])
+    assert await storage.cleanup() == {"expired_cache": 0, "expired_kv_entries": 0, "stale_index_entries": 0}
