@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ._locks import EntityLocks
     from ._watch import OwnWrites
 
-__all__ = ["KV_FOLDER", "FileKV", "kv_entity_of", "parse_entry"]
+__all__ = ["KV_FOLDER", "FileKV", "kv_entity_of", "kv_id", "kv_relative", "parse_entry"]
 
 KV_FOLDER = "kv"
 _SUFFIX = ".json"
@@ -114,6 +114,18 @@ def kv_entity_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return None if namespace is None or key is None else (namespace, key)
 
 
+def kv_id(namespace: str, key: str) -> str:
+    """One str naming an entry, where FileStorage's backup code takes (kind, id): ids
+    never hold NUL, so the pair comes apart again unambiguously."""
+    return f"{namespace}\x00{key}"
+
+
+def kv_relative(entry_id: str) -> str:
+    """The entry file's path below base_dir (also its lock name) for a ``kv_id``."""
+    namespace, _, key = entry_id.partition("\x00")
+    return f"{KV_FOLDER}/{encode_name(namespace)}/{encode_name(key)}{_SUFFIX}"
+
+
 def _key_filter(select: KVSelect) -> Callable[[str], bool]:
     """The filters of ``select`` that look at the key only (prefix, glob, after_key)."""
     prefix, after = select.prefix, select.after_key
@@ -158,8 +170,19 @@ class FileKV:
 
     @staticmethod
     def _kv_entity(namespace: str, key: str) -> str:
-        """The lock name: the entry file's path below base_dir."""
+        """The lock name: the entry file's path below base_dir (as FileStorage._entity)."""
         return f"{KV_FOLDER}/{encode_name(namespace)}/{encode_name(key)}{_SUFFIX}"
+
+    def _kv_readable(self, entry_id: str, path: Path) -> bool:
+        """Whether ``path`` (a kept version, for restore_backup) holds the entry ``entry_id``."""
+        try:
+            raw = _fs.read_bytes(path)
+            if raw is None:
+                return False
+            parse_entry(raw, path, entry_id.partition("\x00")[2])
+        except (StorageError, OSError):
+            return False
+        return True
 
     def _kv_case_check(self, namespace: str, key: str) -> None:
         if self._case.active:  # only on filesystems that ignore case
