@@ -31,7 +31,8 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..codec import encode
+import orjson
+
 from ..errors import CorruptedDataError, StorageError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect
@@ -48,7 +49,17 @@ _WALK_BUDGET = 2000
 # Entries per batch of the scripts that remove or count (clear, cleanup, stats).
 _BATCH = 500
 
+_FIELDS = ("value", "tags", "created_ms", "updated_ms", "expires_ms")
+# kv_get's mark for a key of another type: the fields a hash can never hold.
+_NOT_A_HASH = [None, None, None, None, 0]
+
 _name = functools.lru_cache(maxsize=4096)(encode_name)
+
+
+def _json(value: Any) -> bytes:
+    """codec.encode's canonical bytes (sorted keys) on one line without the trailing newline:
+    a hash field is not a file. The caller checked the value already."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def _text(value: bytes | str) -> str:
@@ -141,17 +152,17 @@ class RedisKV(StorageInterface):
 
     async def _kv_get(self, namespace: str, keys: list[str]) -> dict[str, KVRecord]:
         names = [self.kv_key_of(namespace, key) for key in keys]
-        fields = ("value", "tags", "created_ms", "updated_ms", "expires_ms")
         if len(keys) == 1:
             name = names[0]
-            replies = [await self._call(f"reading {name}", name, self.client.hmget, name, fields, read=True)]
+            replies = [await self._call(f"reading {name}", name, self.client.hmget, name, _FIELDS, read=True)]
         else:
-            commands = [("hmget", name, fields) for name in names]
-            replies = await self._pipelined(f"reading {len(keys)} entries of namespace {namespace!r}", commands)
+            # One script rather than a pipeline: one command, and every entry read at one instant.
+            flat = await self._script("kv_get", names[0], names, [])
+            replies = [flat[i : i + 5] for i in range(0, len(flat), 5)]
         found: dict[str, KVRecord] = {}
         for key, name, reply in zip(keys, names, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise self._translate(reply, f"reading {name}", name)
+            if reply == _NOT_A_HASH:
+                raise CorruptedDataError(name, "the key holds another Redis type, not a hash", hint=_HINT)
             if reply[0] is None and reply[2] is None:
                 continue  # missing (or expired by Redis)
             found[key] = self._kv_record(namespace, key, reply, values=True)
@@ -164,7 +175,7 @@ class RedisKV(StorageInterface):
         for record in records:
             tags = sorted(record.tags.items())
             args += [
-                record.key, encode(record.value, pretty=False), encode(dict(tags), pretty=False),
+                record.key, _json(record.value), _json(dict(tags)),
                 record.created_ms, "" if record.expires_ms is None else record.expires_ms, len(tags),
             ]  # fmt: skip
             for name, value in tags:
@@ -268,7 +279,10 @@ class RedisKV(StorageInterface):
         return select.apply(await self._kv_walk(namespace, select, now_ms, "r"), now_ms)
 
     async def _kv_keys(self, namespace: str, select: KVSelect, now_ms: int) -> list[str]:
-        mode = "m" if select.tags or select.since_ms is not None or select.until_ms is not None else "k"
+        by_key_only = (
+            select.order_by == "key" and not select.tags and select.since_ms is None and select.until_ms is None
+        )
+        mode = "k" if by_key_only else "m"
         return [record.key for record in select.apply(await self._kv_walk(namespace, select, now_ms, mode), now_ms)]
 
     async def _kv_count(self, namespace: str, select: KVSelect, now_ms: int) -> int:
@@ -324,9 +338,8 @@ class RedisKV(StorageInterface):
         return problems
 
     async def _kv_check(self, namespace: str, keys: list[str]) -> list[Problem | None]:
-        fields = ("value", "tags", "created_ms", "updated_ms", "expires_ms")
         names = [self.kv_key_of(namespace, key) for key in keys]
-        replies = await self._pipelined("verifying key-value entries", [("hmget", n, fields) for n in names])
+        replies = await self._pipelined("verifying key-value entries", [("hmget", n, _FIELDS) for n in names])
         problems: list[Problem | None] = []
         for key, name, reply in zip(keys, names, replies, strict=True):
             try:

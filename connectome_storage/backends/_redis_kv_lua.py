@@ -292,6 +292,17 @@ for i = 1, #batch, 2 do
   elseif tonumber(batch[i + 1]) <= now then expired = expired + 1 end
 end
 return {dropped, expired, #batch / 2, redis.call('ZCARD', KEYZ)}""",
+    # KEYS: entry hashes. ARGV: none. Returns their value, tags, created_ms, updated_ms,
+    # expires_ms, one after the other (false for a missing field); a key of another type
+    # gives false, false, false, false, 0.
+    "kv_get": """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local got = redis.pcall('HMGET', key, 'value', 'tags', 'created_ms', 'updated_ms', 'expires_ms')
+  if type(got) == 'table' and got.err then got = {false, false, false, false, 0} end
+  for j = 1, 5 do out[#out + 1] = got[j] or false end
+end
+return out""",
     # enc() itself, for the test that compares it with naming.encode_name. ARGV: base, names...
     "kv_encode": _COMMON
     + """
