@@ -2,7 +2,12 @@
 
 Each subcommand parses its arguments, calls one library method and prints the result.
 Library errors become a one-line message and an exit code: 0 success, 1 problems found
-(or the backend failed), 2 usage or configuration error. No tracebacks.
+(or the backend failed), 2 usage or configuration error. No tracebacks, and no password:
+every message and report is shown with the passwords of the URLs in use replaced by ``***``.
+
+Every command but ``migrate`` works on a storage that already exists: on a path that holds
+none it exits 2 naming the path and creates nothing, so a mistyped ``--base-dir`` never
+leaves an empty store behind.
 """
 
 from __future__ import annotations
@@ -10,16 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
 from .codec import format_time
-from .config import read_environment
+from .config import TYPE_VARIABLE, FileSettings, SqliteSettings, read_environment, redact_url
 from .errors import (
     ConfigError,
     InvalidArgumentError,
@@ -48,17 +56,77 @@ def _print_table(rows: dict[str, Any]) -> None:
         print(f"{key.ljust(width)}  {value}")
 
 
+# ------------------------------------------------------------------ secrets
+
+# URLs this run connects to (settings, --redis-url, migrate SPECs): their passwords are
+# scrubbed from everything printed, whatever a backend or a driver put in a message.
+_urls_in_use: set[str] = set()
+
+
+def _remember_urls(config: dict[str, Any]) -> None:
+    for key in ("redis_url", "dsn"):
+        if isinstance(config.get(key), str):
+            _urls_in_use.add(config[key])
+
+
+def _passwords(url: str) -> set[str]:
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        found.update(value for value in (parts.password, unquote(parts.password or "")) if value)
+        if parts.username and parts.password is None and parts.scheme in ("redis", "rediss", "unix"):
+            found.update({parts.username, unquote(parts.username)})
+        found.update(v for k, v in parse_qsl(parts.query) if k.lower() in {"password", "passwd", "pwd"} and v)
+    except ValueError:
+        pass
+    return found
+
+
+def scrub(text: str) -> str:
+    """``text`` with every URL in use redacted and any of their passwords replaced by ``***``."""
+    for url in sorted(_urls_in_use, key=len, reverse=True):
+        text = text.replace(url, redact_url(url))
+    for secret in sorted({p for url in _urls_in_use for p in _passwords(url)}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _scrub_value(value: Any) -> Any:
+    """A report (health, stats) with every string scrubbed."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrub_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(item) for item in value]
+    return value
+
+
 # ------------------------------------------------------------------ commands
 
 
 async def _stats(storage: StorageInterface, args: argparse.Namespace) -> int:
-    stats = await storage.get_storage_stats()
+    stats = _scrub_value(await storage.get_storage_stats())
     _print_json(stats) if args.json else _print_table(stats)
     return EXIT_OK
 
 
 async def _health(storage: StorageInterface, args: argparse.Namespace) -> int:
-    report = await storage.health_check()
+    return _print_health(await storage.health_check(), args)
+
+
+def _unreachable(storage: StorageInterface, error: StorageError, started: float) -> dict[str, Any]:
+    """The report ``health_check()`` would give for a backend that could not even be opened."""
+    return {
+        "status": "unhealthy",
+        "backend": storage.backend_name,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "details": {"error": str(error), "error_type": type(error).__name__},
+    }
+
+
+def _print_health(report: dict[str, Any], args: argparse.Namespace) -> int:
+    report = _scrub_value(report)
     if args.json:
         _print_json(report)
     else:
@@ -129,14 +197,20 @@ async def _verify(storage: StorageInterface, args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"BAD  {problem.location}\n     {problem.message}")
         print(f"{len(problems)} problem(s) found")
-    else:
+    elif isinstance(storage.settings, FileSettings):
         print("ok: every entity parses and the tree holds no strays")
+    else:
+        print("ok: every entity parses")
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
 async def _cleanup(storage: StorageInterface, args: argparse.Namespace) -> int:
-    removed = await storage.cleanup_expired_cache()
-    print(f"removed {removed} expired cache entr{'y' if removed == 1 else 'ies'}")
+    removed = await storage.cleanup()
+    if args.json:
+        _print_json(removed)
+    else:
+        print(f"removed {sum(removed.values())} item(s):")
+        _print_table({f"  {what}": count for what, count in removed.items()})
     return EXIT_OK
 
 
@@ -146,33 +220,69 @@ def _file_storage(storage: StorageInterface, command: str) -> Any:
     return storage
 
 
+# A backup file's own name carries its time with "-" for ":" (2026-11-30T07-09-04.057Z).
+_FILE_NAME_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d)-(\d\d)-(\d\d(?:\.\d+)?Z)$")
+
+
+def iso_time(text: str) -> str:
+    """A backup's time as ISO 8601 UTC that ``datetime.fromisoformat`` parses."""
+    try:
+        datetime.fromisoformat(text)
+        return text
+    except ValueError:
+        return _FILE_NAME_TIME.sub(r"\1:\2:\3", text)
+
+
 async def _backups(storage: StorageInterface, args: argparse.Namespace) -> int:
     versions = await _file_storage(storage, "backups").list_backups(args.path)
     if args.json:
         _print_json(
-            [{"number": v.number, "taken_at": v.taken_at, "size": v.size, "path": str(v.path)} for v in versions]
+            [
+                {"number": v.number, "taken_at": iso_time(v.taken_at), "size": v.size, "path": str(v.path)}
+                for v in versions
+            ]
         )
     elif not versions:
         print(f"no kept versions of {args.path}")
     else:
         for version in versions:
-            print(f"{version.number:>6}  {version.taken_at}  {version.size:>8} bytes  {version.path}")
+            print(f"{version.number:>6}  {iso_time(version.taken_at)}  {version.size:>8} bytes  {version.path}")
     return EXIT_OK
 
 
 async def _restore(storage: StorageInterface, args: argparse.Namespace) -> int:
-    restored = await _file_storage(storage, "restore").restore_backup(args.path, args.version)
-    print(f"restored {args.path} from version {restored.number} ({restored.taken_at}); the replaced version was kept")
+    file_storage = _file_storage(storage, "restore")
+    # Nothing kept is a finding about the data (exit 1), not a mistake in the command.
+    if not await file_storage.list_backups(args.path):
+        print(f"connectome-storage: no kept versions of {args.path}; nothing to restore", file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        restored = await file_storage.restore_backup(args.path, args.version)
+    except InvalidArgumentError as e:
+        if args.version is not None:
+            raise  # a version number that is not kept: a usage error
+        print(f"connectome-storage: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(
+        f"restored {args.path} from version {restored.number} ({iso_time(restored.taken_at)}); "
+        "the replaced version was kept"
+    )
     return EXIT_OK
 
 
 # -------------------------------------------------------------------- watch
 
 
+def _shown_path(path: Path, root: Path | None) -> str:
+    """``watch`` shows paths relative to the base dir (as ``backups`` and ``restore`` take
+    them), in text and JSON alike."""
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(path)
+
+
 def _watch_line(event: ChangeEvent, root: Path | None, stamp: str) -> str:
-    shown = str(event.path)
-    if root is not None and event.path.is_relative_to(root):
-        shown = event.path.relative_to(root).as_posix()
+    shown = _shown_path(event.path, root)
     line = f"{stamp}  {event.change:<8}  {event.kind_name:<16}  {event.id}  {shown}"
     if event.own:
         line += "  (own)"
@@ -195,7 +305,7 @@ async def _watch(storage: StorageInterface, args: argparse.Namespace) -> int:
         async for event in storage.watch(debounce_ms=args.debounce, ready=ready):
             stamp = format_time(round(time.time() * 1000))
             if args.json:
-                record = {"time": stamp, **event.as_dict()}
+                record = {"time": stamp, **event.as_dict(), "path": _shown_path(event.path, root)}
                 line = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
             else:
                 line = _watch_line(event, root, stamp)
@@ -273,7 +383,9 @@ def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) 
     else:
         scheme, _, location = spec.partition(":")
         if scheme not in ("file", "sqlite") or not location:
-            raise ConfigError(f"{option} {spec!r} is not a storage: use file:PATH, sqlite:PATH or redis://HOST:PORT/DB")
+            raise ConfigError(
+                f"{option} {redact_url(spec)!r} is not a storage: use file:PATH, sqlite:PATH or redis://HOST:PORT/DB"
+            )
         backend = scheme
         config = {"base_dir" if scheme == "file" else "db_path": location}
         exists = Path(location).is_dir() if scheme == "file" else Path(location).is_file()
@@ -299,7 +411,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     source_prefix = args.from_key_prefix or args.migrate_key_prefix
     destination_prefix = args.to_key_prefix or args.migrate_key_prefix
     if _same_place(args.source, args.destination, source_prefix, destination_prefix):
-        raise ConfigError(f"--from and --to name the same storage ({args.source}); nothing to do")
+        raise ConfigError(f"--from and --to name the same storage ({redact_url(args.source)}); nothing to do")
     source = _endpoint(args.source, "--from", source_prefix, must_exist=True)
     destination = _endpoint(args.destination, "--to", destination_prefix, must_exist=False)
     bar = _ProgressBar(sys.stderr, "migrating")
@@ -314,7 +426,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(counts)
         return EXIT_OK
-    print(f"migrated {args.source} -> {args.destination} in {elapsed:.2f} s")
+    print(f"migrated {redact_url(args.source)} -> {redact_url(args.destination)} in {elapsed:.2f} s")
     width = max(len(label) for _name, label in _REPORT_LINES)
     for name, label in _REPORT_LINES:
         print(f"  {label.ljust(width)}  {counts[name]:>8}")
@@ -369,7 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
         "check every entity parses and the tree holds no strays; exit 1 naming each bad file",
         json=True,
     )
-    command("cleanup", _cleanup, "remove expired cache entries")
+    command(
+        "cleanup",
+        _cleanup,
+        "all housekeeping: expired cache entries, and on the file tree stale temp files and old backups "
+        "and locks of deleted entities; prints what it removed",
+        json=True,
+    )
     backups = command("backups", _backups, "list the kept versions of one file (file backend)", json=True)
     backups.add_argument("path", metavar="PATH", help="relative to the base dir, e.g. conversations/c1/current.json")
     restore = command(
@@ -410,28 +528,73 @@ def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
     overrides = {key: value for key, value in overrides.items() if value is not None}
     implied = {"base_dir": "file", "db_path": "sqlite", "redis_url": "redis"}
     locations = [implied[key] for key in overrides if key in implied]
+    source = TYPE_VARIABLE
     if args.type:
-        backend = args.type
+        backend, source = args.type, "--type"
     elif len(locations) == 1:
         backend = locations[0]
     config.update(overrides)
-    return _build_storage(backend, config)
+    return _build_storage(backend, config, source)
 
 
-def _build_storage(backend: str, config: dict[str, Any]) -> StorageInterface:
+def _build_storage(backend: str, config: dict[str, Any], source: str | None = None) -> StorageInterface:
     """A ``backend`` storage from ``config``, leaving out keys that belong to other backends
     (CONNECTOME_STORAGE_* variables are read for every backend)."""
-    cls = StorageFactory.backend_class(backend)
+    _remember_urls(config)
+    cls = StorageFactory.backend_class(backend, source)
     accepted = set(cls.settings_class.__dataclass_fields__)
     return cls({key: value for key, value in config.items() if key in accepted})
+
+
+def require_existing(storage: StorageInterface) -> None:
+    """ConfigError unless ``storage``'s file tree or database file already exists.
+
+    Checked before ``initialize()``, which would create an empty one. A server backend
+    (Redis) has nothing to check here: ``health`` reports it unreachable instead.
+    """
+    settings = storage.settings
+    if isinstance(settings, FileSettings):
+        from .backends.file import MARKER  # the file backend is always installed
+
+        base_dir = Path(settings.base_dir)
+        if not (base_dir / MARKER).is_file():
+            what = "does not exist" if not base_dir.exists() else f"holds no storage (no {MARKER})"
+            raise ConfigError(
+                f"{base_dir} {what}; check --base-dir or CONNECTOME_STORAGE_BASE_DIR (nothing was created)"
+            )
+    elif isinstance(settings, SqliteSettings):
+        db_path = Path(settings.db_path)
+        if not db_path.is_file():
+            what = "is a folder, not a database file" if db_path.is_dir() else "does not exist"
+            raise ConfigError(f"{db_path} {what}; check --db-path or CONNECTOME_STORAGE_DB_PATH (nothing was created)")
 
 
 async def _run(args: argparse.Namespace) -> int:
     if args.standalone:
         return int(await args.handler(args))
     storage = storage_from_args(args)
-    async with storage:
+    require_existing(storage)
+    started = time.perf_counter()
+    try:
+        await storage.initialize()
+    except StorageError as e:
+        if args.command != "health":
+            raise
+        # An unreachable server is exactly what `health` is for: report it, do not fail.
+        return _print_health(_unreachable(storage, e, started), args)
+    try:
         return int(await args.handler(storage, args))
+    finally:
+        await storage.shutdown()
+
+
+def _one_line(text: str) -> str:
+    return scrub(" ".join(text.split("\n")))
+
+
+def _fail(prefix: str, error: BaseException, code: int) -> int:
+    print(f"connectome-storage: {prefix}: {_one_line(str(error))}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -440,14 +603,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args))
     except (ConfigError, InvalidKeyError, InvalidArgumentError, NotSupportedError) as e:
-        print(f"connectome-storage: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("error", e, EXIT_USAGE)
     except StorageError as e:
-        print(f"connectome-storage: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_PROBLEMS
+        return _fail(type(e).__name__, e, EXIT_PROBLEMS)
     except ImportError as e:
-        print(f"connectome-storage: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail("error", e, EXIT_USAGE)
     except KeyboardInterrupt:
         # Ctrl-C is how `watch` is meant to end; anything else was interrupted.
         return EXIT_OK if args.command == "watch" else 130
@@ -456,3 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # complaining again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as e:
+        # The library turns its own OS errors into StorageError; this is a last line so
+        # that the command never shows a traceback (a closed stdout, a vanished folder).
+        return _fail(type(e).__name__, e, EXIT_PROBLEMS)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -180,7 +181,19 @@ def _parse_redis_url(value: Any, name: str) -> str:
             f"{name}={redact_url(text)!r} is not a Redis URL; "
             "use redis://HOST:PORT/DB, rediss://... or unix:///path/to/socket"
         )
+    _check_url_parses(text, name)
     return text
+
+
+def _check_url_parses(url: str, name: str) -> None:
+    # Caught here, so that the driver never raises a bare ValueError (with the URL in it)
+    # when it connects.
+    try:
+        urlsplit(url).port  # noqa: B018 - reading .port checks it
+    except ValueError as e:
+        raise ConfigError(
+            f"{name}={redact_url(url)!r} does not parse as a URL ({e}); check the host and port"
+        ) from None
 
 
 def _parse_dsn(value: Any, name: str) -> str:
@@ -189,6 +202,7 @@ def _parse_dsn(value: Any, name: str) -> str:
         raise ConfigError(
             f"{name}={redact_url(text)!r} is not a PostgreSQL DSN; use postgresql://USER@HOST:PORT/DATABASE"
         )
+    _check_url_parses(text, name)
     return text
 
 

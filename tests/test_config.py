@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def test_every_set_variable_is_validated_whichever_backend(variable: str, value:
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known backends: file, redis, sqlite"):
+    with pytest.raises(ConfigError, match=r"known backends: file, .*redis, sqlite"):
         create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "postgres"})
     with pytest.raises(ConfigError, match="'postgres'"):
         StorageFactory.create_storage("postgres", {})
@@ -238,7 +239,7 @@ def test_an_unknown_backend_variable_is_named() -> None:
     with pytest.raises(ConfigError) as caught:
         create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "mongo"})
     assert "CONNECTOME_STORAGE_TYPE='mongo'" in str(caught.value)
-    assert "known backends: file, redis, sqlite" in str(caught.value)
+    assert re.search(r"known backends: file, .*redis, sqlite", str(caught.value))
 
 
 @pytest.mark.parametrize(
@@ -259,7 +260,15 @@ def test_redact_url_hides_every_form_of_password(url: str, shown: str) -> None:
     assert "s3cret" not in redact_url(url)
 
 
-@pytest.mark.parametrize("url", ["http://:s3cret@localhost/0", "http://localhost/0?password=s3cret"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://:s3cret@localhost/0",
+        "http://localhost/0?password=s3cret",
+        "redis://:s3cret@[::1/0",  # does not parse: refused here, not by the driver later
+        "redis://:s3cret@localhost:port/0",
+    ],
+)
 def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         create_storage_from_env({"CONNECTOME_STORAGE_REDIS_URL": url})

@@ -107,10 +107,16 @@ def test_backups_and_restore(tree: Path) -> None:
     assert bad_path.returncode == 2 and "relative to the base dir" in bad_path.stderr
 
 
-def test_cleanup(tree: Path) -> None:
-    result = cli("--base-dir", str(tree), "cleanup")
-    assert result.returncode == 0 and result.stdout == "removed 1 expired cache entry\n"
+def test_cleanup_does_all_housekeeping_and_prints_every_count(tree: Path) -> None:
+    result = cli("--base-dir", str(tree), "cleanup", "--json")
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert counts["expired_cache"] == 1 and all(isinstance(n, int) for n in counts.values())
     assert not (tree / "cache/expired.json").exists() and (tree / "cache/forever.json").exists()
+    again = cli("--base-dir", str(tree), "cleanup")
+    assert again.returncode == 0 and again.stdout.startswith("removed 0 item(s):")
+    for what in counts:  # the text form lists the same counts
+        assert re.search(rf"^  {what}\s+0$", again.stdout, re.M), again.stdout
 
 
 def test_environment_selects_the_storage(tree: Path) -> None:
