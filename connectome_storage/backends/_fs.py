@@ -1,7 +1,12 @@
-"""Synchronous file primitives for FileStorage: durable atomic writes, backups, cleanup.
+"""Synchronous file primitives for FileStorage: durable atomic writes, backups, refusals.
 
-Everything here runs inside one worker thread per storage operation (STYLE.md: one
-thread hop per whole operation, not one per system call).
+Everything here runs inside one worker thread per storage operation (one thread hop per
+whole operation, not one per system call), except ``read_bytes`` of small files.
+
+Nothing here follows a symbolic link or opens anything but a regular file inside the
+tree: a link, FIFO, socket or device where a data or housekeeping file belongs is refused
+with StorageIOError naming it, before it is opened (a FIFO would block a reader forever,
+a link could lead a read or a write outside the tree).
 """
 
 from __future__ import annotations
@@ -15,12 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import StorageError, StorageFullError, StorageIOError
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no reuse of spares, readers take no lock
-    fcntl = None  # type: ignore[assignment]
+from ..errors import AccessDeniedError, StorageError, StorageFullError, StorageIOError
 
 __all__ = [
     "BACKUP_DIR",
@@ -28,32 +28,71 @@ __all__ = [
     "BackupVersion",
     "Kept",
     "atomic_write",
+    "check_folders",
     "ensure_dir",
     "fsync_dir",
     "keep_backup",
     "list_backups",
-    "lock_for_reading",
     "missing_dirs",
+    "open_regular",
     "os_error",
+    "prune_backups",
     "read_bytes",
+    "refuse_special",
+    "regular_size",
     "remove_stale_temp_files",
     "scandir",
+    "special_kind",
     "unlink",
 ]
 
 TEMP_PREFIX = ".tmp-"
 BACKUP_DIR = ".backups"
-SPARE = "spare"  # spare-<number>: an expired version's inode, kept to be overwritten
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# O_NONBLOCK: even if a FIFO slipped in between the check and the open, opening it does
+# not wait for a writer. O_NOFOLLOW: a link put in place of the file is never followed.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def os_error(e: OSError, action: str, path: Path | str) -> StorageError:
     """Turn an OSError into the StorageError a caller can act on."""
+    if isinstance(e, StorageError):
+        return e  # AccessDeniedError is also a PermissionError: already made here
+    other = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
     if e.errno in _FULL:
         return StorageFullError(
-            f"no space left while {action} {path}: free disk space and retry; the previous version is intact"
+            f"no space left while {action} {path}{other}: free disk space and retry; the previous version is intact"
         )
-    return StorageIOError(f"{action} {path} failed: {e.strerror or e} (errno {e.errno})")
+    if e.errno in _DENIED:
+        why = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
+        return AccessDeniedError(
+            f"{action} {path} failed: {why}{other} (file permissions); give this process write "
+            "access to the whole tree, or open it only for reading"
+        )
+    if e.errno == errno.ENOTDIR:
+        return StorageIOError(f"{action} {path} failed: a file stands where a folder belongs{other}; move it away")
+    return StorageIOError(f"{action} {path} failed: {e.strerror or e}{other} (errno {e.errno})")
+
+
+def special_kind(mode: int) -> str | None:
+    """What a non-regular, non-folder entry is ("a symbolic link", "a FIFO", ...), else None."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None
+
+
+def refuse_special(path: Path | str, what: str) -> StorageIOError:
+    return StorageIOError(
+        f"refusing {path}: it is {what}, and only regular files and folders belong in the tree "
+        "(a link could lead outside it, a FIFO would block); replace it with a regular file or remove it"
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -82,8 +121,8 @@ def ensure_dir(path: Path, root: Path) -> None:
 def missing_dirs(path: Path, root: Path) -> list[Path]:
     """The folders from ``path`` up to ``root`` that do not exist yet, deepest first.
 
-    Raises StorageIOError on a symbolic link below ``root``: a link planted inside the
-    tree must not let a write or a delete reach outside it.
+    Raises StorageIOError on a symbolic link (or anything but a folder) below ``root``: a
+    link planted inside the tree must not let a read, write or delete reach outside it.
     """
     missing: list[Path] = []
     current = path
@@ -94,98 +133,100 @@ def missing_dirs(path: Path, root: Path) -> list[Path]:
             missing.append(current)
             current = current.parent
             continue
-        if stat.S_ISLNK(mode):
-            raise StorageIOError(
-                f"refusing to go through the symbolic link {current}: it could lead outside "
-                f"{root}; replace it with a real folder"
-            )
         if not stat.S_ISDIR(mode):
+            what = special_kind(mode)
+            if what is not None:
+                raise refuse_special(current, what)
             raise StorageIOError(f"{current} is a file where a folder belongs; move it away")
         current = current.parent
     return missing
 
 
-def read_bytes(path: Path) -> bytes | None:
-    """The file's bytes, or None if it (or its folder) does not exist."""
+def check_folders(path: Path, root: Path) -> bool:
+    """Whether every folder from ``root`` down to ``path`` exists (refusing links, as
+    ``missing_dirs``): a read of a file below a missing folder finds nothing."""
+    return not missing_dirs(path, root)
+
+
+def regular_size(path: Path) -> int | None:
+    """The size of the regular file at ``path``; None if nothing is there; StorageIOError
+    for a link, FIFO, socket or device. A folder is left to the caller's open to report."""
     try:
-        with open(path, "rb") as f:
-            lock_for_reading(f.fileno())
-            return f.read()
+        st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    what = special_kind(st.st_mode)
+    if what is not None:
+        raise refuse_special(path, what)
+    return st.st_size
 
 
-def atomic_write(path: Path, data: bytes, root: Path, reuse: Path | None = None) -> None:
+def open_regular(path: Path) -> tuple[int, int] | None:
+    """``(descriptor, size)`` of the regular file ``path`` opened read-only; None if absent.
+
+    Checked with lstat before the open (a device or FIFO is never opened) and with fstat
+    after it (the entry could have been swapped in between). A folder raises
+    IsADirectoryError, for the caller to report as corrupted data.
+    """
+    if regular_size(path) is None:
+        return None
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a link since the lstat
+            raise refuse_special(path, "a symbolic link") from e
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        raise refuse_special(path, special_kind(st.st_mode) or "not a regular file")
+    return fd, st.st_size
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The regular file's bytes, or None if it (or its folder) does not exist. Never waits
+    on a lock; refuses a link, FIFO, socket or device (StorageIOError)."""
+    opened = open_regular(path)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        chunks = []
+        while chunk := os.read(fd, max(size + 1, 65536)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, root: Path) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new version.
 
     Temp file in the same folder, write, fsync, ``os.replace``, fsync of the folder. On
-    any failure the temp file is removed and the old version stays. ``reuse`` names a
-    spare (see keep_backup) whose inode becomes the temp file: overwriting allocated
-    blocks costs about a quarter less than creating a file and later freeing another.
+    any failure the temp file is removed and the old version stays.
     """
     folder = path.parent
     ensure_dir(folder, root)
     temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-    fd = _reuse(reuse, temp) if reuse is not None else -1
-    reused = fd >= 0
-    if not reused:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            if reused:
-                os.ftruncate(fd, len(data))
             os.fsync(fd)
-            if reused:
-                os.replace(temp, path)  # still locked: a waiting reader reads only a live version
         finally:
             os.close(fd)
-        if not reused:
-            os.replace(temp, path)  # closed first: Windows cannot rename an open file
+        os.replace(temp, path)  # closed first: Windows cannot rename an open file
     except BaseException:
         with suppress(OSError):
             os.unlink(temp)
         raise
     fsync_dir(folder)
-
-
-def _reuse(spare: Path, temp: Path) -> int:
-    """Move ``spare`` to ``temp`` and return it open for writing, or -1 to create afresh.
-
-    A lock-free reader may still hold this inode open from when it was the live file
-    (versions pass through the backups first, so only a reader stalled for several
-    stores could). Readers take a shared lock (``lock_for_reading``); the exclusive lock
-    here fails while one reads, and makes a late one wait for the complete new version.
-    An inode with another link (a kept version a crash left linked to the live file) is
-    never overwritten.
-    """
-    try:
-        os.rename(spare, temp)
-    except OSError:
-        return -1  # gone, or on another filesystem
-    try:
-        fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:  # not a plain file we may write (put there by hand): drop it
-        with suppress(OSError):
-            os.unlink(temp)
-        return -1
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_nlink == 1:
-            return fd
-    except BlockingIOError:
-        pass
-    os.close(fd)
-    os.unlink(temp)
-    return -1
-
-
-def lock_for_reading(fd: int) -> None:
-    """Wait while a writer reuses the inode open as ``fd`` (see ``_reuse``); rarely waits."""
-    if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def unlink(path: Path) -> bool:
@@ -198,9 +239,17 @@ def unlink(path: Path) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------- backups
+
+
 @dataclass(frozen=True)
 class BackupVersion:
-    """One kept previous version of a file: ``number`` grows with each backup."""
+    """One kept previous version of a file: ``number`` grows with each backup.
+
+    ``taken_at`` is ISO 8601 UTC (``2026-11-21T09:30:00.000Z``, which
+    ``datetime.fromisoformat`` reads); the file name spells it with ``-`` for ``:``,
+    which some filesystems refuse.
+    """
 
     number: int
     taken_at: str
@@ -208,32 +257,38 @@ class BackupVersion:
     size: int
 
 
+def _iso_from_name(stamp: str) -> str:
+    """``2026-11-21T09-30-00.000Z`` (a backup file name's form) -> ISO 8601."""
+    day, sep, clock = stamp.partition("T")
+    return f"{day}{sep}{clock.replace('-', ':')}" if sep else stamp
+
+
 def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
     """Kept versions of ``root / relative``, oldest first."""
-    return [
-        BackupVersion(number, name[7 : -len(".json")], path, path.stat().st_size)
-        for number, name, path in _scan_backups(root / BACKUP_DIR / relative)[0]
-    ]
+    versions = []
+    for number, name, path in _scan_backups(root / BACKUP_DIR / relative):
+        size = regular_size(path)
+        if size is not None:
+            versions.append(BackupVersion(number, _iso_from_name(name[7 : -len(".json")]), path, size))
+    return versions
 
 
-def _scan_backups(folder: Path) -> tuple[list[tuple[int, str, Path]], list[Path]]:
-    """(number, name, path) of the kept versions in ``folder``, oldest first, and its
-    spares; by name only."""
-    kept, spares = [], []
+def _scan_backups(folder: Path) -> list[tuple[int, str, Path]]:
+    """(number, name, path) of the kept versions in ``folder``, oldest first; by name only."""
+    kept = []
     for entry in scandir(folder):
         number, _, rest = entry.name.partition("-")
         if number.isdigit() and rest.endswith(".json"):
             kept.append((int(number), entry.name, Path(entry.path)))
-        elif number == SPARE and entry.is_file(follow_symlinks=False):
-            spares.append(Path(entry.path))
-    return sorted(kept), spares
+    return sorted(kept)
 
 
 class Kept(NamedTuple):
-    """What keep_backup did: the version it kept, and a spare for the write to reuse."""
+    """What keep_backup did: the version it kept (None: none), and the versions to
+    remove once the new version of the file is durably in place (``prune_backups``)."""
 
     version: Path | None
-    spare: Path | None
+    expired: tuple[Path, ...] = ()
 
 
 def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
@@ -241,57 +296,69 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
 
     A hard link costs no copy: ``os.replace`` only swaps the directory entry, so the old
     inode lives on under the backup name. Where links are not supported, copy. Names are
-    read, never stat'ed, and the folder is created only for a file's first backup: this
-    runs before every replace, so each system call shows in the cost of a store.
+    read, never stat'ed: this runs before every replace, so each system call shows in the
+    cost of a store.
 
-    The oldest version past ``keep`` is not freed but renamed ``spare-<number>``, and
-    the spare left by an earlier call is returned for atomic_write to overwrite. Two
-    steps, so that the rename is durable (the write's fsync commits it) before its
-    inode is overwritten: a power cut mid-write can garble only a spare, never a version.
+    Nothing is removed here: the versions past ``keep`` are returned, for the caller to
+    remove with ``prune_backups`` only after the new version is in place, so a failed or
+    interrupted write never costs a kept version (a crash leaves one extra at most, which
+    the next write of the file prunes).
     """
     if keep <= 0:
-        return Kept(None, None)
+        return Kept(None)
     folder = root / BACKUP_DIR / path.relative_to(root)
-    kept, spares = _scan_backups(folder)
-    if not kept and not spares:
-        ensure_dir(folder, root)
-    # Make room first, so that a crash at any instant leaves at most ``keep`` versions.
-    expired = [old for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)]]
-    if expired and fcntl is not None:
-        number = expired[0].name.partition("-")[0]
-        os.rename(expired.pop(0), folder / f"{SPARE}-{number}")
-    for old in expired + spares[1:]:
-        with suppress(FileNotFoundError):
-            os.unlink(old)
-    spare = spares[0] if spares else None
+    ensure_dir(folder, root)  # also refuses a link anywhere on the way
+    kept = _scan_backups(folder)
     target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
+    expired = tuple(old for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)])
     try:
-        os.link(path, target)
+        os.link(path, target, follow_symlinks=False)
     except FileNotFoundError:
-        return Kept(None, spare)  # nothing to keep
-    except OSError:
+        return Kept(None, expired)  # nothing to keep
+    except OSError as e:
+        if e.errno in _FULL:
+            raise
         data = read_bytes(path)
         if data is None:
-            return Kept(None, spare)
+            return Kept(None, expired)
         atomic_write(target, data, root)
-    return Kept(target, spare)
+    return Kept(target, expired)
 
 
-def remove_stale_temp_files(folders: list[Path]) -> int:
-    """Remove temp files left by crashed processes in ``folders`` and one level below.
+def prune_backups(kept: Kept) -> None:
+    """Remove the versions keep_backup found past the limit (after the new write)."""
+    for old in kept.expired:
+        with suppress(FileNotFoundError):
+            os.unlink(old)
+
+
+# ------------------------------------------------------------------- temp files
+
+
+def temp_files(root: Path, folders: list[Path]) -> list[Path]:
+    """Temp files in ``root``, in ``folders`` and one level below them."""
+    found = [Path(e.path) for e in scandir(root) if e.name.startswith(TEMP_PREFIX)]
+    for folder in folders:
+        for entry in scandir(folder):
+            if entry.name.startswith(TEMP_PREFIX):
+                found.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                found.extend(Path(i.path) for i in scandir(Path(entry.path)) if i.name.startswith(TEMP_PREFIX))
+    return found
+
+
+def remove_stale_temp_files(root: Path, folders: list[Path]) -> int:
+    """Remove temp files left by crashed processes (see ``temp_files``).
 
     A temp file names its writer's pid; one whose writer still runs is left alone, since
     that writer is about to rename it into place.
     """
     removed = 0
-    for folder in folders:
-        for entry in scandir(folder):
-            if entry.name.startswith(TEMP_PREFIX):
-                removed += _remove_if_stale(Path(entry.path))
-            elif entry.is_dir(follow_symlinks=False):
-                for inner in scandir(Path(entry.path)):
-                    if inner.name.startswith(TEMP_PREFIX):
-                        removed += _remove_if_stale(Path(inner.path))
+    for path in temp_files(root, folders):
+        if not temp_owner_alive(path.name):
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
     return removed
 
 
@@ -307,18 +374,9 @@ def temp_owner_alive(name: str) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True  # exists, owned by someone else
     return True
-
-
-def _remove_if_stale(path: Path) -> int:
-    if temp_owner_alive(path.name):
-        return 0
-    with suppress(OSError):
-        os.unlink(path)
-        return 1
-    return 0
 
 
 def scandir(folder: Path) -> list[os.DirEntry[str]]:

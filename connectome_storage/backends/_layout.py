@@ -22,12 +22,13 @@ __all__ = [
     "CaseGuard",
     "cache_entry",
     "check_shape",
+    "find_special_entries",
     "find_strays",
     "read_small",
     "remove_empty_dir",
 ]
 
-FOLDERS = ("conversations", "cache", "agents", "system")
+FOLDERS = ("conversations", "cache", "agents", "system", "kv")
 PART_FILES = {
     Kind.CONVERSATION: "current.json",
     Kind.RAW_MESSAGES: "raw_messages.json",
@@ -40,18 +41,47 @@ LOG_FILES = frozenset({PART_FILES[Kind.RAW_MESSAGES], CHAINS_FILE})
 _READ_IN_LOOP_LIMIT = 256 * 1024
 
 
-def find_strays(root: Path) -> list[Problem]:
-    """Entries inside the four folders that the layout does not account for."""
+def find_special_entries(root: Path) -> list[Problem]:
+    """Every symbolic link, FIFO, socket or device anywhere below ``root``, data folders
+    and housekeeping alike (nothing is followed or opened)."""
+    found = []
+    folders = [root]
+    while folders:
+        for entry in _fs.scandir(folders.pop()):
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            elif not entry.is_file(follow_symlinks=False):
+                try:
+                    what = _fs.special_kind(os.lstat(entry.path).st_mode)
+                except OSError:
+                    continue  # gone since the listing
+                if what is not None:
+                    found.append(Problem(entry.path, str(_fs.refuse_special(entry.path, what))))
+    return sorted(found, key=lambda p: p.location)
+
+
+def find_strays(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> list[Problem]:
+    """Entries inside the four folders that the layout does not account for, and temp
+    files left by writers that are gone (``cleanup()`` removes those). ``skip``: paths
+    already reported (links and the like)."""
     strays = []
 
     def stray(path: str, why: str) -> None:
-        strays.append(Problem(path, f"stray entry {path}: {why}"))
+        if path not in skip:
+            strays.append(Problem(path, f"stray entry {path}: {why}"))
 
-    for folder in FOLDERS:
+    def temp(entry: os.DirEntry[str]) -> bool:
+        if not entry.name.startswith(_fs.TEMP_PREFIX):
+            return False
+        if not _fs.temp_owner_alive(entry.name):
+            stray(entry.path, "temp file left by a writer that is gone; cleanup() removes it")
+        return True
+
+    for entry in _fs.scandir(root):
+        temp(entry)
+    for folder in FOLDERS[:4]:  # kv/ is checked by FileKV._kv_verify
         for entry in _fs.scandir(root / folder):
-            if entry.name.startswith(_fs.TEMP_PREFIX):
-                if not _fs.temp_owner_alive(entry.name):
-                    stray(entry.path, "temp file left by a crashed writer (initialize() removes it)")
+            if temp(entry):
                 continue
             nested = folder in ("conversations", "agents")
             name = entry.name if nested else entry.name.removesuffix(".json")
@@ -62,9 +92,7 @@ def find_strays(root: Path) -> list[Problem]:
             elif nested:
                 allowed = set(PART_FILES.values()) if folder == "conversations" else {CHAINS_FILE}
                 for inner in _fs.scandir(Path(entry.path)):
-                    if inner.name.startswith(_fs.TEMP_PREFIX) and _fs.temp_owner_alive(inner.name):
-                        continue
-                    if inner.name not in allowed:
+                    if not temp(inner) and inner.name not in allowed:
                         stray(inner.path, f"only {', '.join(sorted(allowed))} belong here")
     return strays
 
@@ -106,20 +134,22 @@ TOO_BIG = object()
 
 
 def read_small(path: Path) -> bytes | object | None:
-    """The file's bytes if small, None if absent, ``TOO_BIG`` if it should go to a thread."""
+    """The file's bytes if small, None if absent, ``TOO_BIG`` if it should go to a thread.
+
+    Takes no lock and never blocks: a link, FIFO, socket or device is refused unopened
+    (``_fs.open_regular``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        opened = _fs.open_regular(path)
     except IsADirectoryError:
         return TOO_BIG  # the thread path reports it as corrupted
+    if opened is None:
+        return None
+    fd, size = opened
     try:
-        _fs.lock_for_reading(fd)
-        size = os.fstat(fd).st_size
         if size > _READ_IN_LOOP_LIMIT:
             return TOO_BIG
         chunks = []
-        while chunk := os.read(fd, max(size, 4096)):
+        while chunk := os.read(fd, max(size + 1, 4096)):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:

@@ -7,11 +7,14 @@ Layout (DESIGN section 4, docs/file-format.md)::
     <base_dir>/agents/{id}/reasoning_chains.json
     <base_dir>/system/{key}.json
     <base_dir>/.connectome-storage.json   format marker
-    <base_dir>/.locks/  .backups/          housekeeping
+    <base_dir>/.gitignore                  written when absent: housekeeping is not data
+    <base_dir>/.locks/  .backups/  .journal/   housekeeping
 
 Reads of documents happen on the event loop when the file is small (a page-cache read is
-far cheaper than a thread hop); every write runs in one worker thread under the entity's
-lock, where it reads the old version, keeps a backup and replaces the file atomically.
+far cheaper than a thread hop) and never take or wait on a lock; every write runs in one
+worker thread under the entity's lock, where it reads the old version, keeps a backup and
+replaces the file atomically. Nothing but regular files and folders is ever opened or
+followed: a link, FIFO, socket or device in the tree is refused with StorageIOError.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +34,7 @@ from ..errors import (
     CorruptedDataError,
     InvalidArgumentError,
     StorageError,
+    StorageIOError,
     UnsupportedFormatError,
 )
 from ..interface import (
@@ -40,11 +45,11 @@ from ..interface import (
     Kind,
     Problem,
     StorageInterface,
-    logger,
 )
 from ..naming import decode_name, encode_name
-from . import _fs
+from . import _fs, _housekeeping
 from ._applog import AppendLog
+from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._layout import (
     CHAINS_FILE,
     FOLDERS,
@@ -54,7 +59,6 @@ from ._layout import (
     CaseGuard,
     cache_entry,
     check_shape,
-    find_strays,
     read_small,
     remove_empty_dir,
 )
@@ -67,11 +71,11 @@ FORMAT_VERSION = 1
 MARKER = ".connectome-storage.json"
 
 
-class FileStorage(StorageInterface):
+class FileStorage(FileKV, StorageInterface):
     """Stores everything as canonical JSON files under ``base_dir``.
 
     Options: ``base_dir``, ``create_backups``, ``max_backup_files``, ``pretty_print_json``,
-    ``connection_timeout`` (lock wait), ``clock``, ``default_cache_ttl``.
+    ``connection_timeout`` (lock wait), ``backup_retention``, ``clock``, ``default_cache_ttl``.
     """
 
     backend_name: ClassVar[str] = "file"
@@ -100,11 +104,11 @@ class FileStorage(StorageInterface):
                 _fs.ensure_dir(self._root / folder, self._root)
             self._check_marker()
             self._case.detect(self._root / MARKER)
-            removed = _fs.remove_stale_temp_files([self._root / f for f in FOLDERS])
         except OSError as e:
             raise _fs.os_error(e, "initializing", self._root) from e
-        if removed:
-            logger.info("removed %d temp file(s) left by a crash under %s", removed, self._root)
+        # Temp files a crash left behind are not removed here: read-only commands open
+        # storages too, and verify() reports them; cleanup() removes them.
+        _housekeeping.write_gitignore(self._root)
 
     def _check_marker(self) -> None:
         marker = self._root / MARKER
@@ -126,6 +130,9 @@ class FileStorage(StorageInterface):
     async def _close(self) -> None:
         self._own.stop_all()  # every running watch() ends
 
+    def _capabilities(self) -> frozenset[str]:
+        return frozenset({"watch", "backups", "persistent", "cross_process"})
+
     # --------------------------------------------------------------------- paths
 
     def path_of(self, kind: Kind, key: str) -> Path:
@@ -135,6 +142,8 @@ class FileStorage(StorageInterface):
     @staticmethod
     def _relative(kind: Kind, key: str) -> str:
         """The file's path below base_dir, with ``/``: the one place the layout maps ids."""
+        if kind is Kind.KV:
+            return kv_relative(key)  # key: kv_id(namespace, key)
         name = encode_name(key)
         if kind in PART_FILES:
             return f"conversations/{name}/{PART_FILES[kind]}"
@@ -161,6 +170,7 @@ class FileStorage(StorageInterface):
         try:
             if self._case.active:
                 self._case.check(self._root / self._entity(kind, key), key)
+            _fs.missing_dirs(path.parent, self._root)  # refuses a link in place of a folder
             raw = read_small(path)
             if raw is TOO_BIG:
                 return await asyncio.to_thread(self._load_sync, kind, path)
@@ -170,6 +180,7 @@ class FileStorage(StorageInterface):
 
     def _load_sync(self, kind: Kind, path: Path) -> Any:
         try:
+            _fs.missing_dirs(path.parent, self._root)
             raw = _fs.read_bytes(path)
         except IsADirectoryError as e:
             raise CorruptedDataError(str(path), "a folder stands where a file belongs") from e
@@ -179,23 +190,21 @@ class FileStorage(StorageInterface):
 
     # ------------------------------------------------------- writing (in thread)
 
-    def _replace_file(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` unless it already holds exactly that; keep a backup."""
+    def _replace_file(self, path: Path, data: bytes, keep: int | None = None) -> None:
+        """Write ``data`` to ``path`` unless it already holds exactly that; keep a backup
+        (``keep`` versions at most; None: the configured number)."""
         try:
-            try:
-                size = os.stat(path).st_size
-            except (FileNotFoundError, NotADirectoryError):
-                size = None
+            size = _fs.regular_size(path)  # refuses a link, FIFO, socket or device
             # Only a file of the same size can hold the same bytes: most stores skip the read.
             if size == len(data) and _fs.read_bytes(path) == data:
                 return
             if path.name in LOG_FILES:
                 self._logs.forget(path)
-            kept = _fs.Kept(None, None)
+            kept = _fs.Kept(None)
             if size is not None:
-                kept = _fs.keep_backup(self._root, path, self._keep, self._stamp())
+                kept = _fs.keep_backup(self._root, path, self._keep if keep is None else keep, self._stamp())
             try:
-                _fs.atomic_write(path, data, self._root, reuse=kept.spare)
+                _fs.atomic_write(path, data, self._root)
                 self._own.wrote(path)
             except BaseException:
                 # The live file was not replaced: drop its backup, which is a hard link to
@@ -203,17 +212,19 @@ class FileStorage(StorageInterface):
                 if kept.version is not None:
                     kept.version.unlink(missing_ok=True)
                 raise
+            _fs.prune_backups(kept)  # only now: a failed write never costs a kept version
         except OSError as e:
             raise _fs.os_error(e, "writing", path) from e
 
-    def _remove_file(self, path: Path) -> bool:
+    def _remove_file(self, path: Path, keep: int | None = None) -> bool:
         try:
-            if _fs.missing_dirs(path.parent, self._root) or not path.is_file():
+            if _fs.missing_dirs(path.parent, self._root) or _fs.regular_size(path) is None:
                 return False
             if path.name in LOG_FILES:
                 self._logs.forget(path)
-            _fs.keep_backup(self._root, path, self._keep, self._stamp())
+            kept = _fs.keep_backup(self._root, path, self._keep if keep is None else keep, self._stamp())
             removed = _fs.unlink(path)
+            _fs.prune_backups(kept)
             self._own.removed(path)
             if path.parent.parent.name in ("conversations", "agents"):
                 remove_empty_dir(path.parent)
@@ -239,10 +250,12 @@ class FileStorage(StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         data = self._encode(value)
-        await self._locked(kind, key, self._replace_file, self.path_of(kind, key), data)
+        keep = 0 if kind is Kind.CACHE else None  # a cache is regenerable: no backups
+        await self._locked(kind, key, self._replace_file, self.path_of(kind, key), data, keep)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
-        return bool(await self._locked(kind, key, self._remove_file, self.path_of(kind, key)))
+        keep = 0 if kind is Kind.CACHE else None
+        return bool(await self._locked(kind, key, self._remove_file, self.path_of(kind, key), keep))
 
     # --------------------------------------------------------------------- logs
 
@@ -251,16 +264,25 @@ class FileStorage(StorageInterface):
             return await self._load(kind, key) or []
         except CorruptedDataError:
             # Maybe an append in place is half-way in another process, or was cut short by
-            # a crash: read again under the lock, after recovery, before calling it corrupt.
-            return await self._locked(kind, key, self._read_log_locked, kind, key)  # type: ignore[no-any-return]
+            # a crash: read the version before it, without waiting for any lock.
+            return await asyncio.to_thread(self._read_log_settled, kind, self.path_of(kind, key))
 
-    def _read_log_locked(self, kind: Kind, key: str) -> list[Any]:
-        path = self.path_of(kind, key)
-        try:
-            self._logs.recover(path)
-        except OSError as e:
-            raise _fs.os_error(e, "recovering", path) from e
-        return self._load_sync(kind, path) or []
+    def _read_log_settled(self, kind: Kind, path: Path) -> list[Any]:
+        error: CorruptedDataError | None = None
+        for _attempt in range(3):  # an append may finish (or another begin) between reads
+            try:
+                return self._load_sync(kind, path) or []
+            except CorruptedDataError as e:
+                error = e
+            try:
+                before = self._logs.read_before_append(path)
+            except OSError as e:
+                raise _fs.os_error(e, "reading", path) from e
+            if before is not None:
+                with suppress(CorruptedDataError):
+                    return check_shape(kind, decode(before, str(path)), path)  # type: ignore[no-any-return]
+        assert error is not None
+        raise error
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         return int(await self._locked(kind, key, self._append_sync, kind, key, items))
@@ -269,6 +291,7 @@ class FileStorage(StorageInterface):
         # An append takes no backup: the previous version is a prefix of the new one.
         path = self.path_of(kind, key)
         try:
+            _fs.missing_dirs(path.parent, self._root)  # an append in place must not go through a link
             count = self._logs.append(path, items, lambda: self._load_sync(kind, path) or [])
             self._own.wrote(path)
             return count
@@ -334,12 +357,17 @@ class FileStorage(StorageInterface):
         return await asyncio.to_thread(self._list_entity_dirs, "agents", {CHAINS_FILE})
 
     def _list_entity_dirs(self, folder: str, files: set[str]) -> list[str]:
+        """Ids of the entity folders holding a part. A link (or FIFO...) in place of an
+        entity folder is listed too, so that reading it fails loudly, naming it, instead
+        of the entity silently vanishing from listings (and from a migration)."""
         ids = []
         for entry in _fs.scandir(self._root / folder):
             identifier = decode_name(entry.name)
-            if identifier is None or not entry.is_dir(follow_symlinks=False):
+            if identifier is None or entry.is_file(follow_symlinks=False):
                 continue
-            if any(inner.name in files for inner in _fs.scandir(Path(entry.path))):
+            if not entry.is_dir(follow_symlinks=False) or any(
+                inner.name in files for inner in _fs.scandir(Path(entry.path))
+            ):
                 ids.append(identifier)
         return ids
 
@@ -347,9 +375,11 @@ class FileStorage(StorageInterface):
         return await asyncio.to_thread(self._list_json_files, "system")
 
     def _list_json_files(self, folder: str) -> list[str]:
+        """Ids of the ``.json`` entries of ``folder``: regular files, and links and the
+        like, which reads then refuse (see ``_list_entity_dirs``)."""
         ids = []
         for entry in _fs.scandir(self._root / folder):
-            if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+            if entry.name.endswith(".json") and not entry.is_dir(follow_symlinks=False):
                 identifier = decode_name(entry.name[: -len(".json")])
                 if identifier is not None:
                     ids.append(identifier)
@@ -383,7 +413,7 @@ class FileStorage(StorageInterface):
         for key in await self._list_all_cache_keys():
             try:
                 entry = await self._read_cache(key)
-            except CorruptedDataError:
+            except (CorruptedDataError, StorageIOError):
                 continue  # verify() and stats report it; a listing skips it
             if entry is not None:
                 entries.append((key, entry))
@@ -443,7 +473,8 @@ class FileStorage(StorageInterface):
 
     def _collect_stats_sync(self, now_ms: int) -> dict[str, Any]:
         """One pass over the tree in one thread (the generic version costs an await or two
-        per file, and lists the folders twice)."""
+        per file, and lists the folders twice). Nothing unreadable fails it as a whole: a
+        broken, refused (link, FIFO) or permission-denied file counts as unreadable."""
         stats = dict.fromkeys(
             ["conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
              "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
@@ -454,51 +485,97 @@ class FileStorage(StorageInterface):
                     Kind.CHUNKS: "chunk_count", Kind.REASONING_CHAINS: "reasoning_chain_count"}  # fmt: skip
 
         def count(kind: Kind, path: Path) -> bool:
-            """Count one file; True if it exists (readable or not)."""
+            """Count one file; True if it exists (readable or not; a stored null too)."""
             try:
-                value = self._load_sync(kind, path)
-                if value is not None and kind is Kind.CACHE:
+                if _fs.regular_size(path) is None:
+                    return False
+                logs = (Kind.RAW_MESSAGES, Kind.REASONING_CHAINS)
+                value: Any = self._read_log_settled(kind, path) if kind in logs else self._load_sync(kind, path)
+                if kind is Kind.CACHE:
                     expired = cache_entry(value, path, decode_name(path.stem) or "").expired(now_ms)
                     stats["expired_cache_entry_count" if expired else "cache_entry_count"] += 1
-                elif value is not None and kind in counters:
+                elif kind in counters:
                     stats[counters[kind]] += len(value)
-            except CorruptedDataError:
+            except (StorageError, OSError):
                 stats["unreadable_count"] += 1
-                return True
-            return value is not None
+            return True
 
         for folder, files, counter in (("conversations", PART_FILES, "conversation_count"),
                                        ("agents", {Kind.REASONING_CHAINS: CHAINS_FILE}, "agent_count")):  # fmt: skip
             for entry in _fs.scandir(self._root / folder):
-                if decode_name(entry.name) is not None and entry.is_dir(follow_symlinks=False):
-                    found = [count(kind, Path(entry.path, name)) for kind, name in files.items()]
-                    stats[counter] += any(found)
+                if decode_name(entry.name) is None or entry.is_file(follow_symlinks=False):
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    stats["unreadable_count"] += 1  # a link or the like: refused, never followed
+                    continue
+                found = [count(kind, Path(entry.path, name)) for kind, name in files.items()]
+                stats[counter] += any(found)
         for key in self._list_json_files("cache"):
             count(Kind.CACHE, self.path_of(Kind.CACHE, key))
         for key in self._list_json_files("system"):
             stats["system_state_count"] += count(Kind.SYSTEM, self.path_of(Kind.SYSTEM, key))
+        stats["unreadable_count"] += self._kv_census_sync(now_ms)[3]  # kv/ (the rest goes to _kv_stats)
         stats["total_bytes"] = self._total_bytes_sync()
+        stats["backup_bytes"] = _housekeeping.backup_bytes(self._root)
         return stats
 
     async def _total_bytes(self) -> int:
         return await asyncio.to_thread(self._total_bytes_sync)
 
     def _total_bytes_sync(self) -> int:
-        total = 0
-        for folder in FOLDERS:
-            for dirpath, _dirs, files in os.walk(self._root / folder):
-                for name in files:
-                    try:
-                        total += os.lstat(os.path.join(dirpath, name)).st_size
-                    except FileNotFoundError:
-                        continue
-        return total
+        """Bytes of the data files (the four folders; housekeeping is ``backup_bytes``)."""
+        return sum(_housekeeping.file_bytes(self._root / folder) for folder in FOLDERS)
 
     async def verify(self) -> list[Problem]:
-        """Every file that does not parse or has the wrong shape, and every stray entry."""
-        problems = await super().verify()
-        problems.extend(await asyncio.to_thread(find_strays, self._root))
-        return problems
+        """Every file that does not parse or has the wrong shape, every link, FIFO, socket
+        or device anywhere below base_dir, every stray entry and leftover temp file, and
+        every damaged journal record. Changes nothing."""
+        self._require_initialized()
+        found = await asyncio.to_thread(_housekeeping.find_problems, self._root)
+        refused = {p.location for p in found}
+        problems: list[Problem] = []
+        for kind, key in await self._entities():
+            try:
+                await self._readers[kind](key)
+            except StorageError as e:
+                path = self.path_of(kind, key)
+                if isinstance(e, StorageIOError) and refused & {str(path), str(path.parent)}:
+                    continue  # the link (or FIFO...) is already named below
+                problems.append(Problem(getattr(e, "path", None) or str(path), str(e)))
+        problems += await self._kv_verify(refused)  # kv/ entries and strays
+        return problems + found
+
+    async def _entities(self) -> list[tuple[Kind, str]]:
+        """(kind, id) of every stored entity, conversations with all four parts."""
+        found = [(kind, c) for c in await self._list_conversations() for kind in CONVERSATION_PARTS]
+        found += [(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
+        found += [(Kind.CACHE, k) for k in await self._list_all_cache_keys()]
+        return found + [(Kind.SYSTEM, k) for k in await self._list_system_states()]
+
+    @property
+    def _readers(self) -> dict[Kind, Callable[[str], Awaitable[Any]]]:
+        """How a load reads each kind (verify reads the same way)."""
+        return {
+            Kind.CONVERSATION: partial(self._read_document, Kind.CONVERSATION),
+            Kind.CHUNKS: partial(self._read_document, Kind.CHUNKS),
+            Kind.SYSTEM: partial(self._read_document, Kind.SYSTEM),
+            Kind.RAW_MESSAGES: partial(self._read_log, Kind.RAW_MESSAGES),
+            Kind.REASONING_CHAINS: partial(self._read_log, Kind.REASONING_CHAINS),
+            Kind.MEMORIES: self._read_members,
+            Kind.CACHE: self._read_cache,
+        }
+
+    # ------------------------------------------------------------- housekeeping
+
+    async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
+        """Stale temp files, and backups and lock files of entities gone for longer than
+        ``backup_retention`` (see _housekeeping.Cleanup)."""
+        retention = float(getattr(self.settings, "backup_retention", 604800.0))
+        cleanup = _housekeeping.Cleanup(self._root, self._locks, self._parse_relative, self._entity)
+        try:
+            return await asyncio.to_thread(cleanup.run, now_ms, round(retention * 1000))
+        except OSError as e:
+            raise _fs.os_error(e, "cleaning up", self._root) from e
 
     # -------------------------------------------------------------------- watch
 
@@ -564,6 +641,8 @@ class FileStorage(StorageInterface):
         return candidates[0]
 
     def _readable(self, kind: Kind, key: str, path: Path) -> bool:
+        if kind is Kind.KV:
+            return self._kv_readable(key, path)
         try:
             value = self._load_sync(kind, path)
             if kind is Kind.CACHE:
@@ -585,6 +664,8 @@ class FileStorage(StorageInterface):
         elif len(parts) == 2 and parts[0] in ("cache", "system") and parts[1].endswith(".json"):
             kind = Kind.CACHE if parts[0] == "cache" else Kind.SYSTEM
             key = decode_name(parts[1][: -len(".json")])
+        elif (entry := kv_entity_of(parts)) is not None:
+            kind, key = Kind.KV, kv_id(*entry)
         if kind is None or key is None:
             raise InvalidArgumentError(
                 f"{relative_path} is not a data file of the tree; give a path relative to the "

@@ -58,7 +58,13 @@ async def check(env: dict[str, str], acked: list[tuple[str, int, int]]) -> dict[
     """Everything acknowledged is there; logs have no gaps and no duplicates."""
     storage = create_storage_from_env(env)
     async with storage:
-        assert await storage.verify() == []
+        # A kill can leave a temp file next to the file it was writing: verify names it,
+        # cleanup() removes it; nothing else may be wrong.
+        problems = await storage.verify()
+        assert [p for p in problems if "temp file" not in p.message] == []
+        if problems:
+            assert (await storage.cleanup())["temp_files"] == len(problems)
+            assert await storage.verify() == []
         last: dict[str, tuple[int, int]] = {}
         per_round: dict[str, dict[int, int]] = defaultdict(dict)
         for kind, round_, i in acked:
@@ -79,12 +85,13 @@ async def check(env: dict[str, str], acked: list[tuple[str, int, int]]) -> dict[
             for round_, highest in per_round[kind].items():
                 assert len(seen[round_]) > highest, f"{kind}: acknowledged item {round_}/{highest} lost"
         if isinstance(storage, FileStorage):
-            # Kept versions are whole, in order, and older than the live one: a reused
-            # spare inode never belongs to a version (nor a crash's leftover link to one).
+            # Kept versions are whole, in order, and older than the live one. Old versions
+            # are pruned only after the new one is in place, so a kill may leave one extra
+            # (max_backup_files is 5), which the next write prunes; never fewer than kept.
             kept = await storage.list_backups("conversations/doc/current.json")
             versions = [json.loads(v.path.read_bytes()) for v in kept]
             stamps = [(v["round"], v["i"]) for v in versions] + ([(doc["round"], doc["i"])] if doc else [])
-            assert len(kept) <= 5 and stamps == sorted(stamps), stamps
+            assert len(kept) <= 5 + 1 and stamps == sorted(stamps), stamps
         memories = {m["memory_id"]: (m["round"], m["i"]) for m in await storage.load_memories("log")}
         for kind, round_, i in acked:
             if kind == "mem":

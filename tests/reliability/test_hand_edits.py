@@ -123,6 +123,10 @@ EDITS = [
 # Reasoning chains are only ever appended to, and appends keep no backup, so this file
 # can be named by verify but has no kept version to restore.
 CHAINS = "agents/agent/reasoning_chains.json"
+# A cache is regenerable, so cache entries take no backups either: a broken one is named
+# by verify and repaired by storing it again.
+CACHE = "cache/key.json"
+RESTORABLE = [e for e in EDITS if e.relative != CACHE]
 HEALTHY = {"title": "untouched"}
 
 
@@ -203,24 +207,26 @@ def test_every_broken_file_is_named_restored_and_nothing_crashes(tmp_path: Path)
     assert_clean_exit(shown, 1)
     assert "CorruptedDataError" in shown.stderr and str(base / "conversations/doc/current.json") in shown.stderr
 
-    for edit in EDITS:
+    for edit in RESTORABLE:
         damaged = (base / edit.relative).read_bytes()
         assert_clean_exit(cli(base, "restore", edit.relative), 0)
         kept = json.loads(cli(base, "backups", edit.relative, "--json").stdout)
         # The damaged version was kept too, as the newest backup: nothing is ever lost.
         assert Path(kept[-1]["path"]).read_bytes() == damaged, edit.what
-    no_backup = cli(base, "restore", CHAINS)
-    assert no_backup.returncode != 0
-    assert_clean_exit(no_backup, no_backup.returncode)
+    for relative in (CHAINS, CACHE):
+        no_backup = cli(base, "restore", relative)
+        assert no_backup.returncode != 0
+        assert_clean_exit(no_backup, no_backup.returncode)
 
     verify = cli(base, "verify", "--json")
     assert_clean_exit(verify, 1)
-    assert [p["location"] for p in json.loads(verify.stdout)] == [str(base / CHAINS)]
+    assert sorted(p["location"] for p in json.loads(verify.stdout)) == sorted([str(base / CACHE), str(base / CHAINS)])
 
     async def check_restored() -> None:
         async with create_file_storage(base) as storage:
             for edit in EDITS:
-                assert await edit.load(storage) == expected_after_restore(edit), edit.what
+                if edit in RESTORABLE:
+                    assert await edit.load(storage) == expected_after_restore(edit), edit.what
                 await edit.store(storage, edit.second)  # and the entity takes writes again
             assert await storage.append_raw_messages("raw", [{"n": 3}]) == 3
             assert await storage.load_conversation("healthy") == HEALTHY
