@@ -12,7 +12,7 @@ back is byte-identical to the original.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .interface import Kind, StorageInterface
@@ -52,6 +52,8 @@ async def migrate(
     ``destination``; both must be initialized.
 
     Entities the destination holds under the same id are replaced; others are left alone.
+    An entity that another process deletes from the source while this runs (listed, then
+    gone when read) is skipped: nothing is written for it and it is not counted.
     ``progress(done, total)`` is called once before the first entity and after each one,
     ``done`` counting entities (conversations, agents, cache keys, state keys) up to
     ``total``. Expiry is judged by the source's clock.
@@ -60,54 +62,38 @@ async def migrate(
     StorageError a read or write raises (CorruptedDataError for a source entity that does
     not parse: nothing is skipped silently).
     """
-    # Both listings go through public methods, so an uninitialized storage is refused
+    # Every listing goes through public methods, so an uninitialized storage is refused
     # before anything is written.
-    conversations = await source.list_conversations()
     await destination.list_conversations()
-    agents = await source.list_agents()
-    cache_keys = sorted(await source._list_all_cache_keys())
-    state_keys = await source.list_system_states()
-
     report = MigrationReport()
-    total = len(conversations) + len(agents) + len(cache_keys) + len(state_keys)
+    sections = [
+        _Section(await source.list_conversations(), _copy_conversation),
+        _Section(await source.list_agents(), _copy_reasoning_chains),
+        _Section(sorted(await source._list_all_cache_keys()), _copy_cache_entry),
+        _Section(await source.list_system_states(), _copy_system_state),
+    ]
+    total = sum(len(section.ids) for section in sections)
     done = 0
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
     if progress is not None:
         progress(0, total)
-
-    for conversation_id in conversations:
-        await _copy_conversation(source, destination, conversation_id, report)
-        step()
-
-    for agent_id in agents:
-        chains = await source.load_reasoning_chains(agent_id)
-        if chains:
-            await destination._replace_log(Kind.REASONING_CHAINS, agent_id, chains)
-            report.reasoning_chains += len(chains)
-        step()
-
-    now_ms = source._now_ms()
-    for cache_key in cache_keys:
-        entry = await source._read_cache(cache_key)
-        if entry is not None and entry.expired(now_ms):
-            report.skipped_expired += 1
-        elif entry is not None:
-            await destination._write_cache(entry)
-            report.cache_entries += 1
-        step()
-
-    for state_key in state_keys:
-        await destination.store_system_state(state_key, await source.load_system_state(state_key))
-        report.system_states += 1
-        step()
-
+    for section in sections:
+        for identifier in section.ids:
+            await section.copy(source, destination, identifier, report)
+            done += 1
+            if progress is not None:
+                progress(done, total)
     return report
+
+
+# One kind of entity: the ids listed in the source, and how to copy one of them (which
+# counts what it copied in the report, and skips an id that has vanished since listing).
+Copier = Callable[[StorageInterface, StorageInterface, str, MigrationReport], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Section:
+    ids: list[str]
+    copy: Copier
 
 
 async def _copy_conversation(
@@ -117,6 +103,8 @@ async def _copy_conversation(
     messages = await source.load_raw_messages(conversation_id)
     chunks = await source.load_chunks(conversation_id)
     memories = await source.load_memories(conversation_id)
+    if document is None and not (messages or chunks or memories):
+        return  # deleted since it was listed: a conversation exists while any part is stored
 
     if document is not None:
         await destination.store_conversation(conversation_id, document)
@@ -139,3 +127,37 @@ async def _copy_conversation(
     report.raw_messages += len(messages)
     report.chunks += 1 if chunks else 0
     report.memories += len(memories)
+
+
+async def _copy_reasoning_chains(
+    source: StorageInterface, destination: StorageInterface, agent_id: str, report: MigrationReport
+) -> None:
+    chains = await source.load_reasoning_chains(agent_id)
+    if chains:  # [] when the agent's history was deleted since it was listed
+        await destination._replace_log(Kind.REASONING_CHAINS, agent_id, chains)
+        report.reasoning_chains += len(chains)
+
+
+async def _copy_cache_entry(
+    source: StorageInterface, destination: StorageInterface, cache_key: str, report: MigrationReport
+) -> None:
+    entry = await source._read_cache(cache_key)
+    if entry is None:
+        return  # deleted since it was listed
+    if entry.expired(source._now_ms()):
+        report.skipped_expired += 1
+    else:
+        await destination._write_cache(entry)
+        report.cache_entries += 1
+
+
+async def _copy_system_state(
+    source: StorageInterface, destination: StorageInterface, state_key: str, report: MigrationReport
+) -> None:
+    value = await source.load_system_state(state_key)
+    # None is both a storable value and what a missing key loads as: only a key that is
+    # still listed holds a stored None; one that is gone was deleted since it was listed.
+    if value is None and state_key not in await source.list_system_states():
+        return
+    await destination.store_system_state(state_key, value)
+    report.system_states += 1

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from connectome_storage import (
+    FileStorage,
     MigrationReport,
     StorageInterface,
     create_file_storage,
@@ -16,6 +17,7 @@ from connectome_storage import (
     migrate,
 )
 from connectome_storage.errors import StorageNotInitializedError
+from connectome_storage.interface import CacheEntry
 
 from .conftest import BACKENDS, FakeClock
 
@@ -247,3 +249,55 @@ async def test_sample_data_round_trips_through_sqlite(tmp_path: Path) -> None:
         report = await migrate(middle, destination)
     assert report.skipped_expired == 0
     assert tree(tmp_path / "copy", DATA_FOLDERS) == tree(SAMPLE_DATA, DATA_FOLDERS)
+
+
+class DeletedWhileMigrating(FileStorage):
+    """A file tree another writer deletes ``doomed`` entities from, between migrate's
+    listing of them and its reading them: each read first deletes through a second,
+    independent storage object on the same tree (as another process would)."""
+
+    doomed = "doomed"
+    other: StorageInterface
+
+    async def load_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        if conversation_id == self.doomed:
+            await self.other.delete_conversation(conversation_id)
+        return await super().load_conversation(conversation_id)
+
+    async def load_reasoning_chains(self, agent_id: str) -> list[dict[str, Any]]:
+        if agent_id == self.doomed:
+            # No public delete for a chain history: the other writer removes the folder.
+            shutil.rmtree(self.base_dir / "agents" / agent_id)
+        return await super().load_reasoning_chains(agent_id)
+
+    async def _read_cache(self, cache_key: str) -> CacheEntry | None:
+        if cache_key == self.doomed:
+            await self.other.delete_cache(cache_key)
+        return await super()._read_cache(cache_key)
+
+    async def load_system_state(self, state_key: str) -> Any:
+        if state_key == self.doomed:
+            await self.other.delete_system_state(state_key)
+        return await super().load_system_state(state_key)
+
+
+async def test_an_entity_deleted_mid_migration_is_skipped_not_copied_as_null(tmp_path: Path, clock: FakeClock) -> None:
+    root = tmp_path / "source"
+    async with create_file_storage(root, clock=clock) as writer:
+        for identifier in ("doomed", "kept"):
+            await writer.store_conversation(identifier, {"title": identifier})
+            await writer.append_raw_messages(identifier, [{"n": 1}])
+            await writer.store_reasoning_chain(identifier, {"step": 1})
+            await writer.store_cache(identifier, {"v": identifier})
+            await writer.store_system_state(identifier, {"v": identifier})
+        await writer.store_system_state("stored-none", None)  # a real None is still copied
+    source = DeletedWhileMigrating({"base_dir": root, "clock": clock})
+    source.other = create_file_storage(root, clock=clock)
+    async with source, source.other, create_sqlite_storage(tmp_path / "copy.db", clock=clock) as destination:
+        report = await migrate(source, destination)
+        assert await destination.list_system_states() == ["kept", "stored-none"]
+        assert await destination.list_conversations() == ["kept"]
+        assert await destination.list_agents() == ["kept"]
+        assert await destination.list_cache_keys() == ["kept"]
+    assert (report.conversations, report.raw_messages, report.reasoning_chains) == (1, 1, 1)
+    assert (report.cache_entries, report.system_states, report.skipped_expired) == (1, 2, 0)
