@@ -74,10 +74,18 @@ def _check(value: Any, where: str, depth: int) -> None:
     elif kind is list:
         for index, item in enumerate(value):
             _check(item, f"{where}[{index}]", depth + 1)
-    elif isinstance(value, (str, int, float, dict, list)):
+    elif isinstance(value, float) and not isinstance(value, int):
+        # orjson refuses float subclasses (numpy.float64 is one) when it writes, so say
+        # where the value is and how to fix it, before anything is written.
+        raise SerializationError(
+            f"{where} is a {kind.__module__}.{kind.__name__}, a float subclass that JSON encoding does not "
+            f"take; convert it with float(x) (or .item() for a numpy scalar)",
+            location=where,
+        )
+    elif isinstance(value, (str, int, dict, list)):
         # Subclasses (OrderedDict, IntEnum, StrEnum...) come back as their base type,
         # which compares equal; check them by that base type.
-        base: Any = next(t for t in (bool, str, int, float, dict, list) if isinstance(value, t))
+        base: Any = next(t for t in (bool, str, int, dict, list) if isinstance(value, t))
         _check(base(value), where, depth)
     else:
         raise SerializationError(
