@@ -18,9 +18,12 @@ other's transaction, and no asyncio lock is needed.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import random
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +36,7 @@ import orjson
 from ..codec import decode, encode
 from ..config import SqliteSettings
 from ..errors import (
+    AccessDeniedError,
     ConfigError,
     CorruptedDataError,
     InvalidArgumentError,
@@ -41,6 +45,7 @@ from ..errors import (
     StorageFullError,
     StorageIOError,
     UnsupportedFormatError,
+    ValueTooLargeError,
 )
 from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
 from . import _fs
@@ -63,7 +68,20 @@ T = TypeVar("T")
 Body = Callable[[sqlite3.Connection], T]
 
 # Primary result codes (extended codes carry them in the low byte).
-_BUSY, _LOCKED, _CORRUPT, _FULL, _NOTADB = 5, 6, 11, 13, 26
+_PERM, _BUSY, _LOCKED, _READONLY, _CORRUPT, _FULL, _CANTOPEN, _TOOBIG, _AUTH, _NOTADB = (
+    3,
+    5,
+    6,
+    8,
+    11,
+    13,
+    14,
+    18,
+    23,
+    26,
+)
+# What the operating system says when permissions, a read-only mount or an immutable file forbid a write.
+_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _HINT = "store the entity again to replace it, or restore a copy made with SqliteStorage.backup()"
 _FILE_HINT = (
     "db_path must name a connectome-storage SQLite database (or a new file); if this one is "
@@ -105,21 +123,29 @@ class SqliteStorage(SqliteKV, StorageInterface):
         self._path = self.db_path.absolute()
         self._db: aiosqlite.Connection | None = None
         self._json1 = False
+        self._length_limit = 1_000_000_000  # SQLITE_MAX_LENGTH; the connection's own is read at initialize()
 
     # ----------------------------------------------------------------- lifecycle
 
     async def _open(self) -> None:
+        if self._path.is_dir():
+            raise ConfigError(
+                f"db_path {str(self._path)!r} is a folder; db_path must name a database file, "
+                f"e.g. {str(self._path / 'connectome.db')!r}"
+            )
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _fs.os_error(e, "creating the folder of", self._path) from e
+            raise self._os_error(e, "creating the folder of", self._path) from e
+        # isolation_level=None: the module never opens transactions on its own; each
+        # operation says BEGIN / BEGIN IMMEDIATE itself.
+        connection = self._aiosqlite.connect(self._path, timeout=self.settings.connection_timeout, isolation_level=None)
         try:
-            # isolation_level=None: the module never opens transactions on its own; each
-            # operation says BEGIN / BEGIN IMMEDIATE itself.
-            self._db = await self._aiosqlite.connect(
-                self._path, timeout=self.settings.connection_timeout, isolation_level=None
-            )
+            self._db = await connection
         except sqlite3.Error as e:
+            # aiosqlite then stops its worker thread through a future of this loop; wait for
+            # the thread, or it may finish after the loop closed and print "Event loop is closed".
+            await asyncio.to_thread(connection._thread.join, self.settings.connection_timeout)
             raise self._engine_error(e, "opening") from e
         try:
             await self._run("opening", self._setup)
@@ -132,6 +158,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
         conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        self._length_limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
         # The first read of the header: a file that is not SQLite fails here (NOTADB).
         version, app_id, tables = _header(conn)
         if version > SCHEMA_VERSION:
@@ -246,12 +273,38 @@ class SqliteStorage(SqliteKV, StorageInterface):
                 left = deadline - time.monotonic()
                 if not _is_busy(e) or left <= 0:
                     raise self._engine_error(e, action) from e
+            except OverflowError as e:  # the sqlite3 module's own check: a string over 2 GiB, an int over 64 bits
+                if "string" in str(e) or "blob" in str(e):
+                    raise self._too_large(action) from e
+                raise InvalidArgumentError(f"a number does not fit SQLite while {action} {self._path}: {e}") from e
                 time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
                 pause = min(pause * 2, 0.1)
+
+    def _os_error(self, e: OSError, action: str, path: Path) -> StorageError:
+        if e.errno in _DENIED_ERRNOS:
+            return AccessDeniedError(
+                f"{action} {path} is not permitted ({e.strerror or e}, errno {e.errno}): file permissions, "
+                "a read-only mount or an immutable attribute forbid it; SQLite must be able to write the "
+                "database and create its -wal/-journal files beside it. Fix the permissions or move db_path"
+            )
+        return _fs.os_error(e, action, path)
 
     def _engine_error(self, e: sqlite3.Error, action: str) -> StorageError:
         code = _primary_code(e)
         name = getattr(e, "sqlite_errorname", type(e).__name__)
+        if code in (_READONLY, _PERM, _AUTH):
+            return AccessDeniedError(
+                f"{self._path} cannot be written while {action} it: {e} ({name}); file permissions, a "
+                "read-only mount or an immutable attribute forbid it (SQLite must write the database and "
+                "create its -wal/-journal files in its folder). Fix the permissions or move db_path"
+            )
+        if code == _TOOBIG:
+            return self._too_large(action)
+        if code == _CANTOPEN:  # SQLite says only "unable to open database file": ask the OS why
+            try:
+                _probe_writable(self._path)
+            except OSError as os_error:
+                return self._os_error(os_error, action, self._path)
         if _is_busy(e):
             return LockTimeoutError(
                 f"{self._path} stayed locked by another writer for connection_timeout="
@@ -267,6 +320,12 @@ class SqliteStorage(SqliteKV, StorageInterface):
         if code in (_CORRUPT, _NOTADB):
             return CorruptedDataError(str(self._path), f"{e} ({name}) while {action} it", hint=_FILE_HINT)
         return StorageIOError(f"SQLite failed while {action} {self._path}: {e} ({name})")
+
+    def _too_large(self, action: str) -> ValueTooLargeError:
+        return ValueTooLargeError(
+            f"a value is over SQLite's limit of {self._length_limit:,} bytes for one "
+            f"string (SQLITE_MAX_LENGTH) while {action} {self._path}; nothing was written. Store it in smaller parts"
+        )
 
     def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any:
         """Decode one stored value; a bad one raises CorruptedDataError naming db, table, key."""
@@ -479,6 +538,9 @@ class SqliteStorage(SqliteKV, StorageInterface):
             if row is None:
                 return None
             data = self._parse(row[0], "cache", f"cache_key {cache_key!r}")
+            if type(row[1]) is not int or not (row[2] is None or type(row[2]) is int):
+                where = f"{self._path} (table cache, cache_key {cache_key!r})"
+                raise CorruptedDataError(where, "created_ms and expires_ms must be integers", hint=_HINT)
             return CacheEntry(cache_key, data, row[1], row[2])
 
         return await self._read("reading", body)
@@ -527,11 +589,23 @@ class SqliteStorage(SqliteKV, StorageInterface):
             return await super()._collect_stats(now_ms)  # an SQLite built without JSON1
 
         def body(conn: sqlite3.Connection) -> dict[str, Any]:
+            damaged: list[str] = []
+
             def row(name: str, **params: Any) -> tuple[int, ...]:
-                return tuple(int(value) for value in conn.execute(STATS[name], params).fetchone())
+                try:
+                    return tuple(int(value) for value in conn.execute(STATS[name], params).fetchone())
+                except sqlite3.DatabaseError as e:
+                    if _primary_code(e) not in (_CORRUPT, _NOTADB):
+                        raise
+                    # A damaged page: count this table as one unreadable entity and go on
+                    # with the others (verify() names the damage).
+                    damaged.append(name)
+                    width = {"cache": 3, "conversations": 3, "agents": 1}.get(name, 2)
+                    return (0,) * (width - 1) + (1,) if width > 1 else (0,)
 
             stats: dict[str, Any] = {}
             unreadable = 0
+            conn.execute("BEGIN")  # one snapshot for every count
             for name in ("raw_message_count", "memory_count", "reasoning_chain_count"):
                 stats[name], bad = row(name)
                 unreadable += bad
@@ -539,30 +613,55 @@ class SqliteStorage(SqliteKV, StorageInterface):
             stats["conversation_count"], stats["chunk_count"], bad_documents = row("conversations")
             stats["system_state_count"], bad_states = row("system_state")
             (stats["agent_count"],) = row("agents")
-            stats["unreadable_count"] = unreadable + bad + bad_documents + bad_states
+            stats["unreadable_count"] = unreadable + bad + bad_documents + bad_states + ("agents" in damaged)
+            if damaged:
+                stats["damaged_tables"] = damaged
+            # Ending a read transaction that met a damaged page fails too; it changed nothing.
+            with suppress(sqlite3.DatabaseError):
+                conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             return stats
 
-        stats = await self._run("counting", body, "BEGIN")
+        stats = await self._run("counting", body)
         stats["total_bytes"] = await self._total_bytes()
         return stats
 
     async def verify(self) -> list[Problem]:
         """Rows that do not parse, plus what ``PRAGMA quick_check`` and the foreign key
-        check find in the file itself."""
-        problems = await super().verify()
+        check find in the file itself. A damaged page is listed, never raised."""
+        self._require_initialized()
+        where = str(self._path)
+        try:
+            problems = await super().verify()
+        except CorruptedDataError as e:  # a damaged page under a listing stops the walk
+            problems = [Problem(e.path, f"reading every entry stopped early: {e}")]
+
+        def quick_check(conn: sqlite3.Connection) -> list[Problem]:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            return [Problem(where, f"quick_check: {row[0]}") for row in rows if row[0] != "ok"]
+
+        def foreign_key_check(conn: sqlite3.Connection) -> list[Problem]:
+            rows = conn.execute("PRAGMA foreign_key_check").fetchall()
+            return [Problem(where, f"row {rowid} of {table} has no {parent} row") for table, rowid, parent, _ in rows]
 
         def body(conn: sqlite3.Connection) -> list[Problem]:
-            found = [
-                Problem(str(self._path), f"quick_check: {row[0]}")
-                for row in conn.execute("PRAGMA quick_check")
-                if row[0] != "ok"
-            ]
-            for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check"):
-                found.append(Problem(str(self._path), f"row {rowid} of {table} has no {parent} row"))
+            found: list[Problem] = []
+            for name, check in (("quick_check", quick_check), ("foreign_key_check", foreign_key_check)):
+                try:
+                    found += check(conn)
+                except sqlite3.DatabaseError as e:
+                    found.append(Problem(where, f"{name} could not finish: {e}; the file is damaged"))
             return found
 
-        problems.extend(await self._read("checking", body))
+        try:
+            problems.extend(await self._read("checking", body))
+        except CorruptedDataError as e:
+            problems.append(Problem(where, f"the integrity check could not run: {e}"))
         return problems
+
+    def _capabilities(self) -> frozenset[str]:
+        return frozenset({"persistent", "cross_process"})
 
     # ------------------------------------------------------------------- backup
 
@@ -623,6 +722,18 @@ def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
     return int(version), int(app_id), int(tables)
+
+
+def _probe_writable(path: Path) -> None:
+    """Raise the OSError that keeps SQLite from opening ``path`` for writing, if any: the
+    file itself, then its folder (where SQLite creates its -wal and -journal files)."""
+    existed = path.exists()
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    if not existed:
+        path.unlink()
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=path.parent)
+    os.close(fd)
+    os.unlink(name)
 
 
 def _primary_code(e: sqlite3.Error) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -24,12 +25,14 @@ import pytest
 from connectome_storage import SqliteStorage, create_sqlite_storage
 from connectome_storage.backends.sqlite import SCHEMA_VERSION
 from connectome_storage.errors import (
+    AccessDeniedError,
     ConfigError,
     CorruptedDataError,
     LockTimeoutError,
     StorageFullError,
     StorageNotInitializedError,
     UnsupportedFormatError,
+    ValueTooLargeError,
 )
 
 from ..conftest import FakeClock
@@ -422,3 +425,172 @@ def test_missing_aiosqlite_raises_import_error_naming_the_extra(tmp_path: Path) 
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and all("pip install connectome-storage[sqlite]" in line for line in lines)
     assert not (tmp_path / "x.db").exists()
+
+
+# ------------------------------------------------------- damage, paths, access
+
+
+async def _several_pages(db: Path) -> int:
+    """A real database of several dozen pages, self-contained (rollback journal); its page count."""
+    async with create_sqlite_storage(db, enable_wal_mode=False) as storage:
+        for i in range(40):
+            await storage.store_conversation(f"c{i}", {"text": "x" * 2000, "i": i})
+            await storage.append_raw_messages(f"c{i}", [{"m": "y" * 500}] * 3)
+            await storage.store_memory(f"c{i}", "m", {"t": "z" * 300})
+        await storage.store_reasoning_chain("a1", {"s": 1})
+        await storage.store_cache("k", 1)
+        await storage.store_system_state("s", 1)
+    return int(scalar(db, "PRAGMA page_count"))
+
+
+async def test_a_damaged_page_is_listed_by_verify_and_never_raised(tmp_path: Path) -> None:
+    original = tmp_path / "original.db"
+    pages = await _several_pages(original)
+    assert pages > 30
+    page_size = int(scalar(original, "PRAGMA page_size"))
+    listed = 0
+    for page in range(1, pages):  # page 0 holds the header and the schema: initialize() refuses that
+        db = tmp_path / f"damaged-{page}.db"
+        shutil.copy(original, db)
+        with db.open("r+b") as file:
+            file.seek(page * page_size + 20)
+            file.write(b"\xde\xad\xbe\xef" * 64)
+        async with create_sqlite_storage(db, enable_wal_mode=False) as storage:
+            problems = await storage.verify()  # never raises
+            stats = await storage.get_storage_stats()  # counts what it can
+        assert all(problem.location for problem in problems)
+        if any(problem.location == str(db) and "quick_check" in problem.message for problem in problems):
+            listed += 1
+            assert stats["unreadable_count"] >= 0
+    assert listed > pages // 2  # most pages hold rows or index entries; a few hold free space
+
+
+async def test_a_cache_row_with_bad_times_is_corrupted_data_not_a_type_error(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_cache("k", 1, ttl=60)
+        with raw(db) as conn:
+            conn.execute("UPDATE cache SET expires_ms = 'soon' WHERE cache_key = 'k'")
+        with pytest.raises(CorruptedDataError, match="table cache"):
+            await storage.load_cache("k")
+        assert [problem.location for problem in await storage.verify()] == [f"{db} (table cache, cache_key 'k')"]
+
+
+def test_db_path_naming_a_folder_is_a_config_error_and_nothing_is_printed(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    result = run_python(
+        """
+        import asyncio, sys
+        from connectome_storage import create_sqlite_storage
+
+        async def main():
+            try:
+                await create_sqlite_storage(sys.argv[1]).initialize()
+            except Exception as e:
+                print(type(e).__name__, e)
+
+        for _ in range(20):  # the thread that printed "Event loop is closed" lost a race
+            asyncio.run(main())
+        """,
+        str(folder),
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 20 and all(line.startswith("ConfigError") and str(folder) in line for line in lines)
+    assert "folder" in lines[0]
+    assert result.stderr == ""
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i``: even root may not write it (permission bits do not stop root)."""
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], check=False).returncode:
+        pytest.skip("chattr +i is not available here (needs root and a filesystem with attributes)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_a_read_only_database_file_gives_access_denied_and_reads_go_on(db: Path) -> None:
+    async with create_sqlite_storage(db, enable_wal_mode=False) as storage:
+        await storage.store_conversation("c1", {"t": 1})
+    with immutable(db):
+        async with create_sqlite_storage(db, enable_wal_mode=False) as storage:
+            assert await storage.load_conversation("c1") == {"t": 1}
+            with pytest.raises(AccessDeniedError, match="permissions") as caught:
+                await storage.store_conversation("c1", {"t": 2})
+            assert str(db) in str(caught.value)
+            assert await storage.load_conversation("c1") == {"t": 1}
+
+
+def test_a_read_only_folder_gives_access_denied_and_nothing_is_printed(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    existing = folder / "existing.db"
+    sqlite3.connect(existing).close()
+    with immutable(folder):
+        result = run_python(
+            """
+            import asyncio, sys
+            from connectome_storage import create_sqlite_storage
+
+            async def main(path):
+                try:
+                    await create_sqlite_storage(path).initialize()
+                except Exception as e:
+                    print(type(e).__name__, e)
+
+            for path in sys.argv[1:]:
+                asyncio.run(main(path))
+            """,
+            str(folder / "new.db"),
+            str(existing),
+        )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("AccessDeniedError") for line in lines), result.stdout
+    assert "not permitted" in lines[0] and str(folder) in lines[0]
+    assert result.stderr == ""
+
+
+async def test_a_value_over_sqlites_length_limit_is_value_too_large(db: Path) -> None:
+    async with SqliteStorage({"db_path": db}) as storage:
+        # The connection's own SQLITE_LIMIT_LENGTH lowered (from 1,000,000,000), so the test
+        # need not allocate a gigabyte; SQLite refuses with SQLITE_TOOBIG either way.
+        await storage._run("limiting", lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000))
+        storage._length_limit = 100_000
+        with pytest.raises(ValueTooLargeError, match="100,000 bytes"):
+            await storage.store_conversation("c1", {"text": "x" * 200_000})
+        assert await storage.list_conversations() == []
+        await storage.store_conversation("c1", {"text": "x" * 1000})
+
+
+# ----------------------------------------------- capabilities, stats, cleanup
+
+
+async def test_capabilities_are_persistent_and_cross_process(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        assert storage.capabilities == frozenset({"persistent", "cross_process"})
+        assert storage.supports("cross_process") and not storage.supports("native_ttl")
+
+
+async def test_stats_have_every_common_key_and_count_a_state_stored_as_none(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_system_state("nothing", None)
+        await storage.store_system_state("something", 1)
+        stats = await storage.get_storage_stats()
+    common = [
+        "backend", "conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
+        "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
+        "total_bytes", "unreadable_count",
+    ]  # fmt: skip
+    assert [key for key in stats if key in common] == common
+    assert stats["system_state_count"] == 2
+
+
+async def test_cleanup_removes_expired_cache_rows(db: Path, clock: FakeClock) -> None:
+    async with create_sqlite_storage(db, clock=clock) as storage:
+        await storage.store_cache("old", 1, ttl=10)
+        await storage.store_cache("live", 2, ttl=1000)
+        clock.advance(20)
+        assert (await storage.cleanup())["expired_cache"] == 1
+        assert scalar(db, "SELECT group_concat(cache_key) FROM cache") == "live"
