@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what the tests need, then pytest.
+# Runs the whole test suite on a fresh machine: installs what the tests need, checks lint,
+# format and types (ruff, mypy), then pytest.
 #   bash scripts/test.sh            # everything CI runs
 #   bash scripts/test.sh -k redis   # extra arguments go to pytest
 set -euo pipefail
@@ -20,4 +21,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# The quick checks first, so a lint, format or type error fails in seconds rather than
+# after the whole suite (ruff and mypy come from the `test` extra; settings in pyproject).
+echo "ruff check ..." >&2
+python -m ruff check .
+echo "ruff format --check ..." >&2
+python -m ruff format --check .
+echo "mypy (strict) ..." >&2
+python -m mypy
+
 exec python -m pytest -m "not slow" "$@"
