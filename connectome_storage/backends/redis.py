@@ -346,7 +346,7 @@ class RedisStorage(RedisKV, StorageInterface):
 
     async def _members(self, index: str) -> list[str]:
         members = await self._call(f"listing {index}", index, self.client.smembers, index, read=True)
-        return [_text(member) for member in members]
+        return _ids(members, index)
 
     # ----------------------------------------------------------------- documents
 
@@ -488,7 +488,7 @@ class RedisStorage(RedisKV, StorageInterface):
         and how many were dropped."""
         index = self.index_of(Kind.CACHE)
         members = await self._call(f"listing {index}", index, self.client.zrange, index, 0, -1, read=True)
-        ids = [_text(member) for member in members]
+        ids = _ids(members, index)
         gone: set[str] = set()
         for batch in _batches(ids):
             keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
@@ -687,6 +687,14 @@ _name = functools.lru_cache(maxsize=4096)(_encode_name)
 def _text(value: bytes | str) -> str:
     """Replies are bytes, or str on a caller's client made with decode_responses=True."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _ids(members: Any, index: str) -> list[str]:
+    """Index members as ids; one that is not UTF-8 was not written by this library."""
+    try:
+        return [_text(member) for member in members]
+    except UnicodeDecodeError as e:
+        raise CorruptedDataError(index, f"a member is not UTF-8 text ({e})", hint="remove it from the index") from e
 
 
 def _batches(items: list[str]) -> Iterator[list[str]]:

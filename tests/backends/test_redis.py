@@ -911,3 +911,13 @@ async def test_cleanup_leaves_no_stale_member_in_any_index(storage: RedisStorage
     assert await storage.list_conversations() == ["kept"]
     assert (await storage.list_agents(), await storage.list_system_states()) == ([], [])
     assert await storage.cleanup() == {"expired_cache": 0, "expired_kv_entries": 0, "stale_index_entries": 0}
+
+
+async def test_an_index_member_that_is_not_utf8_is_corrupted_data(storage: RedisStorage, raw: Any) -> None:
+    await storage.store_system_state("s", 1)
+    await raw.sadd(storage.index_of(Kind.SYSTEM), b"\xff\xfe")
+    with pytest.raises(CorruptedDataError, match="not UTF-8"):
+        await storage.list_system_states()
+    await raw.zadd(storage.index_of(Kind.CACHE), {b"\xff": 1})
+    with pytest.raises(CorruptedDataError, match="not UTF-8"):
+        await storage.list_cache_keys()
