@@ -16,6 +16,7 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P idx:agents            set     ids of agents with chains
     P idx:system            set     state keys
     P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
+    P health:{<random>}     string  health_check()'s probe, deleted at once (PX 60 s in case it is not)
 
 Every operation that touches several keys is one Lua script (_redis_lua.py), so it is
 atomic and one round trip. Replacing a document or appending to a log whose key already
