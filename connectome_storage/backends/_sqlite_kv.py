@@ -363,9 +363,10 @@ def glob_of(pattern: str) -> tuple[str | None, str]:
 
     Walks the pattern exactly as ``compile_pattern`` does and writes each piece in GLOB's
     syntax: ``[!...]`` becomes ``[^...]``, a ``[`` with no closing bracket (a literal for
-    compile_pattern, a failed match for GLOB) becomes ``[[]``. None where GLOB could not say
-    the same thing (an empty ``[]``, or text that is not valid UTF-8): the statement then
-    calls the regular expression itself. The literal start bounds an index range.
+    compile_pattern, a failed match for GLOB) becomes ``[[]``. Inside a set both read
+    characters and ``a-z`` ranges alike, with no escapes. None for a pattern that is not
+    valid UTF-8 (SQLite cannot take it): the statement then calls the regular expression
+    itself. The literal start bounds an index range.
     """
     out: list[str] = []
     literal: list[str] = []
@@ -379,9 +380,8 @@ def glob_of(pattern: str) -> tuple[str | None, str]:
             out.append(char)
             fixed = False
         elif char == "[":
-            end = pattern.find("]", i + 1 if i < n and pattern[i] in "^!" else i)
-            if i < n and pattern[i] in "^!" and end == i + 1:
-                end = pattern.find("]", end + 1)
+            first = i + 1 if i < n and pattern[i] in "^!" else i
+            end = pattern.find("]", first + 1)  # a "]" first in the set belongs to it, as in GLOB
             if end < 0:
                 out.append("[[]")
                 if fixed:
@@ -390,11 +390,7 @@ def glob_of(pattern: str) -> tuple[str | None, str]:
             body = pattern[i:end]
             i = end + 1
             negate = body[:1] in ("^", "!")
-            if negate:
-                body = body[1:]
-            if not body:
-                exact = False  # compile_pattern writes "[]", which Python reads differently
-            out.append(f"[{'^' if negate else ''}{body}]")
+            out.append(f"[^{body[1:]}]" if negate else f"[{body}]")
             fixed = False
         else:
             out.append(char)
