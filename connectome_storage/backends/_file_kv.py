@@ -27,6 +27,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -52,6 +53,11 @@ _FIELDS = frozenset({"key", "value", "tags", "created_at", "updated_at", "expire
 # get_many of up to this many keys reads on the event loop (small files, page cache): a
 # thread hop costs more than the reads.
 _READ_IN_LOOP_KEYS = 4
+# Names a listing keeps for the next pages of a scan (see FileKV._kv_window), how many such
+# windows a storage keeps, and how old a folder's mtime must be before a window is trusted.
+_WINDOW = 4096
+_WINDOWS_KEPT = 8
+_SETTLED_NS = 2_000_000_000
 T = TypeVar("T")
 
 
@@ -191,13 +197,17 @@ class FileKV:
 
     def _kv_keys_in(self, namespace: str) -> Iterator[str]:
         """Keys of the entry files in a namespace folder, unsorted, streamed (flat memory)."""
+        return (key for key, _path in self._kv_listing(namespace))
+
+    def _kv_listing(self, namespace: str) -> Iterator[tuple[str, str]]:
+        """(key, path) of the entry files in a namespace folder, unsorted, streamed."""
         folder = self._kv_dir(namespace)
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
                     key = key_of(entry.name)
                     if key is not None:
-                        yield key
+                        yield key, entry.path
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as e:
@@ -215,9 +225,12 @@ class FileKV:
 
     def _kv_read_sync(self, namespace: str, key: str) -> KVRecord | None:
         """The stored record (expired or not), or None; CorruptedDataError if it is not one."""
-        path = self._kv_path(namespace, key)
+        self._kv_case_check(namespace, key)
+        return self._kv_read_path(self._kv_path(namespace, key), key)
+
+    @staticmethod
+    def _kv_read_path(path: Path, key: str) -> KVRecord | None:
         try:
-            self._kv_case_check(namespace, key)
             raw = _fs.read_bytes(path)
         except IsADirectoryError as e:
             raise CorruptedDataError(str(path), "a folder stands where a file belongs") from e
@@ -237,10 +250,13 @@ class FileKV:
             return TOO_BIG
         return None if raw is None else parse_entry(raw, path, key)  # type: ignore[arg-type]
 
-    def _kv_try_read(self, namespace: str, key: str) -> KVRecord | None:
-        """For scans: a record, or None when it vanished or cannot be read (verify reports it)."""
+    def _kv_try_read(self, namespace: str, key: str, path: str | None = None) -> KVRecord | None:
+        """For scans: a record, or None when it vanished or cannot be read (verify reports it).
+        ``path``: the file as a listing named it (saves mapping the key to its name again)."""
         try:
-            return self._kv_read_sync(namespace, key)
+            if path is None:
+                return self._kv_read_sync(namespace, key)
+            return self._kv_read_path(Path(path), key)
         except CorruptedDataError as e:
             logger.debug("skipping an unreadable key-value entry: %s", e)
             return None
@@ -434,45 +450,77 @@ class FileKV:
     def _kv_records(self, namespace: str, select: KVSelect) -> Iterator[KVRecord]:
         """Readable records whose key passes the key filters (expired ones included)."""
         passes = _key_filter(select)
-        for key in self._kv_keys_in(namespace):
+        for key, path in self._kv_listing(namespace):
             if passes(key):
-                record = self._kv_try_read(namespace, key)
+                record = self._kv_try_read(namespace, key, path)
                 if record is not None:
                     yield record
 
     def _kv_page_by_key(self, namespace: str, select: KVSelect, now_ms: int, want: int | None) -> list[KVRecord]:
         """The first ``want`` live records in key order, reading only their files.
 
-        The names are listed and filtered on the key first; a bounded heap picks the next
-        ``want`` candidates, and only those files are read. Entries found expired (or gone)
-        on reading are made up for by another round past the last candidate.
+        Names are listed and filtered on the key first; the next candidates in key order
+        come from ``_kv_window`` and only their files are read. Entries found expired (or
+        gone) on reading are made up for by candidates past the last one.
         """
-        passes = _key_filter(select)
-        descending = select.descending
-        keys = (key for key in self._kv_keys_in(namespace) if passes(key))
         if want is None:
-            candidates = sorted(keys, reverse=descending)
-            return [
-                r for r in map(lambda k: self._kv_try_read(namespace, k), candidates) if r and not r.expired(now_ms)
-            ]
+            passes = _key_filter(select)
+            listing = sorted(((k, p) for k, p in self._kv_listing(namespace) if passes(k)), reverse=select.descending)
+            records = (self._kv_try_read(namespace, k, p) for k, p in listing)
+            return [r for r in records if r is not None and not r.expired(now_ms)]
         found: list[KVRecord] = []
-        cursor: str | None = None
-        batch = want
+        cursor = select.after_key if not select.descending else None
         while True:
-            if cursor is not None:
-                last = cursor
-                keys = (k for k in self._kv_keys_in(namespace) if passes(k) and (k < last if descending else k > last))
-            candidates = (heapq.nlargest if descending else heapq.nsmallest)(batch, keys)
-            for key in candidates:
-                record = self._kv_try_read(namespace, key)
+            candidates, complete = self._kv_window(namespace, select, cursor)
+            for key, path in candidates:
+                record = self._kv_try_read(namespace, key, path)
                 if record is not None and not record.expired(now_ms):
                     found.append(record)
                     if len(found) == want:
                         return found
-            if len(candidates) < batch:
+            if complete or not candidates:
                 return found  # the namespace holds no more
-            cursor = candidates[-1]
-            batch = min(batch * 2, 65536)
+            cursor = candidates[-1][0]
+
+    def _kv_window(self, namespace: str, select: KVSelect, cursor: str | None) -> tuple[list[tuple[str, str]], bool]:
+        """The next (at most ``_WINDOW``) (key, path) in key order past ``cursor``, and
+        whether they are all there are.
+
+        Listing a folder costs a decode per name, so one listing keeps the next ``_WINDOW``
+        names (a bounded heap: memory does not grow with the namespace) and later pages of
+        a scan are served from them while the folder is unchanged: its (inode, mtime) is
+        the same, and was already settled when the listing began (any later create, rename
+        or unlink gives a newer mtime even on a filesystem whose clock is coarse).
+        """
+        descending = select.descending
+        folder = self._kv_dir(namespace)
+        try:
+            st = os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return [], True
+        except OSError as e:
+            raise _fs.os_error(e, "listing", folder) from e
+        stamp = (st.st_ino, st.st_mtime_ns)
+        windows: dict[tuple[object, ...], _Window] = self.__dict__.setdefault("_kv_windows", {})
+        which = (namespace, select.prefix, select.pattern, descending)
+        window = windows.get(which)
+        if window is not None and window.stamp == stamp and window.covers(cursor, descending):
+            rest = [item for item in window.items if _beyond(item[0], cursor, descending)]
+            if rest or window.complete:
+                return rest, window.complete
+        started_ns = time.time_ns()
+        passes = _key_filter(select)
+        listing = (
+            item for item in self._kv_listing(namespace) if passes(item[0]) and _beyond(item[0], cursor, descending)
+        )
+        items = (heapq.nlargest if descending else heapq.nsmallest)(_WINDOW, listing)
+        complete = len(items) < _WINDOW
+        if st.st_mtime_ns < started_ns - _SETTLED_NS:
+            windows.pop(which, None)
+            while len(windows) >= _WINDOWS_KEPT:
+                windows.pop(next(iter(windows)))
+            windows[which] = _Window(stamp, cursor, items, complete)
+        return items, complete
 
     async def _kv_count(self, namespace: str, select: KVSelect, now_ms: int) -> int:
         return int(await asyncio.to_thread(self._kv_count_sync, namespace, select, now_ms))
@@ -569,6 +617,26 @@ class FileKV:
                     except StorageError as e:
                         problems.append(Problem(getattr(e, "path", None) or entry.path, str(e)))
         return problems
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Names of a namespace in key order past ``start``, as one listing found them."""
+
+    stamp: tuple[int, int]
+    start: str | None
+    items: list[tuple[str, str]]
+    complete: bool
+
+    def covers(self, cursor: str | None, descending: bool) -> bool:
+        """Whether everything past ``cursor`` up to this window's last name is in it."""
+        if self.start is None:
+            return True
+        return cursor is not None and (cursor <= self.start if descending else cursor >= self.start)
+
+
+def _beyond(key: str, cursor: str | None, descending: bool) -> bool:
+    return cursor is None or (key < cursor if descending else key > cursor)
 
 
 def _special(entry: os.DirEntry[str]) -> str | None:

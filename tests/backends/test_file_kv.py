@@ -384,3 +384,27 @@ async def test_a_kept_version_of_an_entry_can_be_restored(store: FileStorage, cl
     assert restored.number == 1
     entry = await kv.get_entry("user:1")
     assert entry is not None and (entry.value, entry.tags) == ("v1", {"t": "1"})
+
+
+async def test_a_scan_lists_a_settled_folder_once_and_sees_later_changes(store: FileStorage) -> None:
+    kv = store.kv("n")
+    keys = [f"k{i:04d}" for i in range(SCAN_BATCH * 2 + 10)]
+    await kv.set_many(dict.fromkeys(keys, 1))
+    folder = store.base_dir / "kv" / "n"
+    settled = time.time() - 60
+    os.utime(folder, (settled, settled))  # as if the last change were a minute ago
+    listings: list[str] = []
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        path = args[0] if event == "os.scandir" and args else None
+        if isinstance(path, str | os.PathLike) and os.fspath(path) == str(folder):
+            listings.append(event)
+
+    sys.addaudithook(hook)
+    assert [k async for k, _ in kv.scan()] == keys
+    assert len(listings) == 1  # three batches, one listing
+    await kv.set("k0000a", 2)  # a change after the listing: the folder's mtime moves on
+    await kv.delete("k0001")
+    expected = sorted([*keys, "k0000a"])
+    expected.remove("k0001")
+    assert [k async for k, _ in kv.scan()] == expected
