@@ -97,7 +97,7 @@ class ConnectomeSession:
         effective = self._limit(limit)
         if effective is None or effective < 0:
             return items
-        return items[len(items) - effective :] if effective else []
+        return items[max(0, len(items) - effective) :]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append items (JSON dicts) to the history, all of them or none."""
