@@ -286,6 +286,10 @@ class RedisKV(StorageInterface):
         return [record.key for record in select.apply(await self._kv_walk(namespace, select, now_ms, mode), now_ms)]
 
     async def _kv_count(self, namespace: str, select: KVSelect, now_ms: int) -> int:
+        everything = select.pattern in (None, "*") and not select.prefix and not select.tags
+        if everything and select.since_ms is None and select.until_ms is None and select.after_key is None:
+            # Cardinalities: only the expiry zset is walked (to drop what Redis expired).
+            return (await self._kv_census(namespace, now_ms))[0]
         return len(await self._kv_keys(namespace, select, now_ms))
 
     # --------------------------------------------------------- namespaces, stats
