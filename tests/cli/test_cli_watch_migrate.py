@@ -17,6 +17,7 @@ from typing import IO, Any
 import pytest
 
 from connectome_storage import create_file_storage, create_sqlite_storage
+from connectome_storage.interface import STATS_KEYS
 
 WAIT = 60.0  # generous: these wait on a subprocess starting and on file notifications
 
@@ -161,12 +162,11 @@ def data_files(root: Path) -> dict[str, bytes]:
 
 
 def stats(*location: str) -> dict[str, object]:
+    """The counts every backend reports alike (not its name, sizes or its own extras)."""
     result = cli(*location, "stats", "--json")
     assert result.returncode == 0, result.stderr
     counts: dict[str, object] = json.loads(result.stdout)
-    for key in ("backend", "total_bytes"):
-        counts.pop(key)
-    return counts
+    return {key: counts[key] for key in STATS_KEYS if key not in ("backend", "total_bytes")}
 
 
 def test_migrate_file_to_sqlite_keeps_every_count(tree: Path, tmp_path: Path) -> None:
