@@ -119,7 +119,7 @@ def test_factory_refuses_unparseable_values(key: str, value: Any) -> None:
         StorageFactory.create_storage("file", {key: value})
 
 
-def test_seed_factory_example_config_is_accepted(tmp_path: Path) -> None:
+def test_a_typical_factory_config_is_accepted(tmp_path: Path) -> None:
     storage = StorageFactory.create_storage(
         "file", {"base_dir": str(tmp_path), "create_backups": True, "pretty_print_json": True, "max_backup_files": 5}
     )
