@@ -264,10 +264,13 @@ def _iso_from_name(stamp: str) -> str:
 
 
 def list_backups(root: Path, relative: Path) -> list[BackupVersion]:
-    """Kept versions of ``root / relative``, oldest first."""
+    """Kept versions of ``root / relative``, oldest first (regular files only)."""
     versions = []
     for number, name, path in _scan_backups(root / BACKUP_DIR / relative):
-        size = regular_size(path)
+        try:
+            size = regular_size(path)
+        except StorageIOError:
+            continue  # a link or the like is no version (verify() names it)
         if size is not None:
             versions.append(BackupVersion(number, _iso_from_name(name[7 : -len(".json")]), path, size))
     return versions

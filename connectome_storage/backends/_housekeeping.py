@@ -89,7 +89,7 @@ class Cleanup:
     * the kept versions of a data file that no longer exists, once the newest of them is
       older than the retention (by the storage clock, from the time in its name), each
       file's versions removed under its entity's lock, so a concurrent delete that keeps
-      a new version cannot lose it;
+      a new version cannot lose it (an entity whose lock is held is left for next time);
     * lock files of entities that no longer exist, once older than the retention (their
       modification time), each removed while held (``_locks.remove_unused``).
     """
@@ -143,7 +143,7 @@ class Cleanup:
                 continue  # not a data file's versions: verify() does not judge .backups' insides
             if os.path.lexists(self._root / relative) or self._newest_ms(folder) > cutoff_ms:
                 continue
-            removed += self._locks.hold(self._entity(kind, key), self._remove_versions, relative, folder)
+            removed += self._locks.try_hold(self._entity(kind, key), self._remove_versions, relative, folder) or 0
         return removed
 
     def _newest_ms(self, folder: Path) -> int:

@@ -193,12 +193,16 @@ class EntityLocks:
         finally:
             lock.release()
 
-    def hold(self, entity: str, function: Callable[..., T], *args: object) -> T:
-        """``function(*args)`` in the calling (worker) thread under the entity's OS lock.
+    def try_hold(self, entity: str, function: Callable[..., T], *args: object) -> T | None:
+        """``function(*args)`` in the calling (worker) thread under the entity's OS lock,
+        or None at once if someone holds it (housekeeping never waits for a writer).
 
         The OS lock alone excludes this process's other writers too: each holds it on a
         descriptor of its own."""
-        return self._run_os_locked(entity, time.monotonic() + self._timeout, function, args)
+        try:
+            return self._run_os_locked(entity, time.monotonic(), function, args)
+        except LockTimeoutError:
+            return None
 
     def _run_os_locked(self, entity: str, deadline: float, function: Callable[..., T], args: tuple[object, ...]) -> T:
         path = self.lock_path(entity)
