@@ -61,3 +61,26 @@ def test_langchain_example(backend: str, tmp_path: Path, request: pytest.Fixture
         assert json.loads((tree / "kv/langchain/user%3Aada.json").read_text())["value"]["name"] == "Ada"
         (entry,) = (tree / "cache").glob("langchain-llm-*.json")
         assert json.loads(entry.read_text())["data"]["prompt"] == "What is the capital of Portugal?"
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"), [("OpenAI Agents SDK", "Your name is Ada."), ("LangChain", "user:ada")]
+)
+def test_docs_example_runs(section: str, expected: str, tmp_path: Path) -> None:
+    text = DOCS.read_text("utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    code = body.split("```python\n", 1)[1].split("```", 1)[0]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECTOME_STORAGE_", "OPENAI_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=clean | {"OPENAI_AGENTS_DISABLE_TRACING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
