@@ -41,7 +41,7 @@ _MAX_CHAR = 0x10FFFF
 _HINT = "set the entry again to replace it, delete it, or restore a copy made with SqliteStorage.backup()"
 _COLUMNS = "kv.key, kv.value, kv.tags, kv.created_ms, kv.updated_ms, kv.expires_ms"
 _LIVE = "(kv.expires_ms IS NULL OR kv.expires_ms > ?)"
-_ORDER = {"key": "kv.key", "created_at": "kv.created_ms", "updated_at": "kv.updated_ms"}
+_ORDER = {"created_at": "kv.created_ms", "updated_at": "kv.updated_ms"}
 
 # One statement per entry. A live entry keeps its created_ms (unless a hand edit broke it);
 # an expired one is replaced whole.
@@ -302,11 +302,30 @@ def select_sql(
     """One statement (text, parameters) for ``select``, or None when nothing can match.
 
     The key bounds (prefix, the pattern's literal start, ``after_key``) are ranges on the
-    primary key; tags are one ``IN`` over ``kv_tags`` (an ``INTERSECT`` for several);
-    ``since``/``until`` a range that ``(namespace, updated_ms, key)`` answers.
+    primary key; ``since``/``until`` a range of ``(namespace, updated_ms, key)``. With tags,
+    the first tag's ``kv_tags`` range drives the statement, joined to ``kv`` row by row (the
+    others are probes of ``kv_tags``): in key order it is read already sorted, so a query
+    with a limit stops after that many rows instead of collecting every tagged key first.
     """
+    tables = "kv"
     where = ["kv.namespace = ?", _LIVE]
     params: list[Any] = [namespace, now_ms]
+    key = "kv.key"
+    if select.tags:
+        if not all(_utf8(name) and _utf8(value) for name, value in select.tags):
+            return None  # no stored tag holds a lone surrogate
+        # CROSS JOIN keeps kv_tags outside in key order and counts; in time order the
+        # planner may walk the time index instead and probe kv_tags (docs/kv-sqlite.md).
+        join = "CROSS JOIN" if select.order_by == "key" or not ordered else "JOIN"
+        tables = f"kv_tags AS t0 {join} kv ON kv.namespace = t0.namespace AND kv.key = t0.key"
+        key = "t0.key"  # equal to kv.key; named so that ranges and order use kv_tags' key
+        (name, value), *others = select.tags
+        where.append("t0.namespace = ? AND t0.name = ? AND t0.value = ?")
+        params += [namespace, name, value]
+        for n, (name, value) in enumerate(others, 1):
+            where.append(f"EXISTS (SELECT 1 FROM kv_tags AS t{n} WHERE t{n}.namespace = kv.namespace "
+                         f"AND t{n}.key = kv.key AND t{n}.name = ? AND t{n}.value = ?)")  # fmt: skip
+            params += [name, value]
     starts = [select.prefix] if select.prefix is not None else []
     if select.pattern is not None and select.pattern != "*":
         glob, literal = glob_of(select.pattern)
@@ -315,41 +334,34 @@ def select_sql(
         if glob is None:
             where.append("kv_match(kv.key)")  # _install_matcher: compile_pattern's regex itself
         else:
-            where.append("kv.key GLOB ?")
+            where.append(f"{key} GLOB ?")
             params.append(glob)
     for start in starts:
         if not _utf8(start):
             return None  # no stored key holds a lone surrogate
-        where.append("kv.key >= ?")
+        where.append(f"{key} >= ?")
         params.append(start)
         upper = prefix_upper_bound(start)
         if upper is not None:
-            where.append("kv.key < ?")
+            where.append(f"{key} < ?")
             params.append(upper)
     if select.after_key is not None:
         if not _utf8(select.after_key):
             return None
-        where.append("kv.key > ?")
+        where.append(f"{key} > ?")
         params.append(select.after_key)
-    if select.tags:
-        if not all(_utf8(name) and _utf8(value) for name, value in select.tags):
-            return None
-        one = "SELECT key FROM kv_tags WHERE namespace = ? AND name = ? AND value = ?"
-        where.append(f"kv.key IN ({' INTERSECT '.join([one] * len(select.tags))})")
-        for name, value in select.tags:
-            params += [namespace, name, value]
     if select.since_ms is not None:
         where.append("kv.updated_ms >= ?")
         params.append(select.since_ms)
     if select.until_ms is not None:
         where.append("kv.updated_ms < ?")
         params.append(select.until_ms)
-    sql = f"SELECT {columns} FROM kv WHERE {' AND '.join(where)}"
+    sql = f"SELECT {columns} FROM {tables} WHERE {' AND '.join(where)}"
     if ordered:
         direction = " DESC" if select.descending else ""
-        order = [_ORDER[select.order_by] + direction]
+        order = [key + direction] if select.order_by == "key" else [_ORDER[select.order_by] + direction]
         if select.order_by != "key":
-            order.append("kv.key" + direction)  # ties broken by key, in the same direction
+            order.append(key + direction)  # ties broken by key, in the same direction
         sql += f" ORDER BY {', '.join(order)}"
         if select.limit is not None or select.offset:
             limit = -1 if select.limit is None else min(select.limit, _INT64_MAX)
