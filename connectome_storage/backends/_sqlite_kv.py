@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import orjson
 
 from ..codec import encode
 from ..errors import CorruptedDataError
@@ -101,12 +103,32 @@ class SqliteKV(StorageInterface):
 
     def _kv_record(self, namespace: str, row: tuple[Any, ...]) -> KVRecord:
         """Decode one row; a bad one raises CorruptedDataError naming the namespace and key."""
+        # The fast path builds no location strings: a scan decodes every row it returns,
+        # and naming where (the path, the key's repr) cost more than the parsing itself.
+        key, value, tags, created, updated, expires = row
+        try:
+            decoded, labels = orjson.loads(value), orjson.loads(tags)
+        except (orjson.JSONDecodeError, TypeError):  # TypeError: not text (a hand edit)
+            self._kv_damage(namespace, row)
+        if (
+            type(key) is str and type(labels) is dict and type(created) is int and type(updated) is int
+            and (expires is None or type(expires) is int)
+            and (not labels or all(type(v) is str for v in labels.values()))
+        ):  # fmt: skip
+            return KVRecord(key, decoded, labels, created, updated, expires)
+        self._kv_damage(namespace, row)
+
+    def _kv_damage(self, namespace: str, row: tuple[Any, ...]) -> NoReturn:
+        """Raise the CorruptedDataError that says what is wrong with a row that did not decode."""
         key, value, tags, created, updated, expires = row
         where = f"namespace {namespace!r}, key {key!r}"
         source = f"{self._path} (table kv, {where})"
         if not isinstance(key, str):
             raise CorruptedDataError(source, f"the key is a {type(key).__name__}, not text", hint=_HINT)
-        decoded = self._parse(value, "kv", where)
+        for column, text in (("value", value), ("tags", tags)):
+            if not isinstance(text, str | bytes):
+                raise CorruptedDataError(source, f"{column} is a {type(text).__name__}, not JSON text", hint=_HINT)
+        self._parse(value, "kv", where)
         labels = self._parse(tags, "kv", f"{where}, column tags", dict)
         for name, label in labels.items():
             if not isinstance(label, str):
@@ -114,7 +136,7 @@ class SqliteKV(StorageInterface):
         for column, stamp in (("created_ms", created), ("updated_ms", updated), ("expires_ms", expires)):
             if not (type(stamp) is int or (stamp is None and column == "expires_ms")):
                 raise CorruptedDataError(source, f"{column} is {stamp!r}, not epoch milliseconds", hint=_HINT)
-        return KVRecord(key, decoded, labels, created, updated, expires)
+        raise CorruptedDataError(source, "the row does not decode", hint=_HINT)  # not reached: one check fails
 
     def _kv_check_key(self, namespace: str, key: Any) -> str:
         if not isinstance(key, str):

@@ -357,6 +357,7 @@ async def test_a_version_1_database_is_upgraded_in_place(db: Path, clock: FakeCl
     ("column", "bad"),
     [
         ("value", "{not json"),
+        ("value", b"\xff\xfe"),  # a blob that is not UTF-8
         ("tags", "[1]"),
         ("tags", '{"t": 1}'),
         ("created_ms", "yesterday"),

@@ -1,0 +1,167 @@
+"""Key-value collections on SQLite: kv.set/get against diskcache.Cache.set/get at the same
+synchronous level, and how tag queries and scans of one namespace scale."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+import tracemalloc
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from connectome_storage import SqliteStorage
+
+from ..context import Context
+from ..harness import Section, Variant, compare, each, each_sync
+
+__all__ = ["run", "scaling"]
+
+T = TypeVar("T")
+
+INTRO = """\
+`kv.set` and `kv.get` of a 1 KB value with one tag on SQLite (one row in `kv`, one in
+`kv_tags`, one transaction and one worker-thread hop per call, WAL) against
+`diskcache.Cache.set`/`get` (a synchronous library, called on the event loop's thread) at
+the same `synchronous` level, FULL and NORMAL. Ratios against diskcache in the same run.
+The scaling figures time `query(tags=..., limit=10)` (an index range of `kv_tags`, joined
+row by row), `query(tags=..., order_by="updated_at", limit=10)`, `count_query(tags=...)`
+and a whole `scan()` (pages of 256 keys, each one statement), and the scan's peak of
+Python allocations measured with tracemalloc."""
+
+SCALES_FULL = (1_000, 10_000, 100_000)
+SCALES_SMOKE = (100, 300)
+
+
+def _value(i: int) -> dict[str, Any]:
+    return {"index": i, "text": "x" * 1000}
+
+
+async def run(ctx: Context) -> Section:
+    sizes = ctx.sizes
+    root = ctx.folder("kv_sqlite")
+    keys = [f"user:{i:03d}" for i in range(sizes.keys)]
+    section = Section("kv_sqlite", "Key-value entries on SQLite against diskcache", INTRO)
+    module = ctx.peer("diskcache")
+    if module is None:
+        section.notes.append("diskcache is not installed: it was skipped (smoke run).")
+    # diskcache runs synchronous=NORMAL by default; each mode is compared with the other
+    # library in that same mode, so durability is equal within a table.
+    for mode, level in (("FULL", 2), ("NORMAL", 1)):
+        storage = SqliteStorage({"db_path": root / f"ours-{mode}.db", "synchronous": mode})
+        await storage.initialize()
+        kv = storage.kv("sessions")
+        cache = module.Cache(str(root / f"diskcache-{mode}"), sqlite_synchronous=level) if module else None
+
+        async def ours_set(i: int, kv: Any = kv) -> None:
+            await kv.set(keys[i % len(keys)], _value(i), tags={"type": "web"})
+
+        async def ours_get(i: int, kv: Any = kv) -> None:
+            assert await kv.get(keys[i % len(keys)]) is not None
+
+        def disk_set(i: int, cache: Any = cache) -> None:
+            cache.set(keys[i % len(keys)], _value(i))
+
+        def disk_get(i: int, cache: Any = cache) -> None:
+            assert cache.get(keys[i % len(keys)]) is not None
+
+        setters = [Variant("kv.set (SQLite)", each(ours_set))]
+        getters = [Variant("kv.get (SQLite)", each(ours_get))]
+        if cache is not None:
+            setters.insert(0, Variant("diskcache.Cache.set (sync)", each_sync(disk_set), "pickled value, no tags"))
+            getters.insert(0, Variant("diskcache.Cache.get (sync)", each_sync(disk_get)))
+        section.comparisons.append(
+            await compare(
+                f"kv_sqlite.set.{mode.lower()}", f"store a 1 KB value, synchronous={mode}", setters,
+                ops=sizes.writes, repeats=sizes.repeats, warmup=len(keys),
+            )
+        )  # fmt: skip
+        section.comparisons.append(
+            await compare(
+                f"kv_sqlite.get.{mode.lower()}", f"load a 1 KB value, synchronous={mode}", getters,
+                ops=sizes.reads, repeats=sizes.repeats, warmup=len(keys),
+            )
+        )  # fmt: skip
+        if cache is not None:
+            cache.close()
+        await storage.shutdown()
+    for line in await scaling(root / "scale", SCALES_SMOKE if ctx.smoke else SCALES_FULL):
+        section.notes.append(line)
+    return section
+
+
+def _fill(path: Path, namespace: str, count: int) -> None:
+    """Insert ``count`` entries straight into the tables (the rows kv.set writes, in one
+    transaction: the point is the size of the namespace, not how it was filled)."""
+    now = round(time.time() * 1000)
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        for i in range(count):
+            key = f"user:{i:06d}"
+            tags = {"type": "web" if i % 100 == 0 else "api", "shard": str(i % 7)}
+            value = orjson.dumps({"index": i, "name": f"n{i}"}).decode()
+            labels = orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode()
+            conn.execute(
+                "INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, NULL)", (namespace, key, value, labels, now, now + i)
+            )
+            conn.executemany(
+                "INSERT INTO kv_tags VALUES (?, ?, ?, ?)", [(namespace, n, v, key) for n, v in tags.items()]
+            )
+        conn.execute("COMMIT")
+    conn.close()
+
+
+async def _timed(call: Awaitable[T]) -> tuple[float, T]:
+    started = time.perf_counter()
+    result = await call
+    return time.perf_counter() - started, result
+
+
+async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
+    """One line per size: tag queries, count, scan time, scan peak memory."""
+    lines = []
+    base.mkdir(parents=True, exist_ok=True)
+    for count in scales:
+        path = base / f"n{count}.db"
+        async with SqliteStorage({"db_path": path}):
+            pass  # the schema
+        await asyncio.to_thread(_fill, path, "big", count)
+        async with SqliteStorage({"db_path": path}) as storage:
+            kv = storage.kv("big")
+            web = {"type": "web"}
+            await kv.query(tags=web, limit=10)  # warm the page cache
+            query_s, hits = await _timed(kv.query(tags=web, limit=10))
+            assert len(hits) == min(10, -(-count // 100))
+            updated_s, hits = await _timed(kv.query(tags=web, order_by="updated_at", limit=10))
+            assert len(hits) == min(10, -(-count // 100))
+            count_s, counted = await _timed(kv.count_query(tags=web))
+            assert counted == -(-count // 100)
+            tracemalloc.start()
+            started = time.perf_counter()
+            seen = 0
+            async for _key, _value in kv.scan():
+                seen += 1
+            scan_s = time.perf_counter() - started
+            _current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert seen == count
+        lines.append(
+            f"{count:>7,} entries: query(tags=..., limit=10) {query_s * 1000:,.2f} ms; "
+            f"same in updated_at order {updated_s * 1000:,.2f} ms; count_query(tags=...) {count_s * 1000:,.2f} ms; "
+            f"scan() {scan_s:,.2f} s ({count / scan_s:,.0f} entries/s); scan peak {peak / 1024:,.0f} KiB"
+        )
+    return lines
+
+
+if __name__ == "__main__":  # python -m bench.suites.kv_sqlite [sizes...]: the scaling figures only
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
+        chosen = tuple(int(a) for a in sys.argv[1:]) or SCALES_FULL
+        for line in asyncio.run(scaling(Path(scratch), chosen)):
+            print(line)
