@@ -508,6 +508,7 @@ class FileKV:
             rest = [item for item in window.items if _beyond(item[0], cursor, descending)]
             if rest or window.complete:
                 return rest, window.complete
+        windows.pop(which, None)  # never two windows of one scan in memory at once
         started_ns = time.time_ns()
         passes = _key_filter(select)
         listing = (
@@ -516,7 +517,6 @@ class FileKV:
         items = (heapq.nlargest if descending else heapq.nsmallest)(_WINDOW, listing)
         complete = len(items) < _WINDOW
         if st.st_mtime_ns < started_ns - _SETTLED_NS:
-            windows.pop(which, None)
             while len(windows) >= _WINDOWS_KEPT:
                 windows.pop(next(iter(windows)))
             windows[which] = _Window(stamp, cursor, items, complete)
