@@ -1,0 +1,871 @@
+"""LangGraph: ``ConnectomeCheckpointSaver`` (``BaseCheckpointSaver``) and ``ConnectomeStore`` (``BaseStore``).
+
+```python
+from langgraph.graph import StateGraph
+from connectome_storage import create_storage_from_env
+from connectome_storage.adapters.langgraph import ConnectomeCheckpointSaver, ConnectomeStore
+
+storage = create_storage_from_env()               # not initialized: the adapters open it
+graph = builder.compile(checkpointer=ConnectomeCheckpointSaver(storage), store=ConnectomeStore(storage))
+graph.invoke({"count": 1}, {"configurable": {"thread_id": "t1"}})
+```
+
+Both live in key-value collections of the storage (docs/adapters.md shows the stored tree):
+
+- ``langgraph_checkpoints``: one entry per checkpoint, key ``{thread}|{ns}|{checkpoint_id}``,
+  tags ``thread_id``, ``checkpoint_ns`` and ``meta:{name}`` for each str/int metadata value
+  (so a metadata filter and ``delete_for_runs`` are tag queries). Checkpoint ids sort by
+  time, so "newest first" is the key order, descending.
+- ``langgraph_writes``: one entry per (checkpoint, task) holding that task's pending writes,
+  key ``{thread}|{ns}|{checkpoint_id}|{task_id}``.
+- ``langgraph_store``: ``ConnectomeStore``'s items, key ``{label}.{label}..{key}`` (labels
+  cannot contain ``.``, so ``..`` ends the namespace).
+
+Values stay readable where the data allows: a JSON value (dict, list, str, int, float,
+bool, None) is stored as it is, LangChain messages and other LangChain ``Serializable``
+objects as LangChain's own JSON form (``dumpd``), and anything else through the saver's
+serializer (``serde.dumps_typed``) as base64 with its type recorded beside it under
+``"encoded"``. With a custom ``serde`` (an ``EncryptedSerializer``, say) every value goes
+through it, so nothing is written in clear.
+
+Sync and async methods both work, from any thread and inside a running loop:
+``adapters._bridge`` says where storage calls run. Needs the ``langgraph`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+from ..codec import check_value
+from ..errors import InvalidKeyError, SerializationError, StorageError
+from ..interface import StorageInterface
+from ..kv import Entry, KeyValueStore
+from ..naming import check_id
+from ._bridge import StorageBridge
+
+try:
+    from langchain_core.load import dumpd, load
+    from langchain_core.load.serializable import Serializable
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import (
+        WRITES_IDX_MAP,
+        BaseCheckpointSaver,
+        ChannelVersions,
+        Checkpoint,
+        CheckpointMetadata,
+        CheckpointTuple,
+        PendingWrite,
+        get_checkpoint_id,
+        get_checkpoint_metadata,
+        writes_sort_key,
+    )
+    from langgraph.checkpoint.serde.base import SerializerProtocol
+    from langgraph.store.base import (
+        BaseStore,
+        GetOp,
+        Item,
+        ListNamespacesOp,
+        MatchCondition,
+        Op,
+        PutOp,
+        Result,
+        SearchItem,
+        SearchOp,
+        TTLConfig,
+        validate_op_namespace,
+    )
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "connectome_storage.adapters.langgraph needs langgraph: pip install 'connectome-storage[langgraph]'"
+    ) from e
+
+__all__ = ["CHECKPOINTS", "STORE", "WRITES", "ConnectomeCheckpointSaver", "ConnectomeStore"]
+
+logger = logging.getLogger("connectome_storage")
+
+CHECKPOINTS = "langgraph_checkpoints"
+WRITES = "langgraph_writes"
+STORE = "langgraph_store"
+
+# How many entries a filtered listing reads at a time.
+PAGE = 64
+# A metadata str longer than this is filtered in Python rather than through a tag.
+MAX_TAG_TEXT = 200
+# Room kept in a checkpoint key prefix for "{checkpoint_id}|{task_id}" (two uuids and more).
+KEY_TAIL_ROOM = 120
+
+
+# ------------------------------------------------------------------ value encoding
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is JSON of exact built-in types, so it comes back equal *and* of the same type."""
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or kind is float or value is None:
+        return True
+    if kind is list:
+        return all(_is_plain(item) for item in value)
+    if kind is dict:
+        return all(type(key) is str and _is_plain(item) for key, item in value.items())
+    return False
+
+
+def _json_ready(value: Any) -> bool:
+    if not _is_plain(value):
+        return False
+    try:
+        check_value(value)  # ranges, finiteness, lone surrogates, depth
+    except SerializationError:
+        return False
+    return True
+
+
+def _lc_form(value: Any) -> Any | None:
+    """LangChain's JSON form of a Serializable (or a list of them), if it loads back equal."""
+    items = value if type(value) is list and value else [value]
+    if not all(isinstance(item, Serializable) and item.is_lc_serializable() for item in items):
+        return None
+    try:
+        form = dumpd(value)
+        if _json_ready(form) and load(form) == value:
+            return form
+    except Exception:  # an object LangChain cannot serialize: the serde takes it
+        logger.debug("langgraph adapter: %s has no LangChain JSON form", type(value).__name__, exc_info=True)
+    return None
+
+
+class _Codec:
+    """Values <-> JSON: plain JSON as it is, LangChain objects as ``dumpd``, the rest via the serde."""
+
+    def __init__(self, serde: SerializerProtocol, readable: bool) -> None:
+        self.serde = serde
+        self.readable = readable
+
+    def encode(self, value: Any) -> tuple[Any, str | None]:
+        """``(json, None)`` for a value stored as it is, else ``(text, type)``."""
+        if self.readable:
+            if _json_ready(value):
+                return value, None
+            form = _lc_form(value)
+            if form is not None:
+                return form, "lc"
+        kind, data = self.serde.dumps_typed(value)
+        if kind == "json":
+            return data.decode("utf-8"), "json"
+        return base64.b64encode(data).decode("ascii"), kind
+
+    def decode(self, stored: Any, kind: str | None) -> Any:
+        if kind is None:
+            return stored
+        if kind == "lc":
+            return load(stored)
+        if kind == "json":
+            return self.serde.loads_typed(("json", stored.encode("utf-8")))
+        return self.serde.loads_typed((kind, base64.b64decode(stored)))
+
+
+# ------------------------------------------------------------------ keys
+
+
+def _escape(part: str) -> str:
+    # "|" separates the parts of a key; "%" escapes; "#" marks a hashed part.
+    return part.replace("%", "%25").replace("|", "%7C").replace("#", "%23")
+
+
+def _hashed(part: str) -> str:
+    return "#" + hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _thread_prefix(thread_id: str, checkpoint_ns: str) -> str:
+    """``{thread}|{ns}|``: the key prefix of one thread's namespace, short enough for any backend.
+
+    A part too long for a file name once the rest of a key is added is replaced by its
+    hash: the entry still holds the original ids, only the key is shortened.
+    """
+    thread, ns = _escape(thread_id), _escape(checkpoint_ns)
+    for candidate in (f"{thread}|{ns}|", f"{thread}|{_hashed(checkpoint_ns)}|"):
+        try:
+            check_id(candidate + "x" * KEY_TAIL_ROOM, "key")
+            return candidate
+        except InvalidKeyError:
+            continue
+    return f"{_hashed(thread_id)}|{_hashed(checkpoint_ns)}|"
+
+
+def _glob(prefix: str) -> str:
+    """A glob matching every key that starts with ``prefix`` (its glob characters made literal)."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in prefix) + "*"
+
+
+def _meta_tags(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Tags for the metadata values a filter can match through a tag query."""
+    tags: dict[str, str] = {}
+    for name, value in metadata.items():
+        tag = _meta_tag(value)
+        if tag is not None and name and "\x00" not in name and _json_ready(name):
+            tags[f"meta:{name}"] = tag
+    return tags
+
+
+def _meta_tag(value: Any) -> str | None:
+    if type(value) is str and len(value) <= MAX_TAG_TEXT and "\x00" not in value and _json_ready(value):
+        return "s:" + value
+    if type(value) is int:
+        return f"i:{value}"
+    return None
+
+
+# ------------------------------------------------------------------ the checkpoint saver
+
+
+def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id}}
+
+
+class ConnectomeCheckpointSaver(BaseCheckpointSaver[str]):
+    """LangGraph ``BaseCheckpointSaver`` over key-value collections (see the module docstring).
+
+    ``serde`` is LangGraph's serializer for values that are not JSON (defaults to its
+    ``JsonPlusSerializer``); passing one (an ``EncryptedSerializer``, say) routes every value
+    through it. ``readable=False`` does that with the default serializer too.
+    """
+
+    def __init__(
+        self, storage: StorageInterface, *, serde: SerializerProtocol | None = None, readable: bool | None = None
+    ) -> None:
+        super().__init__(serde=serde)
+        self._bridge = StorageBridge(storage)
+        self._codec = _Codec(self.serde, serde is None if readable is None else bool(readable))
+
+    def __repr__(self) -> str:
+        return f"ConnectomeCheckpointSaver({self._bridge.storage!r})"
+
+    @property
+    def storage(self) -> StorageInterface:
+        return self._bridge.storage
+
+    def close(self) -> None:
+        """Shut down the storage if the adapters opened it (every adapter over it stops with it)."""
+        self._bridge.close()
+
+    async def aclose(self) -> None:
+        """``close()`` for async code."""
+        await self._bridge.aclose()
+
+    def get_next_version(self, current: str | int | float | None, channel: None) -> str:
+        """``"{n:032}.{random:016}"`` as LangGraph's own savers write them (sortable as text)."""
+        import random
+
+        if current is None:
+            number = 0
+        elif isinstance(current, int | float):
+            number = int(current)
+        else:
+            number = int(str(current).split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # ------------------------------------------------------------ encoding entries
+
+    def _checkpoint_value(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        conf = config["configurable"]
+        body = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+        values = checkpoint.get("channel_values", {})
+        encoded: dict[str, Any] = {}
+        stored_values: dict[str, Any] = {}
+        for channel in sorted(values):
+            stored_values[channel], kind = self._codec.encode(values[channel])
+            if kind is not None:
+                encoded.setdefault("channel_values", {})[channel] = kind
+        stored_body, kind = self._codec.encode(body)
+        if kind is not None:
+            encoded["checkpoint"] = kind
+        full_metadata = get_checkpoint_metadata(config, metadata)
+        stored_metadata, kind = self._codec.encode(full_metadata)
+        if kind is not None:
+            encoded["metadata"] = kind
+        value: dict[str, Any] = {
+            "thread_id": conf["thread_id"],
+            "checkpoint_ns": conf.get("checkpoint_ns", ""),
+            "checkpoint_id": checkpoint["id"],
+            "parent_checkpoint_id": conf.get("checkpoint_id"),
+            "checkpoint": stored_body,
+            "channel_values": stored_values,
+            "metadata": stored_metadata,
+        }
+        if encoded:
+            value["encoded"] = encoded
+        return value, cast(dict[str, Any], full_metadata)
+
+    def _metadata_of(self, value: Mapping[str, Any]) -> dict[str, Any]:
+        kind = value.get("encoded", {}).get("metadata")
+        return cast(dict[str, Any], self._codec.decode(value["metadata"], kind))
+
+    def _tuple(self, value: Mapping[str, Any], writes: list[PendingWrite]) -> CheckpointTuple:
+        encoded = value.get("encoded", {})
+        body = self._codec.decode(value["checkpoint"], encoded.get("checkpoint"))
+        kinds = encoded.get("channel_values", {})
+        channel_values = {
+            channel: self._codec.decode(stored, kinds.get(channel))
+            for channel, stored in value["channel_values"].items()
+        }
+        thread_id, ns = value["thread_id"], value["checkpoint_ns"]
+        parent = value.get("parent_checkpoint_id")
+        return CheckpointTuple(
+            config=_config(thread_id, ns, value["checkpoint_id"]),
+            checkpoint=cast(Checkpoint, {**body, "channel_values": channel_values}),
+            metadata=cast(CheckpointMetadata, self._metadata_of(value)),
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=writes,
+        )
+
+    def _writes_of(self, entries: Iterable[Any]) -> list[PendingWrite]:
+        rows: list[tuple[tuple[str, str, int], PendingWrite]] = []
+        for entry in entries:
+            task_id, task_path = entry["task_id"], entry.get("task_path", "")
+            for write in entry["writes"]:
+                value = self._codec.decode(write["value"], write.get("type"))
+                rows.append((writes_sort_key(task_path, task_id, write["idx"]), (task_id, write["channel"], value)))
+        rows.sort(key=lambda row: row[0])
+        return [write for _, write in rows]
+
+    # ------------------------------------------------------------ storage bodies
+
+    async def _pending(self, storage: StorageInterface, prefix: str, checkpoint_id: str) -> list[PendingWrite]:
+        entries = await storage.kv(WRITES).query(prefix=f"{prefix}{_escape(checkpoint_id)}|")
+        return self._writes_of(entry.value for entry in entries)
+
+    async def _get_tuple(self, storage: StorageInterface, config: RunnableConfig) -> CheckpointTuple | None:
+        conf = config["configurable"]
+        prefix = _thread_prefix(conf["thread_id"], conf.get("checkpoint_ns", ""))
+        checkpoints = storage.kv(CHECKPOINTS)
+        checkpoint_id = get_checkpoint_id(config)
+        if checkpoint_id:
+            value, writes = await asyncio.gather(
+                checkpoints.get(prefix + _escape(checkpoint_id)), self._pending(storage, prefix, checkpoint_id)
+            )
+            if value is None:
+                return None
+            return self._tuple(value, writes)
+        latest = await checkpoints.query(prefix=prefix, order_by="key", descending=True, limit=1)
+        if not latest:
+            return None
+        value = latest[0].value
+        return self._tuple(value, await self._pending(storage, prefix, value["checkpoint_id"]))
+
+    async def _put(
+        self, storage: StorageInterface, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> RunnableConfig:
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        value, full_metadata = self._checkpoint_value(config, checkpoint, metadata)
+        tags = {"thread_id": thread_id, "checkpoint_ns": ns, **_meta_tags(full_metadata)}
+        await storage.kv(CHECKPOINTS).set(_thread_prefix(thread_id, ns) + _escape(checkpoint["id"]), value, tags=tags)
+        return _config(thread_id, ns, checkpoint["id"])
+
+    async def _put_writes(
+        self,
+        storage: StorageInterface,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> None:
+        conf = config["configurable"]
+        thread_id, ns, checkpoint_id = conf["thread_id"], conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
+        fresh: dict[int, dict[str, Any]] = {}
+        for index, (channel, value) in enumerate(writes):
+            stored, kind = self._codec.encode(value)
+            row: dict[str, Any] = {"idx": WRITES_IDX_MAP.get(channel, index), "channel": channel, "value": stored}
+            if kind is not None:
+                row["type"] = kind
+            fresh[row["idx"]] = row
+        if not fresh:
+            return
+        kv = storage.kv(WRITES)
+        key = f"{_thread_prefix(thread_id, ns)}{_escape(checkpoint_id)}|{_escape(task_id)}"
+        entry = {
+            "thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id,
+            "task_id": task_id, "task_path": task_path, "writes": [],
+        }  # fmt: skip
+        tags = {"thread_id": thread_id, "checkpoint_ns": ns}
+        if await kv.set(key, {**entry, "writes": sorted(fresh.values(), key=_idx)}, tags=tags, if_not_exists=True):
+            return
+        # The task wrote before: a regular write (idx >= 0) already stored stays as it was
+        # (a retried task must not duplicate it); a special one (error, interrupt) is replaced.
+        current = await kv.get(key) or entry
+        merged = {row["idx"]: row for row in current["writes"]}
+        for idx, row in fresh.items():
+            if idx < 0 or idx not in merged:
+                merged[idx] = row
+        await kv.set(key, {**current, "writes": sorted(merged.values(), key=_idx)}, tags=tags)
+
+    async def _list(
+        self,
+        storage: StorageInterface,
+        config: RunnableConfig | None,
+        filter: Mapping[str, Any] | None,
+        before: RunnableConfig | None,
+        limit: int | None,
+    ) -> list[CheckpointTuple]:
+        if limit is not None and limit <= 0:
+            return []
+        kv = storage.kv(CHECKPOINTS)
+        conf = config["configurable"] if config else {}
+        thread_id: str | None = conf.get("thread_id")
+        ns: str | None = conf.get("checkpoint_ns")
+        wanted_id: str | None = conf.get("checkpoint_id")
+        before_id = get_checkpoint_id(before) if before else None
+        tags: dict[str, str] = {}
+        residual: dict[str, Any] = {}
+        for name, expected in (filter or {}).items():
+            tag = _meta_tag(expected)
+            if tag is not None and name and "\x00" not in name and _json_ready(name):
+                tags[f"meta:{name}"] = tag
+            else:
+                residual[name] = expected
+        if thread_id is not None:
+            tags["thread_id"] = thread_id
+        if ns is not None:
+            tags["checkpoint_ns"] = ns
+
+        def keep(value: Mapping[str, Any]) -> bool:
+            if wanted_id and value["checkpoint_id"] != wanted_id:
+                return False
+            if before_id and value["checkpoint_id"] >= before_id:
+                return False
+            if not residual:
+                return True
+            metadata = self._metadata_of(value)
+            return all(metadata.get(name) == expected for name, expected in residual.items())
+
+        values: list[Mapping[str, Any]] = []
+        if thread_id is not None and ns is not None:
+            # One thread's namespace: key order is checkpoint order, so newest first is a
+            # descending key query, paged until enough entries pass the Python-side checks.
+            prefix = _thread_prefix(thread_id, ns)
+            if wanted_id:
+                value = await kv.get(prefix + _escape(wanted_id))
+                values = [value] if value is not None and keep(value) and _tags_match(value, tags, self) else []
+            else:
+                values = await self._paged(kv, prefix, tags, keep, limit)
+        else:
+            # Across namespaces or threads: newest first by checkpoint id, as LangGraph's SQL savers do.
+            entries = await kv.query(tags=tags)
+            values = sorted((e.value for e in entries if keep(e.value)), key=_checkpoint_id, reverse=True)
+            values = values[:limit] if limit is not None else values
+        if not values:
+            return []
+        pending = await asyncio.gather(
+            *(
+                self._pending(storage, _thread_prefix(v["thread_id"], v["checkpoint_ns"]), v["checkpoint_id"])
+                for v in values
+            )
+        )
+        return [self._tuple(value, writes) for value, writes in zip(values, pending, strict=True)]
+
+    @staticmethod
+    async def _paged(
+        kv: KeyValueStore, prefix: str, tags: dict[str, str], keep: Any, limit: int | None
+    ) -> list[Mapping[str, Any]]:
+        found: list[Mapping[str, Any]] = []
+        offset = 0
+        page = PAGE if limit is None else max(limit, 1)
+        while True:
+            entries = await kv.query(
+                prefix=prefix, tags=tags, order_by="key", descending=True, limit=page, offset=offset
+            )
+            for entry in entries:
+                if keep(entry.value):
+                    found.append(entry.value)
+                    if limit is not None and len(found) >= limit:
+                        return found
+            if len(entries) < page:
+                return found
+            offset += page
+            page = PAGE
+
+    async def _delete_thread(self, storage: StorageInterface, thread_id: str) -> None:
+        for namespace in (CHECKPOINTS, WRITES):
+            kv = storage.kv(namespace)
+            keys = await kv.find_by_tag("thread_id", thread_id)
+            if keys:
+                await kv.delete_many(keys)
+
+    async def _delete_checkpoints(self, storage: StorageInterface, values: Iterable[Mapping[str, Any]]) -> None:
+        """Remove checkpoints and the writes stored against them."""
+        checkpoint_keys: list[str] = []
+        write_keys: list[str] = []
+        writes = storage.kv(WRITES)
+        for value in values:
+            prefix = _thread_prefix(value["thread_id"], value["checkpoint_ns"])
+            checkpoint_keys.append(prefix + _escape(value["checkpoint_id"]))
+            write_keys += await writes.keys(_glob(f"{prefix}{_escape(value['checkpoint_id'])}|"))
+        if checkpoint_keys:
+            await storage.kv(CHECKPOINTS).delete_many(checkpoint_keys)
+        if write_keys:
+            await writes.delete_many(write_keys)
+
+    async def _delete_for_runs(self, storage: StorageInterface, run_ids: Sequence[str]) -> None:
+        kv = storage.kv(CHECKPOINTS)
+        for run_id in run_ids:
+            tag = _meta_tag(run_id)
+            if tag is not None:
+                entries = await kv.query(tags={"meta:run_id": tag})
+                victims = [e.value for e in entries]
+            else:  # a run id too long for a tag: look at every checkpoint's metadata
+                victims = [e.value for e in await kv.query() if self._metadata_of(e.value).get("run_id") == run_id]
+            await self._delete_checkpoints(storage, victims)
+
+    async def _copy_thread(self, storage: StorageInterface, source: str, target: str) -> None:
+        for namespace in (CHECKPOINTS, WRITES):
+            kv = storage.kv(namespace)
+            entries: list[Entry] = await kv.query(tags={"thread_id": source})
+            for entry in entries:
+                value = {**entry.value, "thread_id": target}
+                prefix = _thread_prefix(target, value["checkpoint_ns"])
+                tail = _escape(value["checkpoint_id"])
+                if namespace == WRITES:
+                    tail += "|" + _escape(value["task_id"])
+                await kv.set(prefix + tail, value, tags={**entry.tags, "thread_id": target})
+
+    async def _prune(self, storage: StorageInterface, thread_ids: Sequence[str], strategy: str) -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise StorageError(f"prune strategy must be 'keep_latest' or 'delete', got {strategy!r}")
+        kv = storage.kv(CHECKPOINTS)
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                await self._delete_thread(storage, thread_id)
+                continue
+            values = [e.value for e in await kv.query(tags={"thread_id": thread_id})]
+            latest: dict[str, str] = {}
+            for value in values:
+                ns = value["checkpoint_ns"]
+                latest[ns] = max(latest.get(ns, ""), value["checkpoint_id"])
+            await self._delete_checkpoints(
+                storage, [v for v in values if v["checkpoint_id"] != latest[v["checkpoint_ns"]]]
+            )
+
+    # ------------------------------------------------------------ async API
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (its ``checkpoint_id``), or the thread's latest."""
+        return await self._bridge.arun(lambda s: self._get_tuple(s, config))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Checkpoints newest first; ``filter`` matches metadata values, ``before`` a checkpoint id."""
+        for item in await self._bridge.arun(lambda s: self._list(s, config, filter, before, limit)):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store a checkpoint (all its channel values) with its metadata and parent."""
+        return await self._bridge.arun(lambda s: self._put(s, config, checkpoint, metadata))
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        """Store a task's pending writes against the checkpoint ``config`` names."""
+        await self._bridge.arun(lambda s: self._put_writes(s, config, writes, task_id, task_path))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Remove every checkpoint and write of a thread, in every namespace."""
+        await self._bridge.arun(lambda s: self._delete_thread(s, thread_id))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Remove the checkpoints (and their writes) whose metadata ``run_id`` is one of ``run_ids``."""
+        await self._bridge.arun(lambda s: self._delete_for_runs(s, list(run_ids)))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint and write of a thread (the whole parent chain) to another thread id."""
+        await self._bridge.arun(lambda s: self._copy_thread(s, source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``keep_latest``: keep each namespace's newest checkpoint; ``delete``: remove the threads."""
+        await self._bridge.arun(lambda s: self._prune(s, list(thread_ids), strategy))
+
+    # ------------------------------------------------------------ sync API
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._bridge.run(lambda s: self._get_tuple(s, config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        yield from self._bridge.run(lambda s: self._list(s, config, filter, before, limit))
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._bridge.run(lambda s: self._put(s, config, checkpoint, metadata))
+
+    def put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        self._bridge.run(lambda s: self._put_writes(s, config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._bridge.run(lambda s: self._delete_thread(s, thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._bridge.run(lambda s: self._delete_for_runs(s, list(run_ids)))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._bridge.run(lambda s: self._copy_thread(s, source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._bridge.run(lambda s: self._prune(s, list(thread_ids), strategy))
+
+
+def _idx(row: Mapping[str, Any]) -> int:
+    return int(row["idx"])
+
+
+def _checkpoint_id(value: Mapping[str, Any]) -> str:
+    return str(value["checkpoint_id"])
+
+
+def _tags_match(value: Mapping[str, Any], tags: Mapping[str, str], saver: ConnectomeCheckpointSaver) -> bool:
+    """For a checkpoint fetched by key: whether it passes the tag part of a filter."""
+    metadata = saver._metadata_of(value)
+    for name, tag in tags.items():
+        if name.startswith("meta:") and _meta_tag(metadata.get(name[5:])) != tag:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------ the store
+
+
+def _store_prefix(namespace: Sequence[str]) -> str:
+    return "".join(label + "." for label in namespace)
+
+
+def _store_key(namespace: Sequence[str], key: str) -> str:
+    return f"{_store_prefix(namespace)}.{key}"
+
+
+def _split_store_key(stored: str) -> tuple[tuple[str, ...], str]:
+    # Labels hold no ".", so the first ".." ends the namespace.
+    head, _, key = stored.partition("..")
+    return tuple(head.split(".")), key
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """LangGraph's filter semantics: equality, nested dicts, and $eq/$ne/$gt/$gte/$lt/$lte."""
+    if isinstance(expected, dict):
+        if any(str(k).startswith("$") for k in expected):
+            return all(_compare(value, op, operand) for op, operand in expected.items())
+        return isinstance(value, dict) and all(_matches(value.get(k), v) for k, v in expected.items())
+    if isinstance(expected, list | tuple):
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(expected)
+            and all(_matches(a, b) for a, b in zip(value, expected, strict=True))
+        )
+    return bool(value == expected)
+
+
+def _compare(value: Any, op: str, operand: Any) -> bool:
+    if op == "$eq":
+        return bool(value == operand)
+    if op == "$ne":
+        return bool(value != operand)
+    try:
+        left, right = float(value), float(operand)
+    except (TypeError, ValueError):
+        return False  # a missing or non-numeric field is not greater or smaller than anything
+    if op == "$gt":
+        return left > right
+    if op == "$gte":
+        return left >= right
+    if op == "$lt":
+        return left < right
+    if op == "$lte":
+        return left <= right
+    raise StorageError(f"unsupported filter operator {op!r}; use $eq, $ne, $gt, $gte, $lt or $lte")
+
+
+def _namespace_matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
+    path = tuple(condition.path)
+    if len(namespace) < len(path):
+        return False
+    if condition.match_type == "prefix":
+        pairs = list(zip(namespace, path, strict=False))  # the namespace may be longer than the path
+    else:
+        pairs = list(zip(reversed(namespace), reversed(path), strict=False))
+    return all(want == "*" or have == want for have, want in pairs)
+
+
+class ConnectomeStore(BaseStore):
+    """LangGraph ``BaseStore`` over the key-value collection ``langgraph_store``.
+
+    Items are JSON dicts; ``search`` filters on their fields (equality and ``$eq``, ``$ne``,
+    ``$gt``, ``$gte``, ``$lt``, ``$lte``), newest update first, with ``limit`` and ``offset``.
+    There is no vector index: a ``query`` text is ignored, as LangGraph's own stores do
+    without an index. TTLs are in minutes; a read refreshes them unless told not to.
+    """
+
+    supports_ttl: bool = True
+
+    def __init__(self, storage: StorageInterface, *, namespace: str = STORE, ttl: TTLConfig | None = None) -> None:
+        self._bridge = StorageBridge(storage)
+        self.kv_namespace = check_id(namespace, "namespace")
+        self.ttl_config = ttl
+
+    def __repr__(self) -> str:
+        return f"ConnectomeStore({self._bridge.storage!r}, namespace={self.kv_namespace!r})"
+
+    def close(self) -> None:
+        """Shut down the storage if the adapters opened it (every adapter over it stops with it)."""
+        self._bridge.close()
+
+    async def aclose(self) -> None:
+        await self._bridge.aclose()
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        ops = list(ops)
+        return self._bridge.run(lambda s: self._batch(s, ops))
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        ops = list(ops)
+        return await self._bridge.arun(lambda s: self._batch(s, ops))
+
+    async def _batch(self, storage: StorageInterface, ops: list[Op]) -> list[Result]:
+        for op in ops:
+            validate_op_namespace(op)
+        kv = storage.kv(self.kv_namespace)
+        results: list[Result] = [None] * len(ops)
+        puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        reads = []
+        for index, op in enumerate(ops):
+            if isinstance(op, GetOp):
+                reads.append(self._get(kv, index, op, results))
+            elif isinstance(op, SearchOp):
+                reads.append(self._search(kv, index, op, results))
+            elif isinstance(op, ListNamespacesOp):
+                reads.append(self._list_namespaces(kv, index, op, results))
+            elif isinstance(op, PutOp):
+                puts[(tuple(op.namespace), op.key)] = op  # the last put of an item wins
+            else:
+                raise StorageError(f"unknown LangGraph store operation {type(op).__name__}")
+        # Reads see the store as it was before this batch's puts, as LangGraph's stores do.
+        await asyncio.gather(*reads)
+        await self._apply_puts(kv, list(puts.values()))
+        return results
+
+    def _item(self, entry: Entry, cls: type[Item] = Item) -> Item:
+        namespace, key = _split_store_key(entry.key)
+        return cls(
+            namespace=namespace, key=key, value=entry.value["value"],
+            created_at=entry.created_at, updated_at=entry.updated_at,
+        )  # fmt: skip
+
+    async def _refresh(self, kv: KeyValueStore, entries: Sequence[Entry], refresh: bool) -> None:
+        if not refresh:
+            return
+        timed = [e for e in entries if e.value.get("ttl_minutes") is not None]
+        await asyncio.gather(*(kv.expire(e.key, float(e.value["ttl_minutes"]) * 60) for e in timed))
+
+    async def _get(self, kv: KeyValueStore, index: int, op: GetOp, results: list[Result]) -> None:
+        entry = await kv.get_entry(_store_key(op.namespace, op.key))
+        if entry is None:
+            return
+        await self._refresh(kv, [entry], op.refresh_ttl)
+        results[index] = self._item(entry)
+
+    async def _search(self, kv: KeyValueStore, index: int, op: SearchOp, results: list[Result]) -> None:
+        prefix = _store_prefix(op.namespace_prefix) or None
+        limit, offset = max(op.limit, 0), max(op.offset, 0)
+        if not op.filter:
+            entries = await kv.query(prefix=prefix, order_by="updated_at", descending=True, limit=limit, offset=offset)
+        else:
+            entries = []
+            skipped, page_offset = 0, 0
+            while len(entries) < limit:
+                page = await kv.query(
+                    prefix=prefix, order_by="updated_at", descending=True, limit=PAGE, offset=page_offset
+                )
+                for entry in page:
+                    if all(_matches(entry.value["value"].get(k), v) for k, v in op.filter.items()):
+                        if skipped < offset:
+                            skipped += 1
+                        elif len(entries) < limit:
+                            entries.append(entry)
+                if len(page) < PAGE:
+                    break
+                page_offset += PAGE
+        await self._refresh(kv, entries, op.refresh_ttl)
+        results[index] = [cast(SearchItem, self._item(e, SearchItem)) for e in entries]
+
+    async def _list_namespaces(
+        self, kv: KeyValueStore, index: int, op: ListNamespacesOp, results: list[Result]
+    ) -> None:
+        pattern = "*"
+        for condition in op.match_conditions or ():
+            # A literal leading prefix narrows the key listing; the conditions are checked below.
+            if condition.match_type == "prefix":
+                literal = []
+                for label in condition.path:
+                    if label == "*":
+                        break
+                    literal.append(label)
+                if literal:
+                    pattern = _glob(_store_prefix(literal))
+                break
+        namespaces = {_split_store_key(key)[0] for key in await kv.keys(pattern)}
+        matching = [ns for ns in namespaces if all(_namespace_matches(c, ns) for c in op.match_conditions or ())]
+        if op.max_depth is not None:
+            matching = list({ns[: op.max_depth] for ns in matching})
+        results[index] = cast(Result, sorted(matching)[op.offset : op.offset + op.limit])
+
+    async def _apply_puts(self, kv: KeyValueStore, puts: list[PutOp]) -> None:
+        deletes = [_store_key(op.namespace, op.key) for op in puts if op.value is None]
+        writes = [op for op in puts if op.value is not None]
+        for op in writes:
+            if not isinstance(op.value, Mapping):
+                raise SerializationError(
+                    f"LangGraph store item {op.namespace}/{op.key!r} must be a dict, got {type(op.value).__name__}"
+                )
+        await asyncio.gather(*(self._put_one(kv, op) for op in writes))
+        if deletes:
+            await kv.delete_many(deletes)
+
+    @staticmethod
+    async def _put_one(kv: KeyValueStore, op: PutOp) -> None:
+        value: dict[str, Any] = {
+            "namespace": list(op.namespace),
+            "key": op.key,
+            "value": dict(cast(Mapping[str, Any], op.value)),
+        }
+        ttl = op.ttl
+        if ttl is not None:
+            value["ttl_minutes"] = ttl
+        await kv.set(_store_key(op.namespace, op.key), value, ttl=None if ttl is None else float(ttl) * 60)
