@@ -49,8 +49,9 @@ from ..naming import check_id
 from ._bridge import StorageBridge
 
 try:
+    from langchain_core._api import suppress_langchain_beta_warning
     from langchain_core.load import dumpd, load
-    from langchain_core.load.serializable import Serializable
+    from langchain_core.messages import BaseMessage
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import (
         WRITES_IDX_MAP,
@@ -126,17 +127,27 @@ def _json_ready(value: Any) -> bool:
 
 
 def _lc_form(value: Any) -> Any | None:
-    """LangChain's JSON form of a Serializable (or a list of them), if it loads back equal."""
+    """LangChain's JSON form of a message (or a list of them), if it loads back equal.
+
+    Only chat messages: they are what graph state holds most, and loading is restricted
+    to them (``allowed_objects="messages"``), so a stored entry cannot make the loader
+    build any other class. Everything else goes through the serde.
+    """
     items = value if type(value) is list and value else [value]
-    if not all(isinstance(item, Serializable) and item.is_lc_serializable() for item in items):
+    if not all(isinstance(item, BaseMessage) for item in items):
         return None
     try:
         form = dumpd(value)
-        if _json_ready(form) and load(form) == value:
+        if _json_ready(form) and _load_messages(form) == value:
             return form
-    except Exception:  # an object LangChain cannot serialize: the serde takes it
+    except Exception:  # a message LangChain cannot serialize (an odd additional_kwargs): the serde takes it
         logger.debug("langgraph adapter: %s has no LangChain JSON form", type(value).__name__, exc_info=True)
     return None
+
+
+def _load_messages(form: Any) -> Any:
+    with suppress_langchain_beta_warning():
+        return load(form, allowed_objects="messages")
 
 
 class _Codec:
@@ -146,7 +157,7 @@ class _Codec:
         self.serde = serde
         self.readable = readable
 
-    def encode(self, value: Any) -> tuple[Any, str | None]:
+    def encode(self, value: Any, where: str) -> tuple[Any, str | None]:
         """``(json, None)`` for a value stored as it is, else ``(text, type)``."""
         if self.readable:
             if _json_ready(value):
@@ -154,7 +165,12 @@ class _Codec:
             form = _lc_form(value)
             if form is not None:
                 return form, "lc"
-        kind, data = self.serde.dumps_typed(value)
+        try:
+            kind, data = self.serde.dumps_typed(value)
+        except Exception as e:  # the serde's own error class, whatever it is
+            raise SerializationError(
+                f"LangGraph's serializer cannot store {where} ({type(value).__name__}): {e}", location=where
+            ) from e
         if kind == "json":
             return data.decode("utf-8"), "json"
         return base64.b64encode(data).decode("ascii"), kind
@@ -163,7 +179,7 @@ class _Codec:
         if kind is None:
             return stored
         if kind == "lc":
-            return load(stored)
+            return _load_messages(stored)
         if kind == "json":
             return self.serde.loads_typed(("json", stored.encode("utf-8")))
         return self.serde.loads_typed((kind, base64.b64decode(stored)))
@@ -280,14 +296,14 @@ class ConnectomeCheckpointSaver(BaseCheckpointSaver[str]):
         encoded: dict[str, Any] = {}
         stored_values: dict[str, Any] = {}
         for channel in sorted(values):
-            stored_values[channel], kind = self._codec.encode(values[channel])
+            stored_values[channel], kind = self._codec.encode(values[channel], f"channel {channel!r}")
             if kind is not None:
                 encoded.setdefault("channel_values", {})[channel] = kind
-        stored_body, kind = self._codec.encode(body)
+        stored_body, kind = self._codec.encode(body, "the checkpoint")
         if kind is not None:
             encoded["checkpoint"] = kind
         full_metadata = get_checkpoint_metadata(config, metadata)
-        stored_metadata, kind = self._codec.encode(full_metadata)
+        stored_metadata, kind = self._codec.encode(full_metadata, "the checkpoint metadata")
         if kind is not None:
             encoded["metadata"] = kind
         value: dict[str, Any] = {
@@ -381,7 +397,7 @@ class ConnectomeCheckpointSaver(BaseCheckpointSaver[str]):
         thread_id, ns, checkpoint_id = conf["thread_id"], conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
         fresh: dict[int, dict[str, Any]] = {}
         for index, (channel, value) in enumerate(writes):
-            stored, kind = self._codec.encode(value)
+            stored, kind = self._codec.encode(value, f"the write to channel {channel!r} of task {task_id!r}")
             row: dict[str, Any] = {"idx": WRITES_IDX_MAP.get(channel, index), "channel": channel, "value": stored}
             if kind is not None:
                 row["type"] = kind
