@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,19 @@ def test_langgraph_example(backend: str, tmp_path: Path, request: pytest.Fixture
         state = json.loads(newest.read_text())["value"]["channel_values"]
         assert state["turns"] == 2
         assert [m["kwargs"]["content"] for m in state["messages"]][-1] == "Hello Ada, this is turn 2 (visit 2)."
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
+
+
+def test_docs_example_runs(tmp_path: Path) -> None:
+    """The first python block of the LangGraph section of docs/adapters.md, as it is, on the file tree."""
+    body = DOCS.read_text("utf-8").split("\n## LangGraph\n", 1)[1].split("\n## ", 1)[0]
+    code = body.split("```python\n", 1)[1].split("```", 1)[0]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "{'turns': 2}" in result.stdout
+    assert len(list((tmp_path / "storage_data" / "kv" / "langgraph_checkpoints").iterdir())) == 6
