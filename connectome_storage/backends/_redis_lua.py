@@ -53,6 +53,17 @@ if #KEYS == n + 1 or redis.call('EXISTS', unpack(KEYS, n + 2)) == 0 then
   redis.call(ARGV[2], KEYS[1], ARGV[1])
 end
 return removed""",
+    # KEYS: list, index, keys whose existence keeps the id listed. ARGV: id, expected item.
+    # Pops only when the last item is still the one the caller read and checked (a
+    # concurrent append changes it: the caller reads again), so a damaged item is never
+    # removed and nothing appended meanwhile is lost.
+    "pop_log": """
+if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[2] then return 0 end
+redis.call('RPOP', KEYS[1])
+if #KEYS == 2 or redis.call('EXISTS', unpack(KEYS, 3)) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
+return 1""",
     # KEYS: hash, order, index. ARGV: conversation id, memory id, json.
     # A new member goes after the last one; a replaced one keeps its score (its place).
     "put_member": """

@@ -401,6 +401,17 @@ class RedisStorage(RedisKV, StorageInterface):
         size = self._check_size(name, encoded)
         await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size=size)
 
+    async def _pop_log(self, kind: Kind, key: str) -> Any:
+        name = self.key_of(kind, key)
+        keys = [name, self.index_of(kind), *(self._part_keys(key) if kind in _SUFFIX else [])]
+        while True:
+            raw = await self._call(f"reading {name}", name, self.client.lindex, name, -1, read=True)
+            if raw is None:
+                return None
+            item = _check_item(self._decode(raw, f"{name}[-1]"), f"{name}[-1]")  # a bad item stays put
+            if await self._script("pop_log", name, keys, [key, raw]):
+                return item
+
     # ------------------------------------------------------------------- members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:

@@ -452,6 +452,28 @@ class SqliteStorage(SqliteKV, StorageInterface):
 
         await self._write("writing", body)
 
+    async def _pop_log(self, kind: Kind, key: str) -> Any:
+        table, column, parent = _LOGS[kind]
+        newest = f"SELECT id, seq, data FROM {table} WHERE {column} = ? ORDER BY seq DESC LIMIT 1"
+
+        def body(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(newest, (key,)).fetchone()
+            if row is None:
+                return None
+            row_id, seq, data = row
+            item = self._parse(data, table, f"{column} {key!r}, seq {seq}", dict)  # a bad row stays put
+            conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))
+            if parent == "conversations":
+                conn.execute(PRUNE_CONVERSATION, {"id": key})
+            else:  # an emptied chain history is no stored agent
+                conn.execute(
+                    "DELETE FROM agents WHERE agent_id = ?1 AND NOT EXISTS "
+                    "(SELECT 1 FROM reasoning_chains WHERE agent_id = ?1)", (key,)
+                )  # fmt: skip
+            return item
+
+        return await self._write("popping from", body)
+
     # ------------------------------------------------------------------ members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:

@@ -367,6 +367,21 @@ async def test_listing_stats_and_cleanup_never_use_keys_or_scan(
 # ---------------------------------------------------------------- corrupt data
 
 
+async def test_pop_leaves_a_corrupt_newest_item_in_place(storage: RedisStorage, raw: Any) -> None:
+    await storage.store_raw_messages("c1", [{"n": 1}, {"n": 2}])
+    log = storage.key_of(Kind.RAW_MESSAGES, "c1")
+    await raw.lset(log, 1, b"[1]")
+    with pytest.raises(CorruptedDataError) as caught:
+        await storage.pop_raw_message("c1")
+    assert caught.value.path == f"{log}[-1]"
+    assert await raw.llen(log) == 2
+    await raw.lset(log, 1, b'{"n": 2}')
+    assert await storage.pop_raw_message("c1") == {"n": 2}
+    assert await storage.pop_raw_message("c1") == {"n": 1}
+    assert await raw.exists(log) == 0
+    assert await storage.list_conversations() == []
+
+
 async def test_bad_json_and_wrong_types_raise_corrupted_data_naming_the_key(storage: RedisStorage, raw: Any) -> None:
     await storage.store_conversation("c1", {"ok": True})
     await storage.store_raw_messages("c1", [{"n": 1}, {"n": 2}])

@@ -209,6 +209,17 @@ async def test_a_corrupt_row_names_db_table_and_key_and_the_rest_stays_readable(
         assert await storage.verify() == []
 
 
+async def test_pop_leaves_a_corrupt_newest_row_in_place(db: Path) -> None:
+    async with create_sqlite_storage(db) as storage:
+        await storage.store_raw_messages("c1", [{"n": 0}, {"n": 1}])
+        with raw(db) as conn:
+            conn.execute("UPDATE raw_messages SET data = '[1]' WHERE conversation_id = 'c1' AND seq = 1")
+        with pytest.raises(CorruptedDataError, match="seq 1"):
+            await storage.pop_raw_message("c1")
+        with raw(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM raw_messages").fetchone()[0] == 2
+
+
 # -------------------------------------------------------- rows, parents, cascade
 
 
