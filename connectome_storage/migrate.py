@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .interface import Kind, StorageInterface
+from .codec import encode
+from .kv import SCAN_BATCH, KVRecord, KVSelect
 
 __all__ = ["MigrationReport", "migrate"]
 
@@ -26,9 +28,10 @@ Progress = Callable[[int, int], Any]
 class MigrationReport:
     """What ``migrate`` copied.
 
-    ``conversations``, ``chunks`` (chunk lists), ``cache_entries`` and ``system_states``
-    count entities; ``raw_messages``, ``memories`` and ``reasoning_chains`` count items one
-    by one. ``skipped_expired`` counts cache entries left behind because they had expired.
+    ``conversations``, ``chunks`` (chunk lists), ``cache_entries``, ``system_states`` and
+    ``kv_entries`` count entities; ``raw_messages``, ``memories`` and ``reasoning_chains``
+    count items one by one. ``skipped_expired`` counts cache entries left behind because
+    they had expired (expired key-value entries are left behind too, uncounted).
     """
 
     conversations: int = 0
@@ -38,6 +41,7 @@ class MigrationReport:
     reasoning_chains: int = 0
     cache_entries: int = 0
     system_states: int = 0
+    kv_entries: int = 0
     skipped_expired: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -48,14 +52,15 @@ async def migrate(
     source: StorageInterface, destination: StorageInterface, *, progress: Progress | None = None
 ) -> MigrationReport:
     """Copy every conversation (all parts), reasoning chain history, unexpired cache entry
-    (keeping its creation and expiry times) and system state from ``source`` to
-    ``destination``; both must be initialized.
+    (keeping its creation and expiry times), system state and live key-value entry (with
+    its tags and times) from ``source`` to ``destination``; both must be initialized.
 
     Entities the destination holds under the same id are replaced; others are left alone.
     An entity that another process deletes from the source while this runs (listed, then
     gone when read) is skipped: nothing is written for it and it is not counted.
     ``progress(done, total)`` is called once before the first entity and after each one,
-    ``done`` counting entities (conversations, agents, cache keys, state keys) up to
+    ``done`` counting entities (conversations, agents, cache keys, state keys, key-value
+    namespaces) up to
     ``total``. Expiry is judged by the source's clock.
 
     Raises StorageNotInitializedError if either storage is not initialized, and whatever
@@ -71,6 +76,7 @@ async def migrate(
         _Section(await source.list_agents(), _copy_reasoning_chains),
         _Section(sorted(await source._list_all_cache_keys()), _copy_cache_entry),
         _Section(await source.list_system_states(), _copy_system_state),
+        _Section(await source.list_namespaces(), _copy_namespace),
     ]
     total = sum(len(section.ids) for section in sections)
     done = 0
@@ -161,3 +167,32 @@ async def _copy_system_state(
         return
     await destination.store_system_state(state_key, value)
     report.system_states += 1
+
+
+async def _copy_namespace(
+    source: StorageInterface, destination: StorageInterface, namespace: str, report: MigrationReport
+) -> None:
+    # Page through the namespace in key order, so memory stays flat however large it is.
+    after: str | None = None
+    while True:
+        select = KVSelect(limit=SCAN_BATCH, after_key=after)
+        batch = await source._kv_select(namespace, select, source._now_ms())
+        held = await destination._kv_get(namespace, [record.key for record in batch]) if batch else {}
+        changed = [record for record in batch if _fingerprint(held.get(record.key)) != _fingerprint(record)]
+        if changed:
+            # Deleted first: a put keeps the created_at of an entry it replaces, and the copy
+            # must carry the source's times exactly.
+            keys = [record.key for record in changed]
+            await destination._kv_delete(namespace, keys, destination._now_ms())
+            await destination._kv_put(namespace, changed, destination._now_ms(), if_not_exists=False)
+        report.kv_entries += len(batch)
+        if len(batch) < SCAN_BATCH:
+            return
+        after = batch[-1].key
+
+
+def _fingerprint(record: KVRecord | None) -> tuple[Any, ...] | None:
+    """What must match for an entry to be a copy already (the value by its bytes: 1 == 1.0)."""
+    if record is None:
+        return None
+    return (encode(record.value, pretty=False), record.tags, record.created_ms, record.updated_ms, record.expires_ms)

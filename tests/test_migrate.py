@@ -1,4 +1,4 @@
-"""migrate(): a file tree through SQLite or Redis and back is byte-identical; re-running changes nothing."""
+"""migrate(): a file tree through SQLite, Redis or memory and back is byte-identical; re-running changes nothing."""
 
 from __future__ import annotations
 
@@ -46,10 +46,11 @@ def tree(root: Path, folders: tuple[str, ...] | None = None) -> dict[str, bytes 
     return entries
 
 
-async def populate(storage: StorageInterface) -> dict[str, int]:
-    """A varied store; returns what migrate should report copying."""
+async def populate(storage: StorageInterface, clock: FakeClock | None = None) -> dict[str, int]:
+    """A varied store; returns what migrate should report copying (``clock``, when given, is
+    moved on between a key-value entry's creation and its update)."""
     expected = dict.fromkeys(["conversations", "raw_messages", "memories", "chunks", "reasoning_chains",
-                              "cache_entries", "system_states"], 0)  # fmt: skip
+                              "cache_entries", "system_states", "kv_entries"], 0)  # fmt: skip
     for index, conversation_id in enumerate(["conv_001", "conv_002", *UNUSUAL_IDS]):
         await storage.store_conversation(conversation_id, {"title": f"#{index}", "id": conversation_id, "n": index})
         await storage.store_raw_messages(conversation_id, [{"role": "user", "content": f"hello {index}"}])
@@ -85,10 +86,19 @@ async def populate(storage: StorageInterface) -> dict[str, int]:
     for state_key, value in [*STATES, *((k, k) for k in UNUSUAL_IDS)]:
         await storage.store_system_state(state_key, value)
         expected["system_states"] += 1
+    for namespace in ["sessions", *UNUSUAL_IDS[:3]]:
+        kv = storage.kv(namespace)
+        await kv.set("user:1", {"name": "Alice", "score": 1.0}, tags={"type": "web", "user": "1"})
+        await kv.set("ttl", [namespace], ttl=3600)
+        await kv.set_many({key: {"key": key} for key in UNUSUAL_IDS}, tags={"batch": "x"})
+        if clock is not None:
+            clock.advance(1.5)
+        await kv.set("user:1", {"name": "Alice", "score": 2.5}, tags={"type": "api"})  # created_at survives
+        expected["kv_entries"] += 2 + len(UNUSUAL_IDS)
     return expected
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "memory"])
 def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Any:
     """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS)."""
     options = {"redis_url": request.getfixturevalue("redis_server").url} if request.param == "redis" else {}
@@ -100,7 +110,7 @@ async def test_file_to_other_backend_to_file_is_byte_identical(
 ) -> None:
     original, copy = tmp_path / "original", tmp_path / "copy"
     async with create_file_storage(original, clock=clock) as source:
-        expected = await populate(source)
+        expected = await populate(source, clock)
         async with make_middle() as middle:
             first = await migrate(source, middle)
             async with create_file_storage(copy, clock=clock) as destination:
@@ -108,6 +118,7 @@ async def test_file_to_other_backend_to_file_is_byte_identical(
     assert first.as_dict() == second.as_dict() == {**expected, "skipped_expired": 0}
     before, after = tree(original), tree(copy)
     assert len(before) > 60
+    assert len([name for name in before if name.startswith("kv/")]) == 4 + 4 * 9  # namespace folders and entries
     assert list(after) == list(before)  # same files and folders, nothing more
     assert after == before
 
@@ -205,7 +216,8 @@ async def test_progress_counts_up_to_the_total(tmp_path: Path, clock: FakeClock)
             create_sqlite_storage(tmp_path / "db.sqlite", clock=clock) as destination:  # fmt: skip
         await populate(source)
         entities = (len(await source.list_conversations()) + len(await source.list_agents())
-                    + len(await source.list_cache_keys()) + len(await source.list_system_states()))  # fmt: skip
+                    + len(await source.list_cache_keys()) + len(await source.list_system_states())
+                    + len(await source.list_namespaces()))  # fmt: skip
         await migrate(source, destination, progress=lambda done, total: calls.append((done, total)))
     assert calls[0] == (0, entities)
     assert {total for _done, total in calls} == {entities}

@@ -176,7 +176,8 @@ class RedisKV(StorageInterface):
             tags = sorted(record.tags.items())
             args += [
                 record.key, _json(record.value), _json(dict(tags)),
-                record.created_ms, "" if record.expires_ms is None else record.expires_ms, len(tags),
+                record.created_ms, record.updated_ms, "" if record.expires_ms is None else record.expires_ms,
+                len(tags),
             ]  # fmt: skip
             for name, value in tags:
                 args += [name, value]

@@ -83,16 +83,16 @@ end
 
 KV_SCRIPTS = {
     # KEYS: keyz, expz, etags, idx:kv. ARGV: base, namespace, now, if_not_exists (1/0), then
-    # per record 6 + 2t values: key, value, tags json, created, expires ('' = never), t,
-    # then t (name, value) pairs. Checks first, writes after: all records or none.
+    # per record 7 + 2t values: key, value, tags json, created, updated, expires ('' = never),
+    # t, then t (name, value) pairs. Checks first, writes after: all records or none.
     "kv_put": _COMMON
     + """
 local now, ifnx = tonumber(ARGV[3]), ARGV[4] == '1'
 local records, i = {}, 5
 while i <= #ARGV do
-  local t = tonumber(ARGV[i + 5])
+  local t = tonumber(ARGV[i + 6])
   local r = {key = ARGV[i], value = ARGV[i + 1], tags = ARGV[i + 2], created = ARGV[i + 3],
-             expires = ARGV[i + 4], first = i + 6, last = i + 5 + 2 * t}
+             updated = ARGV[i + 4], expires = ARGV[i + 5], first = i + 7, last = i + 6 + 2 * t}
   local e = entry_key(r.key)
   r.e = e
   if redis.call('TYPE', e).ok == 'hash' then
@@ -110,7 +110,7 @@ for _, r in ipairs(records) do
   local e, key = r.e, r.key
   untag(key, r.old_tags or redis.call('HGET', ETAGS, key))
   redis.call('DEL', e)
-  redis.call('HSET', e, 'value', r.value, 'tags', r.tags, 'created_ms', r.created, 'updated_ms', ARGV[3])
+  redis.call('HSET', e, 'value', r.value, 'tags', r.tags, 'created_ms', r.created, 'updated_ms', r.updated)
   redis.call('ZADD', KEYZ, 0, key)
   if r.expires ~= '' then
     redis.call('HSET', e, 'expires_ms', r.expires)
