@@ -15,8 +15,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .interface import Kind, StorageInterface
 from .codec import encode
+from .interface import Kind, StorageInterface
 from .kv import SCAN_BATCH, KVRecord, KVSelect
 
 __all__ = ["MigrationReport", "migrate"]
