@@ -30,17 +30,14 @@ Needs the ``langchain`` extra (``pip install connectome-storage[langchain]``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import threading
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
-from ..errors import StorageError
 from ..interface import StorageInterface, check_ttl
 from ..naming import check_id
+from ._bridge import StorageBridge
 
 try:
     from langchain_core._api import suppress_langchain_beta_warning
@@ -59,152 +56,15 @@ __all__ = ["ConnectomeChatMessageHistory", "ConnectomeLLMCache", "ConnectomeStor
 
 logger = logging.getLogger("connectome_storage")
 
-T = TypeVar("T")
-
 # Cache keys of ConnectomeLLMCache: this prefix and the sha256 of (llm_string, prompt), so
 # that clear() finds its own entries among everything else in the storage's cache.
 CACHE_PREFIX = "langchain-llm-"
 
 
-# ----------------------------------------------------------------- the loop bridge
-
-
-class _LoopThread:
-    """A private event loop on a daemon thread, where an adapter-opened storage lives."""
-
-    def __init__(self, storage: StorageInterface) -> None:
-        self.storage = storage
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="connectome-storage-langchain", daemon=True)
-        self.thread.start()
-        self.closed = False
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Awaitable[T]) -> asyncio.Future[T]:
-        """Schedule ``coro`` on the private loop; the returned future is of the caller's loop."""
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_as_coro(coro), self.loop))
-
-    def wait(self, coro: Awaitable[T]) -> T:
-        """Run ``coro`` on the private loop and block this thread until it is done."""
-        return asyncio.run_coroutine_threadsafe(_as_coro(coro), self.loop).result()
-
-    def stop(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.wait(self.storage.shutdown())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join()
-            self.loop.close()
-
-
-async def _as_coro(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
-# One private loop per storage, shared by every adapter over it.
-_THREADS: weakref.WeakKeyDictionary[StorageInterface, _LoopThread] = weakref.WeakKeyDictionary()
-_THREADS_GUARD = threading.Lock()
-
-
-class _Bridge:
-    """Runs storage calls where the storage's connections live (see the module docstring)."""
-
-    def __init__(self, storage: StorageInterface) -> None:
-        if not isinstance(storage, StorageInterface):
-            raise TypeError(f"storage must be a connectome_storage StorageInterface, got {type(storage).__name__}")
-        self.storage = storage
-        # A storage the caller already opened stays on the caller's loop (known when the
-        # adapter is made inside it); any other storage is opened on a private loop thread.
-        with _THREADS_GUARD:
-            self._thread = _THREADS.get(storage)
-        self._home: asyncio.AbstractEventLoop | None = None
-        self._borrowed = self._thread is None and storage._initialized
-        if self._borrowed:
-            try:
-                self._home = asyncio.get_running_loop()
-            except RuntimeError:
-                self._home = None
-
-    def _private(self) -> _LoopThread:
-        with _THREADS_GUARD:
-            thread = _THREADS.get(self.storage)
-            if thread is None or thread.closed:
-                thread = _LoopThread(self.storage)
-                _THREADS[self.storage] = thread
-            self._thread = thread
-        return thread
-
-    async def _opened(self, call: Callable[[StorageInterface], Awaitable[T]]) -> T:
-        await self.storage.initialize()
-        return await call(self.storage)
-
-    def run(self, call: Callable[[StorageInterface], Awaitable[T]]) -> T:
-        """The sync form: run ``call(storage)`` to completion from this thread."""
-        if not self._borrowed:
-            thread = self._private()
-            if threading.current_thread() is thread.thread:
-                raise StorageError("a sync adapter method was called from its own storage thread; use the a* form")
-            return thread.wait(self._opened(call))
-        home = self._home
-        if home is None or home.is_closed() or not home.is_running():
-            raise StorageError(
-                f"this adapter was given a storage that was already initialized ({self.storage!r}) outside a "
-                "running event loop, so its sync methods have no loop to run on; give the adapter an "
-                "uninitialized storage (it then opens it on its own thread), or use the async a* methods"
-            )
-        if _running_loop() is home:
-            raise StorageError(
-                f"a sync adapter method was called inside the event loop that owns {self.storage!r}; it cannot "
-                "wait for that loop without blocking it: use the async a* method, or give the adapter an "
-                "uninitialized storage (it then opens it on its own thread)"
-            )
-        return asyncio.run_coroutine_threadsafe(_as_coro(call(self.storage)), home).result()
-
-    async def arun(self, call: Callable[[StorageInterface], Awaitable[T]]) -> T:
-        """The async form: await ``call(storage)`` on the loop that owns the storage."""
-        current = asyncio.get_running_loop()
-        if not self._borrowed:
-            thread = self._private()
-            if current is thread.loop:
-                return await self._opened(call)
-            return await thread.submit(self._opened(call))
-        home = self._home
-        if home is None or home is current:
-            return await call(self.storage)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_as_coro(call(self.storage)), home))
-
-    def close(self) -> None:
-        """Shut down the storage if an adapter opened it; a caller-opened one is left alone."""
-        if self._borrowed:
-            return
-        with _THREADS_GUARD:
-            thread = _THREADS.pop(self.storage, None)
-        if thread is not None:
-            thread.stop()
-
-    async def aclose(self) -> None:
-        if self._borrowed:
-            return
-        await asyncio.to_thread(self.close)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 class _Adapter:
     """What the three classes share: the bridge and the close methods."""
 
-    _bridge: _Bridge
+    _bridge: StorageBridge
 
     def close(self) -> None:
         """Shut down the storage if the adapters opened it (every adapter over it stops with it)."""
@@ -232,7 +92,7 @@ class ConnectomeStore(_Adapter, BaseStore[str, Any]):
 
     def __init__(self, storage: StorageInterface, namespace: str = "langchain") -> None:
         self.namespace = check_id(namespace, "namespace")
-        self._bridge = _Bridge(storage)
+        self._bridge = StorageBridge(storage)
 
     def __repr__(self) -> str:
         return f"ConnectomeStore({self._bridge.storage!r}, {self.namespace!r})"
@@ -298,7 +158,7 @@ class ConnectomeLLMCache(_Adapter, BaseCache):
 
     def __init__(self, storage: StorageInterface, *, ttl: float | None = None) -> None:
         self.ttl = None if ttl is None else check_ttl(ttl)
-        self._bridge = _Bridge(storage)
+        self._bridge = StorageBridge(storage)
 
     def __repr__(self) -> str:
         return f"ConnectomeLLMCache({self._bridge.storage!r}, ttl={self.ttl!r})"
@@ -369,7 +229,7 @@ class ConnectomeChatMessageHistory(_Adapter, BaseChatMessageHistory):
 
     def __init__(self, session_id: str, storage: StorageInterface) -> None:
         self.session_id = check_id(session_id, "session_id")
-        self._bridge = _Bridge(storage)
+        self._bridge = StorageBridge(storage)
 
     def __repr__(self) -> str:
         return f"ConnectomeChatMessageHistory({self.session_id!r}, {self._bridge.storage!r})"
