@@ -201,8 +201,9 @@ class FileStorage(FileKV, StorageInterface):
             if path.name in LOG_FILES:
                 self._logs.forget(path)
             kept = _fs.Kept(None)
-            if size is not None:
-                kept = _fs.keep_backup(self._root, path, self._keep if keep is None else keep, self._stamp())
+            keep = self._keep if keep is None else keep
+            if size is not None and keep > 0:
+                kept = _fs.keep_backup(self._root, path, keep, self._stamp())
             try:
                 _fs.atomic_write(path, data, self._root)
                 self._own.wrote(path)
@@ -514,7 +515,6 @@ class FileStorage(FileKV, StorageInterface):
             count(Kind.CACHE, self.path_of(Kind.CACHE, key))
         for key in self._list_json_files("system"):
             stats["system_state_count"] += count(Kind.SYSTEM, self.path_of(Kind.SYSTEM, key))
-        stats["unreadable_count"] += self._kv_census_sync(now_ms)[3]  # kv/ (the rest goes to _kv_stats)
         stats["total_bytes"] = self._total_bytes_sync()
         stats["backup_bytes"] = _housekeeping.backup_bytes(self._root)
         return stats
