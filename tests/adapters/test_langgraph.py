@@ -330,3 +330,19 @@ async def test_store_sync_inside_running_loop_and_through_a_graph(make_storage: 
     item = await store.aget(("memories", "ada"), "visits")
     assert item is not None and item.value == {"n": 2}
     await store.aclose()
+
+
+async def test_langchain_and_langgraph_adapters_share_one_storage(make_storage: Make) -> None:
+    """Both frameworks' adapters over one unopened storage: one private loop, so Redis connections never mix loops."""
+    from connectome_storage.adapters.langchain import ConnectomeStore as LangChainStore
+
+    storage = make_storage()
+    docs = LangChainStore(storage)
+    saver = ConnectomeCheckpointSaver(storage)
+    with hang_guard():
+        docs.mset([("doc:1", {"title": "notes"})])
+        build_graph(saver).invoke({"count": 0, **turn(1)}, THREAD)
+        assert docs.mget(["doc:1"]) == [{"title": "notes"}]
+    assert (await saver.aget_tuple(THREAD)) is not None
+    assert await docs.amget(["doc:1"]) == [{"title": "notes"}]
+    saver.close()  # shuts the storage down for both
