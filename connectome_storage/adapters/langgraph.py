@@ -38,10 +38,11 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from ..codec import check_value
+from ..codec import _INT_MAX, _INT_MIN, MAX_DEPTH
 from ..errors import InvalidKeyError, SerializationError, StorageError
 from ..interface import StorageInterface
 from ..kv import Entry, KeyValueStore
@@ -104,24 +105,41 @@ KEY_TAIL_ROOM = 120
 # ------------------------------------------------------------------ value encoding
 
 
-def _is_plain(value: Any) -> bool:
-    """Whether ``value`` is JSON of exact built-in types, so it comes back equal *and* of the same type."""
+def _json_ready(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON of exact built-in types that the storage keeps exactly.
+
+    Exact types, so a value comes back equal *and* of the same type (an enum or a tuple goes
+    to the serde instead); the same limits as the storage's own check (64-bit ints, finite
+    floats, valid UTF-8, nesting depth), in one pass because this runs on every channel value.
+    """
     kind = type(value)
-    if kind is str or kind is bool or kind is int or kind is float or value is None:
+    if kind is str:
+        return bool(value.isascii()) or _utf8(value)
+    if kind is int:
+        return bool(_INT_MIN <= value <= _INT_MAX)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is bool or value is None:
         return True
+    if depth >= MAX_DEPTH:
+        return False
     if kind is list:
-        return all(_is_plain(item) for item in value)
+        for item in value:  # noqa: SIM110 - a plain loop: all() over a generator is slower here
+            if not _json_ready(item, depth + 1):
+                return False
+        return True
     if kind is dict:
-        return all(type(key) is str and _is_plain(item) for key, item in value.items())
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or _utf8(key)) or not _json_ready(item, depth + 1):
+                return False
+        return True
     return False
 
 
-def _json_ready(value: Any) -> bool:
-    if not _is_plain(value):
-        return False
+def _utf8(text: str) -> bool:
     try:
-        check_value(value)  # ranges, finiteness, lone surrogates, depth
-    except SerializationError:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
         return False
     return True
 

@@ -8,6 +8,7 @@ is about the file tree itself.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import operator
 import signal
@@ -49,6 +50,10 @@ def hang_guard(seconds: int = HANG_SECONDS) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
 
 
 class State(TypedDict):
@@ -195,7 +200,10 @@ async def test_explicit_serde_writes_nothing_in_clear(tmp_path: Path, clock: Fak
 
 async def test_values_that_are_not_json_round_trip(make_storage: Make) -> None:
     saver = ConnectomeCheckpointSaver(make_storage())
-    values = {"set": {1, 2}, "bytes": b"\x00\xff", "frozen": frozenset({"x"}), "float": 1.5, "text": "ok"}
+    values = {
+        "set": {1, 2}, "bytes": b"\x00\xff", "frozen": frozenset({"x"}), "float": 1.5, "text": "ok",
+        "enum": Colour.RED, "nested_enum": {"colour": Colour.RED},
+    }  # fmt: skip
     config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
     checkpoint = {
         "v": 4, "id": "1f0c0a1e-0000-6000-8000-000000000001", "ts": "2026-11-21T09:30:00+00:00",
@@ -208,6 +216,9 @@ async def test_values_that_are_not_json_round_trip(make_storage: Make) -> None:
     assert tup is not None
     assert tup.checkpoint["channel_values"] == values
     assert type(tup.checkpoint["channel_values"]["frozen"]) is frozenset
+    # An enum is a str to JSON, but must come back an enum: the serde keeps it, not plain JSON.
+    assert type(tup.checkpoint["channel_values"]["enum"]) is Colour
+    assert type(tup.checkpoint["channel_values"]["nested_enum"]["colour"]) is Colour
     assert tup.pending_writes == [("task-1", "set", {3})]
     # What even LangGraph's serializer cannot hold fails as a StorageError naming the channel.
     bad = {**checkpoint, "id": "1f0c0a1e-0000-6000-8000-000000000002", "channel_values": {"huge": 2**70}}
