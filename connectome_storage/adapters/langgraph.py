@@ -464,10 +464,13 @@ class ConnectomeCheckpointSaver(BaseCheckpointSaver[str]):
                 tags[f"meta:{name}"] = tag
             else:
                 residual[name] = expected
+        # The thread and namespace tags narrow a listing across namespaces or threads; within
+        # one thread's namespace the key prefix already does, and a tag would only add a join.
+        scope: dict[str, str] = {}
         if thread_id is not None:
-            tags["thread_id"] = thread_id
+            scope["thread_id"] = thread_id
         if ns is not None:
-            tags["checkpoint_ns"] = ns
+            scope["checkpoint_ns"] = ns
 
         def keep(value: Mapping[str, Any]) -> bool:
             if wanted_id and value["checkpoint_id"] != wanted_id:
@@ -491,7 +494,7 @@ class ConnectomeCheckpointSaver(BaseCheckpointSaver[str]):
                 values = await self._paged(kv, prefix, tags, keep, limit)
         else:
             # Across namespaces or threads: newest first by checkpoint id, as LangGraph's SQL savers do.
-            entries = await kv.query(tags=tags)
+            entries = await kv.query(tags={**tags, **scope})
             values = sorted((e.value for e in entries if keep(e.value)), key=_checkpoint_id, reverse=True)
             values = values[:limit] if limit is not None else values
         if not values:
