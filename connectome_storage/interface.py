@@ -35,7 +35,7 @@ from .errors import (
     StorageError,
     StorageNotInitializedError,
 )
-from .kv import DEFAULT_NAMESPACE, KeyValueStore, KVRecord, KVSelect
+from .kv import DEFAULT_NAMESPACE, SCAN_BATCH, KeyValueStore, KVRecord, KVSelect
 from .naming import check_id
 
 __all__ = [
@@ -447,8 +447,9 @@ class StorageInterface(ABC):
         self._require_initialized()
         now_ms = self._now_ms()
         stats = {"backend": self.backend_name, **await self._collect_stats(now_ms)}
-        stats.update(zip(("kv_namespace_count", "kv_entry_count", "expired_kv_entry_count"),
-                         await self._kv_stats(now_ms), strict=True))  # fmt: skip
+        namespaces, live, expired, unreadable = await self._kv_stats(now_ms)
+        stats.update(kv_namespace_count=namespaces, kv_entry_count=live, expired_kv_entry_count=expired)
+        stats["unreadable_count"] = stats.get("unreadable_count", 0) + unreadable
         # One key order on every backend, so two backends' reports compare line by line.
         ordered = {key: stats.pop(key) for key in STATS_KEYS if key in stats}
         return {**ordered, **stats}
@@ -652,6 +653,9 @@ class StorageInterface(ABC):
     # the call. "Live" means not expired at ``now_ms``. A backend without collections
     # inherits these: the reads find nothing and the writes raise NotSupportedError.
 
+    # How many entries KeyValueStore.scan and migrate ask _kv_select for at a time.
+    _kv_scan_batch: ClassVar[int] = SCAN_BATCH
+
     def _kv_unsupported(self) -> NotSupportedError:
         return NotSupportedError(
             f"{type(self).__name__} ({self.backend_name}) does not implement key-value collections"
@@ -702,9 +706,10 @@ class StorageInterface(ABC):
         """Remove expired entries of one namespace (None: all); return how many."""
         return 0
 
-    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
-        """(namespaces with a live entry, live entries, expired entries not yet removed)."""
-        return (0, 0, 0)
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
+        """(namespaces with a live entry, live entries, expired entries not yet removed,
+        entries that cannot be read); it never raises for a damaged entry."""
+        return (0, 0, 0, 0)
 
 
 def _check_dict(value: Any, where: str) -> None:

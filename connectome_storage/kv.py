@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_NAMESPACE", "Entry", "KVRecord", "KVSelect", "KeyValueStore", "compile_pattern"]
 
 DEFAULT_NAMESPACE = "default"
-# How many entries scan() asks a backend for at a time: memory stays flat however large
-# the namespace is.
+# How many entries scan() asks a backend for at a time, unless the backend says otherwise
+# (StorageInterface._kv_scan_batch): memory stays flat however large the namespace is.
 SCAN_BATCH = 256
 
 OrderBy = Literal["key", "created_at", "updated_at"]
@@ -160,7 +160,10 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
             out.append(f"[{'^' if negate else ''}{body}]")
         else:
             out.append(re.escape(char))
-    return re.compile("".join(out), re.DOTALL)
+    try:
+        return re.compile("".join(out), re.DOTALL)
+    except re.error as e:  # a set such as [b-a]
+        raise InvalidArgumentError(f"pattern {pattern!r} is not a usable glob: {e}") from e
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -352,13 +355,14 @@ class KeyValueStore:
     async def scan(self, pattern: str = "*") -> AsyncIterator[tuple[str, Any]]:
         """``(key, value)`` of live entries in key order, read in batches (flat memory)."""
         pattern = _check_pattern(pattern)
+        size = self.storage._kv_scan_batch
         after: str | None = None
         while True:
-            select = KVSelect(pattern=pattern, limit=SCAN_BATCH, after_key=after)
+            select = KVSelect(pattern=pattern, limit=size, after_key=after)
             batch = await self.storage._kv_select(self.namespace, select, self._now())
             for record in batch:
                 yield record.key, record.value
-            if len(batch) < SCAN_BATCH:
+            if len(batch) < size:
                 return
             after = batch[-1].key
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .codec import encode
 from .interface import Kind, StorageInterface
-from .kv import SCAN_BATCH, KVRecord, KVSelect
+from .kv import KVRecord, KVSelect
 
 __all__ = ["MigrationReport", "migrate"]
 
@@ -173,9 +173,10 @@ async def _copy_namespace(
     source: StorageInterface, destination: StorageInterface, namespace: str, report: MigrationReport
 ) -> None:
     # Page through the namespace in key order, so memory stays flat however large it is.
+    size = source._kv_scan_batch
     after: str | None = None
     while True:
-        select = KVSelect(limit=SCAN_BATCH, after_key=after)
+        select = KVSelect(limit=size, after_key=after)
         batch = await source._kv_select(namespace, select, source._now_ms())
         held = await destination._kv_get(namespace, [record.key for record in batch]) if batch else {}
         changed = [record for record in batch if _fingerprint(held.get(record.key)) != _fingerprint(record)]
@@ -186,7 +187,7 @@ async def _copy_namespace(
             await destination._kv_delete(namespace, keys, destination._now_ms())
             await destination._kv_put(namespace, changed, destination._now_ms(), if_not_exists=False)
         report.kv_entries += len(batch)
-        if len(batch) < SCAN_BATCH:
+        if len(batch) < size:
             return
         after = batch[-1].key
 

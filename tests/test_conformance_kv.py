@@ -14,7 +14,7 @@ from connectome_storage.errors import (
     SerializationError,
     StorageNotInitializedError,
 )
-from connectome_storage.kv import SCAN_BATCH, Entry, KVRecord, KVSelect, compile_pattern
+from connectome_storage.kv import Entry, KVRecord, KVSelect, compile_pattern
 
 from .conftest import START, FakeClock
 from .test_conformance import BAD_IDS, HOSTILE_IDS, REFUSED_VALUES, ROUND_TRIP_VALUES
@@ -339,8 +339,22 @@ async def test_keys_and_count_match_globs(storage: StorageInterface, pattern: st
     assert [k async for k, _ in storage.kv().scan(pattern)] == expected
 
 
-async def test_scan_pages_through_more_than_one_batch(storage: StorageInterface) -> None:
-    keys = [f"k{i:04d}" for i in range(SCAN_BATCH * 2 + 3)]
+@pytest.mark.parametrize("pattern", ["[b-a]", 5, None])
+async def test_a_bad_glob_is_refused(storage: StorageInterface, pattern: Any) -> None:
+    await storage.kv().set("a", 1)
+    with pytest.raises(InvalidArgumentError):
+        await storage.kv().keys(pattern)
+    with pytest.raises(InvalidArgumentError):
+        await storage.kv().count(pattern)
+    with pytest.raises(InvalidArgumentError):
+        [k async for k, _ in storage.kv().scan(pattern)]
+
+
+async def test_scan_pages_through_more_than_one_batch(
+    storage: StorageInterface, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_kv_scan_batch", 50)  # pages of 50: the paging is what is tested
+    keys = [f"k{i:04d}" for i in range(50 * 2 + 3)]
     await storage.kv().set_many({key: i for i, key in enumerate(keys)})
     seen = [(k, v) async for k, v in storage.kv().scan()]
     assert seen == [(key, i) for i, key in enumerate(keys)]

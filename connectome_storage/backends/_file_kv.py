@@ -27,13 +27,12 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from ..codec import decode, encode, format_time, parse_time
 from ..errors import CorruptedDataError, StorageError
-from ..interface import Problem, logger
+from ..interface import Problem
 from ..kv import KVRecord, KVSelect, compile_pattern
 from ..naming import decode_name, encode_name
 from . import _fs
@@ -53,11 +52,6 @@ _FIELDS = frozenset({"key", "value", "tags", "created_at", "updated_at", "expire
 # get_many of up to this many keys reads on the event loop (small files, page cache): a
 # thread hop costs more than the reads.
 _READ_IN_LOOP_KEYS = 4
-# Names a listing keeps for the next pages of a scan (see FileKV._kv_window), how many such
-# windows a storage keeps, and how old a folder's mtime must be before a window is trusted.
-_WINDOW = 4096
-_WINDOWS_KEPT = 8
-_SETTLED_NS = 2_000_000_000
 T = TypeVar("T")
 
 
@@ -155,6 +149,11 @@ def _by_key_only(select: KVSelect) -> bool:
 class FileKV:
     """The ``_kv_*`` hooks of FileStorage (listed first in its bases)."""
 
+    # Every page of a scan lists the namespace folder once (decoding every name), so a
+    # scan reads bigger pages here than elsewhere: 100,000 entries take 25 listings, and
+    # memory stays bounded by one page.
+    _kv_scan_batch: ClassVar[int] = 4096
+
     if TYPE_CHECKING:  # provided by FileStorage
         _root: Path
         _case: CaseGuard
@@ -251,15 +250,12 @@ class FileKV:
         return None if raw is None else parse_entry(raw, path, key)  # type: ignore[arg-type]
 
     def _kv_try_read(self, namespace: str, key: str, path: str | None = None) -> KVRecord | None:
-        """For scans: a record, or None when it vanished or cannot be read (verify reports it).
+        """For scans: a record, or None when it vanished since the listing. A damaged entry
+        raises CorruptedDataError naming it: a query never skips stored data silently.
         ``path``: the file as a listing named it (saves mapping the key to its name again)."""
-        try:
-            if path is None:
-                return self._kv_read_sync(namespace, key)
-            return self._kv_read_path(Path(path), key)
-        except CorruptedDataError as e:
-            logger.debug("skipping an unreadable key-value entry: %s", e)
-            return None
+        if path is None:
+            return self._kv_read_sync(namespace, key)
+        return self._kv_read_path(Path(path), key)
 
     async def _kv_get(self, namespace: str, keys: list[str]) -> dict[str, KVRecord]:
         found: dict[str, KVRecord] = {}
@@ -410,7 +406,10 @@ class FileKV:
         return removed
 
     def _kv_expired(self, namespace: str, key: str, now_ms: int) -> bool:
-        record = self._kv_try_read(namespace, key)
+        try:
+            record = self._kv_try_read(namespace, key)
+        except CorruptedDataError:
+            return False  # not known to be expired: left for a person (verify names it)
         return record is not None and record.expired(now_ms)
 
     def _kv_drop_if_expired(self, namespace: str, key: str, now_ms: int) -> int:
@@ -459,9 +458,9 @@ class FileKV:
     def _kv_page_by_key(self, namespace: str, select: KVSelect, now_ms: int, want: int | None) -> list[KVRecord]:
         """The first ``want`` live records in key order, reading only their files.
 
-        Names are listed and filtered on the key first; the next candidates in key order
-        come from ``_kv_window`` and only their files are read. Entries found expired (or
-        gone) on reading are made up for by candidates past the last one.
+        Names are listed and filtered on the key first; only the files of the next ``want``
+        candidates in key order are read. Entries found expired (or gone) on reading are made
+        up for by listing again past the last candidate.
         """
         if want is None:
             passes = _key_filter(select)
@@ -471,7 +470,7 @@ class FileKV:
         found: list[KVRecord] = []
         cursor = select.after_key if not select.descending else None
         while True:
-            candidates, complete = self._kv_window(namespace, select, cursor)
+            candidates, complete = self._kv_window(namespace, select, cursor, want - len(found))
             for key, path in candidates:
                 record = self._kv_try_read(namespace, key, path)
                 if record is not None and not record.expired(now_ms):
@@ -482,45 +481,18 @@ class FileKV:
                 return found  # the namespace holds no more
             cursor = candidates[-1][0]
 
-    def _kv_window(self, namespace: str, select: KVSelect, cursor: str | None) -> tuple[list[tuple[str, str]], bool]:
-        """The next (at most ``_WINDOW``) (key, path) in key order past ``cursor``, and
-        whether they are all there are.
-
-        Listing a folder costs a decode per name, so one listing keeps the next ``_WINDOW``
-        names (a bounded heap: memory does not grow with the namespace) and later pages of
-        a scan are served from them while the folder is unchanged: its (inode, mtime) is
-        the same, and was already settled when the listing began (any later create, rename
-        or unlink gives a newer mtime even on a filesystem whose clock is coarse).
-        """
+    def _kv_window(
+        self, namespace: str, select: KVSelect, cursor: str | None, size: int
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """The next ``size`` (key, path) in key order past ``cursor``, and whether they are all
+        there are. One listing of the folder; a bounded heap keeps memory to ``size`` names."""
         descending = select.descending
-        folder = self._kv_dir(namespace)
-        try:
-            st = os.stat(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            return [], True
-        except OSError as e:
-            raise _fs.os_error(e, "listing", folder) from e
-        stamp = (st.st_ino, st.st_mtime_ns)
-        windows: dict[tuple[object, ...], _Window] = self.__dict__.setdefault("_kv_windows", {})
-        which = (namespace, select.prefix, select.pattern, descending)
-        window = windows.get(which)
-        if window is not None and window.stamp == stamp and window.covers(cursor, descending):
-            rest = [item for item in window.items if _beyond(item[0], cursor, descending)]
-            if rest or window.complete:
-                return rest, window.complete
-        windows.pop(which, None)  # never two windows of one scan in memory at once
-        started_ns = time.time_ns()
         passes = _key_filter(select)
         listing = (
             item for item in self._kv_listing(namespace) if passes(item[0]) and _beyond(item[0], cursor, descending)
         )
-        items = (heapq.nlargest if descending else heapq.nsmallest)(_WINDOW, listing)
-        complete = len(items) < _WINDOW
-        if st.st_mtime_ns < started_ns - _SETTLED_NS:
-            while len(windows) >= _WINDOWS_KEPT:
-                windows.pop(next(iter(windows)))
-            windows[which] = _Window(stamp, cursor, items, complete)
-        return items, complete
+        items = (heapq.nlargest if descending else heapq.nsmallest)(size, listing)
+        return items, len(items) < size
 
     async def _kv_count(self, namespace: str, select: KVSelect, now_ms: int) -> int:
         return int(await asyncio.to_thread(self._kv_count_sync, namespace, select, now_ms))
@@ -535,7 +507,12 @@ class FileKV:
         found = []
         for namespace, _folder in self._kv_namespace_dirs():
             for key in self._kv_keys_in(namespace):
-                record = self._kv_try_read(namespace, key)
+                try:
+                    record = self._kv_try_read(namespace, key)
+                except CorruptedDataError:
+                    record = None
+                    found.append(namespace)  # listed, so a migrate reaches the damage and says so
+                    break
                 if record is not None and not record.expired(now_ms):
                     found.append(namespace)
                     break
@@ -544,11 +521,7 @@ class FileKV:
     # ---------------------------------------------------------- stats, verify
 
     def _kv_census_sync(self, now_ms: int) -> tuple[int, int, int, int]:
-        """(namespaces with a live entry, live, expired, unreadable) in one pass.
-
-        FileStorage's stats call this for the unreadable count and keep the rest for
-        ``_kv_stats``, which the base calls right after, so the tree is read once.
-        """
+        """(namespaces with a live entry, live, expired, unreadable) in one pass."""
         namespaces = live = expired = unreadable = 0
         for namespace, _folder in self._kv_namespace_dirs():
             live_here = 0
@@ -566,17 +539,10 @@ class FileKV:
                     live_here += 1
             live += live_here
             namespaces += live_here > 0
-        census = (namespaces, live, expired, unreadable)
-        self.__dict__["_kv_last_census"] = (now_ms, census)
-        return census
+        return namespaces, live, expired, unreadable
 
-    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
-        last: tuple[int, tuple[int, int, int, int]] | None = self.__dict__.pop("_kv_last_census", None)
-        census = last[1] if last is not None and last[0] == now_ms else None
-        if census is None:
-            census = await asyncio.to_thread(self._kv_census_sync, now_ms)
-            self.__dict__.pop("_kv_last_census", None)
-        return census[0], census[1], census[2]
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
+        return await asyncio.to_thread(self._kv_census_sync, now_ms)
 
     async def _kv_verify(self, skip: set[str]) -> list[Problem]:
         """Every kv entry that does not parse, and every stray entry below ``kv/``;
@@ -617,22 +583,6 @@ class FileKV:
                     except StorageError as e:
                         problems.append(Problem(getattr(e, "path", None) or entry.path, str(e)))
         return problems
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Names of a namespace in key order past ``start``, as one listing found them."""
-
-    stamp: tuple[int, int]
-    start: str | None
-    items: list[tuple[str, str]]
-    complete: bool
-
-    def covers(self, cursor: str | None, descending: bool) -> bool:
-        """Whether everything past ``cursor`` up to this window's last name is in it."""
-        if self.start is None:
-            return True
-        return cursor is not None and (cursor <= self.start if descending else cursor >= self.start)
 
 
 def _beyond(key: str, cursor: str | None, descending: bool) -> bool:

@@ -313,14 +313,14 @@ class RedisKV(StorageInterface):
     async def _kv_namespaces(self, now_ms: int) -> list[str]:
         return [ns for ns in await self._kv_all_namespaces() if (await self._kv_census(ns, now_ms))[0] > 0]
 
-    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
         namespaces = live = expired = 0
         for namespace in await self._kv_all_namespaces():
             alive, late = await self._kv_census(namespace, now_ms)
             namespaces += alive > 0
             live += alive
             expired += late
-        return namespaces, live, expired
+        return namespaces, live, expired, len(await self._kv_problems())
 
     # ------------------------------------------------------ verify, bytes, unreadable
 
@@ -356,9 +356,6 @@ class RedisKV(StorageInterface):
             except CorruptedDataError as e:
                 problems.append(Problem(e.path, str(e)))
         return problems
-
-    async def _kv_unreadable_count(self) -> int:
-        return len(await self._kv_problems())
 
     async def _kv_all_keys(self) -> list[str]:
         """Every Redis key the collections use (for total_bytes), found through the indexes."""

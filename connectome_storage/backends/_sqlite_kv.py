@@ -270,23 +270,18 @@ class SqliteKV(StorageInterface):
 
     # ------------------------------------------------------------ stats, verify
 
-    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
         if not self._json1:  # an SQLite built without JSON1: decode every row instead
-            good = [found for found in await self._kv_census() if not isinstance(found, Problem)]
+            census = await self._kv_census()
+            good = [found for found in census if not isinstance(found, Problem)]
             live = [namespace for namespace, expires in good if expires is None or expires > now_ms]
-            return len(set(live)), len(live), len(good) - len(live)
-        row = await self._read("counting", lambda conn: conn.execute(STATS_SQL, {"now": now_ms}).fetchone())
-        return int(row[0]), int(row[1]), int(row[2])
+            return len(set(live)), len(live), len(good) - len(live), len(census) - len(good)
 
-    async def get_storage_stats(self) -> dict[str, Any]:
-        """Counts of every kind of data; a key-value row that would not decode is unreadable."""
-        stats = await super().get_storage_stats()
-        if self._json1:
-            bad = await self._read("counting", lambda conn: int(conn.execute(UNREADABLE_SQL).fetchone()[0]))
-        else:
-            bad = sum(isinstance(found, Problem) for found in await self._kv_census())
-        stats["unreadable_count"] = stats.get("unreadable_count", 0) + bad
-        return stats
+        def body(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+            namespaces, live, expired = conn.execute(STATS_SQL, {"now": now_ms}).fetchone()
+            return int(namespaces), int(live), int(expired), int(conn.execute(UNREADABLE_SQL).fetchone()[0])
+
+        return await self._read("counting", body)
 
     async def verify(self) -> list[Problem]:
         """Everything the other checks find, plus every key-value row that would not decode."""

@@ -302,6 +302,25 @@ class FileStorage(FileKV, StorageInterface):
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         await self._write_document(kind, key, items)
 
+    async def _pop_log(self, kind: Kind, key: str) -> Any:
+        return await self._locked(kind, key, self._pop_sync, kind, key)
+
+    def _pop_sync(self, kind: Kind, key: str) -> Any:
+        path = self.path_of(kind, key)
+        try:
+            self._logs.recover(path)  # an append cut short is finished or undone first
+        except OSError as e:
+            raise _fs.os_error(e, "reading", path) from e
+        items = self._load_sync(kind, path) or []
+        if not items:
+            return None
+        newest = items.pop()
+        if items:
+            self._replace_file(path, self._encode(items))  # the version popped from is kept
+        else:
+            self._remove_file(path)
+        return newest
+
     # ------------------------------------------------------------------ members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:

@@ -328,7 +328,7 @@ class MemoryStorage(StorageInterface):
                 self._prune_namespace(name)
         return removed
 
-    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int]:
+    async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
         live = expired = 0
         for entries in self._data.kv.values():
             for _, record in entries.values():
@@ -336,4 +336,4 @@ class MemoryStorage(StorageInterface):
                     expired += 1
                 else:
                     live += 1
-        return (len(await self._kv_namespaces(now_ms)), live, expired)
+        return (len(await self._kv_namespaces(now_ms)), live, expired, 0)

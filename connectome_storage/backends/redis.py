@@ -665,7 +665,6 @@ class RedisStorage(RedisKV, StorageInterface):
             for length in await self._pipelined("counting reasoning chains", commands):
                 count("reasoning_chain_count", length)
         stats["total_bytes"] = await self._total_bytes()
-        stats["unreadable_count"] += await self._kv_unreadable_count()
         return stats
 
     async def _all_keys(self) -> list[str]:

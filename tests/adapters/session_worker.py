@@ -28,6 +28,9 @@ def open_storage(spec: str) -> StorageInterface:
 async def add(session: ConnectomeSession, count: int) -> None:
     for n in range(count):
         await session.add_items([{"role": "user", "content": f"item {n}", "n": n}])  # type: ignore[list-item]
+        # A breath between adds: SQLite's busy handler lets a writer in a tight loop take
+        # the lock again and again, and the popper would never get a turn (no race at all).
+        await asyncio.sleep(0.002)
 
 
 async def main(role: str, spec: str, session_id: str, count: int, go: Path, done: Path) -> None:
