@@ -1,4 +1,4 @@
-"""Key-value collections on SQLite: the ``_kv_*`` hooks of ``SqliteStorage`` (docs/kv-sqlite.md).
+"""Key-value collections on SQLite: the ``_kv_*`` hooks of ``SqliteStorage`` (docs/kv.md).
 
 Tables (schema version 2, ``_sqlite_schema.MIGRATIONS``)::
 
@@ -332,7 +332,7 @@ def select_sql(
         if not all(_utf8(name) and _utf8(value) for name, value in select.tags):
             return None  # no stored tag holds a lone surrogate
         # CROSS JOIN keeps kv_tags outside in key order and counts; in time order the
-        # planner may walk the time index instead and probe kv_tags (docs/kv-sqlite.md).
+        # planner may walk the time index instead and probe kv_tags (docs/kv.md).
         join = "CROSS JOIN" if select.order_by == "key" or not ordered else "JOIN"
         tables = f"kv_tags AS t0 {join} kv ON kv.namespace = t0.namespace AND kv.key = t0.key"
         key = "t0.key"  # equal to kv.key; named so that ranges and order use kv_tags' key
