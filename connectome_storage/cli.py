@@ -138,7 +138,9 @@ def _print_health(report: dict[str, Any], args: argparse.Namespace) -> int:
 async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
     sections: dict[str, list[str]] = {}
     everything = args.all
-    if everything or not (args.agents or args.cache or args.states):
+    if args.kv:  # one namespace's keys
+        sections[f"kv {args.kv}"] = await storage.kv(args.kv).keys()
+    elif everything or not (args.agents or args.cache or args.states or args.kv is not None):
         sections["conversations"] = await storage.list_conversations()
     if everything or args.agents:
         sections["agents"] = await storage.list_agents()
@@ -146,6 +148,8 @@ async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
         sections["cache"] = await storage.list_cache_keys()
     if everything or args.states:
         sections["system"] = await storage.list_system_states()
+    if everything or args.kv == "":
+        sections["kv"] = await storage.list_namespaces()
     if args.json:
         _print_json(sections)
     elif len(sections) == 1:
@@ -160,7 +164,12 @@ async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
 
 
 async def _show(storage: StorageInterface, args: argparse.Namespace) -> int:
+    if args.kv is not None:
+        return await _show_kv_entry(storage, *args.kv)
     conversation_id = args.conversation_id
+    if conversation_id is None:
+        print("connectome-storage: show needs a CONVERSATION_ID (or --kv NAMESPACE KEY)", file=sys.stderr)
+        return EXIT_USAGE
     parts = {
         "raw_messages": args.raw or args.all,
         "memories": args.memories or args.all,
@@ -186,6 +195,24 @@ async def _show(storage: StorageInterface, args: argparse.Namespace) -> int:
         )
         return EXIT_PROBLEMS
     _print_json(next(iter(shown.values())) if len(shown) == 1 else shown)
+    return EXIT_OK
+
+
+async def _show_kv_entry(storage: StorageInterface, namespace: str, key: str) -> int:
+    entry = await storage.kv(namespace).get_entry(key)
+    if entry is None:
+        print(
+            f"connectome-storage: no live entry {key!r} in namespace {namespace!r}; "
+            f"`connectome-storage ls --kv {namespace}` lists its keys",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    _print_json({
+        "key": entry.key, "value": entry.value, "tags": entry.tags,
+        "created_at": entry.created_at.isoformat(timespec="milliseconds"),
+        "updated_at": entry.updated_at.isoformat(timespec="milliseconds"),
+        "expires_at": None if entry.expires_at is None else entry.expires_at.isoformat(timespec="milliseconds"),
+    })  # fmt: skip
     return EXIT_OK
 
 
@@ -464,13 +491,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("stats", _stats, "print counts of every kind of stored data", json=True)
     command("health", _health, "probe the backend; exit 1 when it is unhealthy", json=True)
-    ls = command("ls", _ls, "list conversation ids (options: agents, cache keys, system states)", json=True)
+    ls = command(
+        "ls",
+        _ls,
+        "list conversation ids (options: agents, cache keys, system states, key-value collections)",
+        json=True,
+    )
     ls.add_argument("--agents", action="store_true", help="list agent ids")
     ls.add_argument("--cache", action="store_true", help="list unexpired cache keys")
     ls.add_argument("--states", action="store_true", help="list system state keys")
+    ls.add_argument(
+        "--kv", nargs="?", const="", metavar="NAMESPACE",
+        help="list key-value namespaces, or with NAMESPACE the live keys of that one",
+    )  # fmt: skip
     ls.add_argument("--all", action="store_true", help="list everything, by section")
     show = command("show", _show, "print a conversation document as JSON (options for its other parts)")
-    show.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    show.add_argument("conversation_id", metavar="CONVERSATION_ID", nargs="?")
+    show.add_argument(
+        "--kv", nargs=2, metavar=("NAMESPACE", "KEY"), help="print one key-value entry (value, tags and times)"
+    )
     show.add_argument("--raw", action="store_true", help="show the raw message history")
     show.add_argument("--memories", action="store_true", help="show the memories")
     show.add_argument("--chunks", action="store_true", help="show the chunking decisions")

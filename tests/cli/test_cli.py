@@ -42,6 +42,8 @@ def tree(tmp_path: Path) -> Path:
             await storage.store_cache("expired", 1, ttl=1)
             await storage.store_cache("forever", 2)
             await storage.store_system_state("state", {"ok": True})
+            await storage.kv("sessions").set("user:1", {"name": "Ada"}, tags={"type": "web"})
+            await storage.kv("sessions").set("gone", 1, ttl=1)
 
     asyncio.run(fill())
     return base
@@ -71,7 +73,13 @@ def test_ls(tree: Path) -> None:
     assert cli("--base-dir", str(tree), "ls").stdout == "conv_001\n"
     assert cli("--base-dir", str(tree), "ls", "--cache").stdout == "forever\n"
     listing = json.loads(cli("--base-dir", str(tree), "ls", "--all", "--json").stdout)
-    assert listing == {"conversations": ["conv_001"], "agents": ["agent"], "cache": ["forever"], "system": ["state"]}
+    assert listing == {
+        "conversations": ["conv_001"], "agents": ["agent"], "cache": ["forever"], "system": ["state"],
+        "kv": ["sessions"],
+    }  # fmt: skip
+    assert cli("--base-dir", str(tree), "ls", "--kv").stdout == "sessions\n"
+    assert cli("--base-dir", str(tree), "ls", "--kv", "sessions").stdout == "user:1\n"  # "gone" expired
+    assert cli("--base-dir", str(tree), "ls", "--kv", "nothing").stdout == ""
 
 
 def test_show(tree: Path) -> None:
@@ -81,6 +89,19 @@ def test_show(tree: Path) -> None:
     assert shown["raw_messages"] == [{"role": "user", "content": "hi"}]
     missing = cli("--base-dir", str(tree), "show", "nope")
     assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_show_kv_entry(tree: Path) -> None:
+    entry = json.loads(cli("--base-dir", str(tree), "show", "--kv", "sessions", "user:1").stdout)
+    assert entry == {
+        "key": "user:1", "value": {"name": "Ada"}, "tags": {"type": "web"},
+        "created_at": "2001-09-09T01:46:40.000+00:00", "updated_at": "2001-09-09T01:46:40.000+00:00",
+        "expires_at": None,
+    }  # fmt: skip
+    for namespace, key in [("sessions", "gone"), ("nothing", "x")]:
+        missing = cli("--base-dir", str(tree), "show", "--kv", namespace, key)
+        assert missing.returncode == 1 and repr(key) in missing.stderr and "Traceback" not in missing.stderr
+    assert cli("--base-dir", str(tree), "show").returncode == 2
 
 
 def test_verify_clean_then_broken(tree: Path) -> None:
