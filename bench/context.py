@@ -50,6 +50,7 @@ PEERS = {
     "kv": ("key_value.aio.stores.filetree", "py-key-value-aio"),
     "agents": ("agents.memory.sqlite_session", "openai-agents"),
     "diskcache": ("diskcache", "diskcache"),
+    "langgraph_sqlite": ("langgraph.checkpoint.sqlite.aio", "langgraph-checkpoint-sqlite"),
 }
 
 

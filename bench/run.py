@@ -2,7 +2,7 @@
 
     python -m bench                  # the full run (minutes); needs pip install -e '.[bench]'
     python -m bench --smoke          # every benchmark at toy sizes, in seconds; peers optional
-    python -m bench --only files     # some sections (files, append, sqlite, redis, scale)
+    python -m bench --only files     # some sections (files, append, sqlite, redis, scale, kv_*, adapters_*)
     python -m bench --json run.json  # also keep every figure; --render run.json rewrites the
                                      # report from it without running anything
 
@@ -32,7 +32,18 @@ from .context import FULL, SMOKE, Context
 from .environment import machine, versions
 from .harness import Comparison, Figure, Section
 from .report import format_seconds, render
-from .suites import append, files, redis, scale, sqlite
+from .suites import (
+    adapters_langgraph,
+    adapters_openai,
+    append,
+    files,
+    kv_file,
+    kv_redis,
+    kv_sqlite,
+    redis,
+    scale,
+    sqlite,
+)
 from .targets import evaluate
 
 __all__ = ["SECTIONS", "main"]
@@ -44,6 +55,11 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "sqlite": sqlite.run,
     "redis": redis.run,
     "scale": scale.run,
+    "kv_file": kv_file.run,
+    "kv_sqlite": kv_sqlite.run,
+    "kv_redis": kv_redis.run,
+    "adapters_openai": adapters_openai.run,
+    "adapters_langgraph": adapters_langgraph.run,
 }
 
 

@@ -45,6 +45,9 @@ def _targets(sizes: Sizes) -> list[Target]:
     targets = [
         Target("FileStorage store >= 0.7x the plain durable write", "files.store",
                "FileStorage.store_conversation", 0.7, "at least"),
+        Target("FileStorage store, backups off, >= 0.9x one asyncio.to_thread around a plain durable write",
+               "files.store", "FileStorage.store_conversation, no backups", 0.9, "at least",
+               against="plain durable write in asyncio.to_thread"),
         Target("FileStorage load >= 0.5x plain read + orjson.loads", "files.load",
                "FileStorage.load_conversation", 0.5, "at least"),
     ]  # fmt: skip
@@ -77,6 +80,26 @@ def _targets(sizes: Sizes) -> list[Target]:
                 Target(f"RedisStorage {what.split(' vs ')[0]} >= 0.8x raw redis-py sending the same commands",
                        f"redis.{key}", "RedisStorage", 0.8, "at least", against="raw redis-py, same commands")
             )  # fmt: skip
+    targets += [
+        Target("kv.get on the file tree >= 20x FileTreeStore.get", "kv_file.get", "kv.get (file tree)", 20.0,
+               "at least"),
+        Target("kv.set on the file tree >= 1.5x FileTreeStore.put", "kv_file.set", "kv.set (file tree)", 1.5,
+               "at least"),
+        Target("kv.get on SQLite >= 0.5x diskcache.Cache.get", "kv_sqlite.get.full", "kv.get (SQLite)", 0.5,
+               "at least"),
+        Target("kv.set on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.set", "kv.set", 0.8,
+               "at least"),
+        Target("kv.get on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.get", "kv.get", 0.8,
+               "at least"),
+        Target("ConnectomeSession.add_items on SQLite >= 1.5x SQLiteSession", "adapters_openai.add_items",
+               "ConnectomeSession (SQLite)", 1.5, "at least"),
+        Target("ConnectomeSession.get_items on SQLite >= 1.5x SQLiteSession", "adapters_openai.get_items",
+               "ConnectomeSession (SQLite)", 1.5, "at least"),
+        Target("LangGraph checkpointer put >= 1.0x AsyncSqliteSaver", "adapters_langgraph.put",
+               "ConnectomeCheckpointSaver (SQLite)", 1.0, "at least"),
+        Target("LangGraph checkpointer get_tuple >= 1.0x AsyncSqliteSaver", "adapters_langgraph.get_tuple",
+               "ConnectomeCheckpointSaver (SQLite)", 1.0, "at least"),
+    ]  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(
             Target(

@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["files", "append", "sqlite", "redis", "scale"]
+SECTIONS = [
+    "files", "append", "sqlite", "redis", "scale", "kv_file", "kv_sqlite", "kv_redis", "adapters_openai",
+    "adapters_langgraph",
+]  # fmt: skip
 # Our own benchmarks: they must run whether or not the bench extra's peers are installed.
 OURS = {
     "files.store", "files.load",
@@ -26,6 +29,7 @@ OURS = {
     *(f"scale.{what}.{backend}" for what in ("load", "list", "stats", "cleanup")
       for backend in ("file", "sqlite", "redis")),
     "scale.migrate",
+    "kv_redis.set", "kv_redis.get",
     *(f"scale.concurrency.{backend}.{op}" for backend in ("file", "sqlite", "redis")
       for op in ("store_conversation", "load_conversation")),
 }  # fmt: skip
@@ -33,8 +37,11 @@ PEER_COMPARISONS = {
     "sqlite.session.append", "sqlite.session.load100", "sqlite.session.load1000",
     "sqlite.diskcache.set.full", "sqlite.diskcache.get.full",
     "sqlite.diskcache.set.normal", "sqlite.diskcache.get.normal",
+    "kv_file.set", "kv_file.get",
+    *(f"kv_sqlite.{op}.{mode}" for op in ("set", "get") for mode in ("full", "normal")),
+    "adapters_openai.add_items", "adapters_openai.get_items", "adapters_langgraph.put", "adapters_langgraph.get_tuple",
 }  # fmt: skip
-PEER_MODULES = ("key_value", "agents", "diskcache")
+PEER_MODULES = ("key_value", "agents", "diskcache", "langgraph.checkpoint.sqlite")
 # Runs the bench in a fresh interpreter in which the peer packages cannot be imported.
 WITHOUT_PEERS = (
     "import sys\n"
@@ -84,12 +91,22 @@ def check_ran(data: dict[str, Any], markdown: str, expected: set[str]) -> None:
 def test_smoke_runs_every_benchmark_without_the_peer_packages(tmp_path: Path) -> None:
     data, markdown = smoke(tmp_path, peers=False)
     check_ran(data, markdown, OURS)
-    assert set(data["skipped_peers"]) == {"py-key-value-aio", "openai-agents", "diskcache"}
+    assert set(data["skipped_peers"]) == {
+        "py-key-value-aio",
+        "openai-agents",
+        "diskcache",
+        "langgraph-checkpoint-sqlite",
+    }
     assert "Peers skipped in this run" in markdown
 
 
 def test_smoke_runs_the_peer_comparisons_when_the_bench_extra_is_installed(tmp_path: Path) -> None:
-    for module in ("key_value.aio.stores.filetree", "agents.memory.sqlite_session", "diskcache"):
+    for module in (
+        "key_value.aio.stores.filetree",
+        "agents.memory.sqlite_session",
+        "diskcache",
+        "langgraph.checkpoint.sqlite",
+    ):
         pytest.importorskip(module, reason="the bench extra (pip install -e '.[bench]') is not installed")
     data, markdown = smoke(tmp_path, peers=True)
     check_ran(data, markdown, OURS | PEER_COMPARISONS)

@@ -1,7 +1,6 @@
 """The LangGraph checkpointer: ConnectomeCheckpointSaver on SQLite against langgraph-checkpoint-sqlite.
 
-Not yet one of the report's sections (bench/run.py does not list it); run it alone with
-``python -m bench.suites.adapters_langgraph [--smoke]``.
+A section of ``python -m bench``; alone: ``python -m bench.suites.adapters_langgraph [--smoke]``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from connectome_storage import create_sqlite_storage
-from connectome_storage.adapters.langgraph import ConnectomeCheckpointSaver
 
 from ..context import FULL, SMOKE, Context
 from ..harness import Section, Variant, compare, each
@@ -60,11 +58,16 @@ async def _fill(saver: Any, thread: str, n: int) -> None:
 
 
 async def run(ctx: Context) -> Section:
+    section = Section("adapters_langgraph", "LangGraph checkpointer on SQLite against AsyncSqliteSaver", INTRO)
+    if ctx.peer("langgraph_sqlite") is None:
+        section.notes.append("langgraph-checkpoint-sqlite is not installed: this section was skipped (smoke run).")
+        return section
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from connectome_storage.adapters.langgraph import ConnectomeCheckpointSaver
 
     sizes = ctx.sizes
     root = ctx.folder("adapters_langgraph")
-    section = Section("adapters_langgraph", "LangGraph checkpointer on SQLite against AsyncSqliteSaver", INTRO)
     async with (
         create_sqlite_storage(root / "ours.db") as storage,
         AsyncSqliteSaver.from_conn_string(str(root / "peer.db")) as peer,

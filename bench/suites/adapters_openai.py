@@ -1,7 +1,8 @@
 """The OpenAI Agents SDK session: ConnectomeSession on SQLite against the SDK's own SQLiteSession.
 
-Not yet one of the report's sections (bench/run.py does not list it); run it alone with
-``python -m bench.suites.adapters_openai [--smoke]``.
+A section of ``python -m bench``; alone: ``python -m bench.suites.adapters_openai [--smoke]``.
+The adapter needs the SDK itself, so without it (a smoke run without peers) the section
+only says so.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from connectome_storage import create_sqlite_storage
-from connectome_storage.adapters.openai_agents import ConnectomeSession
 
 from ..context import FULL, SMOKE, Context
 from ..harness import Section, Variant, compare, each
@@ -34,11 +34,16 @@ def _item(i: int) -> Any:
 
 
 async def run(ctx: Context) -> Section:
+    section = Section("adapters_openai", "OpenAI Agents session on SQLite against SQLiteSession", INTRO)
+    if ctx.peer("agents") is None:
+        section.notes.append("openai-agents is not installed: the adapter and its peer were skipped (smoke run).")
+        return section
     from agents.memory.sqlite_session import SQLiteSession
+
+    from connectome_storage.adapters.openai_agents import ConnectomeSession
 
     sizes = ctx.sizes
     root = ctx.folder("adapters_openai")
-    section = Section("adapters_openai", "OpenAI Agents session on SQLite against SQLiteSession", INTRO)
     async with create_sqlite_storage(root / "ours.db") as storage:
         ours_add, ours_get = ConnectomeSession("add", storage), ConnectomeSession("get", storage)
         sdk_add = SQLiteSession("add", root / "sdk.db")

@@ -34,6 +34,8 @@ async def run(ctx: Context) -> Section:
 
     storage = create_file_storage(root / "ours")
     await storage.initialize()
+    bare = create_file_storage(root / "ours-no-backups", create_backups=False)
+    await bare.initialize()
     plain = root / "plain"
     for conversation_id in ids:
         (plain / conversation_id).mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,9 @@ async def run(ctx: Context) -> Section:
 
     async def ours_store(i: int) -> None:
         await storage.store_conversation(ids[i % len(ids)], document(i))
+
+    async def bare_store(i: int) -> None:
+        await bare.store_conversation(ids[i % len(ids)], document(i))
 
     def plain_store(i: int) -> None:
         conversation_id = ids[i % len(ids)]
@@ -60,6 +65,7 @@ async def run(ctx: Context) -> Section:
     writers = [
         Variant("plain durable write (sync)", each_sync(plain_store)),
         Variant("FileStorage.store_conversation", each(ours_store)),
+        Variant("FileStorage.store_conversation, no backups", each(bare_store), "create_backups=False"),
         # What any asyncio library pays at least: the same write, one thread hop away.
         Variant(
             "plain durable write in asyncio.to_thread", each(plain_store_thread), "floor without blocking the loop"
@@ -106,4 +112,5 @@ async def run(ctx: Context) -> Section:
         )
     )
     await storage.shutdown()
+    await bare.shutdown()
     return section

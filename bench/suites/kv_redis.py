@@ -64,7 +64,7 @@ async def run(ctx: Context) -> Section:
 
     async def same_set(i: int) -> None:
         now = round(time.time() * 1000)
-        args = [base, "sessions", now, 0, keys[i % len(keys)], _dumps(_value(i)), _dumps(tags), now, "", 2,
+        args = [base, "sessions", now, 0, keys[i % len(keys)], _dumps(_value(i)), _dumps(tags), now, now, "", 2,
                 "type", "web", "user", "x"]  # fmt: skip
         await put(keys=indexes, args=args)
 
