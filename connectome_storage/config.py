@@ -72,7 +72,8 @@ class SqliteSettings(CommonSettings):
 
 @dataclasses.dataclass(frozen=True)
 class RedisSettings(CommonSettings):
-    redis_url: str = "redis://localhost:6379/0"
+    # Out of the repr: a URL may carry a password (redact_url shows it safely).
+    redis_url: str = dataclasses.field(default="redis://localhost:6379/0", repr=False)
     key_prefix: str = "connectome:"
     connection_timeout: float = 30.0
     client: Any = None

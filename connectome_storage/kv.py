@@ -394,7 +394,7 @@ class KeyValueStore:
         until: Any = None, order_by: OrderBy = "key", descending: bool = False, limit: int | None = None,
         offset: int = 0,
     ) -> list[Entry]:  # fmt: skip
-        """Live entries matching every filter, ordered and paged (seed 001's QueryFilter).
+        """Live entries matching every filter, ordered and paged.
 
         ``tags`` must all match; ``since`` (inclusive) and ``until`` (exclusive) bound
         ``updated_at`` (aware datetime or epoch seconds); ``order_by`` is ``"key"``,

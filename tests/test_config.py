@@ -276,3 +276,11 @@ def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         StorageFactory.create_storage("redis", {"redis_url": url})
     assert "redis_url" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_settings_repr_never_shows_a_password() -> None:
+    from connectome_storage.config import RedisSettings, resolve_settings
+
+    settings = resolve_settings(RedisSettings, {"redis_url": "redis://user:s3cret-pw@127.0.0.1:6379/0"}, "redis")
+    assert settings.redis_url.endswith("@127.0.0.1:6379/0")
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)

@@ -1,9 +1,10 @@
-"""The usage examples of the primary design (seed 004) run as written (file and SQLite;
-the Redis example there is a sketch of an old aioredis API, replaced by RedisStorage).
+"""The usage examples the library was first designed around run as written (file and
+SQLite; the Redis example of that design was a sketch of an old aioredis API, replaced by
+RedisStorage).
 
 Each example is copied verbatim, with `from connectome_storage import` for
-`from storage import`, inside an async function (the seed uses top-level await).
-The only other change: the seed's placeholder `conversation_data = {...}` becomes a real
+`from storage import`, inside an async function (the original used top-level await).
+The only other change: its placeholder `conversation_data = {...}` becomes a real
 conversation, since `{...}` is a set holding Ellipsis, which is not JSON.
 """
 

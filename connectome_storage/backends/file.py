@@ -1,6 +1,6 @@
 """FileStorage: the default backend, a JSON file tree a person can read and ``git diff``.
 
-Layout (DESIGN section 4, docs/file-format.md)::
+Layout (docs/file-format.md)::
 
     <base_dir>/conversations/{id}/current.json | raw_messages.json | chunks.json | memories.json
     <base_dir>/cache/{key}.json
