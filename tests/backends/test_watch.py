@@ -28,9 +28,7 @@ QUIET = 1.5  # seconds of silence after which no further event is expected (burs
 def outside(base: Path, code: str) -> None:
     """Run ``code`` in a separate Python process, with ``base`` (a Path) and os, shutil."""
     prelude = "import os, shutil, sys\nfrom pathlib import Path\nbase = Path(sys.argv[1])\n"
-    subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code), str(base)], check=True, timeout=120
-    )
+    subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code), str(base)], check=True, timeout=120)
 
 
 class Watcher:
@@ -97,13 +95,17 @@ async def test_outside_edit_create_and_delete_each_arrive_once(files: FileStorag
     watcher = await Watcher(files).started()
     # Edited the way editors save (temp file, then rename over), created with an id that
     # needs encoding, deleted: three files, one process, one burst.
-    await asyncio.to_thread(outside, files.base_dir, """
+    await asyncio.to_thread(
+        outside,
+        files.base_dir,
+        """
         target = base / "conversations/conv_001/current.json"
         (target.parent / "current.json.new").write_text('{"title": "Porto"}\\n')
         os.replace(target.parent / "current.json.new", target)
         (base / "system/a%2Fb.json").write_text('{"x": 1}\\n')
         os.remove(base / "cache/k.json")
-    """)
+    """,
+    )
     events = await watcher.take(3)
     await watcher.close()
     assert len(events) == 3, events
@@ -132,11 +134,15 @@ async def test_one_file_added_modified_deleted_in_turn(files: FileStorage, watch
 
 
 async def test_a_burst_of_writes_to_one_file_is_one_event(files: FileStorage, watcher: Watcher) -> None:
-    await asyncio.to_thread(outside, files.base_dir, """
+    await asyncio.to_thread(
+        outside,
+        files.base_dir,
+        """
         path = base / "system/counter.json"
         for n in range(20):
             path.write_text(str(n))
-    """)
+    """,
+    )
     [event] = await watcher.take(1)
     assert (event.id, event.change, event.valid) == ("counter", "added", True)
     assert await files.load_system_state("counter") == 19
@@ -177,15 +183,23 @@ async def test_broken_edits_arrive_as_invalid_events(files: FileStorage, watcher
     await files.store_conversation("c1", {"title": "t"})
     await files.store_raw_messages("c1", [{"role": "user"}])
     await watcher.take(2)
-    await asyncio.to_thread(outside, files.base_dir, """
+    await asyncio.to_thread(
+        outside,
+        files.base_dir,
+        """
         (base / "conversations/c1/current.json").write_text('{"title": "t",\\n  oops}\\n')
-    """)
+    """,
+    )
     [syntax] = await watcher.take(1)
     assert (syntax.kind, syntax.change, syntax.valid) == (Kind.CONVERSATION, "modified", False)
     assert syntax.error is not None and "line 2" in syntax.error and str(syntax.path) in syntax.error
-    await asyncio.to_thread(outside, files.base_dir, """
+    await asyncio.to_thread(
+        outside,
+        files.base_dir,
+        """
         (base / "conversations/c1/raw_messages.json").write_text('{"role": "user"}\\n')
-    """)
+    """,
+    )
     [shape] = await watcher.take(1)
     assert (shape.kind, shape.valid) == (Kind.RAW_MESSAGES, False)
     assert shape.error is not None and "expected a JSON array" in shape.error
@@ -198,7 +212,10 @@ async def test_broken_edits_arrive_as_invalid_events(files: FileStorage, watcher
 async def test_housekeeping_strays_and_outside_paths_produce_no_events(
     files: FileStorage, watcher: Watcher, tmp_path: Path
 ) -> None:
-    await asyncio.to_thread(outside, files.base_dir, """
+    await asyncio.to_thread(
+        outside,
+        files.base_dir,
+        """
         (base / "conversations/c1").mkdir()
         (base / "conversations/c1/.tmp-999999-abcdef").write_text("[]")
         (base / "conversations/c1/notes.md").write_text("# notes")
@@ -218,7 +235,8 @@ async def test_housekeeping_strays_and_outside_paths_produce_no_events(
         (base / "system/flash.json").write_text("1")  # came and went within the burst
         os.remove(base / "system/flash.json")
         (base / "system/sentinel.json").write_text("true")  # the one real change, last
-    """)
+    """,
+    )
     events = await watcher.take(1)
     assert [(e.kind, e.id, e.change) for e in events] == [(Kind.SYSTEM, "sentinel", "added")]
 
@@ -252,12 +270,16 @@ async def test_next_load_after_an_outside_edit_returns_the_edit(files: FileStora
     assert await files.load_conversation("c1") == {"title": "Lisbon"}  # read (and maybe cached)
     assert len(await files.load_raw_messages("c1")) == 2
     # Same sizes as before, edited in place: only the content and the mtime differ.
-    await asyncio.to_thread(outside, files.base_dir, """
+    await asyncio.to_thread(
+        outside,
+        files.base_dir,
+        """
         doc = base / "conversations/c1/current.json"
         doc.write_text(doc.read_text().replace("Lisbon", "Lisbin"))
         log = base / "conversations/c1/raw_messages.json"
         log.write_text(log.read_text().replace('"n": 2', '"n": 7'))
-    """)
+    """,
+    )
     assert {e.change for e in await watcher.take(2)} == {"modified"}
     assert await files.load_conversation("c1") == {"title": "Lisbin"}
     assert await files.load_raw_messages("c1") == [{"n": 1}, {"n": 7}]
