@@ -171,12 +171,14 @@ def test_pop_races_add_from_another_process(kind: str, tmp_path: Path) -> None:
     spec = f"file:{tmp_path / 'tree'}" if kind == "file" else f"sqlite:{tmp_path / 'c.db'}"
     go, done = tmp_path / "go", tmp_path / "done"
     args = [spec, "race", str(count), str(go), str(done)]
-    adder = subprocess.Popen([sys.executable, str(WORKER), "add", *args], stderr=subprocess.PIPE, text=True)
+    adder = subprocess.Popen(
+        [sys.executable, str(WORKER), "add", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     popper = subprocess.Popen(
         [sys.executable, str(WORKER), "pop", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     go.touch()
-    _, add_err = adder.communicate(timeout=240)
+    added, add_err = adder.communicate(timeout=240)
     out, pop_err = popper.communicate(timeout=240)
     assert adder.returncode == 0, add_err
     assert popper.returncode == 0, pop_err
@@ -194,5 +196,5 @@ def test_pop_races_add_from_another_process(kind: str, tmp_path: Path) -> None:
     assert popped, "the popper never popped anything: no race took place"
     assert len(popped) == len(set(popped)), "an item was popped twice"
     assert not set(popped) & set(stored), "an item was both popped and kept"
-    assert sorted(popped + stored) == list(range(count)), "an item was lost"
+    assert sorted(popped + stored) == list(range(int(added))), "an item was lost"
     assert stored == sorted(stored), "the kept history is out of order"
