@@ -16,6 +16,7 @@ from connectome_storage.kv import KVRecord
 from connectome_storage.naming import encode_name
 
 from ..context import Context
+from ..data import durable_write
 from ..harness import Section, Variant, compare, each
 
 __all__ = ["run", "scaling"]
@@ -45,6 +46,10 @@ async def run(ctx: Context) -> Section:
     storage = create_file_storage(root / "ours")
     await storage.initialize()
     kv = storage.kv("sessions")
+    bare = create_file_storage(root / "ours-no-backups", create_backups=False)
+    await bare.initialize()
+    plain = root / "plain"
+    plain.mkdir(parents=True, exist_ok=True)
     peer = ctx.peer("kv")
     tree: Any = peer.FileTreeStore(data_directory=root / "filetree") if peer is not None else None
     if tree is None:
@@ -56,6 +61,16 @@ async def run(ctx: Context) -> Section:
     async def tree_put(i: int) -> None:
         await tree.put(keys[i % len(keys)], _value(i), collection="sessions")
 
+    async def bare_set(i: int) -> None:
+        await bare.kv("sessions").set(keys[i % len(keys)], _value(i), tags={"type": "web"})
+
+    async def plain_set_thread(i: int) -> None:
+        # The floor: the same entry's bytes written durably (temp, fsync, replace, folder
+        # fsync) in one thread hop, with no lock, no read of the old entry, no backup.
+        record = KVRecord(keys[i % len(keys)], _value(i), {"type": "web"}, 0, 0, None)
+        path = plain / f"{encode_name(record.key)}.json"
+        await asyncio.to_thread(durable_write, path, entry_bytes(record, True))
+
     async def ours_get(i: int) -> None:
         assert await kv.get(keys[i % len(keys)]) is not None
 
@@ -63,8 +78,12 @@ async def run(ctx: Context) -> Section:
         assert await tree.get(keys[i % len(keys)], collection="sessions") is not None
 
     if tree is not None:  # a comparison needs its baseline
-        setters = [Variant("FileTreeStore.put", each(tree_put), "no folder fsync"),
-                   Variant("kv.set (file tree)", each(ours_set))]  # fmt: skip
+        setters = [
+            Variant("FileTreeStore.put", each(tree_put), "no folder fsync"),
+            Variant("kv.set (file tree)", each(ours_set)),
+            Variant("kv.set, no backups", each(bare_set), "create_backups=False"),
+            Variant("plain durable write in asyncio.to_thread", each(plain_set_thread), "the floor: no lock"),
+        ]
         getters = [Variant("FileTreeStore.get", each(tree_get)), Variant("kv.get (file tree)", each(ours_get))]
         section.comparisons.append(
             await compare(
@@ -77,6 +96,7 @@ async def run(ctx: Context) -> Section:
             )
         )
     await storage.shutdown()
+    await bare.shutdown()
     for line in await scaling(root / "scale", SCALES_SMOKE if ctx.smoke else SCALES_FULL):
         section.notes.append(line)
     return section

@@ -33,6 +33,7 @@ row by row), `query(tags=..., order_by="updated_at", limit=10)`, `count_query(ta
 and a whole `scan()` (pages of 256 keys, each one statement), and the scan's peak of
 Python allocations measured with tracemalloc."""
 
+_SELECT = "SELECT value FROM kv WHERE namespace = 'sessions' AND key = ?"
 SCALES_FULL = (1_000, 10_000, 100_000)
 SCALES_SMOKE = (100, 300)
 
@@ -69,12 +70,19 @@ async def run(ctx: Context) -> Section:
         def disk_get(i: int, cache: Any = cache) -> None:
             assert cache.get(keys[i % len(keys)]) is not None
 
+        async def hop_get(i: int, storage: Any = storage) -> None:
+            # The floor of any aiosqlite reader: the same indexed SELECT, one worker-thread hop.
+            key = keys[i % len(keys)]
+            rows = await storage._read("reading", lambda conn: conn.execute(_SELECT, (key,)).fetchall())
+            assert orjson.loads(rows[0][0]) is not None
+
         if cache is not None:  # a comparison needs its baseline
             setters = [Variant("diskcache.Cache.set (sync)", each_sync(disk_set), "pickled value, no tags"),
                        Variant("kv.set (SQLite)", each(ours_set))]  # fmt: skip
             getters = [
                 Variant("diskcache.Cache.get (sync)", each_sync(disk_get)),
                 Variant("kv.get (SQLite)", each(ours_get)),
+                Variant("the same SELECT through aiosqlite", each(hop_get), "the floor: one worker-thread hop"),
             ]
             section.comparisons.append(
                 await compare(
