@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from connectome_storage.naming import encode_name
 from ..context import Context
 from ..data import durable_write
 from ..harness import Section, Variant, compare, each
+from .kv_scan import timed_scan
 
 __all__ = ["run", "scaling"]
 
@@ -28,7 +28,7 @@ replace, fsync of the folder) against py-key-value's `FileTreeStore.put`/`get` (
 fsync of the file, rename, no folder fsync). Ratios against FileTreeStore in the same run.
 The scaling figures time `query(tags=..., limit=10)` (reads every file of the namespace)
 and a whole `scan()` (reads each file once, listing the folder once per batch of 256), and
-measure the scan's peak of Python allocations with tracemalloc."""
+measure the peak of Python allocations of a second scan with tracemalloc."""
 
 SCALES_FULL = (1_000, 10_000, 100_000)
 SCALES_SMOKE = (100, 300)
@@ -131,14 +131,7 @@ async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
             page = await kv.query(prefix="user:0", limit=10)
             page_s = time.perf_counter() - started
             assert len(page) == 10
-            tracemalloc.start()
-            started = time.perf_counter()
-            seen = 0
-            async for _key, _value in kv.scan():
-                seen += 1
-            scan_s = time.perf_counter() - started
-            _current, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
+            scan_s, peak, seen = await timed_scan(kv)
             assert seen == count
         lines.append(
             f"{count:>7,} entries: query(tags=..., limit=10) {query_s * 1000:,.0f} ms; "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import tracemalloc
 from typing import Any
 
 import orjson
@@ -18,6 +17,7 @@ from connectome_storage.backends._redis_kv_lua import KV_SCRIPTS
 from ..backends import open_storage
 from ..context import Context
 from ..harness import Section, Variant, compare, each
+from .kv_scan import timed_scan
 
 __all__ = ["run", "scaling"]
 
@@ -134,18 +134,8 @@ async def scaling(url: str, scales: tuple[int, ...]) -> list[str]:
             started = time.perf_counter()
             assert await kv.count() == count
             count_s = time.perf_counter() - started
-            started = time.perf_counter()
-            seen = 0
-            async for _key, _value in kv.scan():
-                seen += 1
-            scan_s = time.perf_counter() - started
+            scan_s, peak, seen = await timed_scan(kv)
             assert seen == count
-            # Memory on a second scan: tracemalloc slows Python down several times.
-            tracemalloc.start()
-            async for _key, _value in kv.scan():
-                pass
-            _current, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
             await kv.clear()
         lines.append(
             f"{count:>7,} entries: query(tags=..., limit=10) {query_s * 1000:,.1f} ms; "

@@ -7,7 +7,6 @@ import asyncio
 import os
 import sqlite3
 import time
-import tracemalloc
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from connectome_storage import SqliteStorage
 
 from ..context import Context
 from ..harness import Section, Variant, compare, each, each_sync
+from .kv_scan import timed_scan
 
 __all__ = ["run", "scaling"]
 
@@ -151,14 +151,7 @@ async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
             assert len(hits) == min(10, -(-count // 100))
             count_s, counted = await _timed(kv.count_query(tags=web))
             assert counted == -(-count // 100)
-            tracemalloc.start()
-            started = time.perf_counter()
-            seen = 0
-            async for _key, _value in kv.scan():
-                seen += 1
-            scan_s = time.perf_counter() - started
-            _current, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
+            scan_s, peak, seen = await timed_scan(kv)
             assert seen == count
         lines.append(
             f"{count:>7,} entries: query(tags=..., limit=10) {query_s * 1000:,.2f} ms; "

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio
 from redis.crc import key_slot
 
-from connectome_storage import RedisStorage, create_file_storage, create_redis_storage
+from connectome_storage import RedisStorage, create_file_storage
 from connectome_storage.backends.redis import redact_url
 from connectome_storage.errors import (
     AccessDeniedError,
@@ -31,39 +31,10 @@ from connectome_storage.interface import CacheEntry, Kind
 
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
+from .redis_fixtures import make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
 
 SENTINEL = "connectome-test-sentinel"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def prefix(tmp_path: Path) -> str:
-    return f"test:{tmp_path.name}:"
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[Any]:
-    """A plain client to look at what the storage wrote."""
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def make(redis_server: RedisServer, prefix: str, clock: FakeClock) -> Callable[..., RedisStorage]:
-    def build(**options: Any) -> RedisStorage:
-        options = {"key_prefix": prefix, "clock": clock, **options}
-        storage = create_redis_storage(options.pop("url", redis_server.url), **options)
-        assert isinstance(storage, RedisStorage)
-        return storage
-
-    return build
-
-
-@pytest.fixture
-async def storage(make: Callable[..., RedisStorage]) -> AsyncIterator[RedisStorage]:
-    async with make() as opened:
-        yield opened
 
 
 @pytest.fixture

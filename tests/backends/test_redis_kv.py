@@ -8,52 +8,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio
 
-from connectome_storage import RedisStorage, create_redis_storage
+from connectome_storage import RedisStorage
 from connectome_storage.errors import CorruptedDataError
 from connectome_storage.kv import KVSelect
 from connectome_storage.naming import encode_name
 
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
+from .redis_fixtures import make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
 
 SENTINEL = "connectome-kv-test-sentinel"
-
-
-@pytest.fixture
-def prefix(tmp_path: Path) -> str:
-    return f"test:{tmp_path.name}:"
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[Any]:
-    """A plain client to look at what the storage wrote."""
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def make(redis_server: RedisServer, prefix: str, clock: FakeClock) -> Callable[..., RedisStorage]:
-    def build(**options: Any) -> RedisStorage:
-        options = {"key_prefix": prefix, "clock": clock, **options}
-        storage = create_redis_storage(options.pop("url", redis_server.url), **options)
-        assert isinstance(storage, RedisStorage)
-        return storage
-
-    return build
-
-
-@pytest.fixture
-async def storage(make: Callable[..., RedisStorage]) -> AsyncIterator[RedisStorage]:
-    async with make() as opened:
-        yield opened
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> bool:
