@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from connectome_storage import SqliteStorage, create_sqlite_storage
 from connectome_storage.backends._sqlite_kv import glob_of, prefix_upper_bound, select_sql
 from connectome_storage.backends._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from connectome_storage.errors import CorruptedDataError, StorageError
+from connectome_storage.errors import CorruptedDataError, InvalidArgumentError, StorageError
 from connectome_storage.kv import KVRecord, KVSelect, compile_pattern
 
 from ..conftest import START, FakeClock
@@ -236,8 +236,8 @@ PATTERN_CHARS = st.sampled_from(list("ab*?[]^!-\\.\n"))
 def test_glob_agrees_with_the_reference_on_any_pattern(pattern: str, keys: list[str]) -> None:
     try:
         regex = compile_pattern(pattern)
-    except re.error:
-        return  # refused before any backend sees it
+    except InvalidArgumentError:
+        return  # refused before any backend sees it (a set such as [b-a])
     glob, literal = glob_of(pattern)
     for key in keys:
         expected = regex.fullmatch(key) is not None
