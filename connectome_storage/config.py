@@ -47,6 +47,8 @@ class CommonSettings:
 
     clock: Callable[[], float] = time.time
     default_cache_ttl: float | None = None
+    # Middleware instances run around every public method, the first outermost (docs/middleware.md).
+    middleware: tuple[Any, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +249,12 @@ def _parse_encryption_key(value: Any, name: str) -> None:
     )
 
 
+def _parse_middleware(value: Any, name: str) -> tuple[Any, ...]:
+    from .middleware._chain import check_middleware  # imported on use: config is imported first
+
+    return check_middleware(value, name)
+
+
 def _parse_clock(value: Any, name: str) -> Callable[[], float]:
     if callable(value):
         return value  # type: ignore[no-any-return]
@@ -262,6 +270,7 @@ def _parse_synchronous(value: Any, name: str) -> str:
 
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "clock": _parse_clock,
+    "middleware": _parse_middleware,
     "default_cache_ttl": _parse_ttl,
     "base_dir": _parse_path,
     "create_backups": parse_bool,
