@@ -74,6 +74,8 @@ class AuditLog(Middleware):
             os.close(fd)
 
     async def after_call(self, ctx: MiddlewareContext, error: BaseException | None) -> None:
+        if isinstance(error, GeneratorExit):
+            error = None  # a scan the caller stopped early ended normally
         record = self.record(ctx, error)
         line = orjson.dumps(record)
         if self.logger is not None:

@@ -124,6 +124,8 @@ class Metrics(Middleware):
 
     async def after_call(self, ctx: MiddlewareContext, error: BaseException | None) -> None:
         seconds = time.perf_counter() - ctx.started
+        if isinstance(error, GeneratorExit):
+            error = None  # a scan the caller stopped early ended normally
         stats = self._stats_of(ctx)
         stats.count += 1
         stats.duration_sum += seconds

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Tracing"]
 
+_STREAMS = frozenset({"kv.scan"})
+
 
 class Tracing(Middleware):
     """Trace every call; ``tracer_provider`` defaults to OpenTelemetry's global one.
@@ -44,6 +46,7 @@ class Tracing(Middleware):
         self._tracer: Any = None
         self._storage: StorageInterface | None = None
         self._base_attributes: dict[str, str] = {}
+        self._streams: dict[int, Any] = {}  # id(ctx) -> the open span of a running scan
 
     def __repr__(self) -> str:
         return "Tracing()"
@@ -60,18 +63,26 @@ class Tracing(Middleware):
             "connectome_storage", package_version(), tracer_provider=self._tracer_provider
         )
 
-    async def around(self, ctx: MiddlewareContext, call: Callable[[], Awaitable[Any]]) -> Any:
-        trace = self._trace
+    def _name_and_attributes(self, ctx: MiddlewareContext) -> tuple[str, dict[str, str]]:
         attributes = {**self._base_attributes, "db.operation.name": ctx.operation}
         collection = collection_name(ctx)
         if collection is not None:
             attributes["db.collection.name"] = collection
-        name = ctx.operation if collection is None else f"{ctx.operation} {collection}"
+        return (ctx.operation if collection is None else f"{ctx.operation} {collection}"), attributes
+
+    def _fail(self, span: Any, error: BaseException) -> None:
+        trace = self._trace
+        span.set_attribute("error.type", error_type(error))
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+
+    async def around(self, ctx: MiddlewareContext, call: Callable[[], Awaitable[Any]]) -> Any:
+        name, attributes = self._name_and_attributes(ctx)
         # Status and exception are set here rather than by the context manager, so that
         # error.type is there too and the description is the class, not the message.
         with self._tracer.start_as_current_span(
             name,
-            kind=trace.SpanKind.CLIENT,
+            kind=self._trace.SpanKind.CLIENT,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
@@ -79,7 +90,23 @@ class Tracing(Middleware):
             try:
                 return await call()
             except BaseException as e:
-                span.set_attribute("error.type", error_type(e))
-                span.record_exception(e)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, type(e).__name__))
+                self._fail(span, e)
                 raise
+
+    # A scan is a stream that ``around`` does not wrap: its span starts with the first
+    # step and ends when the iteration does. It is not made current, since the caller's
+    # code runs between the steps.
+
+    async def before_call(self, ctx: MiddlewareContext) -> None:
+        if ctx.operation in _STREAMS:
+            name, attributes = self._name_and_attributes(ctx)
+            self._streams[id(ctx)] = self._tracer.start_span(
+                name, kind=self._trace.SpanKind.CLIENT, attributes=attributes
+            )
+
+    async def after_call(self, ctx: MiddlewareContext, error: BaseException | None) -> None:
+        span = self._streams.pop(id(ctx), None) if ctx.operation in _STREAMS else None
+        if span is not None:
+            if error is not None and not isinstance(error, GeneratorExit):  # GeneratorExit: the caller stopped early
+                self._fail(span, error)
+            span.end()

@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,17 @@ async def test_calls_refused_before_initialize_are_audited(tmp_path: Path) -> No
         await storage.load_conversation("c1")
     [line] = [json.loads(line) for line in path.read_text().splitlines()]
     assert (line["operation"], line["error_type"]) == ("load_conversation", "StorageNotInitializedError")
+
+
+async def test_a_scan_stopped_early_is_ok(make_storage: Make, tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    async with make_storage(middleware=[AuditLog(path)]) as storage:
+        await storage.kv("ns").set_many({"a": 1, "b": 2})
+        async with aclosing(storage.kv("ns").scan()) as stream:
+            async for _ in stream:
+                break
+    scan = json.loads(path.read_text().splitlines()[-1])
+    assert (scan["operation"], scan["namespace"], scan["outcome"]) == ("kv.scan", "ns", "ok")
 
 
 def test_a_bad_target_is_refused() -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,25 @@ async def test_one_client_span_per_operation(
     assert event.name == "exception"
     assert event.attributes is not None
     assert event.attributes["exception.type"].endswith("InvalidKeyError")  # type: ignore[union-attr]
+
+
+async def test_a_scan_has_one_span_from_first_step_to_end(
+    make_storage: Make, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = spans
+    async with make_storage(middleware=[Tracing(tracer_provider=provider)]) as storage:
+        kv = storage.kv("sessions")
+        await kv.set_many({f"k{i}": i for i in range(5)})
+        seen = [key async for key, _value in kv.scan()]
+        assert len(seen) == 5
+        async with aclosing(kv.scan("k*")) as stream:
+            async for _ in stream:
+                break  # the caller stopping early is not a failure
+    set_many, scan, stopped = exporter.get_finished_spans()
+    assert (set_many.name, scan.name, stopped.name) == ("kv.set_many sessions", "kv.scan sessions", "kv.scan sessions")
+    for span in (scan, stopped):
+        assert span.kind is trace.SpanKind.CLIENT and span.status.status_code is trace.StatusCode.UNSET
+        assert span.attributes is not None and "error.type" not in span.attributes
 
 
 class Inner(Middleware):
