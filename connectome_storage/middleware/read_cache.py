@@ -171,17 +171,23 @@ class ReadCache(Middleware):
         try:
             async for event in storage.watch(debounce_ms=_WATCH_DEBOUNCE_MS, ready=ready):
                 self._on_change(event)
-                if not self._active and ready.is_set() and self._storage is storage:
+                if not self._active and ready.is_set() and storage._initialized:
                     self._active = True  # the watch started after on_open stopped waiting
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the tree vanished, the OS ran out of watches: fall back to ttl
-            logger.warning(
-                "ReadCache: watching %s stopped (%s: %s); other processes' changes are now seen within ttl=%s s",
-                storage.backend_name, type(e).__name__, e, self.ttl,
-            )  # fmt: skip
-            self._invalidate_all()
-            self._active = self._storage is storage and storage._initialized
+            self._watch_lost(storage, f"{type(e).__name__}: {e}")
+        else:
+            if storage._initialized:  # ended while the storage is still open
+                self._watch_lost(storage, "the watch ended")
+
+    def _watch_lost(self, storage: StorageInterface, why: str) -> None:
+        logger.warning(
+            "ReadCache: watching %s stopped (%s); other processes' changes are now seen within ttl=%s s",
+            storage.backend_name, why, self.ttl,
+        )  # fmt: skip
+        self._invalidate_all()
+        self._active = storage._initialized
 
     def _on_change(self, event: ChangeEvent) -> None:
         self._invalidate(event.kind_name, event.id, event.namespace)

@@ -18,6 +18,7 @@ from connectome_storage.errors import InvalidArgumentError
 from connectome_storage.middleware import Middleware, MiddlewareContext, ReadCache
 
 from ..conftest import FakeClock
+from .conftest import Wrap
 
 Make = Callable[..., StorageInterface]
 
@@ -351,3 +352,56 @@ def test_bad_ttl_is_refused(ttl: Any) -> None:
 def test_bad_max_entries_is_refused(max_entries: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="max_entries"):
         ReadCache(ttl=1, max_entries=max_entries)
+
+
+async def test_value_layers_run_on_every_hit(make_storage: Make, backend: str) -> None:
+    """Value hooks run outside every ``around``: the cache holds values as stored (wrapped
+    here) and each hit is unwrapped again, wherever ReadCache stands in the list."""
+    for order in ("cache first", "cache last"):
+        wrap, cache = Wrap(), ReadCache(ttl=3600)
+        layers: list[Middleware] = [cache, wrap] if order == "cache first" else [wrap, cache]
+        async with make_storage(middleware=layers) as storage:
+            await storage.store_conversation(f"c-{order}", {"secret": order})
+            for _ in range(3):
+                doc = await storage.load_conversation(f"c-{order}")
+                assert doc == {"secret": order}
+                doc["secret"] = "mutated"
+            assert cache.stats()["hits"] == 2
+            [held] = [c.value for c in cache._entries.values()]
+            assert held == {"$wrapped": ["w", {"secret": order}]}
+
+
+async def test_reopened_cache_starts_empty_and_works(make_storage: Make) -> None:
+    cache = ReadCache(ttl=3600)
+    storage = make_storage(middleware=[cache])
+    async with storage:
+        await storage.store_system_state("s1", 1)
+        assert await storage.load_system_state("s1") == 1
+    async with make_storage() as other:
+        await other.store_system_state("s1", 2)  # while the cached storage is closed
+    async with storage:
+        assert await storage.load_system_state("s1") == 2
+        assert await storage.load_system_state("s1") == 2
+        assert cache.stats()["hits"] == 1
+
+
+@pytest.mark.parametrize("backend", ["file"])
+async def test_a_lost_watch_falls_back_to_ttl(
+    make_storage: Make, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = ReadCache(ttl=30)
+    async with make_storage(middleware=[cache]) as reader, make_storage() as writer:
+        await reader.store_system_state("s1", 1)
+        assert await reader.load_system_state("s1") == 1
+        task = cache._watch_task
+        assert task is not None
+        reader._own.stop_all()  # type: ignore[attr-defined]  # what shutdown does to every watch
+        await asyncio.wait_for(asyncio.shield(task), HANG_GUARD_SECONDS)
+        assert "watching file stopped" in caplog.text
+        assert cache.stats()["entries"] == 0
+        assert await reader.load_system_state("s1") == 1
+        await writer.store_system_state("s1", 2)
+        await asyncio.sleep(0.3)  # no watch any more: nothing drops the value early
+        assert await reader.load_system_state("s1") == 1
+        clock.advance(30)
+        assert await reader.load_system_state("s1") == 2
