@@ -4,6 +4,7 @@ watch), values that expire by themselves, the LRU bound and a read racing a writ
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -167,16 +168,10 @@ async def test_file_tree_sees_another_process_at_once(make_storage: Make, tmp_pa
         base_dir = str(reader.settings.base_dir)  # type: ignore[attr-defined]
         done = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-c", code, base_dir], capture_output=True, text=True,
-            timeout=HANG_GUARD_SECONDS, env={**_env(), "PYTHONPATH": str(Path(__file__).parents[2])},
+            timeout=HANG_GUARD_SECONDS, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert await eventually(lambda: reader.load_system_state("s1"), {"mode": "off"}) == {"mode": "off"}
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 async def test_own_writes_invalidate_at_once(make_storage: Make) -> None:
