@@ -60,7 +60,7 @@ class Compression(Middleware):
         return self.decompress(ctx, value)
 
     def compress(self, value: Any) -> Any:
-        data = encode(value, pretty=False)
+        data = encode(value, pretty=False).rstrip(b"\n")  # the JSON itself, without the file's newline
         if len(data) <= self.threshold:
             return value
         packed = base64.b64encode(self._compressor.compress(data)).decode("ascii")

@@ -3,8 +3,13 @@ that every public method (section 2 and key-value) passes through it, on every b
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -387,3 +392,28 @@ def test_the_context_is_a_frozen_record() -> None:
     ctx = MiddlewareContext("load_cache", "cache", "k", "file", None, False, time.perf_counter())
     with pytest.raises(AttributeError):
         ctx.key = "other"  # type: ignore[misc]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "middleware.md"
+
+
+@pytest.mark.parametrize("section", ["Middleware", "A custom middleware", "Encryption", "Compression"])
+def test_the_docs_examples_run(section: str, tmp_path: Path) -> None:
+    """Every python block of these sections of docs/middleware.md, as it is, in a fresh interpreter."""
+    text = DOCS.read_text("utf-8")
+    parts = {part.split("\n", 1)[0].strip("# "): part for part in ("\n" + text).split("\n## ")}
+    body = parts[section] if section != "Middleware" else text.split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", body, re.S)
+    assert blocks, section
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")}
+    clean["PYTHONPATH"] = str(DOCS.parents[1])
+    for code in blocks:
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+    if section == "A custom middleware":
+        assert "refused:" in result.stdout and "[] 3" in result.stdout
+    if section == "Encryption":
+        assert "DecryptionError: cannot decrypt the memories of conversation 'c1'" in result.stdout
+        assert "['alice']" in result.stdout
