@@ -478,6 +478,8 @@ class ChainedKeyValueStore(KeyValueStore):
         try:
             async for key, value in KeyValueStore.scan(self, pattern):
                 yield key, await self._read(ctx, key, value)
+        except GeneratorExit:  # the caller stopped iterating early: not an error
+            raise
         except BaseException as e:
             error = e
             for on_error in chain.on_error:
