@@ -126,6 +126,7 @@ class ReadCache(Middleware):
         self._active = False  # open, and (where it can) watching: only then is anything cached
         self._evicting = False  # the backend drops conversations by itself (memory's LRU)
         self._watch_task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None  # a watch still starting after on_open
         self._hits = 0
         self._misses = 0
 
@@ -149,17 +150,30 @@ class ReadCache(Middleware):
             )
             waiter = asyncio.ensure_future(ready.wait())
             await asyncio.wait({waiter, self._watch_task}, timeout=_WATCH_START_TIMEOUT, return_when="FIRST_COMPLETED")
-            waiter.cancel()
-            self._active = ready.is_set()
-            if not self._active:
+            # Watching, or the watch failed (it logged why) and ttl alone applies; a watch
+            # still starting after all that time caches nothing until it has started.
+            self._active = ready.is_set() or self._watch_task.done()
+            if self._active:
+                waiter.cancel()
+            else:
                 logger.warning(
-                    "ReadCache: watching %s did not start; nothing is cached until it does", storage.backend_name
+                    "ReadCache: watching %s has not started yet; nothing is cached until it has",
+                    storage.backend_name,
                 )
+                waiter.add_done_callback(lambda done: self._late_start(storage, done))
+                self._waiter = waiter
         else:
+            self._active = True
+
+    def _late_start(self, storage: StorageInterface, waiter: asyncio.Future[Any]) -> None:
+        if not waiter.cancelled() and storage._initialized and self._watch_task is not None:
             self._active = True
 
     async def on_close(self, storage: StorageInterface) -> None:
         self._active = False
+        if self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
         task, self._watch_task = self._watch_task, None
         if task is not None:
             task.cancel()
@@ -171,8 +185,6 @@ class ReadCache(Middleware):
         try:
             async for event in storage.watch(debounce_ms=_WATCH_DEBOUNCE_MS, ready=ready):
                 self._on_change(event)
-                if not self._active and ready.is_set() and storage._initialized:
-                    self._active = True  # the watch started after on_open stopped waiting
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the tree vanished, the OS ran out of watches: fall back to ttl
