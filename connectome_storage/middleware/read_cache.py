@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import ConfigError, InvalidArgumentError
+from ..interface import MAX_TTL_SECONDS
 from ..kv import Entry
 from ._base import Middleware, MiddlewareContext
 
@@ -108,7 +109,7 @@ class ReadCache(Middleware):
     """
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 3_155_760_000:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL_SECONDS:
             raise InvalidArgumentError(
                 f"ReadCache ttl must be a number of seconds > 0 (at most 100 years), got {ttl!r}"
             )
