@@ -400,3 +400,19 @@ async def test_a_lost_watch_falls_back_to_ttl(
         assert await reader.load_system_state("s1") == 1
         clock.advance(30)
         assert await reader.load_system_state("s1") == 2
+
+
+async def test_with_encryption_the_cache_holds_no_plaintext(make_storage: Make) -> None:
+    from connectome_storage.middleware import Encryption
+
+    secret = "the vault code is 7391"
+    cache = ReadCache(ttl=3600)
+    async with make_storage(middleware=[cache, Encryption(os.urandom(32))]) as storage:
+        await storage.store_memory("c1", "m1", {"text": secret})
+        await storage.kv("ns").set("k", {"text": secret})
+        for _ in range(2):
+            assert await storage.load_memories("c1") == [{"text": secret, "memory_id": "m1"}]
+            assert await storage.kv("ns").get("k") == {"text": secret}
+        assert cache.stats()["hits"] == 2
+        held = repr(list(cache._entries.values()))
+        assert "$encrypted" in held and secret not in held
