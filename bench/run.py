@@ -40,6 +40,7 @@ from .suites import (
     kv_file,
     kv_redis,
     kv_sqlite,
+    middleware,
     redis,
     scale,
     sqlite,
@@ -60,6 +61,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "kv_redis": kv_redis.run,
     "adapters_openai": adapters_openai.run,
     "adapters_langgraph": adapters_langgraph.run,
+    "middleware": middleware.run,
 }
 
 

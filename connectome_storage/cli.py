@@ -27,7 +27,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 
 from .codec import format_time
-from .config import TYPE_VARIABLE, FileSettings, SqliteSettings, read_environment, redact_url
+from .config import (
+    TYPE_VARIABLE,
+    FileSettings,
+    SqliteSettings,
+    read_environment,
+    redact_url,
+    with_environment_middleware,
+)
 from .errors import (
     ConfigError,
     InvalidArgumentError,
@@ -460,6 +467,44 @@ async def _migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _rotate_key(storage: StorageInterface, args: argparse.Namespace) -> int:
+    """Re-encrypt everything under CONNECTOME_STORAGE_ENCRYPTION_KEY, reading old keys from
+    the variables --old-key-env names (keys never go on the command line)."""
+    from .config import ENCRYPTION_KEY_VARIABLE, _parse_encryption_key
+    from .middleware._rotate import rotate_key
+    from .middleware.encryption import Encryption
+
+    if not os.environ.get(ENCRYPTION_KEY_VARIABLE, "").strip():
+        raise ConfigError(
+            f"rotate-key needs the new key in {ENCRYPTION_KEY_VARIABLE} (base64 of 32 bytes); "
+            "name the variables holding old keys with --old-key-env"
+        )
+    current = _parse_encryption_key(os.environ[ENCRYPTION_KEY_VARIABLE], ENCRYPTION_KEY_VARIABLE)
+    old_keys = []
+    for name in args.old_key_env or []:
+        if name not in os.environ:
+            raise ConfigError(f"--old-key-env {name}: the environment variable {name} is not set")
+        old_keys.append(_parse_encryption_key(os.environ[name], name))
+    encryption = Encryption(current, old_keys=old_keys)
+    bar = _ProgressBar(sys.stderr, "rotating")
+    try:
+        report = await rotate_key(storage, encryption, progress=bar)
+    finally:
+        bar.close()
+    counts = report.as_dict()
+    if args.json:
+        _print_json({"key_id": encryption.key_id, **counts})
+        return EXIT_OK
+    print(f"every value is now under key id {encryption.key_id}")
+    _print_table({
+        "  values re-encrypted": counts["values"],
+        "  entities rewritten": counts["entities"],
+        "  values already under the key": counts["current"],
+        "  expired entries removed": counts["expired_removed"],
+    })  # fmt: skip
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------- parsing
 
 
@@ -552,6 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Redis key prefix for a redis:// source or destination")  # fmt: skip
     migrate.add_argument("--from-key-prefix", metavar="PREFIX", help="key prefix of a Redis source")
     migrate.add_argument("--to-key-prefix", metavar="PREFIX", help="key prefix of a Redis target")
+    rotate = command(
+        "rotate-key",
+        _rotate_key,
+        "re-encrypt every stored value under the key in CONNECTOME_STORAGE_ENCRYPTION_KEY; "
+        "resumable: run it again after an interruption",
+        json=True,
+    )
+    rotate.add_argument(
+        "--old-key-env", action="append", metavar="NAME",
+        help="an environment variable holding an old key (base64) to read with; repeat for several",
+    )  # fmt: skip
     return parser
 
 
@@ -580,6 +636,7 @@ def _build_storage(backend: str, config: dict[str, Any], source: str | None = No
     """A ``backend`` storage from ``config``, leaving out keys that belong to other backends
     (CONNECTOME_STORAGE_* variables are read for every backend)."""
     _remember_urls(config)
+    config = with_environment_middleware(config)  # CONNECTOME_STORAGE_ENCRYPTION_KEY: Encryption
     cls = StorageFactory.backend_class(backend, source)
     accepted = set(cls.settings_class.__dataclass_fields__)
     return cls({key: value for key, value in config.items() if key in accepted})

@@ -34,6 +34,7 @@ __all__ = [
     "read_environment",
     "redact_url",
     "resolve_settings",
+    "with_environment_middleware",
 ]
 
 ENV_PREFIX = "CONNECTOME_STORAGE_"
@@ -47,6 +48,8 @@ class CommonSettings:
 
     clock: Callable[[], float] = time.time
     default_cache_ttl: float | None = None
+    # Middleware instances run around every public method, the first outermost (docs/middleware.md).
+    middleware: tuple[Any, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,9 +230,11 @@ def _parse_cluster(value: Any, name: str) -> bool:
 ENCRYPTION_KEY_VARIABLE = "CONNECTOME_STORAGE_ENCRYPTION_KEY"
 
 
-def _parse_encryption_key(value: Any, name: str) -> None:
-    """Check the key's form, then refuse it: encryption is not built yet, and a security
-    setting must never be accepted and silently do nothing. The value is never shown."""
+def _parse_encryption_key(value: Any, name: str) -> bytes:
+    """The 32 key bytes of base64 text; the value is never shown, even when malformed.
+
+    ``create_storage_from_env`` and the CLI turn it into an ``Encryption`` middleware
+    (``with_environment_middleware``)."""
     try:
         if not isinstance(value, str):
             raise ValueError
@@ -241,10 +246,24 @@ def _parse_encryption_key(value: Any, name: str) -> None:
             f"{name} is not a usable key (value not shown): it must be base64 of exactly 32 random bytes, "
             "e.g. from `python -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'`"
         )
-    raise ConfigError(
-        f"{name} is set, but encryption at rest is not available yet in this version; unset it "
-        "(data would otherwise be stored unencrypted while you expect it encrypted)"
-    )
+    return key
+
+
+def with_environment_middleware(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` from ``read_environment`` with its ``encryption_key`` (if any) turned into an
+    ``Encryption`` middleware, placed after any middleware already in ``config`` (innermost)."""
+    key = config.pop("encryption_key", None)
+    if key is None:
+        return config
+    from .middleware.encryption import Encryption
+
+    return {**config, "middleware": (*config.get("middleware", ()), Encryption(key))}
+
+
+def _parse_middleware(value: Any, name: str) -> tuple[Any, ...]:
+    from .middleware._chain import check_middleware  # imported on use: config is imported first
+
+    return check_middleware(value, name)
 
 
 def _parse_clock(value: Any, name: str) -> Callable[[], float]:
@@ -262,6 +281,7 @@ def _parse_synchronous(value: Any, name: str) -> str:
 
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "clock": _parse_clock,
+    "middleware": _parse_middleware,
     "default_cache_ttl": _parse_ttl,
     "base_dir": _parse_path,
     "create_backups": parse_bool,
@@ -298,7 +318,7 @@ ENV_VARIABLES: dict[str, str] = {
     "CONNECTOME_STORAGE_SERIALIZER": "serializer",
     "CONNECTOME_STORAGE_POSTGRES_DSN": "dsn",
     "CONNECTOME_STORAGE_REDIS_CLUSTER": "cluster",
-    # Checked, then refused: encryption is not available yet (no backend takes this key).
+    # Not a backend option: with_environment_middleware makes it an Encryption middleware.
     ENCRYPTION_KEY_VARIABLE: "encryption_key",
 }
 TYPE_VARIABLE = "CONNECTOME_STORAGE_TYPE"

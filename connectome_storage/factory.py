@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .config import TYPE_VARIABLE, read_environment
+from .config import TYPE_VARIABLE, read_environment, with_environment_middleware
 from .errors import ConfigError
 from .interface import StorageInterface
 
@@ -110,8 +110,10 @@ def create_storage_from_env(environ: Mapping[str, str] | None = None) -> Storage
 
     Every variable that is set is validated (ConfigError names it, its value and what is
     accepted); those that belong to another backend are then ignored.
+    ``CONNECTOME_STORAGE_ENCRYPTION_KEY`` adds an ``Encryption`` middleware with that key.
     """
     backend, config = read_environment(os.environ if environ is None else environ)
+    config = with_environment_middleware(config)  # CONNECTOME_STORAGE_ENCRYPTION_KEY: Encryption
     cls = StorageFactory.backend_class(backend, TYPE_VARIABLE)
     accepted = {name for name in cls.settings_class.__dataclass_fields__}
     return cls({key: value for key, value in config.items() if key in accepted})

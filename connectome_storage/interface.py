@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from .codec import check_value
 from .config import CommonSettings, resolve_settings
@@ -37,6 +37,9 @@ from .errors import (
 )
 from .kv import DEFAULT_NAMESPACE, SCAN_BATCH, KeyValueStore, KVRecord, KVSelect
 from .naming import check_id
+
+if TYPE_CHECKING:
+    from .middleware._chain import Chain
 
 __all__ = [
     "CAPABILITIES",
@@ -148,9 +151,17 @@ class StorageInterface(ABC):
     backend_name: ClassVar[str] = "custom"
     settings_class: ClassVar[type[CommonSettings]] = CommonSettings
 
+    # The middleware chain (docs/middleware.md), when the ``middleware`` option is non-empty.
+    _chain: Chain | None = None
+
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.settings = resolve_settings(self.settings_class, config, self.backend_name)
         self._initialized = False
+        if self.settings.middleware:
+            # Only then: a storage without middleware has nothing installed and pays nothing.
+            from .middleware._chain import install
+
+            self._chain = install(self, self.settings.middleware)
 
     # ----------------------------------------------------------------- lifecycle
 

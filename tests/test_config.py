@@ -226,11 +226,16 @@ def test_a_malformed_encryption_key_is_refused_without_showing_it(value: str) ->
     assert not value or value not in message
 
 
-def test_a_wellformed_encryption_key_is_refused_since_encryption_is_not_available() -> None:
-    # Accepting it would let a user believe data is encrypted while it is written in clear.
-    with pytest.raises(ConfigError, match="encryption at rest is not available yet") as caught:
-        create_storage_from_env({"CONNECTOME_STORAGE_ENCRYPTION_KEY": KEY_32})
-    assert KEY_32 not in str(caught.value)
+def test_a_wellformed_encryption_key_turns_encryption_on(tmp_path: Path) -> None:
+    from connectome_storage.middleware import Encryption
+
+    storage = create_storage_from_env(
+        {"CONNECTOME_STORAGE_ENCRYPTION_KEY": KEY_32, "CONNECTOME_STORAGE_BASE_DIR": str(tmp_path)}
+    )
+    (encryption,) = storage.settings.middleware
+    assert isinstance(encryption, Encryption) and encryption.key_id == Encryption(bytes(range(32))).key_id
+    assert KEY_32 not in repr(storage.settings) and KEY_32 not in repr(encryption)
+    # Not a config-dict option: in code, encryption is a middleware.
     with pytest.raises(ConfigError, match="'encryption_key'"):
         StorageFactory.create_storage("file", {"encryption_key": KEY_32})
 
