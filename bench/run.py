@@ -42,6 +42,7 @@ from .suites import (
     kv_sqlite,
     redis,
     scale,
+    serializer,
     sqlite,
 )
 from .targets import evaluate
@@ -58,6 +59,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "kv_file": kv_file.run,
     "kv_sqlite": kv_sqlite.run,
     "kv_redis": kv_redis.run,
+    "serializer": serializer.run,
     "adapters_openai": adapters_openai.run,
     "adapters_langgraph": adapters_langgraph.run,
 }
