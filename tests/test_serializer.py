@@ -126,9 +126,12 @@ async def test_sqlite_refuses_the_other_serializer(tmp_path: Path, clock: FakeCl
     async with sqlite_storage(db, clock, written) as storage:
         await storage.store_system_state("s", 41)
     wrong = sqlite_storage(db, clock, opened)
-    with pytest.raises(ConfigError, match=rf"serializer='{written}'.*opened with serializer='{opened}'"):
-        await wrong.initialize()
-    assert wrong._db is None  # the connection was closed again
+    try:
+        with pytest.raises(ConfigError, match=rf"serializer='{written}'.*opened with serializer='{opened}'"):
+            await wrong.initialize()
+        assert wrong._db is None  # the connection was closed again
+    finally:
+        await wrong.shutdown()  # only does something if the refusal failed: its thread would outlive the test
     async with sqlite_storage(db, clock, written) as storage:
         assert await storage.load_system_state("s") == 41
 
