@@ -43,6 +43,7 @@ from .suites import (
     middleware,
     redis,
     scale,
+    serializer,
     sqlite,
 )
 from .targets import evaluate
@@ -59,6 +60,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "kv_file": kv_file.run,
     "kv_sqlite": kv_sqlite.run,
     "kv_redis": kv_redis.run,
+    "serializer": serializer.run,
     "adapters_openai": adapters_openai.run,
     "adapters_langgraph": adapters_langgraph.run,
     "middleware": middleware.run,

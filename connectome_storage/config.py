@@ -212,10 +212,8 @@ def _parse_dsn(value: Any, name: str) -> str:
 
 def _parse_serializer(value: Any, name: str) -> str:
     serializer = _parse_text(value, name).strip().lower()
-    if serializer == "msgpack":
-        raise ConfigError(f"{name}={value!r}: the msgpack serializer is not supported yet; use json (the default)")
-    if serializer != "json":
-        raise ConfigError(f"{name}={value!r} is not a serializer; use json (msgpack is planned)")
+    if serializer not in ("json", "msgpack"):
+        raise ConfigError(f"{name}={value!r} is not a serializer; use json (the default) or msgpack")
     return serializer
 
 

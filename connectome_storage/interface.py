@@ -18,11 +18,11 @@ import enum
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar, overload
 
 from .codec import check_value
 from .config import CommonSettings, resolve_settings
@@ -40,6 +40,9 @@ from .naming import check_id
 
 if TYPE_CHECKING:
     from .middleware._chain import Chain
+    from .typed import TypedKeyValueStore
+
+M = TypeVar("M")
 
 __all__ = [
     "CAPABILITIES",
@@ -428,8 +431,33 @@ class StorageInterface(ABC):
 
     # -------------------------------------------------- key-value collections
 
-    def kv(self, namespace: str = DEFAULT_NAMESPACE) -> KeyValueStore:
-        """A KeyValueStore over one namespace (docs/kv.md); InvalidKeyError for a bad name."""
+    @overload
+    def kv(self, namespace: str = DEFAULT_NAMESPACE) -> KeyValueStore: ...
+    @overload
+    def kv(
+        self, namespace: str = DEFAULT_NAMESPACE, *, model: type[M], version: int = 1,
+        upgrade: Mapping[int, Callable[[Any], Any]] | None = None,
+    ) -> TypedKeyValueStore[M]: ...  # fmt: skip
+    def kv(
+        self, namespace: str = DEFAULT_NAMESPACE, *, model: type[Any] | None = None, version: int = 1,
+        upgrade: Mapping[int, Callable[[Any], Any]] | None = None,
+    ) -> KeyValueStore | TypedKeyValueStore[Any]:  # fmt: skip
+        """A KeyValueStore over one namespace (docs/kv.md); InvalidKeyError for a bad name.
+
+        With ``model`` (a pydantic model or a dataclass), a TypedKeyValueStore that validates
+        values and returns instances of it, at schema ``version`` with ``upgrade`` functions
+        for older entries (docs/kv.md, "Typed collections").
+        """
+        if model is None:
+            if version != 1 or upgrade:
+                raise InvalidArgumentError("version and upgrade apply to a typed collection: pass model= too")
+            return self._plain_kv(namespace)
+        from .typed import TypedKeyValueStore
+
+        return TypedKeyValueStore(self, namespace, model, version=version, upgrade=upgrade)
+
+    def _plain_kv(self, namespace: str) -> KeyValueStore:
+        """The untyped store of a namespace (the middleware chain puts its own in its place)."""
         return KeyValueStore(self, namespace)
 
     async def list_namespaces(self) -> list[str]:

@@ -67,7 +67,16 @@ def _memory(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> Storag
 
 _MEMORY_DATA: dict[Path, MemoryStorage] = {}
 
-BACKENDS: dict[str, Builder] = {"file": _file, "memory": _memory, "sqlite": _sqlite, "redis": _redis}
+
+def _msgpack(build: Builder) -> Builder:
+    # The same backend storing every value as msgpack instead of JSON.
+    return lambda tmp_path, clock, options: build(tmp_path, clock, {"serializer": "msgpack", **options})
+
+
+BACKENDS: dict[str, Builder] = {
+    "file": _file, "memory": _memory, "sqlite": _sqlite, "redis": _redis,
+    "sqlite-msgpack": _msgpack(_sqlite), "redis-msgpack": _msgpack(_redis),
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -87,7 +96,7 @@ def make_storage(
     """Build another storage of the current backend over the same data."""
     # Only Redis runs need a server, so file and sqlite runs never start one.
     server: dict[str, Any] = {}
-    if backend == "redis":
+    if backend.startswith("redis"):
         server["redis_url"] = request.getfixturevalue("redis_server").url
 
     def make(**options: Any) -> StorageInterface:

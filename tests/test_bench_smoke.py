@@ -17,8 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = [
-    "files", "append", "sqlite", "redis", "scale", "kv_file", "kv_sqlite", "kv_redis", "adapters_openai",
-    "adapters_langgraph", "middleware",
+    "files", "append", "sqlite", "redis", "scale", "kv_file", "kv_sqlite", "kv_redis", "serializer",
+    "adapters_openai", "adapters_langgraph", "middleware",
 ]  # fmt: skip
 # Our own benchmarks: they must run whether or not the bench extra's peers are installed.
 OURS = {
@@ -30,6 +30,8 @@ OURS = {
       for backend in ("file", "sqlite", "redis")),
     "scale.migrate",
     "kv_redis.set", "kv_redis.get", "middleware.load",
+    *(f"serializer.{backend}.{what}.{op}" for backend in ("sqlite", "redis")
+      for what in ("history", "document") for op in ("store", "load")),
     *(f"scale.concurrency.{backend}.{op}" for backend in ("file", "sqlite", "redis")
       for op in ("store_conversation", "load_conversation")),
 }  # fmt: skip

@@ -180,14 +180,16 @@ def test_backup_retention_belongs_to_the_file_tree_only() -> None:
     assert not hasattr(storage.settings, "backup_retention")
 
 
-def test_serializer_json_is_accepted_and_msgpack_is_refused_until_it_exists() -> None:
+def test_serializer_json_and_msgpack_are_accepted_on_sqlite_and_redis_only() -> None:
     storage = create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_SERIALIZER": "JSON"})
     assert storage.settings.serializer == "json"  # type: ignore[attr-defined]
     for backend in ("sqlite", "redis"):
-        with pytest.raises(ConfigError, match=r"serializer.*not supported yet"):
-            StorageFactory.create_storage(backend, {"serializer": "msgpack"})
-    with pytest.raises(ConfigError, match=r"CONNECTOME_STORAGE_SERIALIZER.*not supported yet"):
-        create_storage_from_env({"CONNECTOME_STORAGE_SERIALIZER": "msgpack"})  # validated even for file
+        built = StorageFactory.create_storage(backend, {"serializer": "msgpack"})
+        assert built.settings.serializer == "msgpack"  # type: ignore[attr-defined]
+    environ = {"CONNECTOME_STORAGE_TYPE": "redis", "CONNECTOME_STORAGE_SERIALIZER": " MsgPack "}
+    assert create_storage_from_env(environ).settings.serializer == "msgpack"  # type: ignore[attr-defined]
+    # The file tree is always JSON: the variable is validated, then ignored; the key is refused.
+    assert not hasattr(create_storage_from_env({"CONNECTOME_STORAGE_SERIALIZER": "msgpack"}).settings, "serializer")
     with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_SERIALIZER='pickle' is not a serializer"):
         create_storage_from_env({"CONNECTOME_STORAGE_SERIALIZER": "pickle"})
     with pytest.raises(ConfigError, match="'serializer'"):

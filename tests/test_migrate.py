@@ -98,10 +98,11 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
     return expected
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory"])
+@pytest.fixture(params=["sqlite", "redis", "memory", "sqlite-msgpack", "redis-msgpack"])
 def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Any:
     """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS)."""
-    options = {"redis_url": request.getfixturevalue("redis_server").url} if request.param == "redis" else {}
+    redis = request.param.startswith("redis")
+    options = {"redis_url": request.getfixturevalue("redis_server").url} if redis else {}
     return lambda: BACKENDS[request.param](tmp_path, clock, options)
 
 

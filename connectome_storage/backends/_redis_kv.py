@@ -4,7 +4,7 @@ Key layout (``P`` is ``key_prefix``; ``<ns>``, ``<key>``, ``<name>``, ``<value>`
 percent-encoded by ``naming.encode_name``, so none holds ``{``, ``}`` or ``:``; the braces
 are a cluster hash tag putting every key of one namespace in one slot)::
 
-    P kv:{<ns>}:e:<key>                 hash  value, tags (JSON), created_ms, updated_ms,
+    P kv:{<ns>}:e:<key>                 hash  value (serializer), tags (JSON), created_ms, updated_ms,
                                               expires_ms (absent: never); PEXPIRE'd natively
     P kv:{<ns>}:keys                    zset  original keys (UTF-8), all scored 0: key order
     P kv:{<ns>}:exp                     zset  keys of expiring entries scored by expires_ms
@@ -33,10 +33,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from ..codec import decode
 from ..errors import CorruptedDataError, StorageError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect
 from ..naming import encode_name
+
+if TYPE_CHECKING:
+    from ..serializer import Serializer
 
 __all__ = ["RedisKV"]
 
@@ -81,6 +85,7 @@ class RedisKV(StorageInterface):
 
     if TYPE_CHECKING:  # what RedisStorage provides (redis.py); declared here for the type checker
         _prefix: str
+        _serializer: Serializer
 
         @property
         def client(self) -> Any: ...
@@ -124,7 +129,10 @@ class RedisKV(StorageInterface):
                 where, "not a key-value entry (a field of value, tags, created_ms, updated_ms is missing)", hint=_HINT
             )
         value = self._decode(raw_value, f"{where} value") if values else None
-        tags = self._decode(raw_tags, f"{where} tags")
+        try:
+            tags = decode(raw_tags, f"{where} tags")  # JSON whatever the serializer: the scripts read it
+        except CorruptedDataError as e:
+            raise CorruptedDataError(e.path, e.problem, line=e.line, column=e.column, hint=_HINT) from e
         if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
             raise CorruptedDataError(where, "tags is not a JSON object of strings", hint=_HINT)
         try:
@@ -175,7 +183,7 @@ class RedisKV(StorageInterface):
         for record in records:
             tags = sorted(record.tags.items())
             args += [
-                record.key, _json(record.value), _json(dict(tags)),
+                record.key, self._serializer.dumps(record.value), _json(dict(tags)),
                 record.created_ms, record.updated_ms, "" if record.expires_ms is None else record.expires_ms,
                 len(tags),
             ]  # fmt: skip

@@ -127,4 +127,14 @@ for i = 2, #KEYS do
   end
 end
 return removed""",
+    # KEYS: serializer marker, the index keys. ARGV: the serializer this storage uses.
+    # Returns the serializer that wrote the prefix, recording it first when none is: a
+    # prefix that already holds data from before the marker existed was written as JSON.
+    "claim_serializer": """
+local stored = redis.call('GET', KEYS[1])
+if stored then return stored end
+stored = ARGV[1]
+if redis.call('EXISTS', unpack(KEYS, 2, #KEYS)) > 0 then stored = 'json' end
+redis.call('SET', KEYS[1], stored)
+return stored""",
 }

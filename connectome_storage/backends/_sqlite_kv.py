@@ -8,7 +8,8 @@ Tables (schema version 2, ``_sqlite_schema.MIGRATIONS``)::
     kv_tags(namespace, name, value, key)   WITHOUT ROWID, PRIMARY KEY (namespace, name, value, key)
         FOREIGN KEY (namespace, key) -> kv ON DELETE CASCADE, index (namespace, key)
 
-``kv.tags`` is the entry's tags as a canonical JSON object (what ``get_entry`` returns);
+``kv.value`` goes through the storage's serializer (JSON text or a msgpack BLOB);
+``kv.tags`` is the entry's tags as a canonical JSON object whatever the serializer (what ``get_entry`` returns);
 ``kv_tags`` holds one row per tag so that tag filters are index lookups. Every query,
 count, key listing and scan page is one SQL statement built from a ``KVSelect``
 (``select_sql``), and must return exactly what ``KVSelect.apply`` returns over all records.
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 
-from ..codec import encode
+from ..codec import decode, encode
 from ..errors import CorruptedDataError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect, compile_pattern
@@ -30,6 +31,8 @@ from ..kv import KVRecord, KVSelect, compile_pattern
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from ..serializer import Serializer
 
 T = TypeVar("T")
 
@@ -92,7 +95,9 @@ class SqliteKV(StorageInterface):
     if TYPE_CHECKING:  # what SqliteStorage provides (sqlite.py); declared here for the type checker
         _path: Path
         _json1: bool
+        _serializer: Serializer
 
+        def _dump(self, value: Any) -> str | bytes: ...
         def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any: ...
         async def _run(self, action: str, body: Callable[[sqlite3.Connection], T], begin: str | None = None) -> T: ...
         async def _read(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
@@ -107,8 +112,8 @@ class SqliteKV(StorageInterface):
         # and naming where (the path, the key's repr) cost more than the parsing itself.
         key, value, tags, created, updated, expires = row
         try:
-            decoded, labels = orjson.loads(value), orjson.loads(tags)
-        except (orjson.JSONDecodeError, TypeError):  # TypeError: not text (a hand edit)
+            decoded, labels = self._serializer.loads(value), orjson.loads(tags)
+        except (ValueError, TypeError):  # every serializer's errors (orjson's among them); TypeError: not text
             self._kv_damage(namespace, row)
         if (
             type(key) is str and type(labels) is dict and type(created) is int and type(updated) is int
@@ -127,9 +132,14 @@ class SqliteKV(StorageInterface):
             raise CorruptedDataError(source, f"the key is a {type(key).__name__}, not text", hint=_HINT)
         for column, text in (("value", value), ("tags", tags)):
             if not isinstance(text, str | bytes):
-                raise CorruptedDataError(source, f"{column} is a {type(text).__name__}, not JSON text", hint=_HINT)
+                raise CorruptedDataError(source, f"{column} is a {type(text).__name__}, not stored text", hint=_HINT)
         self._parse(value, "kv", where)
-        labels = self._parse(tags, "kv", f"{where}, column tags", dict)
+        try:
+            labels = decode(tags, f"{source}, column tags")  # tags are JSON whatever the serializer
+        except CorruptedDataError as e:
+            raise CorruptedDataError(e.path, e.problem, line=e.line, column=e.column, hint=_HINT) from e
+        if not isinstance(labels, dict):
+            raise CorruptedDataError(source, "tags is not a JSON object", hint=_HINT)
         for name, label in labels.items():
             if not isinstance(label, str):
                 raise CorruptedDataError(source, f"tag {name!r} is not a string", hint=_HINT)
@@ -210,7 +220,7 @@ class SqliteKV(StorageInterface):
     async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
         # Everything is encoded before the transaction starts: a value that fails writes nothing.
         rows = [
-            (namespace, r.key, _text(r.value), _text(r.tags), r.created_ms, r.updated_ms, r.expires_ms, now_ms)
+            (namespace, r.key, self._dump(r.value), _text(r.tags), r.created_ms, r.updated_ms, r.expires_ms, now_ms)
             for r in records
         ]
         tags = [[(namespace, name, value, r.key) for name, value in r.tags.items()] for r in records]

@@ -7,7 +7,15 @@ and refuses a database whose version is newer. docs/sqlite.md draws the tables.
 
 from __future__ import annotations
 
-__all__ = ["APPLICATION_ID", "ENSURE_PARENT", "MIGRATIONS", "PRUNE_CONVERSATION", "SCHEMA_VERSION", "STATS"]
+__all__ = [
+    "APPLICATION_ID",
+    "CLAIM_SERIALIZER",
+    "ENSURE_PARENT",
+    "MIGRATIONS",
+    "PRUNE_CONVERSATION",
+    "SCHEMA_VERSION",
+    "STATS",
+]
 
 # Written into the file header so that a database of another application is never mistaken
 # for an empty one of ours ("CnSt").
@@ -90,6 +98,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The cascade and a rewrite find an entry's tag rows through this.
         "CREATE INDEX kv_tags_entry ON kv_tags (namespace, key)",
     ),
+    # 3: facts about the database itself. Row ``serializer`` says how values are stored
+    # (json or msgpack). A database that already holds data was written as JSON, so it is
+    # recorded as such here; a new one is claimed by the first storage that opens it.
+    (
+        "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+        """INSERT INTO meta (name, value) SELECT 'serializer', 'json' WHERE EXISTS (SELECT 1 FROM conversations)
+            OR EXISTS (SELECT 1 FROM agents) OR EXISTS (SELECT 1 FROM cache)
+            OR EXISTS (SELECT 1 FROM system_state) OR EXISTS (SELECT 1 FROM kv)""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -99,6 +116,9 @@ PRUNE_CONVERSATION = """DELETE FROM conversations WHERE conversation_id = :id
     AND document IS NULL AND chunks IS NULL
     AND NOT EXISTS (SELECT 1 FROM raw_messages WHERE conversation_id = :id)
     AND NOT EXISTS (SELECT 1 FROM memories WHERE conversation_id = :id)"""
+
+# Records the serializer of a database that has none yet (inside BEGIN IMMEDIATE).
+CLAIM_SERIALIZER = "INSERT INTO meta (name, value) VALUES ('serializer', ?) ON CONFLICT (name) DO NOTHING"
 
 # Parent row of a log or collection; the foreign keys need it before the first child.
 ENSURE_PARENT = {

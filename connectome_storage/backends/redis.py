@@ -4,7 +4,7 @@ Key layout (``P`` is ``key_prefix``; ``<id>`` is the id percent-encoded by
 ``naming.encode_name``, which never holds ``{``, ``}`` or ``:``, so every key is
 unambiguous and the braces are a cluster hash tag grouping one conversation's keys)::
 
-    P conv:{<id>}:current   string  conversation document (compact JSON)
+    P conv:{<id>}:current   string  conversation document (compact JSON, or msgpack)
     P conv:{<id>}:chunks    string  chunking decisions (JSON array)
     P conv:{<id>}:raw       list    raw messages, one JSON text per element
     P conv:{<id>}:mem       hash    memory_id -> memory JSON
@@ -16,7 +16,12 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P idx:agents            set     ids of agents with chains
     P idx:system            set     state keys
     P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
+    P meta:serializer       string  json or msgpack: how every value under the prefix is stored
     P health:{<random>}     string  health_check()'s probe, deleted at once (PX 60 s in case it is not)
+
+Values (JSON texts above) go through the serializer of the ``serializer`` option
+(``serializer.py``): compact JSON by default, or msgpack; ``meta:serializer`` records
+which one wrote the prefix, and a storage opened with the other is refused.
 
 Every operation that touches several keys is one Lua script (_redis_lua.py), so it is
 atomic and one round trip. Replacing a document or appending to a log whose key already
@@ -35,7 +40,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote
 
-from ..codec import decode, encode
 from ..config import RedisSettings, redact_url
 from ..errors import (
     AccessDeniedError,
@@ -49,6 +53,7 @@ from ..errors import (
 )
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..naming import encode_name as _encode_name
+from ..serializer import Serializer, make_serializer
 from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
 from ._redis_lua import SCRIPTS
@@ -92,8 +97,9 @@ class RedisStorage(RedisKV, StorageInterface):
 
     Options: ``redis_url``, ``key_prefix``, ``connection_timeout`` (connect and socket
     timeout, seconds), ``client`` (an existing ``redis.asyncio.Redis``, which stays the
-    caller's: shutdown() never closes it), ``clock``, ``default_cache_ttl``.
-    Raises ImportError naming the extra when the redis package is missing.
+    caller's: shutdown() never closes it), ``serializer`` (``json`` or ``msgpack``),
+    ``clock``, ``default_cache_ttl``. Raises ImportError naming the extra when the redis
+    package (or msgpack, for that serializer) is missing.
     """
 
     backend_name: ClassVar[str] = "redis"
@@ -104,6 +110,7 @@ class RedisStorage(RedisKV, StorageInterface):
         super().__init__(config)
         self._redis = _import_redis()
         self._prefix = self.settings.key_prefix
+        self._serializer: Serializer = make_serializer(self.settings.serializer)
         # Typed Any: redis-py annotates its commands as sync-or-async unions that only
         # type-check with a cast at every call.
         self._client: Any = None
@@ -134,6 +141,7 @@ class RedisStorage(RedisKV, StorageInterface):
         try:
             await self._call("connecting", None, client.ping, read=True)
             await self._read_server_config()
+            await self._check_serializer()
         except BaseException:
             await self._close()
             raise
@@ -171,6 +179,37 @@ class RedisStorage(RedisKV, StorageInterface):
         self._persistent = None if appendonly is None or save is None else appendonly == "yes" or bool(save.strip())
         if limit is not None and limit.isdigit():
             self._bulk_limit = int(limit)
+
+    async def _check_serializer(self) -> None:
+        """Refuse a prefix written with another serializer; claim a new one for ours (one
+        script, so two clients opening a new prefix with different serializers cannot both win)."""
+        wanted = self._serializer.name
+        pool = getattr(self._client, "connection_pool", None)
+        if not self._serializer.text and getattr(pool, "connection_kwargs", {}).get("decode_responses"):
+            raise ConfigError(
+                f"serializer={wanted!r} stores bytes, but the client passed in was made with "
+                "decode_responses=True, which would turn them into text; pass a client without it"
+            )
+        marker = self._prefix + "meta:serializer"
+        kinds = (Kind.CONVERSATION, Kind.REASONING_CHAINS, Kind.CACHE, Kind.SYSTEM)
+        keys = [marker, *(self.index_of(kind) for kind in kinds), self._prefix + "idx:kv"]
+        try:
+            stored: bytes | str | None = await self._script("claim_serializer", marker, keys, [wanted])
+        except AccessDeniedError:
+            # An ACL that forbids writing the prefix (or touching it at all): every operation
+            # will say so itself, as health_check() does. A marker it may read is still checked.
+            try:
+                stored = await self._get(marker)
+            except AccessDeniedError:
+                stored = None
+        if stored is not None and _text(stored) != wanted:
+            stored = _text(stored)
+            raise ConfigError(
+                f"key_prefix {self._prefix!r} on Redis at {self._server} was written with serializer={stored!r}, "
+                f"but this storage was opened with serializer={wanted!r}; open it with serializer={stored!r} "
+                f"(CONNECTOME_STORAGE_SERIALIZER={stored}), or copy it with migrate() under another key_prefix "
+                f"that uses {wanted!r}"
+            )
 
     def _capabilities(self) -> frozenset[str]:
         # "persistent" only when the server said so at initialize(): an unknown server is
@@ -338,7 +377,7 @@ class RedisStorage(RedisKV, StorageInterface):
 
     def _decode(self, raw: bytes | str, source: str) -> Any:
         try:
-            return decode(raw, source)
+            return self._serializer.decode(raw, source)
         except CorruptedDataError as e:
             raise CorruptedDataError(e.path, e.problem, line=e.line, column=e.column, hint=_HINT) from e
 
@@ -358,7 +397,7 @@ class RedisStorage(RedisKV, StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         name = self.key_of(kind, key)
-        data = encode(value, pretty=False)
+        data = self._serializer.dumps(value)
         size = self._check_size(name, [data])
         # Replacing an existing value needs no script: every script that creates a key also
         # lists its id, and none unlists an id while one of its keys exists, so a key that
@@ -386,7 +425,7 @@ class RedisStorage(RedisKV, StorageInterface):
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         name = self.key_of(kind, key)
-        encoded = [encode(item, pretty=False) for item in items]
+        encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
         # RPUSHX pushes only onto an existing list, which is listed already (see
         # _write_document); it answers 0, having written nothing, when the list is new.
@@ -397,7 +436,7 @@ class RedisStorage(RedisKV, StorageInterface):
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         name = self.key_of(kind, key)
-        encoded = [encode(item, pretty=False) for item in items]
+        encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
         await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size=size)
 
@@ -417,7 +456,7 @@ class RedisStorage(RedisKV, StorageInterface):
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
         name = self.key_of(Kind.MEMORIES, conversation_id)
         keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES)]
-        data = encode(memory, pretty=False)
+        data = self._serializer.dumps(memory)
         size = self._check_size(f"{name}[{memory_id!r}]", [data])
         await self._script("put_member", name, keys, [conversation_id, memory_id, data], size=size)
 
@@ -473,7 +512,7 @@ class RedisStorage(RedisKV, StorageInterface):
             # Redis expires the key itself after the time left on our clock; the interface
             # still checks expires_ms against the clock, so an injected clock stays exact.
             px, score = str(max(1, entry.expires_ms - self._now_ms())), str(entry.expires_ms)
-        data = encode(envelope, pretty=False)
+        data = self._serializer.dumps(envelope)
         size = self._check_size(name, [data])
         await self._script(
             "write_cache", name, [name, self.index_of(Kind.CACHE)], [entry.key, data, px, score], size=size
@@ -575,6 +614,7 @@ class RedisStorage(RedisKV, StorageInterface):
             "used_memory": memory.get("used_memory"),
             "maxmemory": memory.get("maxmemory"),
             "persistent": self._persistent,
+            "serializer": self._serializer.name,
             "max_value_bytes": self._bulk_limit,
             "client_owned_by_caller": not self._owns_client,
         }
@@ -670,7 +710,7 @@ class RedisStorage(RedisKV, StorageInterface):
     async def _all_keys(self) -> list[str]:
         """Every key this storage owns, found through the index sets (no KEYS, no SCAN)."""
         kinds = (Kind.CONVERSATION, Kind.REASONING_CHAINS, Kind.CACHE, Kind.SYSTEM)
-        keys = [self.index_of(kind) for kind in kinds]
+        keys = [self.index_of(kind) for kind in kinds] + [self._prefix + "meta:serializer"]
         for conversation_id in await self._list_conversations():
             keys += self._part_keys(conversation_id)
         keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]

@@ -9,8 +9,12 @@ Schema (``_sqlite_schema``; docs/sqlite.md draws it)::
     cache(cache_key PK, data, created_ms, expires_ms)      index on (expires_ms, cache_key)
     system_state(state_key PK, data)
 
-Values are canonical compact JSON text (``codec.encode``), readable with the sqlite3 shell
-and ``json_extract``. Each operation is one function run on aiosqlite's worker thread:
+Values go through the serializer chosen by the ``serializer`` option (``serializer.py``):
+canonical compact JSON text by default, readable with the sqlite3 shell and
+``json_extract``, or msgpack BLOBs. ``meta(name, value)`` records which one wrote the
+database (row ``serializer``), and a database is only ever opened with that one.
+
+Each operation is one function run on aiosqlite's worker thread:
 one thread hop and one transaction per operation. That thread runs one function at a
 time, so coroutines sharing the connection never interleave statements inside each
 other's transaction, and no asyncio lock is needed.
@@ -31,9 +35,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import orjson
-
-from ..codec import decode, encode
 from ..config import SqliteSettings
 from ..errors import (
     AccessDeniedError,
@@ -48,10 +49,12 @@ from ..errors import (
     ValueTooLargeError,
 )
 from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
+from ..serializer import Serializer, make_serializer
 from . import _fs
 from ._sqlite_kv import SqliteKV
 from ._sqlite_schema import (
     APPLICATION_ID,
+    CLAIM_SERIALIZER,
     ENSURE_PARENT,
     MIGRATIONS,
     PRUNE_CONVERSATION,
@@ -108,8 +111,9 @@ class SqliteStorage(SqliteKV, StorageInterface):
     """Stores everything in one SQLite database at ``db_path``.
 
     Options: ``db_path``, ``enable_wal_mode``, ``synchronous`` (FULL, EXTRA or NORMAL),
-    ``connection_timeout`` (seconds to wait for another writer), ``clock``,
-    ``default_cache_ttl``. Raises ImportError naming the extra when aiosqlite is missing.
+    ``connection_timeout`` (seconds to wait for another writer), ``serializer`` (``json``
+    or ``msgpack``), ``clock``, ``default_cache_ttl``. Raises ImportError naming the extra
+    when aiosqlite (or msgpack, for that serializer) is missing.
     """
 
     backend_name: ClassVar[str] = "sqlite"
@@ -119,6 +123,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
         self._aiosqlite = _import_aiosqlite()
+        self._serializer: Serializer = make_serializer(self.settings.serializer)
         self.db_path = Path(self.settings.db_path)
         self._path = self.db_path.absolute()
         self._db: aiosqlite.Connection | None = None
@@ -172,11 +177,38 @@ class SqliteStorage(SqliteKV, StorageInterface):
         self._set_journal_mode(conn, timeout_ms)
         if upgrade:
             self._transaction(conn, self._migrate, "BEGIN IMMEDIATE", "upgrading the schema of")
+        self._check_serializer(conn)
         try:
             conn.execute("SELECT json_valid('1')").fetchone()
-            self._json1 = True
+            # Stats judge rows with json_valid in SQL; msgpack rows are decoded in Python.
+            self._json1 = self._serializer.text
         except sqlite3.OperationalError:
             self._json1 = False  # an SQLite built without JSON1: stats read every row instead
+
+    def _check_serializer(self, conn: sqlite3.Connection) -> None:
+        """Refuse a database written with another serializer; claim a new one for ours.
+
+        The meta row is written once: by the schema upgrade for a database that held JSON
+        data before the row existed, else by the first storage that opens it (inside
+        BEGIN IMMEDIATE, so two processes opening a new file with different serializers
+        cannot both win).
+        """
+        wanted = self._serializer.name
+        stored = _stored_serializer(conn)
+        if stored is None:
+
+            def claim(conn: sqlite3.Connection) -> str:
+                conn.execute(CLAIM_SERIALIZER, (wanted,))
+                return _stored_serializer(conn) or wanted
+
+            stored = self._transaction(conn, claim, "BEGIN IMMEDIATE", "recording the serializer of")
+        if stored != wanted:
+            raise ConfigError(
+                f"db_path {str(self._path)!r} was written with serializer={stored!r}, but this storage was "
+                f"opened with serializer={wanted!r}; open it with serializer={stored!r} "
+                f"(CONNECTOME_STORAGE_SERIALIZER={stored}), or copy it with migrate() into a new database "
+                f"that uses {wanted!r}"
+            )
 
     def _set_journal_mode(self, conn: sqlite3.Connection, timeout_ms: int) -> None:
         wanted = "wal" if self.settings.enable_wal_mode else "delete"
@@ -327,11 +359,16 @@ class SqliteStorage(SqliteKV, StorageInterface):
             f"string (SQLITE_MAX_LENGTH) while {action} {self._path}; nothing was written. Store it in smaller parts"
         )
 
+    def _dump(self, value: Any) -> str | bytes:
+        """A checked value as stored: JSON as TEXT (what json_extract reads), msgpack as a BLOB."""
+        data = self._serializer.dumps(value)
+        return data.decode() if self._serializer.text else data
+
     def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any:
         """Decode one stored value; a bad one raises CorruptedDataError naming db, table, key."""
         source = f"{self._path} (table {table}, {key})"
         try:
-            value = decode(text, source)
+            value = self._serializer.decode(text, source)
         except CorruptedDataError as e:
             raise CorruptedDataError(source, e.problem, line=e.line, column=e.column, hint=_HINT) from e
         if shape is not None and not isinstance(value, shape):
@@ -364,7 +401,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         if kind in _LOGS:
             return await self._replace_log(kind, key, value)
-        text = _dump(value)
+        text = self._dump(value)
         if kind is Kind.SYSTEM:
             sql = ("INSERT INTO system_state (state_key, data) VALUES (?, ?) "
                    "ON CONFLICT (state_key) DO UPDATE SET data = excluded.data")  # fmt: skip
@@ -408,15 +445,16 @@ class SqliteStorage(SqliteKV, StorageInterface):
         precise = f"SELECT seq, data FROM {table} WHERE {column} = ? ORDER BY seq"
 
         def body(conn: sqlite3.Connection) -> list[Any]:
-            # A long history is mostly parsing: parse every row with orjson directly and
+            # A long history is mostly parsing: parse every row with the serializer directly and
             # check the shapes in one pass, and only when something is wrong read again
             # with seq, to name the bad row. Measured on 10,000 messages: 12 ms instead of
             # 18 ms (a CorruptedDataError's location string built for every row, one
             # Python call per row, and the seq column cost the difference).
             texts = conn.execute(fast, (key,)).fetchall()
+            loads = self._serializer.loads
             try:
-                items = [orjson.loads(text) for (text,) in texts]
-            except (orjson.JSONDecodeError, TypeError):  # TypeError: a value that is not text
+                items = [loads(text) for (text,) in texts]
+            except self._serializer.errors:  # TypeError among them: a value that is not text
                 items = None
             if items is not None and set(map(type, items)) <= {dict}:
                 return items
@@ -427,7 +465,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         table, column, parent = _LOGS[kind]
-        texts = [_dump(item) for item in items]
+        texts = [self._dump(item) for item in items]
         # MAX(seq) comes from the (key, seq) index: the cost does not grow with the history,
         # and earlier rows are never touched.
         last = f"SELECT COALESCE(MAX(seq), -1) FROM {table} WHERE {column} = ?"
@@ -443,7 +481,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         table, column, parent = _LOGS[kind]
-        rows = [(key, seq, _dump(item)) for seq, item in enumerate(items)]
+        rows = [(key, seq, self._dump(item)) for seq, item in enumerate(items)]
 
         def body(conn: sqlite3.Connection) -> None:
             conn.execute(ENSURE_PARENT[parent], (key,))
@@ -477,7 +515,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
     # ------------------------------------------------------------------ members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
-        text = _dump(memory)
+        text = self._dump(memory)
 
         def body(conn: sqlite3.Connection) -> None:
             conn.execute(ENSURE_PARENT["conversations"], (conversation_id,))
@@ -546,7 +584,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
     # -------------------------------------------------------------------- cache
 
     async def _write_cache(self, entry: CacheEntry) -> None:
-        row = (entry.key, _dump(entry.data), entry.created_ms, entry.expires_ms)
+        row = (entry.key, self._dump(entry.data), entry.created_ms, entry.expires_ms)
         sql = """INSERT INTO cache (cache_key, data, created_ms, expires_ms) VALUES (?, ?, ?, ?)
                  ON CONFLICT (cache_key) DO UPDATE SET data = excluded.data,
                      created_ms = excluded.created_ms, expires_ms = excluded.expires_ms"""
@@ -590,6 +628,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
                 "schema_version": pragma("user_version"),
                 "journal_mode": pragma("journal_mode"),
                 "synchronous": self.settings.synchronous,
+                "serializer": self._serializer.name,
                 "page_count": pragma("page_count"),
                 "page_size": pragma("page_size"),
                 "freelist_count": pragma("freelist_count"),
@@ -608,7 +647,8 @@ class SqliteStorage(SqliteKV, StorageInterface):
     async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
         """Counts from SQL in one read transaction (``STATS``), without decoding any value."""
         if not self._json1:
-            return await super()._collect_stats(now_ms)  # an SQLite built without JSON1
+            # msgpack rows, or an SQLite built without JSON1: the base class reads every entity.
+            return await super()._collect_stats(now_ms)
 
         def body(conn: sqlite3.Connection) -> dict[str, Any]:
             damaged: list[str] = []
@@ -734,8 +774,9 @@ class SqliteStorage(SqliteKV, StorageInterface):
 _SHAPES: dict[Kind, type] = {Kind.CONVERSATION: dict, Kind.CHUNKS: list}
 
 
-def _dump(value: Any) -> str:
-    return encode(value, pretty=False)[:-1].decode()  # without the trailing newline
+def _stored_serializer(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE name = 'serializer'").fetchone()
+    return None if row is None else str(row[0])
 
 
 def _header(conn: sqlite3.Connection) -> tuple[int, int, int]:

@@ -221,7 +221,7 @@ def install(storage: StorageInterface, middleware: tuple[Middleware, ...]) -> Ch
         original = getattr(storage, name)
         chain.originals[name] = original
         setattr(storage, name, _wrap(chain, name, original, *spec))
-    storage.kv = lambda namespace=DEFAULT_NAMESPACE: ChainedKeyValueStore(storage, chain, namespace)  # type: ignore[method-assign]
+    storage._plain_kv = lambda namespace: ChainedKeyValueStore(storage, chain, namespace)  # type: ignore[method-assign]
     return chain
 
 

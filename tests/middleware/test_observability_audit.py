@@ -49,6 +49,7 @@ async def touch_everything(storage: StorageInterface) -> None:
 
 
 async def test_one_line_per_operation_and_never_a_value(make_storage: Make, tmp_path: Path, backend: str) -> None:
+    backend = backend.removesuffix("-msgpack")  # the serializer does not change the engine
     path = tmp_path / "audit.jsonl"
     async with make_storage(middleware=[AuditLog(path)]) as storage:
         await touch_everything(storage)
