@@ -35,6 +35,7 @@ from .kv import KVRecord, KVSelect, OrderBy
 if TYPE_CHECKING:
     from .interface import StorageInterface
     from .kv import Entry
+    from .middleware._chain import Chain
 
 __all__ = ["SCHEMA_FIELD", "TypedKeyValueStore"]
 
@@ -407,23 +408,26 @@ class TypedKeyValueStore(Generic[M]):
         """Validate ``value`` (a model instance, or a dict that validates as one) and store it."""
         return await self._kv.set(key, self._dump(key, value), ttl=ttl, tags=tags, if_not_exists=if_not_exists)
 
+    # Reads go through the plain store's public methods, so the storage's middleware (a
+    # decryption, say) has run before a value is unwrapped and validated.
+
     async def get(self, key: str) -> M | None:
         """The model instance, or None when missing or expired."""
-        record = await self._kv._get_live(key)
-        return None if record is None else self._load(key, record.value)
+        entry = await self._kv.get_entry(key)
+        return None if entry is None else self._load(key, entry.value)
 
     async def get_entry(self, key: str) -> Entry | None:
         """The entry with its value as a model instance, or None."""
-        record = await self._kv._get_live(key)
-        return None if record is None else self._entry(record)
+        entry = await self._kv.get_entry(key)
+        return None if entry is None else self._entry(entry)
 
-    def _entry(self, record: KVRecord) -> Entry:
-        return dataclasses.replace(record.to_entry(), value=self._load(record.key, record.value))
+    def _entry(self, entry: Entry) -> Entry:
+        return dataclasses.replace(entry, value=self._load(entry.key, entry.value))
 
     async def schema_version(self, key: str) -> int | None:
         """The version the live entry under ``key`` was written under, or None when missing."""
-        record = await self._kv._get_live(key)
-        return None if record is None else _unwrap(record.value)[0]
+        entry = await self._kv.get_entry(key)
+        return None if entry is None else _unwrap(entry.value)[0]
 
     async def exists(self, key: str) -> bool:
         return await self._kv.exists(key)
@@ -478,7 +482,7 @@ class TypedKeyValueStore(Generic[M]):
         """``KeyValueStore.query`` with each entry's value as a model instance."""
         entries = await self._kv.query(prefix=prefix, tags=tags, since=since, until=until, order_by=order_by,
                                        descending=descending, limit=limit, offset=offset)  # fmt: skip
-        return [dataclasses.replace(e, value=self._load(e.key, e.value)) for e in entries]
+        return [self._entry(entry) for entry in entries]
 
     async def count_query(
         self, *, prefix: str | None = None, tags: Mapping[str, str] | None = None, since: Any = None,
@@ -515,6 +519,16 @@ class TypedKeyValueStore(Generic[M]):
         change of the data). An entry that does not upgrade or validate raises
         SerializationError naming it; the entries before it stay upgraded.
         """
+        chain = self.storage._chain
+        if chain is None:
+            return await self._upgrade_all(None)
+        # With middleware, the stored values are what the middleware made of them (encrypted,
+        # say): each is read and written back through the value hooks, and the whole run is one
+        # write call of the chain, so a read cache, an audit log and metrics see it.
+        whole = chain.context("kv.upgrade_all", "kv", write=True, namespace=self.namespace)
+        return int(await chain.run(whole, lambda: self._upgrade_all(chain)))
+
+    async def _upgrade_all(self, chain: Chain | None) -> int:
         storage, namespace, size = self.storage, self.namespace, self.storage._kv_scan_batch
         upgraded = 0
         after: str | None = None
@@ -522,11 +536,17 @@ class TypedKeyValueStore(Generic[M]):
             select = KVSelect(limit=size, after_key=after)
             batch = await storage._kv_select(namespace, select, self._kv._now())
             for record in batch:
-                version, plain = _unwrap(record.value)
+                value = record.value
+                if chain is not None:
+                    ctx = chain.context("kv.upgrade_all", "kv", record.key, namespace=namespace)
+                    value = await chain.read_value(ctx, value)
+                version, plain = _unwrap(value)
                 if version == self.version:
                     continue
                 model = self._codec.to_model(self._upgraded(record.key, version, plain), self._where(record.key))
                 stored = self._dump(record.key, model)
+                if chain is not None:
+                    stored = await chain.write_value(ctx, stored)
                 now = self._kv._now()
                 fresh = KVRecord(record.key, stored, dict(record.tags), now, record.updated_ms, record.expires_ms)
                 if fresh.expired(now):

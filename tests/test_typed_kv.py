@@ -340,3 +340,19 @@ async def test_a_typed_collection_goes_through_the_storages_middleware(make_stor
         await users.set("u1", UserClass(name="Ada", age=36))
         assert await users.get("u1") == UserClass(name="Ada", age=36)
     assert seen == [("kv.set", {"$schema": 2, "value": {"name": "Ada", "age": 36, "email": None}})]
+
+
+async def test_upgrade_all_under_encryption_reads_and_writes_through_it(make_storage: Any) -> None:
+    from connectome_storage.middleware import Encryption
+
+    key = bytes(range(32))
+    async with make_storage(middleware=[Encryption(key)]) as storage:
+        await storage.kv("users").set("u1", {"full_name": "Ada Secretname", "years": 36})
+        users = storage.kv("users", model=UserClass, version=2, upgrade={1: to_v2})
+        assert await users.upgrade_all() == 1
+        assert await users.schema_version("u1") == 2
+        assert await users.get("u1") == UserClass(name="Ada Secretname", age=36)
+        assert await users.upgrade_all() == 0
+    async with make_storage() as bare:  # without the key: what is stored is ciphertext
+        stored = await bare.kv("users").get("u1")
+        assert isinstance(stored, dict) and set(stored) == {"$encrypted"} and "Secretname" not in str(stored)
