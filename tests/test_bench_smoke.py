@@ -41,7 +41,9 @@ PEER_COMPARISONS = {
     "sqlite.diskcache.set.normal", "sqlite.diskcache.get.normal",
     "kv_file.set", "kv_file.get",
     *(f"kv_sqlite.{op}.{mode}" for op in ("set", "get") for mode in ("full", "normal")),
-    "adapters_openai.add_items", "adapters_openai.get_items", "adapters_langgraph.put", "adapters_langgraph.get_tuple",
+    "adapters_openai.add_items", "adapters_openai.get_items",
+    "adapters_openai.redis.add_items", "adapters_openai.redis.get_items",
+    "adapters_langgraph.put", "adapters_langgraph.get_tuple",
 }  # fmt: skip
 PEER_MODULES = ("key_value", "agents", "diskcache", "langgraph.checkpoint.sqlite")
 # Runs the bench in a fresh interpreter in which the peer packages cannot be imported.

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from connectome_storage import create_sqlite_storage
+from connectome_storage import create_redis_storage, create_sqlite_storage
 
 from ..context import FULL, SMOKE, Context
 from ..harness import Section, Variant, compare, each
@@ -23,8 +23,9 @@ __all__ = ["run"]
 
 INTRO = """\
 `ConnectomeSession.add_items` (one item per call: a turn's message) and `get_items()` of a
-100-item history on SQLite, against the SDK's `SQLiteSession` on a file database in the
-same run. Ratios against SQLiteSession."""
+100-item history on SQLite, against the SDK's `SQLiteSession` on a file database, and on
+Redis, against the SDK's `RedisSession` on the same server, in the same run. Ratios
+against the SDK's sessions."""
 
 HISTORY = 100
 
@@ -34,7 +35,9 @@ def _item(i: int) -> Any:
 
 
 async def run(ctx: Context) -> Section:
-    section = Section("adapters_openai", "OpenAI Agents session on SQLite against SQLiteSession", INTRO)
+    section = Section(
+        "adapters_openai", "OpenAI Agents session against SQLiteSession (SQLite) and RedisSession (Redis)", INTRO
+    )
     if ctx.peer("agents") is None:
         section.notes.append("openai-agents is not installed: the adapter and its peer were skipped (smoke run).")
         return section
@@ -91,7 +94,53 @@ async def run(ctx: Context) -> Section:
         )
         sdk_add.close()
         sdk_get.close()
+    if ctx.redis_url:
+        section.comparisons += await _on_redis(ctx, ConnectomeSession)
     return section
+
+
+async def _on_redis(ctx: Context, session_class: Any) -> list[Any]:
+    """ConnectomeSession on RedisStorage against the SDK's RedisSession, on the same server."""
+    import redis.asyncio
+    from agents.extensions.memory.redis_session import RedisSession
+
+    sizes = ctx.sizes
+    client: Any = redis.asyncio.Redis.from_url(ctx.redis_url)
+    comparisons = []
+    async with create_redis_storage(ctx.redis_url, key_prefix="bench:adapters-ours:") as storage:
+        ours_add, ours_get = session_class("add", storage), session_class("get", storage)
+        sdk_add = RedisSession("add", redis_client=client, key_prefix="bench:adapters-sdk")
+        sdk_get = RedisSession("get", redis_client=client, key_prefix="bench:adapters-sdk")
+        await ours_get.add_items([_item(i) for i in range(HISTORY)])
+        await sdk_get.add_items([_item(i) for i in range(HISTORY)])
+
+        async def add_ours(i: int) -> None:
+            await ours_add.add_items([_item(i)])
+
+        async def add_sdk(i: int) -> None:
+            await sdk_add.add_items([_item(i)])
+
+        async def get_ours(i: int) -> None:
+            assert len(await ours_get.get_items()) == HISTORY
+
+        async def get_sdk(i: int) -> None:
+            assert len(await sdk_get.get_items()) == HISTORY
+
+        for key, what, variants, ops in [
+            ("adapters_openai.redis.add_items", "add one item, Redis",
+             [Variant("RedisSession.add_items", each(add_sdk)), Variant("ConnectomeSession (Redis)", each(add_ours))],
+             sizes.writes),
+            ("adapters_openai.redis.get_items", f"get a {HISTORY}-item history, Redis",
+             [Variant("RedisSession.get_items", each(get_sdk)), Variant("ConnectomeSession (Redis)", each(get_ours))],
+             sizes.reads),
+        ]:  # fmt: skip
+            comparisons.append(await compare(key, what, variants, ops=ops, repeats=sizes.repeats, warmup=5))
+        await sdk_add.clear_session()
+        await sdk_get.clear_session()
+        await ours_add.clear_session()
+        await ours_get.clear_session()
+    await client.aclose()
+    return comparisons
 
 
 async def _main(smoke: bool) -> None:
