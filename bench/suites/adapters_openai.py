@@ -45,102 +45,61 @@ async def run(ctx: Context) -> Section:
 
     from connectome_storage.adapters.openai_agents import ConnectomeSession
 
-    sizes = ctx.sizes
     root = ctx.folder("adapters_openai")
     async with create_sqlite_storage(root / "ours.db") as storage:
-        ours_add, ours_get = ConnectomeSession("add", storage), ConnectomeSession("get", storage)
-        sdk_add = SQLiteSession("add", root / "sdk.db")
-        sdk_get = SQLiteSession("get", root / "sdk.db")
-        await ours_get.add_items([_item(i) for i in range(HISTORY)])
-        await sdk_get.add_items([_item(i) for i in range(HISTORY)])
-
-        async def add_ours(i: int) -> None:
-            await ours_add.add_items([_item(i)])
-
-        async def add_sdk(i: int) -> None:
-            await sdk_add.add_items([_item(i)])
-
-        async def get_ours(i: int) -> None:
-            assert len(await ours_get.get_items()) == HISTORY
-
-        async def get_sdk(i: int) -> None:
-            assert len(await sdk_get.get_items()) == HISTORY
-
-        section.comparisons.append(
-            await compare(
-                "adapters_openai.add_items",
-                "add one item",
-                [
-                    Variant("SQLiteSession.add_items", each(add_sdk)),
-                    Variant("ConnectomeSession (SQLite)", each(add_ours)),
-                ],
-                ops=sizes.writes,
-                repeats=sizes.repeats,
-                warmup=5,
-            )
-        )
-        section.comparisons.append(
-            await compare(
-                "adapters_openai.get_items",
-                f"get a {HISTORY}-item history",
-                [
-                    Variant("SQLiteSession.get_items", each(get_sdk)),
-                    Variant("ConnectomeSession (SQLite)", each(get_ours)),
-                ],
-                ops=sizes.reads,
-                repeats=sizes.repeats,
-                warmup=5,
-            )
-        )
-        sdk_add.close()
-        sdk_get.close()
+        sdk = [SQLiteSession(name, root / "sdk.db") for name in ("add", "get")]
+        ours = [ConnectomeSession(name, storage) for name in ("add", "get")]
+        section.comparisons += await _compare(ctx, "adapters_openai", "SQLiteSession", "SQLite", sdk, ours)
+        for session in sdk:
+            session.close()
     if ctx.redis_url:
-        section.comparisons += await _on_redis(ctx, ConnectomeSession)
+        import redis.asyncio
+        from agents.extensions.memory.redis_session import RedisSession
+
+        client: Any = redis.asyncio.Redis.from_url(ctx.redis_url)
+        async with create_redis_storage(ctx.redis_url, key_prefix="bench:adapters-ours:") as storage:
+            sdk = [RedisSession(name, redis_client=client, key_prefix="bench:adapters-sdk") for name in ("add", "get")]
+            ours = [ConnectomeSession(name, storage) for name in ("add", "get")]
+            section.comparisons += await _compare(ctx, "adapters_openai.redis", "RedisSession", "Redis", sdk, ours)
+            for session in [*sdk, *ours]:
+                await session.clear_session()
+        await client.aclose()
     return section
 
 
-async def _on_redis(ctx: Context, session_class: Any) -> list[Any]:
-    """ConnectomeSession on RedisStorage against the SDK's RedisSession, on the same server."""
-    import redis.asyncio
-    from agents.extensions.memory.redis_session import RedisSession
-
+async def _compare(ctx: Context, key: str, peer: str, backend: str, sdk: list[Any], ours: list[Any]) -> list[Any]:
+    """add_items and get_items of ours against the SDK's session; each list is (add, get)."""
     sizes = ctx.sizes
-    client: Any = redis.asyncio.Redis.from_url(ctx.redis_url)
-    comparisons = []
-    async with create_redis_storage(ctx.redis_url, key_prefix="bench:adapters-ours:") as storage:
-        ours_add, ours_get = session_class("add", storage), session_class("get", storage)
-        sdk_add = RedisSession("add", redis_client=client, key_prefix="bench:adapters-sdk")
-        sdk_get = RedisSession("get", redis_client=client, key_prefix="bench:adapters-sdk")
-        await ours_get.add_items([_item(i) for i in range(HISTORY)])
-        await sdk_get.add_items([_item(i) for i in range(HISTORY)])
+    (sdk_add, sdk_get), (ours_add, ours_get) = sdk, ours
+    for session in (sdk_get, ours_get):
+        await session.add_items([_item(i) for i in range(HISTORY)])
 
-        async def add_ours(i: int) -> None:
-            await ours_add.add_items([_item(i)])
+    def adder(session: Any) -> Any:
+        async def add(i: int) -> None:
+            await session.add_items([_item(i)])
 
-        async def add_sdk(i: int) -> None:
-            await sdk_add.add_items([_item(i)])
+        return add
 
-        async def get_ours(i: int) -> None:
-            assert len(await ours_get.get_items()) == HISTORY
+    def getter(session: Any) -> Any:
+        async def get(i: int) -> None:
+            assert len(await session.get_items()) == HISTORY
 
-        async def get_sdk(i: int) -> None:
-            assert len(await sdk_get.get_items()) == HISTORY
+        return get
 
-        for key, what, variants, ops in [
-            ("adapters_openai.redis.add_items", "add one item, Redis",
-             [Variant("RedisSession.add_items", each(add_sdk)), Variant("ConnectomeSession (Redis)", each(add_ours))],
-             sizes.writes),
-            ("adapters_openai.redis.get_items", f"get a {HISTORY}-item history, Redis",
-             [Variant("RedisSession.get_items", each(get_sdk)), Variant("ConnectomeSession (Redis)", each(get_ours))],
-             sizes.reads),
-        ]:  # fmt: skip
-            comparisons.append(await compare(key, what, variants, ops=ops, repeats=sizes.repeats, warmup=5))
-        await sdk_add.clear_session()
-        await sdk_get.clear_session()
-        await ours_add.clear_session()
-        await ours_get.clear_session()
-    await client.aclose()
-    return comparisons
+    adds = [
+        Variant(f"{peer}.add_items", each(adder(sdk_add))),
+        Variant(f"ConnectomeSession ({backend})", each(adder(ours_add))),
+    ]
+    gets = [
+        Variant(f"{peer}.get_items", each(getter(sdk_get))),
+        Variant(f"ConnectomeSession ({backend})", each(getter(ours_get))),
+    ]
+    return [
+        await compare(f"{key}.add_items", f"add one item ({backend})", adds, ops=sizes.writes, repeats=sizes.repeats,
+                      warmup=5),
+        await compare(f"{key}.get_items", f"get a {HISTORY}-item history ({backend})", gets, ops=sizes.reads,
+                      repeats=sizes.repeats, warmup=5),
+    ]  # fmt: skip
 
 
 async def _main(smoke: bool) -> None:
