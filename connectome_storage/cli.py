@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
+from .backends.file import FileStorage
 from .codec import format_time
 from .config import (
     TYPE_VARIABLE,
@@ -642,6 +643,10 @@ def _build_storage(backend: str, config: dict[str, Any], source: str | None = No
     return cls({key: value for key, value in config.items() if key in accepted})
 
 
+# Commands that only read: they never create or change anything.
+READ_ONLY_COMMANDS = frozenset({"stats", "health", "ls", "show", "verify", "backups", "watch"})
+
+
 def require_existing(storage: StorageInterface) -> None:
     """ConfigError unless ``storage``'s file tree or database file already exists.
 
@@ -670,6 +675,8 @@ async def _run(args: argparse.Namespace) -> int:
         return int(await args.handler(args))
     storage = storage_from_args(args)
     require_existing(storage)
+    if args.command in READ_ONLY_COMMANDS and isinstance(storage, FileStorage):
+        storage.create_on_open = False  # opening an older tree must not add folders to it
     started = time.perf_counter()
     try:
         await storage.initialize()

@@ -82,6 +82,10 @@ class FileStorage(FileKV, StorageInterface):
     settings_class: ClassVar[type[FileSettings]] = FileSettings
     settings: FileSettings
 
+    # False for a caller that only reads (the CLI's read-only commands): initialize() then
+    # creates nothing, not the tree, a data folder, the format marker or the .gitignore.
+    create_on_open = True
+
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
         self.base_dir = Path(self.settings.base_dir)
@@ -98,6 +102,13 @@ class FileStorage(FileKV, StorageInterface):
         await asyncio.to_thread(self._open_sync)
 
     def _open_sync(self) -> None:
+        if not self.create_on_open:
+            # Only read: a tree written by an older version may lack a data folder or the
+            # .gitignore, and reading it must not add them (reads treat a missing folder
+            # as empty).
+            self._check_marker()
+            self._case.detect(self._root / MARKER)
+            return
         try:
             self._root.mkdir(parents=True, exist_ok=True)
             for folder in FOLDERS:
@@ -113,6 +124,8 @@ class FileStorage(FileKV, StorageInterface):
     def _check_marker(self) -> None:
         marker = self._root / MARKER
         raw = _fs.read_bytes(marker)
+        if raw is None and not self.create_on_open:
+            raise StorageIOError(f"{self._root} holds no storage (no {MARKER}); nothing was created")
         if raw is None:
             value = {"format": "connectome-storage file tree", "version": FORMAT_VERSION}
             _fs.atomic_write(marker, encode(value), self._root)

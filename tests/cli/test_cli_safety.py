@@ -73,6 +73,18 @@ def test_a_folder_without_the_format_marker_is_not_a_store(tmp_path: Path, comma
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [c for c in READ_ONLY if c != ["watch"]], ids=lambda c: c[0])
+def test_reading_a_tree_of_an_older_version_adds_nothing_to_it(tree: Path, command: list[str]) -> None:
+    # A tree written before key-value collections existed has no kv/ folder and no .gitignore.
+    (tree / "kv").rmdir()
+    (tree / ".gitignore").unlink()
+    before = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if ".locks" not in p.parts)
+    result = cli("--base-dir", str(tree), *command)
+    assert result.returncode in (0, 1), result.stderr  # show c1: no such conversation
+    after = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if ".locks" not in p.parts)
+    assert after == before
+
+
 @pytest.mark.parametrize("command", [["stats"], ["health"], ["ls"], ["show", "c1"], ["verify"]], ids=lambda c: c[0])
 def test_a_missing_database_file_exits_2_and_is_not_created(tmp_path: Path, command: list[str]) -> None:
     pytest.importorskip("aiosqlite")
