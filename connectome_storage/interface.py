@@ -391,7 +391,7 @@ class StorageInterface(ABC):
         """All housekeeping at once; returns how many of each thing it removed.
 
         Always ``expired_cache`` and ``expired_kv_entries``; backends add their own counts
-        (the file tree: ``temp_files``, ``backups``, ``lock_files``).
+        (the file tree: ``temp_files``, ``backups``, ``lock_files``, ``recovered_appends``).
         """
         self._require_initialized()
         now_ms = self._now_ms()

@@ -145,6 +145,15 @@ class AppendLog:
 
     # ----------------------------------------------------------------- recovery
 
+    def cut_short(self) -> set[str]:
+        """Names of the journal records of appends a crash cut short (still pending)."""
+        names = set()
+        for entry in _fs.scandir(self._folder):
+            record = _read_record(Path(entry.path)) if entry.name.endswith(".json") else None
+            if isinstance(record, dict) and "pending" in record:
+                names.add(entry.name)
+        return names
+
     def recover(self, path: Path) -> dict[str, Any] | None:
         """Finish or undo an append cut short; return the committed state, if known."""
         journal = self.journal_path(path)

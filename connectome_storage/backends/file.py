@@ -605,9 +605,34 @@ class FileStorage(FileKV, StorageInterface):
         retention = float(getattr(self.settings, "backup_retention", 604800.0))
         cleanup = _housekeeping.Cleanup(self._root, self._locks, self._parse_relative, self._entity)
         try:
-            return await asyncio.to_thread(cleanup.run, now_ms, round(retention * 1000))
+            removed = await asyncio.to_thread(cleanup.run, now_ms, round(retention * 1000))
+            removed["recovered_appends"] = await asyncio.to_thread(self._recover_cut_appends)
         except OSError as e:
             raise _fs.os_error(e, "cleaning up", self._root) from e
+        return removed
+
+    def _recover_cut_appends(self) -> int:
+        """Finish or undo each append a crash cut short, so that the file itself (what an
+        editor or ``git diff`` sees) is whole again, not only what reads return; an entity
+        whose lock is held is left for its own writer, which recovers it first."""
+        pending = self._logs.cut_short()
+        if not pending:
+            return 0
+
+        def recover(path: Path) -> bool:
+            self._logs.recover(path)
+            return True
+
+        recovered = 0
+        for kind, folder in ((Kind.RAW_MESSAGES, "conversations"), (Kind.REASONING_CHAINS, "agents")):
+            for entry in _fs.scandir(self._root / folder):
+                key = decode_name(entry.name)
+                if key is None:
+                    continue
+                path = self.path_of(kind, key)
+                if self._logs.journal_path(path).name in pending:
+                    recovered += bool(self._locks.try_hold(self._entity(kind, key), recover, path))
+        return recovered
 
     # -------------------------------------------------------------------- watch
 

@@ -117,6 +117,21 @@ async def test_an_append_cut_short_is_rolled_back(tmp_path: Path, written: int) 
         assert path.read_bytes() == encode([{"n": 1}, {"n": 2}, {"n": 4}])
 
 
+@pytest.mark.parametrize("written", [0, 7])
+async def test_cleanup_repairs_the_file_of_an_append_cut_short(tmp_path: Path, written: int) -> None:
+    base = tmp_path / "data"
+    async with create_file_storage(base) as storage:
+        assert isinstance(storage, FileStorage)
+        await storage.append_raw_messages("c", [{"n": 1}])
+        await storage.append_raw_messages("c", [{"n": 2}])
+        path = await cut_short_append(storage, [{"n": 3, "text": "x" * 40}], written)
+    async with create_file_storage(base) as restarted:
+        assert (await restarted.cleanup())["recovered_appends"] == 1
+        # The file itself is whole again, as an editor or git sees it, without any write.
+        assert path.read_bytes() == encode([{"n": 1}, {"n": 2}])
+        assert (await restarted.cleanup())["recovered_appends"] == 0
+
+
 async def test_an_append_complete_but_unrecorded_is_kept(tmp_path: Path) -> None:
     base = tmp_path / "data"
     async with create_file_storage(base) as storage:
