@@ -1,20 +1,15 @@
 """The LangGraph checkpointer: ConnectomeCheckpointSaver on SQLite against langgraph-checkpoint-sqlite.
 
-A section of ``python -m bench``; alone: ``python -m bench.suites.adapters_langgraph [--smoke]``.
+A section of ``python -m bench`` (alone: ``python -m bench --only adapters_langgraph [--smoke]``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from connectome_storage import create_sqlite_storage
 
-from ..context import FULL, SMOKE, Context
+from ..context import Context
 from ..harness import Section, Variant, compare, each
 
 __all__ = ["run"]
@@ -121,17 +116,3 @@ async def run(ctx: Context) -> Section:
             )
         )
     return section
-
-
-async def _main(smoke: bool) -> None:
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
-        ctx = Context(sizes=SMOKE if smoke else FULL, smoke=smoke, tmp=Path(scratch), redis_url="")
-        section = await run(ctx)
-        for comparison in section.comparisons:
-            for figure in comparison.figures:
-                ratio = f"ratio {figure.ratio:.2f}x" if figure.ratios else "baseline"
-                print(f"{comparison.key}: {figure.name}: {figure.median * 1e6:,.0f} us/op, {ratio}")
-
-
-if __name__ == "__main__":
-    asyncio.run(_main("--smoke" in sys.argv[1:]))

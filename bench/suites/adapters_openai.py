@@ -1,22 +1,17 @@
 """The OpenAI Agents SDK session: ConnectomeSession on SQLite against the SDK's own SQLiteSession.
 
-A section of ``python -m bench``; alone: ``python -m bench.suites.adapters_openai [--smoke]``.
+A section of ``python -m bench`` (alone: ``python -m bench --only adapters_openai [--smoke]``).
 The adapter needs the SDK itself, so without it (a smoke run without peers) the section
 only says so.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from connectome_storage import create_redis_storage, create_sqlite_storage
 
-from ..context import FULL, SMOKE, Context
+from ..context import Context
 from ..harness import Section, Variant, compare, each
 
 __all__ = ["run"]
@@ -100,17 +95,3 @@ async def _compare(ctx: Context, key: str, peer: str, backend: str, sdk: list[An
         await compare(f"{key}.get_items", f"get a {HISTORY}-item history ({backend})", gets, ops=sizes.reads,
                       repeats=sizes.repeats, warmup=5),
     ]  # fmt: skip
-
-
-async def _main(smoke: bool) -> None:
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
-        ctx = Context(sizes=SMOKE if smoke else FULL, smoke=smoke, tmp=Path(scratch), redis_url="")
-        section = await run(ctx)
-        for comparison in section.comparisons:
-            for figure in comparison.figures:
-                ratio = f"ratio {figure.ratio:.2f}x" if figure.ratios else "baseline"
-                print(f"{comparison.key}: {figure.name}: {figure.median * 1e6:,.0f} us/op, {ratio}")
-
-
-if __name__ == "__main__":
-    asyncio.run(_main("--smoke" in sys.argv[1:]))

@@ -4,7 +4,6 @@ and how queries and scans of one namespace scale (1k, 10k, 100k entries)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from connectome_storage.naming import encode_name
 from ..context import Context
 from ..data import durable_write
 from ..harness import Section, Variant, compare, each
-from .kv_scan import timed_scan
+from .kv_scan import timed, timed_scan
 
 __all__ = ["run", "scaling"]
 
@@ -123,13 +122,9 @@ async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
         await asyncio.to_thread(_fill, tree, "big", count)
         async with create_file_storage(tree) as storage:
             kv = storage.kv("big")
-            started = time.perf_counter()
-            hits = await kv.query(tags={"type": "web"}, limit=10)
-            query_s = time.perf_counter() - started
+            query_s, hits = await timed(kv.query(tags={"type": "web"}, limit=10))
             assert len(hits) == min(10, -(-count // 100))
-            started = time.perf_counter()
-            page = await kv.query(prefix="user:0", limit=10)
-            page_s = time.perf_counter() - started
+            page_s, page = await timed(kv.query(prefix="user:0", limit=10))
             assert len(page) == 10
             scan_s, peak, seen = await timed_scan(kv)
             assert seen == count
@@ -139,13 +134,3 @@ async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
             f"scan() {scan_s:,.2f} s ({count / scan_s:,.0f} entries/s); scan peak {peak / 1024:,.0f} KiB"
         )
     return lines
-
-
-if __name__ == "__main__":  # python -m bench.suites.kv_file [sizes...]: the scaling figures only
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
-        chosen = tuple(int(a) for a in sys.argv[1:]) or SCALES_FULL
-        for line in asyncio.run(scaling(Path(scratch), chosen)):
-            print(line)

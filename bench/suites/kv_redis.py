@@ -3,8 +3,6 @@ and how queries and scans of one namespace scale (1k, 10k, 100k entries)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from typing import Any
 
@@ -17,7 +15,7 @@ from connectome_storage.backends._redis_kv_lua import KV_SCRIPTS
 from ..backends import open_storage
 from ..context import Context
 from ..harness import Section, Variant, compare, each
-from .kv_scan import timed_scan
+from .kv_scan import timed, timed_scan
 
 __all__ = ["run", "scaling"]
 
@@ -123,17 +121,12 @@ async def scaling(url: str, scales: tuple[int, ...]) -> list[str]:
                     }
                     if items:
                         await kv.set_many(items, tags={"type": kind, "shard": str(start % 7)})
-            started = time.perf_counter()
-            hits = await kv.query(tags={"type": "web"}, limit=10)
-            query_s = time.perf_counter() - started
+            query_s, hits = await timed(kv.query(tags={"type": "web"}, limit=10))
             assert len(hits) == min(10, -(-count // 100))
-            started = time.perf_counter()
-            page = await kv.query(prefix="user:0", limit=10)
-            page_s = time.perf_counter() - started
+            page_s, page = await timed(kv.query(prefix="user:0", limit=10))
             assert len(page) == 10
-            started = time.perf_counter()
-            assert await kv.count() == count
-            count_s = time.perf_counter() - started
+            count_s, counted = await timed(kv.count())
+            assert counted == count
             scan_s, peak, seen = await timed_scan(kv)
             assert seen == count
             await kv.clear()
@@ -143,12 +136,3 @@ async def scaling(url: str, scales: tuple[int, ...]) -> list[str]:
             f"scan() {scan_s:,.2f} s ({count / scan_s:,.0f} entries/s); scan peak {peak / 1024:,.0f} KiB"
         )
     return lines
-
-
-if __name__ == "__main__":  # python -m bench.suites.kv_redis URL [sizes...]: the scaling figures only
-    import sys
-
-    target = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    chosen = tuple(int(a) for a in sys.argv[2:]) or SCALES_FULL
-    for line in asyncio.run(scaling(target, chosen)):
-        print(line)  # a command's output

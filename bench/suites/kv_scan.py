@@ -1,13 +1,24 @@
-"""What the key-value suites measure alike: a whole scan's time, and its peak memory."""
+"""What the key-value suites measure alike: one call's time, and a whole scan's time and peak memory."""
 
 from __future__ import annotations
 
 import time
 import tracemalloc
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from connectome_storage import KeyValueStore
 
-__all__ = ["timed_scan"]
+__all__ = ["timed", "timed_scan"]
+
+T = TypeVar("T")
+
+
+async def timed(call: Awaitable[T]) -> tuple[float, T]:
+    """(seconds ``call`` took, its result)."""
+    started = time.perf_counter()
+    result = await call
+    return time.perf_counter() - started, result
 
 
 async def timed_scan(kv: KeyValueStore) -> tuple[float, int, int]:

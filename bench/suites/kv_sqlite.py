@@ -4,10 +4,8 @@ synchronous level, and how tag queries and scans of one namespace scale."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +15,7 @@ from connectome_storage import SqliteStorage
 
 from ..context import Context
 from ..harness import Section, Variant, compare, each, each_sync
-from .kv_scan import timed_scan
+from .kv_scan import timed, timed_scan
 
 __all__ = ["run", "scaling"]
 
@@ -126,12 +124,6 @@ def _fill(path: Path, namespace: str, count: int) -> None:
     conn.close()
 
 
-async def _timed(call: Awaitable[T]) -> tuple[float, T]:
-    started = time.perf_counter()
-    result = await call
-    return time.perf_counter() - started, result
-
-
 async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
     """One line per size: tag queries, count, scan time, scan peak memory."""
     lines = []
@@ -145,11 +137,11 @@ async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
             kv = storage.kv("big")
             web = {"type": "web"}
             await kv.query(tags=web, limit=10)  # warm the page cache
-            query_s, hits = await _timed(kv.query(tags=web, limit=10))
+            query_s, hits = await timed(kv.query(tags=web, limit=10))
             assert len(hits) == min(10, -(-count // 100))
-            updated_s, hits = await _timed(kv.query(tags=web, order_by="updated_at", limit=10))
+            updated_s, hits = await timed(kv.query(tags=web, order_by="updated_at", limit=10))
             assert len(hits) == min(10, -(-count // 100))
-            count_s, counted = await _timed(kv.count_query(tags=web))
+            count_s, counted = await timed(kv.count_query(tags=web))
             assert counted == -(-count // 100)
             scan_s, peak, seen = await timed_scan(kv)
             assert seen == count
@@ -159,13 +151,3 @@ async def scaling(base: Path, scales: tuple[int, ...]) -> list[str]:
             f"scan() {scan_s:,.2f} s ({count / scan_s:,.0f} entries/s); scan peak {peak / 1024:,.0f} KiB"
         )
     return lines
-
-
-if __name__ == "__main__":  # python -m bench.suites.kv_sqlite [sizes...]: the scaling figures only
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
-        chosen = tuple(int(a) for a in sys.argv[1:]) or SCALES_FULL
-        for line in asyncio.run(scaling(Path(scratch), chosen)):
-            print(line)

@@ -63,6 +63,15 @@ local function fields(key, ...)
   return got
 end
 -- Whether HMGET found nothing because the entry hash no longer exists.
+-- value, tags, created_ms, updated_ms, expires_ms of an entry (value false unless mode is
+-- 'r', which reads it too); false when the key is not a hash.
+local function record_fields(key, mode)
+  if mode == 'r' then return fields(key, 'value', 'tags', 'created_ms', 'updated_ms', 'expires_ms') end
+  local f = fields(key, 'tags', 'created_ms', 'updated_ms', 'expires_ms')
+  if f then table.insert(f, 1, false) end
+  return f
+end
+
 local function gone(f, key)
   for j = 1, 5 do if f[j] then return false end end
   return redis.call('EXISTS', entry_key(key)) == 0
@@ -173,12 +182,7 @@ local now, want, budget, mode = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(A
 local out = {0, false}
 local got, seen, cursor, upper = 0, 0, ARGV[3], ARGV[4]
 local function emit_record(key)
-  local f
-  if mode == 'r' then f = fields(key, 'value', 'tags', 'created_ms', 'updated_ms', 'expires_ms')
-  else
-    f = fields(key, 'tags', 'created_ms', 'updated_ms', 'expires_ms')
-    if f then table.insert(f, 1, false) end
-  end
+  local f = record_fields(key, mode)
   if not f then
     for _, v in ipairs({key, false, false, false, false, false}) do out[#out + 1] = v end
     return true
@@ -224,12 +228,7 @@ else members = redis.call('SINTER', unpack(KEYS, 4)) end
 local out = {}
 for _, key in ipairs(members) do
   if prefix == '' or string.sub(key, 1, #prefix) == prefix then
-    local f
-    if mode == 'r' then f = fields(key, 'value', 'tags', 'created_ms', 'updated_ms', 'expires_ms')
-    else
-      f = fields(key, 'tags', 'created_ms', 'updated_ms', 'expires_ms')
-      if f then table.insert(f, 1, false) end
-    end
+    local f = record_fields(key, mode)
     if not f then
       for _, v in ipairs({key, false, false, false, false, false}) do out[#out + 1] = v end
     elseif gone(f, key) then

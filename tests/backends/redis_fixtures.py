@@ -1,5 +1,6 @@
 """Fixtures of the Redis backend's own tests: a key prefix per test, a plain client to look
-at what the storage wrote, and storages built on the session's real redis-server.
+at what the storage wrote, and storages built on the session's real redis-server; and two
+helpers those tests share (``eventually``, ``commands_of``).
 
 Test modules import the functions (pytest finds fixtures among a module's globals); each is
 registered under its short name (``prefix``, ``raw``, ``make``, ``storage``), so the
@@ -8,7 +9,8 @@ imported names never clash with the test functions' parameters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from connectome_storage import RedisStorage, create_redis_storage
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
 
-__all__ = ["make_fixture", "prefix_fixture", "raw_fixture", "storage_fixture"]
+__all__ = ["commands_of", "eventually", "make_fixture", "prefix_fixture", "raw_fixture", "storage_fixture"]
+
+SENTINEL = "connectome-test-sentinel"
 
 
 @pytest.fixture(name="prefix")
@@ -51,3 +55,23 @@ def make_fixture(redis_server: RedisServer, prefix: str, clock: FakeClock) -> Ca
 async def storage_fixture(make: Callable[..., RedisStorage]) -> AsyncIterator[RedisStorage]:
     async with make() as opened:
         yield opened
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
+    """Poll ``check`` for a state the server reaches asynchronously; counts tries, not time."""
+    for _ in range(2000):
+        if await check():
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+async def commands_of(monitor_client: Any, storage: RedisStorage, action: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Every command the server ran while ``action`` ran, as MONITOR saw them."""
+    async with monitor_client.monitor() as monitor:
+        await action()
+        await storage.client.echo(SENTINEL)
+        seen = []
+        while SENTINEL not in (info := await monitor.next_command())["command"]:
+            seen.append(info)
+    return seen

@@ -31,9 +31,8 @@ from connectome_storage.interface import CacheEntry, Kind
 
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
-from .redis_fixtures import make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
+from .redis_fixtures import commands_of, eventually, make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
 
-SENTINEL = "connectome-test-sentinel"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,26 +45,6 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]]) -> bool:
-    """Poll ``check`` for a state the server reaches asynchronously; counts tries, not time."""
-    for _ in range(2000):
-        if await check():
-            return True
-        await asyncio.sleep(0.005)
-    return False
-
-
-async def _commands_of(monitor_client: Any, storage: RedisStorage, action: Callable[[], Awaitable[Any]]) -> list[Any]:
-    """Every command the server ran while ``action`` ran, as MONITOR saw them."""
-    async with monitor_client.monitor() as monitor:
-        await action()
-        await storage.client.echo(SENTINEL)
-        seen = []
-        while SENTINEL not in (info := await monitor.next_command())["command"]:
-            seen.append(info)
-    return seen
 
 
 # ------------------------------------------------------------------ packaging
@@ -131,7 +110,7 @@ async def test_a_client_the_storage_made_is_closed_by_shutdown(raw: Any, make: C
     async def closed() -> bool:
         return connection_id not in await _client_ids(raw)
 
-    assert await _eventually(closed)
+    assert await eventually(closed)
 
 
 # ------------------------------------------------------------------ key layout
@@ -235,7 +214,7 @@ async def _expire_natively(raw: Any, storage: RedisStorage, *keys: str) -> None:
     async def gone() -> bool:
         return bool(await raw.exists(*names) == 0)
 
-    assert await _eventually(gone)
+    assert await eventually(gone)
 
 
 async def test_entries_redis_expired_leave_the_listing(storage: RedisStorage, raw: Any) -> None:
@@ -286,7 +265,7 @@ async def test_delete_conversation_is_one_script_that_updates_the_listing(
     assert await raw.exists(*keys) == 5
     monitor_client = redis.asyncio.Redis.from_url(redis_server.url)
     try:
-        seen = await _commands_of(monitor_client, storage, lambda: storage.delete_conversation("c1"))
+        seen = await commands_of(monitor_client, storage, lambda: storage.delete_conversation("c1"))
     finally:
         await monitor_client.aclose()
     sent = [info["command"].split()[0] for info in seen if info["client_type"] != "lua"]
@@ -862,20 +841,6 @@ async def test_capabilities_say_persistent_only_when_the_server_persists(
 
 
 # ------------------------------------------------------------- stats, cleanup
-
-
-async def test_stats_have_every_common_key_and_count_a_state_stored_as_none(storage: RedisStorage) -> None:
-    await storage.store_system_state("nothing", None)
-    await storage.store_system_state("something", 1)
-    stats = await storage.get_storage_stats()
-    common = [
-        "backend", "conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
-        "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
-        "total_bytes", "unreadable_count",
-    ]  # fmt: skip
-    assert set(common) <= set(stats)
-    assert [key for key in stats if key in common] == common
-    assert stats["system_state_count"] == 2
 
 
 async def test_cleanup_leaves_no_stale_member_in_any_index(storage: RedisStorage, raw: Any) -> None:

@@ -5,7 +5,6 @@ expired on its own. Everything runs against a real redis-server (tests/redis_ser
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -21,29 +20,7 @@ from connectome_storage.naming import encode_name
 
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
-from .redis_fixtures import make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
-
-SENTINEL = "connectome-kv-test-sentinel"
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]]) -> bool:
-    """Poll ``check`` for a state the server reaches asynchronously; counts tries, not time."""
-    for _ in range(2000):
-        if await check():
-            return True
-        await asyncio.sleep(0.005)
-    return False
-
-
-async def _commands_of(raw: Any, storage: RedisStorage, action: Callable[[], Awaitable[Any]]) -> list[dict[str, Any]]:
-    """Every command the server ran while ``action`` ran, as MONITOR saw them."""
-    async with raw.monitor() as monitor:
-        await action()
-        await storage.client.echo(SENTINEL)
-        seen = []
-        while SENTINEL not in (info := await monitor.next_command())["command"]:
-            seen.append(info)
-    return seen
+from .redis_fixtures import commands_of, eventually, make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
 
 
 def _round_trips(commands: list[dict[str, Any]]) -> list[str]:
@@ -224,7 +201,7 @@ async def test_each_operation_is_one_round_trip(storage: RedisStorage, raw: Any)
     ]
     for name, operation in operations:
         await operation()  # first use loads the script (EVALSHA, SCRIPT LOAD, EVALSHA)
-        sent = _round_trips(await _commands_of(raw, storage, operation))
+        sent = _round_trips(await commands_of(raw, storage, operation))
         assert len(sent) == 1, (name, sent)
         assert sent[0] in ("EVALSHA", "HMGET", "MULTI"), (name, sent)
 
@@ -244,7 +221,7 @@ async def test_entries_redis_expired_leave_every_index(
         await kv.set("gone", 1, ttl=0.05, tags={"color": "red"})
         await kv.set("stays", 2, tags={"color": "red"})
         base = f"{prefix}kv:{{native}}:"
-        assert await _eventually(lambda: _absent(raw, f"{base}e:gone"))
+        assert await eventually(lambda: _absent(raw, f"{base}e:gone"))
         # The hash is gone while the indexes still list it: the scripts must not trust them.
         assert await raw.zscore(f"{base}keys", "gone") is not None
         assert await raw.sismember(f"{base}tag:color:red", "gone")
@@ -255,7 +232,7 @@ async def test_entries_redis_expired_leave_every_index(
         assert await kv.count() == 1
         assert [k async for k, _ in kv.scan()] == ["stays"]
         await kv.set("gone2", 1, ttl=0.05, tags={"color": "blue"})
-        assert await _eventually(lambda: _absent(raw, f"{base}e:gone2"))
+        assert await eventually(lambda: _absent(raw, f"{base}e:gone2"))
         assert await raw.zscore(f"{base}keys", "gone2") is not None  # nothing has met it yet
         removed = (await storage.cleanup())["expired_kv_entries"]
         assert removed == 1

@@ -584,20 +584,6 @@ async def test_capabilities_are_persistent_and_cross_process(db: Path) -> None:
         assert storage.supports("cross_process") and not storage.supports("native_ttl")
 
 
-async def test_stats_have_every_common_key_and_count_a_state_stored_as_none(db: Path) -> None:
-    async with create_sqlite_storage(db) as storage:
-        await storage.store_system_state("nothing", None)
-        await storage.store_system_state("something", 1)
-        stats = await storage.get_storage_stats()
-    common = [
-        "backend", "conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
-        "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
-        "total_bytes", "unreadable_count",
-    ]  # fmt: skip
-    assert [key for key in stats if key in common] == common
-    assert stats["system_state_count"] == 2
-
-
 async def test_cleanup_removes_expired_cache_rows(db: Path, clock: FakeClock) -> None:
     async with create_sqlite_storage(db, clock=clock) as storage:
         await storage.store_cache("old", 1, ttl=10)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -16,17 +14,11 @@ import pytest
 from connectome_storage import create_file_storage, create_sqlite_storage
 from tests.redis_server import free_port
 
+from .test_cli import cli
+
 READ_ONLY = [["stats"], ["health"], ["ls"], ["show", "c1"], ["verify"], ["backups", "system/s.json"], ["watch"]]
 # Commands that write also need a storage that exists: there is nothing to clean or restore.
 WRITING = [["cleanup"], ["restore", "system/s.json"]]
-
-
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "connectome_storage", *args],
-        capture_output=True, text=True, env=clean | (env or {}), cwd=cwd, timeout=120,
-    )  # fmt: skip
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
