@@ -14,6 +14,7 @@ stats, so every backend behaves the same way. Backends fill in the ``_``-prefixe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar, overloa
 
 from .codec import check_value
 from .config import CommonSettings, resolve_settings
+from .conversation_query import MetaQuery, aggregate
+from .conversations import ConversationStore, MetaRecord
 from .errors import (
     CorruptedDataError,
     InvalidArgumentError,
@@ -72,6 +75,7 @@ class Kind(enum.Enum):
     CACHE = "cache"  # document with expiry, per cache key
     SYSTEM = "system"  # document, per state key
     KV = "kv"  # key-value entry, per (namespace, key): handled by the _kv_* hooks, never the others
+    METADATA = "metadata"  # conversation store metadata, per conversation: the _meta_* hooks
 
 
 CONVERSATION_PARTS = (Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES)
@@ -82,7 +86,7 @@ CAPABILITIES = frozenset({"watch", "backups", "native_ttl", "cross_process", "pe
 # The keys of get_storage_stats(), in the order every backend reports them; a backend may
 # add its own after these.
 STATS_KEYS = (
-    "backend", "conversation_count", "raw_message_count", "memory_count", "chunk_count",
+    "backend", "conversation_count", "expired_conversation_count", "raw_message_count", "memory_count", "chunk_count",
     "agent_count", "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count",
     "system_state_count", "kv_namespace_count", "kv_entry_count", "expired_kv_entry_count",
     "total_bytes", "unreadable_count",
@@ -390,13 +394,15 @@ class StorageInterface(ABC):
     async def cleanup(self) -> dict[str, int]:
         """All housekeeping at once; returns how many of each thing it removed.
 
-        Always ``expired_cache`` and ``expired_kv_entries``; backends add their own counts
-        (the file tree: ``temp_files``, ``backups``, ``lock_files``, ``recovered_appends``).
+        Always ``expired_cache``, ``expired_conversations`` and ``expired_kv_entries``;
+        backends add their own counts (the file tree: ``temp_files``, ``backups``,
+        ``lock_files``, ``recovered_appends``).
         """
         self._require_initialized()
         now_ms = self._now_ms()
         removed = {
             "expired_cache": await self._delete_expired_cache(now_ms),
+            "expired_conversations": await self._remove_expired_conversations(now_ms),
             "expired_kv_entries": await self._kv_remove_expired(None, now_ms),
         }
         removed.update(await self._cleanup_housekeeping(now_ms))
@@ -428,6 +434,12 @@ class StorageInterface(ABC):
         """Sorted state keys."""
         self._require_initialized()
         return sorted(await self._list_system_states())
+
+    # ------------------------------------------------------- conversation store
+
+    def conversation_store(self, default_ttl: float | None = None) -> ConversationStore:
+        """Conversations with metadata, TTL and queries over this storage (docs/conversations.md)."""
+        return ConversationStore(self, default_ttl)
 
     # -------------------------------------------------- key-value collections
 
@@ -486,6 +498,7 @@ class StorageInterface(ABC):
         self._require_initialized()
         now_ms = self._now_ms()
         stats = {"backend": self.backend_name, **await self._collect_stats(now_ms)}
+        stats.setdefault("expired_conversation_count", await self._count_expired_conversations(now_ms))
         namespaces, live, expired, unreadable = await self._kv_stats(now_ms)
         stats.update(kv_namespace_count=namespaces, kv_entry_count=live, expired_kv_entry_count=expired)
         stats["unreadable_count"] = stats.get("unreadable_count", 0) + unreadable
@@ -685,6 +698,134 @@ class StorageInterface(ABC):
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Backend-specific housekeeping for ``cleanup()``; counts by what was removed."""
         return {}
+
+    # ------------------------------------ conversation store hooks (docs/conversations.md)
+    #
+    # A conversation's metadata is one more part of it, held as a MetaRecord (epoch ms).
+    # Besides these hooks, a backend that stores metadata owes the section 2 hooks three
+    # things, inside their own read or write step (a separate check per call would cost a
+    # round trip):
+    #
+    # * an expired conversation (``expires_ms <= now``) is absent: its parts read as
+    #   missing, ``_list_conversations`` leaves it out, and a write to any of its parts first
+    #   removes it whole, so the write starts a new conversation (what Redis's native expiry
+    #   does by itself);
+    # * ``_delete_conversation`` removes metadata too, expired or not, and returns True only
+    #   when the conversation was live;
+    # * a write that changes the raw history of a conversation with metadata (append,
+    #   replace, pop, removal) sets its ``message_count`` to the new length, in the same
+    #   atomic step where the engine allows.
+    #
+    # The defaults compose the other hooks: correct, but neither atomic nor one round trip.
+    # A backend without a place for metadata keeps the defaults of ``_meta_read`` (none
+    # stored), ``_expired_conversations`` (so none expired) and ``_meta_put`` (refused).
+
+    async def _meta_read(
+        self, conversation_id: str, now_ms: int, *, include_expired: bool = False
+    ) -> MetaRecord | None:
+        """The stored metadata; None when there is none, or it expired (unless ``include_expired``)."""
+        return None
+
+    async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
+        """Store ``record`` as it is (None: remove the metadata) and apply its expiry to the
+        whole conversation (Redis: every key of it). ``migrate`` writes it after the other parts."""
+        raise NotSupportedError(f"{type(self).__name__} ({self.backend_name}) cannot store conversation metadata")
+
+    async def _expired_conversations(self, now_ms: int) -> list[str]:
+        """Ids of conversations expired at ``now_ms`` and not yet removed."""
+        return []
+
+    async def _conversation_load(
+        self, conversation_id: str, now_ms: int, *, include_expired: bool
+    ) -> tuple[MetaRecord, list[dict[str, Any]]] | None:
+        """(metadata, raw history), or None when the conversation is missing (or expired,
+        unless ``include_expired``: backends that keep expired data override this to read
+        it); without metadata, ``MetaRecord(id, None, ...)``."""
+        record = await self._meta_read(conversation_id, now_ms)
+        if record is None:
+            if not await self._conversation_exists(conversation_id, now_ms):
+                return None
+            record = MetaRecord(conversation_id, None, None, None, None, None, None)
+        return record, await self._read_log(Kind.RAW_MESSAGES, conversation_id)
+
+    async def _conversation_save(self, record: MetaRecord, messages: list[dict[str, Any]], now_ms: int) -> None:
+        """Replace the raw history with ``messages`` (``[]`` removes it) and store ``record``."""
+        if messages:
+            await self._replace_log(Kind.RAW_MESSAGES, record.conversation_id, messages)
+        else:
+            await self._delete(Kind.RAW_MESSAGES, record.conversation_id)
+        await self._meta_put(record.conversation_id, record)
+
+    async def _conversation_append(
+        self, created: MetaRecord, messages: list[dict[str, Any]], now_ms: int, *, update_timestamp: bool
+    ) -> MetaRecord:
+        """Append ``messages`` (maybe none) without reading the history, and return the stored
+        metadata: ``created`` with the new count when the conversation had none (or had
+        expired), else the stored one with the new count and, if ``update_timestamp``,
+        ``updated_ms = now_ms``."""
+        conversation_id = created.conversation_id
+        if messages:
+            count = await self._append_log(Kind.RAW_MESSAGES, conversation_id, messages)
+        else:
+            count = len(await self._read_log(Kind.RAW_MESSAGES, conversation_id))
+        previous = await self._meta_read(conversation_id, now_ms)
+        if previous is None or previous.created_ms is None:
+            record = dataclasses.replace(created, message_count=count)
+        else:
+            updated = now_ms if update_timestamp else previous.updated_ms
+            record = dataclasses.replace(previous, message_count=count, updated_ms=updated)
+        await self._meta_put(conversation_id, record)
+        return record
+
+    async def _conversation_set_expiry(
+        self, conversation_id: str, ttl: float | None, expires_ms: int | None, now_ms: int
+    ) -> bool:
+        """Set ``ttl`` and ``expires_ms`` of a live conversation, creating its metadata when it
+        has none (times now, the history's length); False when it is missing or expired."""
+        record = await self._meta_read(conversation_id, now_ms)
+        if record is None:
+            if not await self._conversation_exists(conversation_id, now_ms):
+                return False
+            count = len(await self._read_log(Kind.RAW_MESSAGES, conversation_id))
+            record = MetaRecord(conversation_id, now_ms, now_ms, count, None, None, {})
+        await self._meta_put(conversation_id, dataclasses.replace(record, ttl=ttl, expires_ms=expires_ms))
+        return True
+
+    async def _conversation_exists(self, conversation_id: str, now_ms: int) -> bool:
+        """Whether any part of the conversation is stored and it has not expired."""
+        return conversation_id in await self._list_conversations()
+
+    async def _meta_scan(self, now_ms: int) -> list[MetaRecord]:
+        """The metadata of every live conversation (an empty record for one without)."""
+        records = []
+        for conversation_id in await self._list_conversations():
+            record = await self._meta_read(conversation_id, now_ms)
+            records.append(record or MetaRecord(conversation_id, None, None, None, None, None, None))
+        return records
+
+    async def _meta_query(self, query: MetaQuery, now_ms: int) -> list[MetaRecord]:
+        """Live records matching ``query``, ordered and paged (``MetaQuery.apply`` is the reference)."""
+        return query.apply(await self._meta_scan(now_ms))
+
+    async def _meta_count(self, query: MetaQuery, now_ms: int) -> int:
+        """How many live records match ``query`` (unpaged)."""
+        return len(await self._meta_query(query, now_ms))
+
+    async def _meta_aggregate(
+        self, query: MetaQuery, group_by: str | None, measures: dict[str, tuple[str, str | None]], now_ms: int
+    ) -> dict[Any, dict[str, Any]]:
+        """``conversation_query.aggregate`` over the matching records (times in epoch ms)."""
+        return aggregate(await self._meta_query(query, now_ms), group_by, measures)
+
+    async def _remove_expired_conversations(self, now_ms: int) -> int:
+        """Remove every expired conversation whole; return how many."""
+        expired = await self._expired_conversations(now_ms)
+        for conversation_id in expired:
+            await self._delete_conversation(conversation_id)
+        return len(expired)
+
+    async def _count_expired_conversations(self, now_ms: int) -> int:
+        return len(await self._expired_conversations(now_ms))
 
     # ------------------------------------------------ key-value hooks (docs/kv.md)
     #

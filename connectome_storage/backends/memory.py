@@ -8,6 +8,9 @@ operation is atomic without locks.
 
 ``max_conversations`` bounds how many conversations are held: past it, the least recently
 used one (stored, loaded or appended, any part) is evicted whole.
+
+A conversation whose metadata has expired reads as missing and is removed whole by the
+first write to it or by ``cleanup()``, as the interface's conversation store hooks require.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, ClassVar
 
 from ..codec import decode, encode
 from ..config import CommonSettings
+from ..conversations import MetaRecord
 from ..errors import ConfigError
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..kv import KVRecord, KVSelect
@@ -40,6 +44,8 @@ class _Data:
     members: dict[str, dict[str, bytes]] = dataclasses.field(default_factory=dict)  # insertion order
     cache: dict[str, tuple[bytes, int, int | None]] = dataclasses.field(default_factory=dict)
     kv: dict[str, dict[str, tuple[bytes, KVRecord]]] = dataclasses.field(default_factory=dict)
+    # Conversation metadata: the record without its dict, and the dict's encoded bytes.
+    meta: dict[str, tuple[MetaRecord, bytes]] = dataclasses.field(default_factory=dict)
     recency: OrderedDict[str, None] = dataclasses.field(default_factory=OrderedDict)  # oldest first
 
 
@@ -105,6 +111,7 @@ class MemoryStorage(StorageInterface):
             or (Kind.CHUNKS, conversation_id) in data.documents
             or (Kind.RAW_MESSAGES, conversation_id) in data.logs
             or conversation_id in data.members
+            or conversation_id in data.meta
         )
 
     def _settle(self, kind: Kind, key: str) -> None:
@@ -117,25 +124,51 @@ class MemoryStorage(StorageInterface):
             self._data.recency.pop(key, None)
 
     def _drop_conversation(self, conversation_id: str) -> bool:
+        """Remove every part; True when the conversation was live."""
         data = self._data
-        found = data.documents.pop((Kind.CONVERSATION, conversation_id), None) is not None
-        found = data.documents.pop((Kind.CHUNKS, conversation_id), None) is not None or found
-        found = data.logs.pop((Kind.RAW_MESSAGES, conversation_id), None) is not None or found
-        found = data.members.pop(conversation_id, None) is not None or found
+        live = self._has_parts(conversation_id) and not self._expired(conversation_id)
+        data.documents.pop((Kind.CONVERSATION, conversation_id), None)
+        data.documents.pop((Kind.CHUNKS, conversation_id), None)
+        data.logs.pop((Kind.RAW_MESSAGES, conversation_id), None)
+        data.members.pop(conversation_id, None)
+        data.meta.pop(conversation_id, None)
         data.recency.pop(conversation_id, None)
-        return found
+        return live
+
+    # ------------------------------------------------------------------ expiry
+
+    def _expired(self, conversation_id: str) -> bool:
+        stored = self._data.meta.get(conversation_id)
+        return stored is not None and stored[0].expired(self._now_ms())
+
+    def _readable(self, kind: Kind, key: str) -> bool:
+        """False for a part of an expired conversation: it reads as missing."""
+        return kind not in CONVERSATION_PARTS or not self._expired(key)
+
+    def _writable(self, kind: Kind, key: str) -> None:
+        """Before a write to a part: an expired conversation is removed whole first."""
+        if kind in CONVERSATION_PARTS and self._expired(key):
+            self._drop_conversation(key)
+
+    def _count_messages(self, conversation_id: str) -> None:
+        """After a change to the raw history: the metadata's message_count follows."""
+        stored = self._data.meta.get(conversation_id)
+        if stored is not None:
+            count = len(self._data.logs.get((Kind.RAW_MESSAGES, conversation_id), ()))
+            self._data.meta[conversation_id] = (dataclasses.replace(stored[0], message_count=count), stored[1])
 
     # -------------------------------------------------------------- documents
 
     async def _read_document(self, kind: Kind, key: str) -> Any:
         raw = self._data.documents.get((kind, key))
-        if raw is None:
+        if raw is None or not self._readable(kind, key):
             return None
         if kind in CONVERSATION_PARTS:
             self._touch(key)
         return _load(raw)
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        self._writable(kind, key)
         self._data.documents[(kind, key)] = encode(value, pretty=False)
         self._settle(kind, key)
 
@@ -143,8 +176,11 @@ class MemoryStorage(StorageInterface):
         data = self._data
         if kind is Kind.CACHE:
             return data.cache.pop(key, None) is not None
+        self._writable(kind, key)
         if kind in (Kind.RAW_MESSAGES, Kind.REASONING_CHAINS):
             found = data.logs.pop((kind, key), None) is not None
+            if kind is Kind.RAW_MESSAGES:
+                self._count_messages(key)
         else:
             found = data.documents.pop((kind, key), None) is not None
         self._settle(kind, key)
@@ -154,46 +190,56 @@ class MemoryStorage(StorageInterface):
 
     async def _read_log(self, kind: Kind, key: str) -> list[Any]:
         items = self._data.logs.get((kind, key))
-        if items is None:
+        if items is None or not self._readable(kind, key):
             return []
         if kind in CONVERSATION_PARTS:
             self._touch(key)
         return [_load(raw) for raw in items]
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        self._writable(kind, key)
         log = self._data.logs.setdefault((kind, key), [])
         log.extend(encode(item, pretty=False) for item in items)
-        self._settle(kind, key)
+        self._after_log_write(kind, key)
         return len(log)
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
+        self._writable(kind, key)
         self._data.logs[(kind, key)] = [encode(item, pretty=False) for item in items]
-        self._settle(kind, key)
+        self._after_log_write(kind, key)
 
     async def _pop_log(self, kind: Kind, key: str) -> Any:
+        self._writable(kind, key)
         items = self._data.logs.get((kind, key))
         if not items:
             return None
         raw = items.pop()
         if not items:
             del self._data.logs[(kind, key)]
-        self._settle(kind, key)
+        self._after_log_write(kind, key)
         return _load(raw)
+
+    def _after_log_write(self, kind: Kind, key: str) -> None:
+        if kind is Kind.RAW_MESSAGES:
+            self._count_messages(key)
+        self._settle(kind, key)
 
     # --------------------------------------------------------------- memories
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        self._writable(Kind.MEMORIES, conversation_id)
         self._data.members.setdefault(conversation_id, {})[memory_id] = encode(memory, pretty=False)
         self._settle(Kind.MEMORIES, conversation_id)
 
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
         members = self._data.members.get(conversation_id)
-        if not members:
+        if not members or self._expired(conversation_id):
             return []
         self._touch(conversation_id)
         return [_load(raw) for raw in members.values()]
 
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        self._writable(Kind.MEMORIES, conversation_id)
         members = self._data.members.get(conversation_id)
         if members is None or members.pop(memory_id, None) is None:
             return False
@@ -208,7 +254,48 @@ class MemoryStorage(StorageInterface):
     # ---------------------------------------------------------------- listing
 
     async def _list_conversations(self) -> list[str]:
-        return list(self._data.recency)
+        return [key for key in self._data.recency if not self._expired(key)]
+
+    # ------------------------------------------------------ conversation store
+
+    async def _meta_read(
+        self, conversation_id: str, now_ms: int, *, include_expired: bool = False
+    ) -> MetaRecord | None:
+        stored = self._data.meta.get(conversation_id)
+        if stored is None or (stored[0].expired(now_ms) and not include_expired):
+            return None
+        self._touch(conversation_id)
+        return dataclasses.replace(stored[0], metadata=_load(stored[1]))
+
+    async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
+        if record is None:
+            self._data.meta.pop(conversation_id, None)
+            self._settle(Kind.CONVERSATION, conversation_id)
+            return
+        self._writable(Kind.CONVERSATION, conversation_id)
+        metadata = encode(record.metadata or {}, pretty=False)
+        self._data.meta[conversation_id] = (dataclasses.replace(record, metadata=None), metadata)
+        self._settle(Kind.CONVERSATION, conversation_id)
+
+    async def _conversation_load(
+        self, conversation_id: str, now_ms: int, *, include_expired: bool
+    ) -> tuple[MetaRecord, list[dict[str, Any]]] | None:
+        if not self._has_parts(conversation_id):
+            return None
+        record = await self._meta_read(conversation_id, now_ms, include_expired=include_expired)
+        if record is None:
+            if self._expired(conversation_id):
+                return None
+            record = MetaRecord(conversation_id, None, None, None, None, None, None)
+        self._touch(conversation_id)
+        raw = self._data.logs.get((Kind.RAW_MESSAGES, conversation_id), [])
+        return record, [_load(item) for item in raw]
+
+    async def _conversation_exists(self, conversation_id: str, now_ms: int) -> bool:
+        return self._has_parts(conversation_id) and not self._expired(conversation_id)
+
+    async def _expired_conversations(self, now_ms: int) -> list[str]:
+        return [key for key, (record, _) in self._data.meta.items() if record.expired(now_ms)]
 
     async def _list_agents(self) -> list[str]:
         return [key for kind, key in self._data.logs if kind is Kind.REASONING_CHAINS]
