@@ -357,6 +357,7 @@ async def _watch(storage: StorageInterface, args: argparse.Namespace) -> int:
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _REPORT_LINES = [
     ("conversations", "conversations"),
+    ("conversation_metadata", "with metadata"),
     ("raw_messages", "raw messages"),
     ("memories", "memories"),
     ("chunks", "chunk lists"),
