@@ -170,12 +170,12 @@ def test_cleanup_does_all_housekeeping_and_prints_every_count(tree: Path) -> Non
 
 def test_environment_selects_the_storage(tree: Path) -> None:
     result = cli("ls", env={"CONNECTOME_STORAGE_BASE_DIR": str(tree)})
-    assert result.stdout == "conv_001\n"
+    assert result.stdout == "conv_001  1 message\n"
 
 
 def test_base_dir_alone_means_the_file_backend(tree: Path) -> None:
     result = cli("--base-dir", str(tree), "ls", env={"CONNECTOME_STORAGE_TYPE": "redis"})
-    assert result.returncode == 0 and result.stdout == "conv_001\n"
+    assert result.returncode == 0 and result.stdout == "conv_001  1 message\n"
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_console_script_is_installed(tree: Path) -> None:
     if not script.exists():
         pytest.skip("package not installed with its console script (pip install -e .)")
     result = subprocess.run([str(script), "--base-dir", str(tree), "ls"], capture_output=True, text=True)
-    assert result.stdout == "conv_001\n"
+    assert result.stdout == "conv_001  1 message\n"
 
 
 def subcommands() -> dict[str, str]:
