@@ -702,7 +702,7 @@ class StorageInterface(ABC):
     # ------------------------------------ conversation store hooks (docs/conversations.md)
     #
     # A conversation's metadata is one more part of it, held as a MetaRecord (epoch ms).
-    # Besides these hooks, a backend that stores metadata owes the section 2 hooks three
+    # Besides these hooks, a backend that stores metadata owes the hooks of the storage methods three
     # things, inside their own read or write step (a separate check per call would cost a
     # round trip):
     #

@@ -64,7 +64,7 @@ async def test_the_store_is_a_view_over_the_raw_history(storage: StorageInterfac
     loaded = await store.load("c")
     assert loaded is not None
     assert loaded.messages == [*MSGS, {"n": 3}]
-    assert loaded.metadata.message_count == 3  # section 2 writes keep the count in step
+    assert loaded.metadata.message_count == 3  # the storage methods keep the count in step
 
 
 @pytest.mark.parametrize("change", ["store", "pop", "empty"])
