@@ -439,6 +439,10 @@ class StorageInterface(ABC):
 
     def conversation_store(self, default_ttl: float | None = None) -> ConversationStore:
         """Conversations with metadata, TTL and queries over this storage (docs/conversations.md)."""
+        return self._make_conversation_store(default_ttl)
+
+    def _make_conversation_store(self, default_ttl: float | None) -> ConversationStore:
+        """The store (the middleware chain puts its own in its place)."""
         return ConversationStore(self, default_ttl)
 
     # -------------------------------------------------- key-value collections
