@@ -56,8 +56,8 @@ def _require_asyncio_auto_mode(config: pytest.Config) -> None:
     if mode != "auto":
         pytest.fail(
             f"connectome_storage.testing needs pytest-asyncio's auto mode, but asyncio_mode is {mode!r}: set "
-            'asyncio_mode = "auto" under [tool.pytest.ini_options] in pyproject.toml (asyncio_mode = auto in '
-            "pytest.ini), or run pytest with --asyncio-mode=auto",
+            'asyncio_mode = "auto" in the pytest configuration ([tool.pytest.ini_options] in pyproject.toml, '
+            "[pytest] in pytest.ini), or run pytest with --asyncio-mode=auto",
             pytrace=False,
         )
 
