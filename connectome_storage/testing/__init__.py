@@ -31,8 +31,9 @@ pytest.
 Contents, each module with its own ``__all__`` of tests: ``core`` (lifecycle, conversations,
 raw messages, memories, chunks, reasoning chains, cache, system state, ids, health, stats),
 ``kv`` (key-value collections) and ``conversations`` (the conversation store). A new module
-joins the suite with one line below, ``from .messages import *``; its ``__all__`` names its tests, and a name two modules
-both export is refused at import, since the later one would hide the earlier.
+joins the suite with one line below, ``from .messages import *``; its ``__all__`` names its
+tests, and a name two modules both export is refused at import, since the later one would
+hide the earlier.
 """
 
 from __future__ import annotations
