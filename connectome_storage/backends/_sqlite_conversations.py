@@ -50,8 +50,11 @@ __all__ = [
     "order_sql",
 ]
 
+# ConversationStore.save reads the stored metadata first (created_at survives), so a damaged
+# row is repaired by deleting the conversation, not by saving over it.
 _HINT = (
-    "save the conversation again to replace its metadata, delete it, or restore a copy made with SqliteStorage.backup()"
+    "delete the conversation (delete_conversation) and save it again, or restore a copy made with "
+    "SqliteStorage.backup()"
 )
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 META_COLUMNS = "created_ms, updated_ms, message_count, ttl, expires_ms, metadata"
@@ -71,6 +74,9 @@ _UPSERT_META = f"""INSERT INTO conversations (conversation_id, {META_COLUMNS}) V
         metadata = excluded.metadata"""
 _CLEAR_META = """UPDATE conversations SET created_ms = NULL, updated_ms = NULL, message_count = NULL, ttl = NULL,
     expires_ms = NULL, metadata = NULL WHERE conversation_id = ?"""
+# The escape of U+0000 (or of a backslash before "u0000": a false alarm, answered exactly
+# too) anywhere in stored metadata: such a string is the one value json_extract cannot return whole.
+_NUL_ESCAPE = r"SELECT 1 FROM conversations WHERE instr(metadata, '\u0000') > 0 LIMIT 1"
 _LENGTH = "SELECT COALESCE(MAX(seq), -1) + 1 FROM raw_messages WHERE conversation_id = ?"
 
 
@@ -265,66 +271,98 @@ class SqliteConversations(StorageInterface):
     # ------------------------------------------------------------------ queries
 
     async def _meta_scan(self, now_ms: int) -> list[MetaRecord]:
+        return await self._read("scanning", lambda conn: self._scan(conn, now_ms))
+
+    def _scan(self, conn: sqlite3.Connection, now_ms: int) -> list[MetaRecord]:
         sql = f"SELECT conversation_id, {META_COLUMNS} FROM conversations WHERE {LIVE} ORDER BY conversation_id"
-
-        def body(conn: sqlite3.Connection) -> list[MetaRecord]:
-            records = []
-            for conversation_id, *row in conn.execute(sql, (now_ms,)):
-                record = self._record(conversation_id, tuple(row))
-                records.append(record or MetaRecord(conversation_id, None, None, None, None, None, None))
-            return records
-
-        return await self._read("scanning", body)
+        records = []
+        for conversation_id, *row in conn.execute(sql, (now_ms,)):
+            record = self._record(conversation_id, tuple(row))
+            records.append(record or MetaRecord(conversation_id, None, None, None, None, None, None))
+        return records
 
     async def _meta_query(self, query: MetaQuery, now_ms: int) -> list[MetaRecord]:
-        try:
+        def build() -> tuple[str, list[Any]]:
             where, params = compile_where(query, now_ms)
-            order = order_sql(query)
-        except Fallback:
-            return query.apply(await self._meta_scan(now_ms))
-        sql = f"SELECT conversation_id, {META_COLUMNS} FROM conversations WHERE {where} ORDER BY {order}"
-        if query.limit is not None or query.offset:
-            sql += " LIMIT ? OFFSET ?"
-            params += [-1 if query.limit is None else min(query.limit, _INT64_MAX), min(query.offset, _INT64_MAX)]
+            sql = f"SELECT conversation_id, {META_COLUMNS} FROM conversations WHERE {where} ORDER BY {order_sql(query)}"
+            if query.limit is not None or query.offset:
+                sql += " LIMIT ? OFFSET ?"
+                params += [-1 if query.limit is None else min(query.limit, _INT64_MAX), min(query.offset, _INT64_MAX)]
+            return sql, params
 
-        def body(conn: sqlite3.Connection) -> list[MetaRecord]:
-            rows = self._select(conn, sql, params)
+        def native(rows: list[Any]) -> list[MetaRecord]:
             return [
                 self._record(conversation_id, tuple(row))
                 or MetaRecord(conversation_id, None, None, None, None, None, None)
                 for conversation_id, *row in rows
             ]
 
-        return await self._read("querying", body)
+        fields = [name for name, _ in query.order]
+        return await self._answer("querying", query, now_ms, build, native, query.apply, fields)
 
     async def _meta_count(self, query: MetaQuery, now_ms: int) -> int:
-        try:
+        def build() -> tuple[str, list[Any]]:
             where, params = compile_where(query, now_ms)
-        except Fallback:
-            return len(query.apply(await self._meta_scan(now_ms)))
-        sql = f"SELECT COUNT(*) FROM conversations WHERE {where}"
-        return await self._read("counting", lambda conn: int(self._select(conn, sql, params)[0][0]))
+            return f"SELECT COUNT(*) FROM conversations WHERE {where}", params
+
+        def native(rows: list[Any]) -> int:
+            return int(rows[0][0])
+
+        return await self._answer("counting", query, now_ms, build, native, lambda rs: len(query.apply(rs)), [])
 
     async def _meta_aggregate(
         self, query: MetaQuery, group_by: str | None, measures: dict[str, tuple[str, str | None]], now_ms: int
     ) -> dict[Any, dict[str, Any]]:
-        try:
+        decoders: list[Callable[[tuple[Any, ...]], tuple[Any, dict[str, Any]]]] = []
+
+        def build() -> tuple[str, list[Any]]:
             where, params = compile_where(query, now_ms)
             sql, decode_row = aggregate_sql(where, group_by, measures)
-        except Fallback:
-            return aggregate(query.apply(await self._meta_scan(now_ms)), group_by, measures)
+            decoders.append(decode_row)
+            return sql, params
 
-        def body(conn: sqlite3.Connection) -> dict[Any, dict[str, Any]]:
-            _install_aggregates(conn)
+        def native(rows: list[Any]) -> dict[Any, dict[str, Any]]:
             result: dict[Any, dict[str, Any]] = {}
-            for row in self._select(conn, sql, params):
+            for row in rows:
                 if row[0] == 0:  # no group_by and nothing matched: no group at all
                     continue
-                key, values = decode_row(row)
+                key, values = decoders[0](row)
                 result[key] = values
             return result
 
-        return await self._read("aggregating", body)
+        def reference(records: list[MetaRecord]) -> dict[Any, dict[str, Any]]:
+            return aggregate(query.apply(records), group_by, measures)
+
+        fields = [name for _, name in measures.values() if name is not None] + ([group_by] if group_by else [])
+        return await self._answer("aggregating", query, now_ms, build, native, reference, fields)
+
+    async def _answer(
+        self,
+        action: str,
+        query: MetaQuery,
+        now_ms: int,
+        build: Callable[[], tuple[str, list[Any]]],
+        native: Callable[[list[Any]], T],
+        reference: Callable[[list[MetaRecord]], T],
+        fields: list[str],
+    ) -> T:
+        """One read transaction: the SQL statement ``build`` makes, or the reference over a scan
+        when SQL cannot answer exactly (``Fallback``; SQLite without JSON functions; a stored
+        metadata string holding U+0000, which SQLite 3.40's json_extract cuts short there)."""
+        try:
+            sql, params = build() if self._json_functions else (None, [])
+        except Fallback:
+            sql, params = None, []
+        fields = fields + [condition.field for condition in query.conditions]
+        metadata = any(field.startswith("metadata.") for field in fields)
+
+        def body(conn: sqlite3.Connection) -> T:
+            if sql is None or (metadata and conn.execute(_NUL_ESCAPE).fetchone() is not None):
+                return reference(self._scan(conn, now_ms))
+            _install_aggregates(conn)
+            return native(self._select(conn, sql, params))
+
+        return await self._run(action, body, "BEGIN")  # the check and the statement see one snapshot
 
     def _select(self, conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[Any]:
         """Run a query over metadata; a metadata column that is not JSON is named, not a bare SQL error."""
@@ -410,8 +448,8 @@ def _field(name: str) -> _Field:
 
 def _operand(value: Any) -> Any:
     """An operand SQLite compares exactly as Python does, or Fallback."""
-    if isinstance(value, str) and not _utf8(value):
-        raise Fallback(value)  # a lone surrogate: SQLite cannot take it
+    if isinstance(value, str) and ("\x00" in value or not _utf8(value)):
+        raise Fallback(value)  # a lone surrogate SQLite cannot take, or U+0000 json_extract cuts at
     if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
         raise Fallback(value)  # the sqlite3 module cannot bind it
     if type(value) is float and abs(value) >= 2.0**63:
