@@ -10,10 +10,12 @@ from __future__ import annotations
 __all__ = [
     "APPLICATION_ID",
     "CLAIM_SERIALIZER",
+    "DROP_EXPIRED",
     "ENSURE_PARENT",
     "MIGRATIONS",
     "PRUNE_CONVERSATION",
     "SCHEMA_VERSION",
+    "SET_MESSAGE_COUNT",
     "STATS",
 ]
 
@@ -107,15 +109,41 @@ MIGRATIONS: list[tuple[str, ...]] = [
             OR EXISTS (SELECT 1 FROM agents) OR EXISTS (SELECT 1 FROM cache)
             OR EXISTS (SELECT 1 FROM system_state) OR EXISTS (SELECT 1 FROM kv)""",
     ),
+    # 4: conversation store metadata (``_sqlite_conversations``), columns of the conversation's
+    # row: all NULL when the conversation has none, all set (``expires_ms`` NULL when it never
+    # expires) when it has. ``metadata`` is the caller's dict as canonical JSON text whatever
+    # the serializer, so queries read it with json_extract.
+    (
+        "ALTER TABLE conversations ADD COLUMN created_ms INTEGER",  # epoch milliseconds
+        "ALTER TABLE conversations ADD COLUMN updated_ms INTEGER",
+        "ALTER TABLE conversations ADD COLUMN message_count INTEGER",  # follows every raw history write
+        "ALTER TABLE conversations ADD COLUMN ttl REAL",  # seconds; NULL: no expiry
+        "ALTER TABLE conversations ADD COLUMN expires_ms INTEGER",  # NULL: never expires
+        "ALTER TABLE conversations ADD COLUMN metadata TEXT",  # NULL: no metadata
+        # Query ranges and orders over the top fields (ties by id, as queries break them).
+        "CREATE INDEX conversations_updated ON conversations (updated_ms, conversation_id)",
+        "CREATE INDEX conversations_created ON conversations (created_ms, conversation_id)",
+        "CREATE INDEX conversations_message_count ON conversations (message_count, conversation_id)",
+        # Expired listings, counts and cleanup read only the rows that can expire.
+        "CREATE INDEX conversations_expires ON conversations (expires_ms) WHERE expires_ms IS NOT NULL",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# A conversation row lives exactly as long as one of its parts, so list_conversations is
-# a plain scan of the table; every statement that removes a part runs this after it.
+# A conversation row lives exactly as long as one of its parts (its metadata among them),
+# so list_conversations is a plain scan of the table; every statement that removes a part
+# runs this after it.
 PRUNE_CONVERSATION = """DELETE FROM conversations WHERE conversation_id = :id
-    AND document IS NULL AND chunks IS NULL
+    AND document IS NULL AND chunks IS NULL AND metadata IS NULL
     AND NOT EXISTS (SELECT 1 FROM raw_messages WHERE conversation_id = :id)
     AND NOT EXISTS (SELECT 1 FROM memories WHERE conversation_id = :id)"""
+
+# Before any write to a part of a conversation, in the same transaction: an expired one is
+# removed whole (the foreign keys cascade), so the write starts a new conversation.
+DROP_EXPIRED = "DELETE FROM conversations WHERE conversation_id = ? AND expires_ms <= ?"
+
+# After a write to the raw history, in the same transaction: the metadata's count follows.
+SET_MESSAGE_COUNT = "UPDATE conversations SET message_count = ? WHERE conversation_id = ? AND metadata IS NOT NULL"
 
 # Records the serializer of a database that has none yet (inside BEGIN IMMEDIATE).
 CLAIM_SERIALIZER = "INSERT INTO meta (name, value) VALUES ('serializer', ?) ON CONFLICT (name) DO NOTHING"
@@ -128,25 +156,39 @@ ENSURE_PARENT = {
 
 # get_storage_stats in one pass per table. json_valid/json_type check each row in C, so a
 # row that would not parse is counted as unreadable instead of as data, and nothing is
-# decoded in Python. Each query returns (good, bad) or the columns named beside it.
+# decoded in Python. Each query returns (good, bad) or the columns named beside it. The
+# parts of a conversation expired at :now are absent, so they are not counted.
 _OBJECT_ROWS = """SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM (SELECT CASE
-    WHEN json_valid(data) AND json_type(data) = 'object' THEN 1 ELSE 0 END AS ok FROM {table})"""
+    WHEN json_valid(data) AND json_type(data) = 'object' THEN 1 ELSE 0 END AS ok FROM {table}{where})"""
+_LIVE_PARTS = """ WHERE NOT EXISTS (SELECT 1 FROM conversations AS c
+    WHERE c.conversation_id = {table}.conversation_id AND c.expires_ms <= :now)"""
+# A metadata row that SqliteConversations._record decodes (keep the two in step).
+_META_OK = """(typeof(created_ms) = 'integer' AND typeof(updated_ms) = 'integer'
+    AND typeof(message_count) = 'integer' AND message_count >= 0
+    AND (ttl IS NULL OR (typeof(ttl) IN ('integer', 'real') AND ttl > 0))
+    AND (expires_ms IS NULL OR typeof(expires_ms) = 'integer')
+    AND json_valid(metadata) AND json_type(metadata) = 'object')"""
 STATS = {
-    "raw_message_count": _OBJECT_ROWS.format(table="raw_messages"),
-    "memory_count": _OBJECT_ROWS.format(table="memories"),
-    "reasoning_chain_count": _OBJECT_ROWS.format(table="reasoning_chains"),
+    "raw_message_count": _OBJECT_ROWS.format(table="raw_messages", where=_LIVE_PARTS.format(table="raw_messages")),
+    "memory_count": _OBJECT_ROWS.format(table="memories", where=_LIVE_PARTS.format(table="memories")),
+    "reasoning_chain_count": _OBJECT_ROWS.format(table="reasoning_chains", where=""),
     # (live, expired, bad) at :now
     "cache": """SELECT COALESCE(SUM(ok AND live), 0), COALESCE(SUM(ok AND NOT live), 0),
         COALESCE(SUM(NOT ok), 0) FROM (SELECT json_valid(data) AS ok,
         (expires_ms IS NULL OR expires_ms > :now) AS live FROM cache)""",
-    # (conversations, chunks, bad documents + bad chunk lists)
-    "conversations": """SELECT COUNT(*),
-        COALESCE(SUM(CASE WHEN chunks_ok THEN json_array_length(chunks) END), 0),
-        COALESCE(SUM(document IS NOT NULL AND NOT document_ok), 0)
-            + COALESCE(SUM(chunks IS NOT NULL AND NOT chunks_ok), 0)
-        FROM (SELECT document, chunks,
+    # (live conversations, their chunks, expired conversations, bad documents + bad chunk
+    # lists of live ones + bad metadata of any) at :now
+    "conversations": f"""SELECT COALESCE(SUM(live), 0),
+        COALESCE(SUM(CASE WHEN live AND chunks_ok THEN json_array_length(chunks) END), 0),
+        COALESCE(SUM(NOT live), 0),
+        COALESCE(SUM(live AND document IS NOT NULL AND NOT document_ok), 0)
+            + COALESCE(SUM(live AND chunks IS NOT NULL AND NOT chunks_ok), 0)
+            + COALESCE(SUM(metadata IS NOT NULL AND NOT meta_ok), 0)
+        FROM (SELECT document, chunks, metadata,
+            NOT COALESCE(expires_ms <= :now, 0) AS live,
             json_valid(document) AND json_type(document) = 'object' AS document_ok,
-            json_valid(chunks) AND json_type(chunks) = 'array' AS chunks_ok FROM conversations)""",
+            json_valid(chunks) AND json_type(chunks) = 'array' AS chunks_ok,
+            CASE WHEN json_valid(metadata) THEN {_META_OK} ELSE 0 END AS meta_ok FROM conversations)""",
     # (states, bad)
     "system_state": "SELECT COUNT(*), COALESCE(SUM(NOT json_valid(data)), 0) FROM system_state",
     "agents": "SELECT COUNT(*) FROM agents",

@@ -2,7 +2,8 @@
 
 Schema (``_sqlite_schema``; docs/sqlite.md draws it)::
 
-    conversations(conversation_id PK, document, chunks)   a row while any part is stored
+    conversations(conversation_id PK, document, chunks,   a row while any part is stored
+                  created_ms, updated_ms, message_count, ttl, expires_ms, metadata)
     raw_messages(id, conversation_id FK, seq, data)        one row per message
     memories(id, conversation_id FK, memory_id, position, data)
     agents(agent_id PK) <- reasoning_chains(id, agent_id FK, seq, data)
@@ -18,6 +19,10 @@ Each operation is one function run on aiosqlite's worker thread:
 one thread hop and one transaction per operation. That thread runs one function at a
 time, so coroutines sharing the connection never interleave statements inside each
 other's transaction, and no asyncio lock is needed.
+
+A conversation whose ``expires_ms`` has passed (the conversation store's TTL,
+``_sqlite_conversations``) is absent: every read of one of its parts filters it out in its
+own statement, and every write to one removes it whole first, in the same transaction.
 """
 
 from __future__ import annotations
@@ -51,14 +56,17 @@ from ..errors import (
 from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
 from ..serializer import Serializer, make_serializer
 from . import _fs
+from ._sqlite_conversations import LIVE, SqliteConversations
 from ._sqlite_kv import SqliteKV
 from ._sqlite_schema import (
     APPLICATION_ID,
     CLAIM_SERIALIZER,
+    DROP_EXPIRED,
     ENSURE_PARENT,
     MIGRATIONS,
     PRUNE_CONVERSATION,
     SCHEMA_VERSION,
+    SET_MESSAGE_COUNT,
     STATS,
 )
 
@@ -107,7 +115,7 @@ def _import_aiosqlite() -> Any:
     return aiosqlite
 
 
-class SqliteStorage(SqliteKV, StorageInterface):
+class SqliteStorage(SqliteConversations, SqliteKV, StorageInterface):
     """Stores everything in one SQLite database at ``db_path``.
 
     Options: ``db_path``, ``enable_wal_mode``, ``synchronous`` (FULL, EXTRA or NORMAL),
@@ -128,6 +136,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
         self._path = self.db_path.absolute()
         self._db: aiosqlite.Connection | None = None
         self._json1 = False
+        self._json_functions = False  # JSON1 there: conversation queries run in SQL
         self._length_limit = 1_000_000_000  # SQLITE_MAX_LENGTH; the connection's own is read at initialize()
 
     # ----------------------------------------------------------------- lifecycle
@@ -180,6 +189,7 @@ class SqliteStorage(SqliteKV, StorageInterface):
         self._check_serializer(conn)
         try:
             conn.execute("SELECT json_valid('1')").fetchone()
+            self._json_functions = True
             # Stats judge rows with json_valid in SQL; msgpack rows are decoded in Python.
             self._json1 = self._serializer.text
         except sqlite3.OperationalError:
@@ -383,12 +393,13 @@ class SqliteStorage(SqliteKV, StorageInterface):
             sql, table, label = "SELECT data FROM system_state WHERE state_key = ?", "system_state", "state_key"
         elif kind in _COLUMNS:
             table, label = "conversations", f"conversation_id, column {_COLUMNS[kind]}"
-            sql = f"SELECT {_COLUMNS[kind]} FROM conversations WHERE conversation_id = ?"
+            sql = f"SELECT {_COLUMNS[kind]} FROM conversations WHERE conversation_id = ? AND {LIVE}"
         else:
             raise InvalidArgumentError(f"{kind} is not a document")
+        params = (key,) if kind is Kind.SYSTEM else (key, self._now_ms())
 
         def body(conn: sqlite3.Connection) -> Any:
-            row = conn.execute(sql, (key,)).fetchone()
+            row = conn.execute(sql, params).fetchone()
             if row is None or row[0] is None:
                 return None
             value = self._parse(row[0], table, f"{label} {key!r}", _SHAPES.get(kind))
@@ -411,7 +422,14 @@ class SqliteStorage(SqliteKV, StorageInterface):
                    f"ON CONFLICT (conversation_id) DO UPDATE SET {column} = excluded.{column}")  # fmt: skip
         else:
             raise InvalidArgumentError(f"{kind} is not a document")
-        await self._write("writing", lambda conn: conn.execute(sql, (key, text)))
+        now_ms = self._now_ms()
+
+        def body(conn: sqlite3.Connection) -> None:
+            if kind in _COLUMNS:
+                conn.execute(DROP_EXPIRED, (key, now_ms))
+            conn.execute(sql, (key, text))
+
+        await self._write("writing", body)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         if kind in _COLUMNS:
@@ -428,9 +446,14 @@ class SqliteStorage(SqliteKV, StorageInterface):
         else:
             sql = "DELETE FROM system_state WHERE state_key = ?"
         prune = kind in _COLUMNS or kind in (Kind.RAW_MESSAGES, Kind.MEMORIES)
+        now_ms = self._now_ms()
 
         def body(conn: sqlite3.Connection) -> bool:
+            if prune:
+                conn.execute(DROP_EXPIRED, (key, now_ms))
             found = conn.execute(sql, (key,)).rowcount > 0
+            if found and kind is Kind.RAW_MESSAGES:
+                conn.execute(SET_MESSAGE_COUNT, (0, key))
             if found and prune:
                 conn.execute(PRUNE_CONVERSATION, {"id": key})
             return found
@@ -440,28 +463,37 @@ class SqliteStorage(SqliteKV, StorageInterface):
     # --------------------------------------------------------------------- logs
 
     async def _read_log(self, kind: Kind, key: str) -> list[Any]:
+        if kind is Kind.RAW_MESSAGES:
+            now_ms = self._now_ms()
+            return await self._read("reading", lambda conn: self._messages(conn, key, now_ms))
+        return await self._read("reading", lambda conn: self._log(conn, kind, key, "", ()))
+
+    def _messages(self, conn: sqlite3.Connection, conversation_id: str, now_ms: int | None = None) -> list[Any]:
+        """The raw history; with ``now_ms``, [] when the conversation expired (in the same statement)."""
+        if now_ms is None:
+            return self._log(conn, Kind.RAW_MESSAGES, conversation_id, "", ())
+        alive = " AND NOT EXISTS (SELECT 1 FROM conversations AS c WHERE c.conversation_id = ? AND c.expires_ms <= ?)"
+        return self._log(conn, Kind.RAW_MESSAGES, conversation_id, alive, (conversation_id, now_ms))
+
+    def _log(self, conn: sqlite3.Connection, kind: Kind, key: str, extra: str, params: tuple[Any, ...]) -> list[Any]:
         table, column, _parent = _LOGS[kind]
-        fast = f"SELECT data FROM {table} WHERE {column} = ? ORDER BY seq"
-        precise = f"SELECT seq, data FROM {table} WHERE {column} = ? ORDER BY seq"
-
-        def body(conn: sqlite3.Connection) -> list[Any]:
-            # A long history is mostly parsing: parse every row with the serializer directly and
-            # check the shapes in one pass, and only when something is wrong read again
-            # with seq, to name the bad row. Measured on 10,000 messages: 12 ms instead of
-            # 18 ms (a CorruptedDataError's location string built for every row, one
-            # Python call per row, and the seq column cost the difference).
-            texts = conn.execute(fast, (key,)).fetchall()
-            loads = self._serializer.loads
-            try:
-                items = [loads(text) for (text,) in texts]
-            except self._serializer.errors:  # TypeError among them: a value that is not text
-                items = None
-            if items is not None and set(map(type, items)) <= {dict}:
-                return items
-            rows = conn.execute(precise, (key,)).fetchall()
-            return [self._parse(data, table, f"{column} {key!r}, seq {seq}", dict) for seq, data in rows]
-
-        return await self._read("reading", body)
+        fast = f"SELECT data FROM {table} WHERE {column} = ?{extra} ORDER BY seq"
+        precise = f"SELECT seq, data FROM {table} WHERE {column} = ?{extra} ORDER BY seq"
+        # A long history is mostly parsing: parse every row with the serializer directly and
+        # check the shapes in one pass, and only when something is wrong read again
+        # with seq, to name the bad row. Measured on 10,000 messages: 12 ms instead of
+        # 18 ms (a CorruptedDataError's location string built for every row, one
+        # Python call per row, and the seq column cost the difference).
+        texts = conn.execute(fast, (key, *params)).fetchall()
+        loads = self._serializer.loads
+        try:
+            items = [loads(text) for (text,) in texts]
+        except self._serializer.errors:  # TypeError among them: a value that is not text
+            items = None
+        if items is not None and set(map(type, items)) <= {dict}:
+            return items
+        rows = conn.execute(precise, (key, *params)).fetchall()
+        return [self._parse(data, table, f"{column} {key!r}, seq {seq}", dict) for seq, data in rows]
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         table, column, parent = _LOGS[kind]
@@ -470,31 +502,47 @@ class SqliteStorage(SqliteKV, StorageInterface):
         # and earlier rows are never touched.
         last = f"SELECT COALESCE(MAX(seq), -1) FROM {table} WHERE {column} = ?"
         insert = f"INSERT INTO {table} ({column}, seq, data) VALUES (?, ?, ?)"
+        messages = kind is Kind.RAW_MESSAGES
+        now_ms = self._now_ms()
 
         def body(conn: sqlite3.Connection) -> int:
+            if messages:
+                conn.execute(DROP_EXPIRED, (key, now_ms))
             conn.execute(ENSURE_PARENT[parent], (key,))
             start = conn.execute(last, (key,)).fetchone()[0] + 1
             conn.executemany(insert, [(key, start + i, text) for i, text in enumerate(texts)])
-            return int(start + len(texts))
+            count = int(start + len(texts))
+            if messages:
+                conn.execute(SET_MESSAGE_COUNT, (count, key))
+            return count
 
         return await self._write("appending to", body)
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         table, column, parent = _LOGS[kind]
         rows = [(key, seq, self._dump(item)) for seq, item in enumerate(items)]
+        messages = kind is Kind.RAW_MESSAGES
+        now_ms = self._now_ms()
 
         def body(conn: sqlite3.Connection) -> None:
+            if messages:
+                conn.execute(DROP_EXPIRED, (key, now_ms))
             conn.execute(ENSURE_PARENT[parent], (key,))
             conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))
             conn.executemany(f"INSERT INTO {table} ({column}, seq, data) VALUES (?, ?, ?)", rows)
+            if messages:
+                conn.execute(SET_MESSAGE_COUNT, (len(rows), key))
 
         await self._write("writing", body)
 
     async def _pop_log(self, kind: Kind, key: str) -> Any:
         table, column, parent = _LOGS[kind]
         newest = f"SELECT id, seq, data FROM {table} WHERE {column} = ? ORDER BY seq DESC LIMIT 1"
+        now_ms = self._now_ms()
 
         def body(conn: sqlite3.Connection) -> Any:
+            if parent == "conversations":
+                conn.execute(DROP_EXPIRED, (key, now_ms))
             row = conn.execute(newest, (key,)).fetchone()
             if row is None:
                 return None
@@ -502,6 +550,8 @@ class SqliteStorage(SqliteKV, StorageInterface):
             item = self._parse(data, table, f"{column} {key!r}, seq {seq}", dict)  # a bad row stays put
             conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))
             if parent == "conversations":
+                length = conn.execute(f"SELECT COALESCE(MAX(seq), -1) + 1 FROM {table} WHERE {column} = ?", (key,))
+                conn.execute(SET_MESSAGE_COUNT, (length.fetchone()[0], key))
                 conn.execute(PRUNE_CONVERSATION, {"id": key})
             else:  # an emptied chain history is no stored agent
                 conn.execute(
@@ -516,8 +566,10 @@ class SqliteStorage(SqliteKV, StorageInterface):
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
         text = self._dump(memory)
+        now_ms = self._now_ms()
 
         def body(conn: sqlite3.Connection) -> None:
+            conn.execute(DROP_EXPIRED, (conversation_id, now_ms))
             conn.execute(ENSURE_PARENT["conversations"], (conversation_id,))
             # The UPSERT's update branch leaves position alone: a replaced memory keeps
             # its place in the order.
@@ -532,10 +584,13 @@ class SqliteStorage(SqliteKV, StorageInterface):
         await self._write("writing", body)
 
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
+        now_ms = self._now_ms()
+
         def body(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(
-                "SELECT memory_id, data FROM memories WHERE conversation_id = ? ORDER BY position",
-                (conversation_id,),
+                "SELECT memory_id, data FROM memories WHERE conversation_id = ?1 AND NOT EXISTS (SELECT 1 FROM "
+                "conversations AS c WHERE c.conversation_id = ?1 AND c.expires_ms <= ?2) ORDER BY position",
+                (conversation_id, now_ms),
             ).fetchall()
             memories = []
             for memory_id, data in rows:
@@ -550,7 +605,10 @@ class SqliteStorage(SqliteKV, StorageInterface):
         return await self._read("reading", body)
 
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        now_ms = self._now_ms()
+
         def body(conn: sqlite3.Connection) -> bool:
+            conn.execute(DROP_EXPIRED, (conversation_id, now_ms))
             cursor = conn.execute(
                 "DELETE FROM memories WHERE conversation_id = ? AND memory_id = ?",
                 (conversation_id, memory_id),
@@ -565,12 +623,15 @@ class SqliteStorage(SqliteKV, StorageInterface):
     # ------------------------------------------------------------ conversations
 
     async def _delete_conversation(self, conversation_id: str) -> bool:
-        # One statement: the foreign keys cascade to messages and memories.
-        sql = "DELETE FROM conversations WHERE conversation_id = ?"
-        return await self._write("deleting from", lambda conn: conn.execute(sql, (conversation_id,)).rowcount > 0)
+        # One statement: the foreign keys cascade to messages and memories; metadata is in
+        # the row. RETURNING says whether it was live (not "expires_ms IS NULL OR ...": see
+        # _sqlite_kv._kv_delete on SQLite 3.40's IS NULL in RETURNING).
+        sql = "DELETE FROM conversations WHERE conversation_id = ? RETURNING coalesce(expires_ms > ?, 1)"
+        params = (conversation_id, self._now_ms())
+        return await self._write("deleting from", lambda conn: any(alive for (alive,) in conn.execute(sql, params)))
 
     async def _list_conversations(self) -> list[str]:
-        return await self._column("SELECT conversation_id FROM conversations")
+        return await self._column(f"SELECT conversation_id FROM conversations WHERE {LIVE}", self._now_ms())
 
     async def _list_agents(self) -> list[str]:
         return await self._column("SELECT agent_id FROM agents")
@@ -648,7 +709,9 @@ class SqliteStorage(SqliteKV, StorageInterface):
         """Counts from SQL in one read transaction (``STATS``), without decoding any value."""
         if not self._json1:
             # msgpack rows, or an SQLite built without JSON1: the base class reads every entity.
-            return await super()._collect_stats(now_ms)
+            stats = await super()._collect_stats(now_ms)
+            stats["unreadable_count"] += len(await self._meta_problems())
+            return stats
 
         def body(conn: sqlite3.Connection) -> dict[str, Any]:
             damaged: list[str] = []
@@ -662,17 +725,19 @@ class SqliteStorage(SqliteKV, StorageInterface):
                     # A damaged page: count this table as one unreadable entity and go on
                     # with the others (verify() names the damage).
                     damaged.append(name)
-                    width = {"cache": 3, "conversations": 3, "agents": 1}.get(name, 2)
+                    width = {"cache": 3, "conversations": 4, "agents": 1}.get(name, 2)
                     return (0,) * (width - 1) + (1,) if width > 1 else (0,)
 
             stats: dict[str, Any] = {}
             unreadable = 0
             conn.execute("BEGIN")  # one snapshot for every count
             for name in ("raw_message_count", "memory_count", "reasoning_chain_count"):
-                stats[name], bad = row(name)
+                stats[name], bad = row(name, now=now_ms) if name != "reasoning_chain_count" else row(name)
                 unreadable += bad
             stats["cache_entry_count"], stats["expired_cache_entry_count"], bad = row("cache", now=now_ms)
-            stats["conversation_count"], stats["chunk_count"], bad_documents = row("conversations")
+            conversations = row("conversations", now=now_ms)
+            stats["conversation_count"], stats["chunk_count"], stats["expired_conversation_count"] = conversations[:3]
+            bad_documents = conversations[3]
             stats["system_state_count"], bad_states = row("system_state")
             (stats["agent_count"],) = row("agents")
             stats["unreadable_count"] = unreadable + bad + bad_documents + bad_states + ("agents" in damaged)

@@ -94,7 +94,7 @@ async def test_tag_rows_follow_every_change_of_their_entry(db: Path, clock: Fake
         assert tag_rows() == [("b", "t", "x"), ("c", "t", "x")]
         clock.advance(10)
         assert await kv.find_by_tag("t", "x") == []  # expired, though still stored
-        assert await storage.cleanup() == {"expired_cache": 0, "expired_kv_entries": 2}
+        assert await storage.cleanup() == {"expired_cache": 0, "expired_conversations": 0, "expired_kv_entries": 2}
         assert tag_rows() == []
         await kv.set("e", 1, tags={"t": "x"})
         await kv.clear()
