@@ -36,6 +36,7 @@ __all__ = [
     "missing_dirs",
     "open_regular",
     "os_error",
+    "present",
     "prune_backups",
     "read_bytes",
     "refuse_special",
@@ -146,6 +147,16 @@ def check_folders(path: Path, root: Path) -> bool:
     """Whether every folder from ``root`` down to ``path`` exists (refusing links, as
     ``missing_dirs``): a read of a file below a missing folder finds nothing."""
     return not missing_dirs(path, root)
+
+
+def _present(path: str) -> bool:
+    return os.access(path, os.F_OK, follow_symlinks=False)
+
+
+# Whether an entry (of any type, a link included: not followed) is at ``path``. On the hot
+# read paths an absent file is the common case: access() answers without raising, which
+# costs less than an lstat that raises FileNotFoundError.
+present = _present if os.access in os.supports_follow_symlinks else os.path.lexists
 
 
 def regular_size(path: Path) -> int | None:
