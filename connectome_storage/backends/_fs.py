@@ -149,14 +149,15 @@ def check_folders(path: Path, root: Path) -> bool:
     return not missing_dirs(path, root)
 
 
-def _present(path: str) -> bool:
-    return os.access(path, os.F_OK, follow_symlinks=False)
+def present(path: str) -> bool:
+    """Whether an entry (of any type, a link included: not followed) is at ``path``.
 
-
-# Whether an entry (of any type, a link included: not followed) is at ``path``. On the hot
-# read paths an absent file is the common case: access() answers without raising, which
-# costs less than an lstat that raises FileNotFoundError.
-present = _present if os.access in os.supports_follow_symlinks else os.path.lexists
+    On the hot read paths an absent file is the common case: access() answers it without
+    raising, which costs less than an lstat that raises FileNotFoundError."""
+    try:
+        return os.access(path, os.F_OK, follow_symlinks=False)
+    except NotImplementedError:  # no follow_symlinks for access() here (Windows)
+        return os.path.lexists(path)
 
 
 def regular_size(path: Path) -> int | None:
