@@ -102,6 +102,20 @@ class AppendLog:
         self._record(journal, {"committed": _state(os.stat(path), len(combined), self._pretty)}, durable=False)
         return len(combined)
 
+    def known_count(self, path: Path) -> int | None:
+        """How many items ``path`` holds, when it is exactly what this library last wrote
+        (known from the journal without reading the file); None otherwise. Under the lock."""
+        committed = self.recover(path)
+        if committed is None:
+            return None
+        try:
+            stat = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat_module.S_ISREG(stat.st_mode) or not _matches(committed, stat, self._pretty):
+            return None
+        return int(committed["count"])
+
     def _append_in_place(self, path: Path, journal: Path, items: list[Any], stat: os.stat_result, count: int) -> int:
         tail = _tail(self._pretty)
         new_bytes = self._render(items)

@@ -15,8 +15,10 @@ from . import _fs
 
 __all__ = [
     "CHAINS_FILE",
+    "CONVERSATION_FILES",
     "FOLDERS",
     "LOG_FILES",
+    "META_FILE",
     "PART_FILES",
     "TOO_BIG",
     "CaseGuard",
@@ -34,7 +36,12 @@ PART_FILES = {
     Kind.RAW_MESSAGES: "raw_messages.json",
     Kind.CHUNKS: "chunks.json",
     Kind.MEMORIES: "memories.json",
+    # The conversation store's metadata, last: removing a conversation whole removes it
+    # after the other parts, so a crash half-way leaves an expired conversation expired.
+    Kind.METADATA: "metadata.json",
 }
+META_FILE = PART_FILES[Kind.METADATA]
+CONVERSATION_FILES = frozenset(PART_FILES.values())
 CHAINS_FILE = "reasoning_chains.json"
 LOG_FILES = frozenset({PART_FILES[Kind.RAW_MESSAGES], CHAINS_FILE})
 # Larger files are read and parsed in a worker thread so the event loop never stalls.
@@ -90,7 +97,7 @@ def find_strays(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> li
             elif nested != entry.is_dir(follow_symlinks=False):
                 stray(entry.path, "a folder was expected" if nested else "a file was expected")
             elif nested:
-                allowed = set(PART_FILES.values()) if folder == "conversations" else {CHAINS_FILE}
+                allowed = CONVERSATION_FILES if folder == "conversations" else {CHAINS_FILE}
                 for inner in _fs.scandir(Path(entry.path)):
                     if not temp(inner) and inner.name not in allowed:
                         stray(inner.path, f"only {', '.join(sorted(allowed))} belong here")
@@ -173,7 +180,7 @@ def check_shape(kind: Kind, value: Any, path: Path) -> Any:
     """Refuse a parsed file whose shape does not fit its kind (an object where a list belongs)."""
     if kind is Kind.SYSTEM:
         return value
-    if kind in (Kind.CONVERSATION, Kind.CACHE):
+    if kind in (Kind.CONVERSATION, Kind.CACHE, Kind.METADATA):
         if not isinstance(value, dict):
             raise _shape_error(path, f"expected a JSON object, found {_json_type(value)}")
         return value

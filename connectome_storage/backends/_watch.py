@@ -235,6 +235,7 @@ async def _checked(storage: FileStorage, event: ChangeEvent) -> ChangeEvent:
         Kind.MEMORIES: storage._read_members,
         Kind.CACHE: storage._read_cache,
         Kind.KV: lambda key: storage._kv_get(event.namespace or "", [key]),
+        Kind.METADATA: storage._meta_read_strict,
     }
     try:
         await readers[event.kind](event.id)

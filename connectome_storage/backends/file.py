@@ -3,6 +3,7 @@
 Layout (docs/file-format.md)::
 
     <base_dir>/conversations/{id}/current.json | raw_messages.json | chunks.json | memories.json
+                                  metadata.json   the conversation store's metadata (TTL, count)
     <base_dir>/cache/{key}.json
     <base_dir>/agents/{id}/reasoning_chains.json
     <base_dir>/system/{key}.json
@@ -15,14 +16,21 @@ far cheaper than a thread hop) and never take or wait on a lock; every write run
 worker thread under the entity's lock, where it reads the old version, keeps a backup and
 replaces the file atomically. Nothing but regular files and folders is ever opened or
 followed: a link, FIFO, socket or device in the tree is refused with StorageIOError.
+
+A conversation whose ``metadata.json`` has expired is absent: each read of a part checks
+the metadata file next to it in the same step (one failed ``lstat`` when there is none),
+and each write of a part, under the conversation's one lock, first removes an expired
+conversation whole, then keeps ``message_count`` in step with the raw history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, suppress
 from functools import partial
 from pathlib import Path
@@ -30,6 +38,7 @@ from typing import Any, ClassVar
 
 from ..codec import decode, encode, format_time
 from ..config import FileSettings
+from ..conversations import MetaRecord
 from ..errors import (
     CorruptedDataError,
     InvalidArgumentError,
@@ -52,8 +61,10 @@ from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._layout import (
     CHAINS_FILE,
+    CONVERSATION_FILES,
     FOLDERS,
     LOG_FILES,
+    META_FILE,
     PART_FILES,
     TOO_BIG,
     CaseGuard,
@@ -69,6 +80,7 @@ __all__ = ["FORMAT_VERSION", "FileStorage"]
 
 FORMAT_VERSION = 1
 MARKER = ".connectome-storage.json"
+logger = logging.getLogger("connectome_storage")
 
 
 class FileStorage(FileKV, StorageInterface):
@@ -179,27 +191,146 @@ class FileStorage(FileKV, StorageInterface):
     # ------------------------------------------------------------ reading files
 
     async def _load(self, kind: Kind, key: str) -> Any:
+        """The parsed file, or None when absent; a part of an expired conversation is absent."""
         path = self.path_of(kind, key)
         try:
             if self._case.active:
                 self._case.check(self._root / self._entity(kind, key), key)
             _fs.missing_dirs(path.parent, self._root)  # refuses a link in place of a folder
             raw = read_small(path)
+            if raw is None:
+                return None  # a missing part costs no look at the metadata
+            if kind in CONVERSATION_PARTS:
+                # In the same step (on the event loop, like the part): a conversation without
+                # metadata costs one failed access() more, nothing else.
+                meta_name = str(path)[: -len(PART_FILES[kind])] + META_FILE
+                if _fs.present(meta_name):
+                    meta_path = Path(meta_name)
+                    meta = read_small(meta_path)
+                    if meta is TOO_BIG:
+                        raw = TOO_BIG  # the thread reads both
+                    elif isinstance(meta, bytes) and self._expired_bytes(meta, meta_path, key):
+                        return None
             if raw is TOO_BIG:
-                return await asyncio.to_thread(self._load_sync, kind, path)
+                live = key if kind in CONVERSATION_PARTS else None
+                return await asyncio.to_thread(self._load_sync, kind, path, live)
         except OSError as e:
             raise _fs.os_error(e, "reading", path) from e
-        return None if raw is None else check_shape(kind, decode(raw, str(path)), path)  # type: ignore[arg-type]
+        return check_shape(kind, decode(raw, str(path)), path)  # type: ignore[arg-type]
 
-    def _load_sync(self, kind: Kind, path: Path) -> Any:
+    def _load_sync(self, kind: Kind, path: Path, live: str | None = None) -> Any:
+        """The parsed file, or None when absent; with ``live`` (the conversation id), None too
+        when that conversation has expired."""
         try:
             _fs.missing_dirs(path.parent, self._root)
             raw = _fs.read_bytes(path)
+            if raw is not None and live is not None:
+                meta_path = path.with_name(META_FILE)
+                meta = _fs.read_bytes(meta_path)
+                if meta is not None and self._expired_bytes(meta, meta_path, live):
+                    return None
         except IsADirectoryError as e:
             raise CorruptedDataError(str(path), "a folder stands where a file belongs") from e
         except OSError as e:
             raise _fs.os_error(e, "reading", path) from e
         return None if raw is None else check_shape(kind, decode(raw, str(path)), path)
+
+    # ------------------------------------------------------ conversation metadata
+
+    def _meta_record(self, value: Any, path: Path, conversation_id: str) -> MetaRecord:
+        """A parsed ``metadata.json`` as a MetaRecord; CorruptedDataError naming the file."""
+        record = MetaRecord.from_document(value, str(path))
+        if record.conversation_id != conversation_id:
+            raise CorruptedDataError(
+                str(path),
+                f"conversation_id {record.conversation_id!r} does not match the folder's id {conversation_id!r}",
+            )
+        return record
+
+    def _expired_bytes(self, raw: bytes, path: Path, conversation_id: str, now_ms: int | None = None) -> bool:
+        """Whether metadata bytes say the conversation has expired. A damaged file decides
+        nothing: the conversation stays readable (its load and verify() name the file)."""
+        try:
+            value = check_shape(Kind.METADATA, decode(raw, str(path)), path)
+            record = self._meta_record(value, path, conversation_id)
+        except CorruptedDataError:
+            return False
+        return record.expired(self._now_ms() if now_ms is None else now_ms)
+
+    def _expired_at(self, path: Path, conversation_id: str, now_ms: int) -> bool:
+        """``_expired_bytes`` of the file at ``path``; False when it is absent or unreadable."""
+        try:
+            raw = _fs.read_bytes(path)
+        except (OSError, StorageError):
+            return False  # a listing never fails on it; reads and verify() name it
+        return raw is not None and self._expired_bytes(raw, path, conversation_id, now_ms)
+
+    def _read_meta_sync(self, conversation_id: str, path: Path | None = None) -> MetaRecord | None:
+        """The stored metadata (expired or not), None when absent; CorruptedDataError when damaged."""
+        path = path or self.path_of(Kind.METADATA, conversation_id)
+        value = self._load_sync(Kind.METADATA, path)
+        return None if value is None else self._meta_record(value, path, conversation_id)
+
+    def _live_meta_sync(self, conversation_id: str, now_ms: int) -> MetaRecord | None:
+        """Before a write to a conversation, under its lock: the metadata of a live one
+        (None when there is none, or it is damaged: a save replaces it); an expired
+        conversation is removed whole first, so the write starts a new one."""
+        path = self.path_of(Kind.METADATA, conversation_id)
+        if not _fs.present(str(path)):  # the common case: one failed access()
+            return None
+        try:
+            record = self._read_meta_sync(conversation_id, path)
+        except CorruptedDataError as e:
+            logger.warning("%s; its message_count is left as it is", e)
+            return None
+        if record is not None and record.expired(now_ms):
+            self._drop_conversation_sync(conversation_id)
+            return None
+        return record
+
+    def _write_meta_sync(self, record: MetaRecord) -> None:
+        path = self.path_of(Kind.METADATA, record.conversation_id)
+        self._replace_file(path, self._encode(record.to_document()))
+
+    def _history_count_sync(self, conversation_id: str) -> int:
+        """The raw history's length: from the append journal when it knows the file, else read."""
+        path = self.path_of(Kind.RAW_MESSAGES, conversation_id)
+        try:
+            known = self._logs.known_count(path)
+        except OSError as e:
+            raise _fs.os_error(e, "reading", path) from e
+        return known if known is not None else len(self._load_sync(Kind.RAW_MESSAGES, path) or [])
+
+    def _drop_conversation_sync(self, conversation_id: str) -> bool:
+        """Remove every part, metadata last (a crash half-way leaves it expired); True if any was there."""
+        found = False
+        for kind in PART_FILES:
+            found = self._remove_file(self.path_of(kind, conversation_id)) or found
+        return found
+
+    def _part_step(
+        self, conversation_id: str, counted: Callable[[Any], int] | None, function: Callable[..., Any], *args: Any
+    ) -> Any:
+        """One write to a part of a conversation, in the worker thread under its lock.
+
+        An expired conversation is removed whole first. ``counted`` is given for a write
+        that changes the raw history: it turns the write's result into the history's new
+        length, and a live conversation's ``message_count`` follows it under the same lock.
+        The log is written first: a crash before the metadata leaves the count behind
+        until the next write to the history, which sets it from the log's own length.
+        """
+        record = self._live_meta_sync(conversation_id, self._now_ms())
+        result = function(*args)
+        if counted is not None and record is not None:
+            count = counted(result)
+            if record.message_count != count:
+                self._write_meta_sync(dataclasses.replace(record, message_count=count))
+        return result
+
+    async def _write_part(
+        self, kind: Kind, key: str, counted: Callable[[Any], int] | None, function: Callable[..., Any], *args: Any
+    ) -> Any:
+        return await self._locked(kind, key, self._part_step, key, counted, function, *args)
 
     # ------------------------------------------------------- writing (in thread)
 
@@ -264,12 +395,21 @@ class FileStorage(FileKV, StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         data = self._encode(value)
+        path = self.path_of(kind, key)
+        if kind in CONVERSATION_PARTS:
+            counted = (lambda _: len(value)) if kind is Kind.RAW_MESSAGES else None
+            await self._write_part(kind, key, counted, self._replace_file, path, data)
+            return
         keep = 0 if kind is Kind.CACHE else None  # a cache is regenerable: no backups
-        await self._locked(kind, key, self._replace_file, self.path_of(kind, key), data, keep)
+        await self._locked(kind, key, self._replace_file, path, data, keep)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
+        path = self.path_of(kind, key)
+        if kind in CONVERSATION_PARTS:
+            counted = (lambda _: 0) if kind is Kind.RAW_MESSAGES else None
+            return bool(await self._write_part(kind, key, counted, self._remove_file, path))
         keep = 0 if kind is Kind.CACHE else None
-        return bool(await self._locked(kind, key, self._remove_file, self.path_of(kind, key), keep))
+        return bool(await self._locked(kind, key, self._remove_file, path, keep))
 
     # --------------------------------------------------------------------- logs
 
@@ -279,13 +419,14 @@ class FileStorage(FileKV, StorageInterface):
         except CorruptedDataError:
             # Maybe an append in place is half-way in another process, or was cut short by
             # a crash: read the version before it, without waiting for any lock.
-            return await asyncio.to_thread(self._read_log_settled, kind, self.path_of(kind, key))
+            live = key if kind is Kind.RAW_MESSAGES else None
+            return await asyncio.to_thread(self._read_log_settled, kind, self.path_of(kind, key), live)
 
-    def _read_log_settled(self, kind: Kind, path: Path) -> list[Any]:
+    def _read_log_settled(self, kind: Kind, path: Path, live: str | None = None) -> list[Any]:
         error: CorruptedDataError | None = None
         for _attempt in range(3):  # an append may finish (or another begin) between reads
             try:
-                return self._load_sync(kind, path) or []
+                return self._load_sync(kind, path, live) or []
             except CorruptedDataError as e:
                 error = e
             try:
@@ -299,6 +440,8 @@ class FileStorage(FileKV, StorageInterface):
         raise error
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        if kind is Kind.RAW_MESSAGES:
+            return int(await self._write_part(kind, key, int, self._append_sync, kind, key, items))
         return int(await self._locked(kind, key, self._append_sync, kind, key, items))
 
     def _append_sync(self, kind: Kind, key: str, items: list[Any]) -> int:
@@ -316,9 +459,14 @@ class FileStorage(FileKV, StorageInterface):
         await self._write_document(kind, key, items)
 
     async def _pop_log(self, kind: Kind, key: str) -> Any:
-        return await self._locked(kind, key, self._pop_sync, kind, key)
+        if kind is Kind.RAW_MESSAGES:
+            popped = await self._write_part(kind, key, lambda result: result[1], self._pop_sync, kind, key)
+        else:
+            popped = await self._locked(kind, key, self._pop_sync, kind, key)
+        return popped[0]
 
-    def _pop_sync(self, kind: Kind, key: str) -> Any:
+    def _pop_sync(self, kind: Kind, key: str) -> tuple[Any, int]:
+        """(the newest item or None, how many remain)."""
         path = self.path_of(kind, key)
         try:
             self._logs.recover(path)  # an append cut short is finished or undone first
@@ -326,18 +474,20 @@ class FileStorage(FileKV, StorageInterface):
             raise _fs.os_error(e, "reading", path) from e
         items = self._load_sync(kind, path) or []
         if not items:
-            return None
+            return None, 0
         newest = items.pop()
         if items:
             self._replace_file(path, self._encode(items))  # the version popped from is kept
         else:
             self._remove_file(path)
-        return newest
+        return newest, len(items)
 
     # ------------------------------------------------------------------ members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
-        await self._locked(Kind.MEMORIES, conversation_id, self._put_member_sync, conversation_id, memory_id, memory)
+        await self._write_part(
+            Kind.MEMORIES, conversation_id, None, self._put_member_sync, conversation_id, memory_id, memory
+        )
 
     def _put_member_sync(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
         path = self.path_of(Kind.MEMORIES, conversation_id)
@@ -355,7 +505,9 @@ class FileStorage(FileKV, StorageInterface):
 
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
         return bool(
-            await self._locked(Kind.MEMORIES, conversation_id, self._delete_member_sync, conversation_id, memory_id)
+            await self._write_part(
+                Kind.MEMORIES, conversation_id, None, self._delete_member_sync, conversation_id, memory_id
+            )
         )
 
     def _delete_member_sync(self, conversation_id: str, memory_id: str) -> bool:
@@ -378,31 +530,229 @@ class FileStorage(FileKV, StorageInterface):
         )
 
     def _delete_conversation_sync(self, conversation_id: str) -> bool:
-        found = False
-        for kind in CONVERSATION_PARTS:
-            found = self._remove_file(self.path_of(kind, conversation_id)) or found
-        return found
+        """Remove every part and the metadata, expired or not; True only if it was live."""
+        expired = self._expired_at(self.path_of(Kind.METADATA, conversation_id), conversation_id, self._now_ms())
+        return self._drop_conversation_sync(conversation_id) and not expired
 
     async def _list_conversations(self) -> list[str]:
-        return await asyncio.to_thread(self._list_entity_dirs, "conversations", set(PART_FILES.values()))
+        live, _expired = await asyncio.to_thread(self._conversations_sync, self._now_ms())
+        return live
+
+    def _conversations_sync(self, now_ms: int) -> tuple[list[str], list[str]]:
+        """(live ids, expired ids). Only folders whose listing shows a metadata.json have
+        it read; a damaged one leaves its conversation live (verify() names it)."""
+        live, expired = [], []
+        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
+            if names and META_FILE in names and self._expired_at(folder / META_FILE, identifier, now_ms):
+                expired.append(identifier)
+            else:
+                live.append(identifier)
+        return live, expired
 
     async def _list_agents(self) -> list[str]:
         return await asyncio.to_thread(self._list_entity_dirs, "agents", {CHAINS_FILE})
 
-    def _list_entity_dirs(self, folder: str, files: set[str]) -> list[str]:
-        """Ids of the entity folders holding a part. A link (or FIFO...) in place of an
-        entity folder is listed too, so that reading it fails loudly, naming it, instead
-        of the entity silently vanishing from listings (and from a migration)."""
-        ids = []
+    def _list_entity_dirs(self, folder: str, files: frozenset[str] | set[str]) -> list[str]:
+        return [identifier for identifier, _folder, _names in self._entity_dirs(folder, files)]
+
+    def _entity_dirs(
+        self, folder: str, files: frozenset[str] | set[str]
+    ) -> Iterator[tuple[str, Path, set[str] | None]]:
+        """(id, folder, names of the part files in it) of each entity folder holding a part.
+        A link (or FIFO...) in place of an entity folder comes with names None: it is
+        listed too, so that reading it fails loudly, naming it, instead of the entity
+        silently vanishing from listings (and from a migration)."""
         for entry in _fs.scandir(self._root / folder):
             identifier = decode_name(entry.name)
             if identifier is None or entry.is_file(follow_symlinks=False):
                 continue
-            if not entry.is_dir(follow_symlinks=False) or any(
-                inner.name in files for inner in _fs.scandir(Path(entry.path))
-            ):
-                ids.append(identifier)
-        return ids
+            if not entry.is_dir(follow_symlinks=False):
+                yield identifier, Path(entry.path), None
+                continue
+            names = {inner.name for inner in _fs.scandir(Path(entry.path)) if inner.name in files}
+            if names:
+                yield identifier, Path(entry.path), names
+
+    # ------------------------------------------------------- conversation store
+
+    async def _meta_read(
+        self, conversation_id: str, now_ms: int, *, include_expired: bool = False
+    ) -> MetaRecord | None:
+        try:
+            record = await self._meta_read_strict(conversation_id)
+        except CorruptedDataError as e:
+            # A damaged file must not stop a save from replacing it ("store it again to
+            # repair it"); loads and verify() still raise and report it.
+            logger.warning("%s", e)
+            return None
+        if record is None or (record.expired(now_ms) and not include_expired):
+            return None
+        return record
+
+    async def _meta_read_strict(self, conversation_id: str) -> MetaRecord | None:
+        """The stored metadata, expired or not; CorruptedDataError naming a damaged file."""
+        value = await self._load(Kind.METADATA, conversation_id)  # small: read on the event loop
+        if value is None:
+            return None
+        return self._meta_record(value, self.path_of(Kind.METADATA, conversation_id), conversation_id)
+
+    async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
+        await self._locked(Kind.METADATA, conversation_id, self._meta_put_sync, conversation_id, record)
+
+    def _meta_put_sync(self, conversation_id: str, record: MetaRecord | None) -> None:
+        if record is None:
+            self._remove_file(self.path_of(Kind.METADATA, conversation_id))
+            return
+        self._live_meta_sync(conversation_id, self._now_ms())
+        self._write_meta_sync(record)
+
+    async def _conversation_save(self, record: MetaRecord, messages: list[dict[str, Any]], now_ms: int) -> None:
+        key = record.conversation_id
+        await self._locked(Kind.METADATA, key, self._conversation_save_sync, record, messages, now_ms)
+
+    def _conversation_save_sync(self, record: MetaRecord, messages: list[dict[str, Any]], now_ms: int) -> None:
+        # History first, metadata second (each replaced atomically): a crash between them
+        # leaves the new history with the old metadata, whose count the next write sets.
+        key = record.conversation_id
+        self._live_meta_sync(key, now_ms)
+        path = self.path_of(Kind.RAW_MESSAGES, key)
+        if messages:
+            self._replace_file(path, self._encode(messages))
+        else:
+            self._remove_file(path)
+        self._write_meta_sync(record)
+
+    async def _conversation_append(
+        self, created: MetaRecord, messages: list[dict[str, Any]], now_ms: int, *, update_timestamp: bool
+    ) -> MetaRecord:
+        key = created.conversation_id
+        step = self._conversation_append_sync
+        return await self._locked(Kind.METADATA, key, step, created, messages, now_ms, update_timestamp)  # type: ignore[no-any-return]
+
+    def _conversation_append_sync(
+        self, created: MetaRecord, messages: list[dict[str, Any]], now_ms: int, update_timestamp: bool
+    ) -> MetaRecord:
+        """Append (in place when the journal knows the file: the history is never read)
+        and write the metadata with the new count, under the conversation's lock."""
+        key = created.conversation_id
+        previous = self._live_meta_sync(key, now_ms)
+        # No messages: the count comes from the journal, or else (once) from the file.
+        count = self._append_sync(Kind.RAW_MESSAGES, key, messages) if messages else self._history_count_sync(key)
+        if previous is None:
+            record = dataclasses.replace(created, message_count=count)
+        else:
+            updated = now_ms if update_timestamp else previous.updated_ms
+            record = dataclasses.replace(previous, message_count=count, updated_ms=updated)
+        self._write_meta_sync(record)
+        return record
+
+    async def _conversation_set_expiry(
+        self, conversation_id: str, ttl: float | None, expires_ms: int | None, now_ms: int
+    ) -> bool:
+        step = self._set_expiry_sync
+        return bool(await self._locked(Kind.METADATA, conversation_id, step, conversation_id, ttl, expires_ms, now_ms))
+
+    def _set_expiry_sync(self, conversation_id: str, ttl: float | None, expires_ms: int | None, now_ms: int) -> bool:
+        record = self._read_meta_sync(conversation_id)
+        if record is not None and record.expired(now_ms):
+            return False
+        if record is None:
+            if not self._part_names_sync(conversation_id):
+                return False
+            count = self._history_count_sync(conversation_id)
+            record = MetaRecord(conversation_id, now_ms, now_ms, count, None, None, {})
+        self._write_meta_sync(dataclasses.replace(record, ttl=ttl, expires_ms=expires_ms))
+        return True
+
+    def _part_names_sync(self, conversation_id: str) -> set[str]:
+        """Names of the conversation's stored part files (metadata included); StorageIOError
+        for a link in place of its folder."""
+        folder = self.path_of(Kind.METADATA, conversation_id).parent
+        try:
+            if _fs.missing_dirs(folder, self._root):
+                return set()
+        except OSError as e:
+            raise _fs.os_error(e, "listing", folder) from e
+        return {entry.name for entry in _fs.scandir(folder) if entry.name in CONVERSATION_FILES}
+
+    async def _conversation_load(
+        self, conversation_id: str, now_ms: int, *, include_expired: bool
+    ) -> tuple[MetaRecord, list[dict[str, Any]]] | None:
+        step = self._conversation_load_sync
+        return await asyncio.to_thread(
+            self._case_checked, Kind.METADATA, conversation_id, step, conversation_id, now_ms, include_expired
+        )
+
+    def _conversation_load_sync(
+        self, conversation_id: str, now_ms: int, include_expired: bool
+    ) -> tuple[MetaRecord, list[dict[str, Any]]] | None:
+        record = self._read_meta_sync(conversation_id)  # a damaged file raises, naming it
+        if record is not None and record.expired(now_ms) and not include_expired:
+            return None
+        messages = self._read_log_settled(Kind.RAW_MESSAGES, self.path_of(Kind.RAW_MESSAGES, conversation_id))
+        if record is None:
+            if not messages and not self._part_names_sync(conversation_id):
+                return None
+            return MetaRecord(conversation_id, None, None, None, None, None, None), messages
+        if record.message_count != len(messages):
+            # A crash between a history write and its metadata left the count behind: the
+            # history is the truth, and the next write stores it.
+            record = dataclasses.replace(record, message_count=len(messages))
+        return record, messages
+
+    async def _conversation_exists(self, conversation_id: str, now_ms: int) -> bool:
+        step = self._exists_sync
+        return bool(
+            await asyncio.to_thread(self._case_checked, Kind.METADATA, conversation_id, step, conversation_id, now_ms)
+        )
+
+    def _exists_sync(self, conversation_id: str, now_ms: int) -> bool:
+        names = self._part_names_sync(conversation_id)
+        if META_FILE not in names:
+            return bool(names)
+        return not self._expired_at(self.path_of(Kind.METADATA, conversation_id), conversation_id, now_ms)
+
+    async def _expired_conversations(self, now_ms: int) -> list[str]:
+        _live, expired = await asyncio.to_thread(self._conversations_sync, now_ms)
+        return expired
+
+    async def _remove_expired_conversations(self, now_ms: int) -> int:
+        removed = 0
+        for conversation_id in await self._expired_conversations(now_ms):
+            step = self._remove_if_expired_sync
+            removed += await self._locked(Kind.METADATA, conversation_id, step, conversation_id, now_ms)
+        return removed
+
+    def _remove_if_expired_sync(self, conversation_id: str, now_ms: int) -> int:
+        # Checked again under the lock: another process may have saved it afresh.
+        if not self._expired_at(self.path_of(Kind.METADATA, conversation_id), conversation_id, now_ms):
+            return 0
+        self._drop_conversation_sync(conversation_id)
+        return 1
+
+    async def _meta_scan(self, now_ms: int) -> list[MetaRecord]:
+        return await asyncio.to_thread(self._meta_scan_sync, now_ms)
+
+    def _meta_scan_sync(self, now_ms: int) -> list[MetaRecord]:
+        """The metadata of every live conversation in one pass; never reads messages."""
+        records = []
+        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
+            if names is None:
+                logger.warning("%s is not a folder; queries leave conversation %r out", folder, identifier)
+                continue
+            if META_FILE not in names:
+                records.append(MetaRecord(identifier, None, None, None, None, None, None))
+                continue
+            try:
+                record = self._read_meta_sync(identifier, folder / META_FILE)
+            except StorageError as e:
+                logger.warning("%s; queries leave conversation %r out until it is repaired", e, identifier)
+                continue
+            if record is None:  # removed since the listing
+                continue
+            if not record.expired(now_ms):
+                records.append(record)
+        return records
 
     async def _list_system_states(self) -> list[str]:
         return await asyncio.to_thread(self._list_json_files, "system")
@@ -509,9 +859,9 @@ class FileStorage(FileKV, StorageInterface):
         per file, and lists the folders twice). Nothing unreadable fails it as a whole: a
         broken, refused (link, FIFO) or permission-denied file counts as unreadable."""
         stats = dict.fromkeys(
-            ["conversation_count", "raw_message_count", "memory_count", "chunk_count", "agent_count",
-             "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count", "system_state_count",
-             "unreadable_count"],
+            ["conversation_count", "expired_conversation_count", "raw_message_count", "memory_count", "chunk_count",
+             "agent_count", "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count",
+             "system_state_count", "unreadable_count"],
             0,
         )  # fmt: skip
         counters = {Kind.RAW_MESSAGES: "raw_message_count", Kind.MEMORIES: "memory_count",
@@ -533,16 +883,28 @@ class FileStorage(FileKV, StorageInterface):
                 stats["unreadable_count"] += 1
             return True
 
-        for folder, files, counter in (("conversations", PART_FILES, "conversation_count"),
-                                       ("agents", {Kind.REASONING_CHAINS: CHAINS_FILE}, "agent_count")):  # fmt: skip
-            for entry in _fs.scandir(self._root / folder):
-                if decode_name(entry.name) is None or entry.is_file(follow_symlinks=False):
+        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
+            if names is None:
+                stats["unreadable_count"] += 1  # a link or the like: refused, never followed
+                continue
+            if META_FILE in names:
+                try:
+                    record = self._read_meta_sync(identifier, folder / META_FILE)
+                except (StorageError, OSError):
+                    stats["unreadable_count"] += 1  # its conversation counts as live
+                    record = None
+                if record is not None and record.expired(now_ms):
+                    stats["expired_conversation_count"] += 1  # its parts are left out too
                     continue
-                if not entry.is_dir(follow_symlinks=False):
-                    stats["unreadable_count"] += 1  # a link or the like: refused, never followed
-                    continue
-                found = [count(kind, Path(entry.path, name)) for kind, name in files.items()]
-                stats[counter] += any(found)
+            found = [count(kind, folder / PART_FILES[kind]) for kind in CONVERSATION_PARTS]
+            stats["conversation_count"] += any(found) or META_FILE in names
+        for entry in _fs.scandir(self._root / "agents"):
+            if decode_name(entry.name) is None or entry.is_file(follow_symlinks=False):
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                stats["unreadable_count"] += 1
+                continue
+            stats["agent_count"] += count(Kind.REASONING_CHAINS, Path(entry.path, CHAINS_FILE))
         for key in self._list_json_files("cache"):
             count(Kind.CACHE, self.path_of(Kind.CACHE, key))
         for key in self._list_json_files("system"):
@@ -578,8 +940,11 @@ class FileStorage(FileKV, StorageInterface):
         return problems + found
 
     async def _entities(self) -> list[tuple[Kind, str]]:
-        """(kind, id) of every stored entity, conversations with all four parts."""
-        found = [(kind, c) for c in await self._list_conversations() for kind in CONVERSATION_PARTS]
+        """(kind, id) of every stored entity: live conversations with all their parts, and
+        the metadata of expired ones too (cleanup() has yet to remove them)."""
+        live, expired = await asyncio.to_thread(self._conversations_sync, self._now_ms())
+        found = [(kind, c) for c in live for kind in PART_FILES]
+        found += [(Kind.METADATA, c) for c in expired]
         found += [(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
         found += [(Kind.CACHE, k) for k in await self._list_all_cache_keys()]
         return found + [(Kind.SYSTEM, k) for k in await self._list_system_states()]
@@ -595,6 +960,7 @@ class FileStorage(FileKV, StorageInterface):
             Kind.REASONING_CHAINS: partial(self._read_log, Kind.REASONING_CHAINS),
             Kind.MEMORIES: self._read_members,
             Kind.CACHE: self._read_cache,
+            Kind.METADATA: self._meta_read_strict,
         }
 
     # ------------------------------------------------------------- housekeeping
@@ -704,6 +1070,8 @@ class FileStorage(FileKV, StorageInterface):
             value = self._load_sync(kind, path)
             if kind is Kind.CACHE:
                 cache_entry(value, path, key)
+            if kind is Kind.METADATA and value is not None:
+                self._meta_record(value, path, key)
         except CorruptedDataError:
             return False
         return True
