@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Conversation", "ConversationMetadata", "ConversationStore", "MetaRecord"]
 
 T = TypeVar("T")
+logger = logging.getLogger("connectome_storage")
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,11 @@ class ConversationStore:
         messages = _check_messages(messages)
         ttl = self._ttl(ttl)
         new_metadata = _check_metadata(metadata)
-        previous = await storage._meta_read(conversation_id, now_ms)
+        try:
+            previous = await storage._meta_read(conversation_id, now_ms)
+        except CorruptedDataError as e:  # saving over damaged metadata repairs it (its created_at is lost)
+            logger.warning("%s; saving conversation %r replaces it", e, conversation_id)
+            previous = None
         record = MetaRecord(
             conversation_id,
             now_ms if previous is None or previous.created_ms is None else previous.created_ms,

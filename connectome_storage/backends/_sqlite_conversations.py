@@ -50,11 +50,10 @@ __all__ = [
     "order_sql",
 ]
 
-# ConversationStore.save reads the stored metadata first (created_at survives), so a damaged
-# row is repaired by deleting the conversation, not by saving over it.
+# What to do about a damaged metadata row (ConversationStore.save over it replaces it too).
 _HINT = (
-    "delete the conversation (delete_conversation) and save it again, or restore a copy made with "
-    "SqliteStorage.backup()"
+    "save the conversation again through the conversation store, delete it, or restore a copy made "
+    "with SqliteStorage.backup()"
 )
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 META_COLUMNS = "created_ms, updated_ms, message_count, ttl, expires_ms, metadata"

@@ -578,13 +578,7 @@ class FileStorage(FileKV, StorageInterface):
     async def _meta_read(
         self, conversation_id: str, now_ms: int, *, include_expired: bool = False
     ) -> MetaRecord | None:
-        try:
-            record = await self._meta_read_strict(conversation_id)
-        except CorruptedDataError as e:
-            # A damaged file must not stop a save from replacing it ("store it again to
-            # repair it"); loads and verify() still raise and report it.
-            logger.warning("%s", e)
-            return None
+        record = await self._meta_read_strict(conversation_id)  # CorruptedDataError when damaged
         if record is None or (record.expired(now_ms) and not include_expired):
             return None
         return record
@@ -743,11 +737,9 @@ class FileStorage(FileKV, StorageInterface):
             if META_FILE not in names:
                 records.append(MetaRecord(identifier, None, None, None, None, None, None))
                 continue
-            try:
-                record = self._read_meta_sync(identifier, folder / META_FILE)
-            except StorageError as e:
-                logger.warning("%s; queries leave conversation %r out until it is repaired", e, identifier)
-                continue
+            # Damaged metadata stops the query with CorruptedDataError naming the file, as on
+            # every backend: skipping it would answer wrong without saying so.
+            record = self._read_meta_sync(identifier, folder / META_FILE)
             if record is None:  # removed since the listing
                 continue
             if not record.expired(now_ms):

@@ -157,6 +157,8 @@ async def test_damaged_metadata_is_named_while_the_other_parts_stay_readable(sto
     with pytest.raises(CorruptedDataError) as raised:
         await store.load("c")
     assert raised.value.path == str(path)
+    with pytest.raises(CorruptedDataError):  # a query would be wrong without it: it says so
+        await store.query().all()
     # Expiry cannot be read from it, so nothing is hidden: the parts read as before.
     assert await storage.load_conversation("c") == {"title": "t"}
     assert await storage.load_raw_messages("c") == MSGS

@@ -188,9 +188,9 @@ async def test_damaged_metadata_is_named_counted_and_listed(db: Path, clock: Fak
             f"{db} (table conversations, conversation_id 'bad', metadata columns)"
         ]
         assert (await storage.get_storage_stats())["unreadable_count"] == 1
-        assert await store.delete("bad")  # what the message says to do
-        await store.save("bad", MSGS, metadata={"k": 3})
+        await store.save("bad", MSGS, metadata={"k": 3})  # saving over it repairs it
         assert await storage.verify() == []
+        assert (await store.load("bad")).metadata.metadata == {"k": 3}  # type: ignore[union-attr]
 
 
 async def test_a_count_of_the_wrong_type_is_damage(db: Path, clock: FakeClock) -> None:
