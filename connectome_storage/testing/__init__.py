@@ -29,10 +29,11 @@ installs pytest and pytest-asyncio; importing ``connectome_storage`` itself neve
 pytest.
 
 Contents, each module with its own ``__all__`` of tests: ``core`` (lifecycle, conversations,
-raw messages, memories, chunks, reasoning chains, cache, system state, ids, health, stats)
-and ``kv`` (key-value collections). A new module joins the suite with one line below,
-``from .conversations import *``; its ``__all__`` names its tests, and a name two modules
-both export is refused at import, since the later one would hide the earlier.
+raw messages, memories, chunks, reasoning chains, cache, system state, ids, health, stats),
+``kv`` (key-value collections) and ``messages`` (the message store). A new module joins the
+suite with one line below, ``from .conversations import *``; its ``__all__`` names its
+tests, and a name two modules both export is refused at import, since the later one would
+hide the earlier.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from types import ModuleType
 from ._fixtures import *  # noqa: F403
 from .core import *  # noqa: F403
 from .kv import *  # noqa: F403
+from .messages import *  # noqa: F403
 
 
 def _exports(namespace: dict[str, object]) -> list[str]:
