@@ -472,6 +472,10 @@ class StorageInterface(ABC):
 
     def message_store(self) -> MessageStore:
         """The MessageStore of this storage: messages agents send each other, with read state."""
+        return self._make_message_store()
+
+    def _make_message_store(self) -> MessageStore:
+        """The store (the middleware chain puts its own in its place)."""
         return MessageStore(self)
 
     # -------------------------------------------------------------------- health

@@ -148,6 +148,12 @@ class MessageStore:
         stored (one winner among concurrent savers of an id, across processes);
         SerializationError for a value JSON cannot hold. Nothing is stored on error.
         """
+        stored = self._complete(message)
+        await self._put(stored)
+        return str(stored["id"])
+
+    def _complete(self, message: Any) -> dict[str, Any]:
+        """A checked copy of ``message`` with its id and time stamp filled in."""
         storage = self._storage
         storage._require_initialized()
         stored = _checked_message(message)
@@ -156,12 +162,14 @@ class MessageStore:
             stored["id"] = new_message_id(now_ms)
         if "timestamp" not in stored:
             stored["timestamp"] = format_time(now_ms)
-        if not await storage._msg_put(stored, if_absent=True):
+        return stored
+
+    async def _put(self, stored: dict[str, Any]) -> None:
+        if not await self._storage._msg_put(stored, if_absent=True):
             raise InvalidKeyError(
                 f"a message with id {stored['id']!r} is already stored; ids are never reused: "
                 "leave 'id' out to get a fresh one"
             )
-        return str(stored["id"])
 
     async def get(self, message_id: str) -> dict[str, Any] | None:
         """The message stored under ``message_id`` (a copy), or None."""

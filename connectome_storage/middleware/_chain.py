@@ -222,6 +222,9 @@ def install(storage: StorageInterface, middleware: tuple[Middleware, ...]) -> Ch
         chain.originals[name] = original
         setattr(storage, name, _wrap(chain, name, original, *spec))
     storage._plain_kv = lambda namespace: ChainedKeyValueStore(storage, chain, namespace)  # type: ignore[method-assign]
+    from ._messages import ChainedMessageStore
+
+    storage._make_message_store = lambda: ChainedMessageStore(storage, chain)  # type: ignore[method-assign]
     return chain
 
 

@@ -38,6 +38,9 @@ KV_OPERATIONS = {
         "scan", "count", "find_by_tag", "query", "count_query", "expire", "persist", "ttl", "clear", "cleanup",
     )
 }  # fmt: skip
+MESSAGE_OPERATIONS = {
+    f"message_store.{name}" for name in ("save", "get", "query", "mark_read", "get_unread_ids")
+}  # fmt: skip
 
 
 async def exercise(storage: StorageInterface) -> None:
@@ -87,6 +90,12 @@ async def exercise(storage: StorageInterface) -> None:
     await kv.delete_many(["b"])
     await kv.cleanup()
     await kv.clear()
+    bus = storage.message_store()
+    message_id = await bus.save({"from": "a", "to": "b", "text": "hi"})
+    await bus.get(message_id)
+    await bus.query(to="b")
+    await bus.mark_read("b", [message_id])
+    await bus.get_unread_ids("b")
     await storage.list_namespaces()
     await storage.health_check()
     await storage.get_storage_stats()
@@ -101,7 +110,7 @@ async def test_every_public_method_passes_through_the_chain(make_storage: MakeSt
         await exercise(storage)
     seen_before = {op for _name, hook, op in log if hook == "before_call"}
     seen_after = {op for _name, hook, op in log if hook == "after_call"}
-    assert seen_before == STORAGE_OPERATIONS | KV_OPERATIONS
+    assert seen_before == STORAGE_OPERATIONS | KV_OPERATIONS | MESSAGE_OPERATIONS
     assert seen_after == seen_before
     assert all(error is None for error in recorder.errors)
     # The context names what each call is about.
@@ -201,6 +210,20 @@ async def test_values_are_transformed_per_item_and_keep_every_shape(make_storage
         entry = await plain.kv("ns").get_entry("a")
         assert entry is not None and entry.value == wrapped([1, 2]) and entry.tags == {"t": "x"}
         assert await plain.kv("ns").find_by_tag("t", "x") == ["a"]
+
+
+async def test_a_message_passes_its_content_through_the_value_hooks(make_storage: MakeStorage) -> None:
+    wrap = Wrap("w")
+    async with make_storage(middleware=[wrap]) as storage:
+        bus = storage.message_store()
+        message_id = await bus.save({"from": "a", "to": "b", "text": "hi"})
+        assert (await bus.get(message_id) or {})["text"] == "hi"
+        assert [m["text"] for m in await bus.query(conversation_with="a")] == ["hi"]
+    assert wrap.written == [(message_id, {"text": "hi"})]  # the content only, keyed by the message id
+    async with make_storage() as plain:
+        stored = await plain.message_store().get(message_id)
+        assert stored is not None and stored["$wrapped"] == ["w", {"text": "hi"}]
+        assert (stored["from"], stored["to"]) == ("a", "b")
 
 
 async def test_a_hook_not_overridden_is_never_called(
