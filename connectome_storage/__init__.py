@@ -22,6 +22,7 @@ from .factory import (
 )
 from .interface import ChangeEvent, StorageInterface
 from .kv import Entry, KeyValueStore
+from .messages import MessageStore
 from .migrate import MigrationReport, migrate
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "FileStorage",
     "KeyValueStore",
     "MemoryStorage",
+    "MessageStore",
     "MigrationReport",
     "RedisStorage",
     "SqliteStorage",

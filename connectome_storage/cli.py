@@ -167,7 +167,29 @@ def _conversation_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+async def _ls_messages(storage: StorageInterface, args: argparse.Namespace) -> int:
+    """``ls --messages [--to AGENT]``: one line per message, oldest first (``--json``: the list)."""
+    messages = await storage.message_store().query(to=args.to)
+    if args.json:
+        _print_json(messages)
+        return EXIT_OK
+    for message in messages:
+        content = message.get("content", {k: v for k, v in message.items() if k not in _MESSAGE_HEADER})
+        text = content if isinstance(content, str) else orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
+        preview = " ".join(text.split())
+        preview = preview if len(preview) <= _PREVIEW else preview[: _PREVIEW - 3] + "..."
+        print(f"{message['id']}  {message['timestamp']}  {message['from']} -> {message['to']}  {preview}")
+    return EXIT_OK
+
+
+# The fields every message has, shown in the line's head; the preview shows "content" or the rest.
+_MESSAGE_HEADER = frozenset({"id", "timestamp", "from", "to"})
+_PREVIEW = 60
+
+
 async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
+    if args.messages or args.to is not None:
+        return await _ls_messages(storage, args)
     sections: dict[str, list[Any]] = {}
     everything = args.all
     if args.kv:  # one namespace's keys
@@ -605,6 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="list key-value namespaces, or with NAMESPACE the live keys of that one",
     )  # fmt: skip
     ls.add_argument("--all", action="store_true", help="list everything, by section")
+    ls.add_argument(
+        "--messages", action="store_true",
+        help="list the message store's messages, oldest first: id, timestamp, from -> to, a content preview",
+    )  # fmt: skip
+    ls.add_argument("--to", metavar="AGENT", help="with --messages: only messages addressed to AGENT (broadcasts too)")
     show = command("show", _show, "print a conversation document as JSON (options for its other parts)")
     show.add_argument("conversation_id", metavar="CONVERSATION_ID", nargs="?")
     show.add_argument(

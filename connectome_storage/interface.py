@@ -39,6 +39,7 @@ from .errors import (
     StorageNotInitializedError,
 )
 from .kv import DEFAULT_NAMESPACE, SCAN_BATCH, KeyValueStore, KVRecord, KVSelect
+from .messages import MessageSelect, MessageStore
 from .naming import check_id
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class Kind(enum.Enum):
     SYSTEM = "system"  # document, per state key
     KV = "kv"  # key-value entry, per (namespace, key): handled by the _kv_* hooks, never the others
     METADATA = "metadata"  # conversation store metadata, per conversation: the _meta_* hooks
+    MESSAGE = "message"  # message store entry, per message id: handled by the _msg_* hooks
+    READ_STATE = "read_messages"  # an agent's read message ids: handled by the _msg_* hooks
 
 
 CONVERSATION_PARTS = (Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES)
@@ -89,7 +92,7 @@ STATS_KEYS = (
     "backend", "conversation_count", "expired_conversation_count", "raw_message_count", "memory_count", "chunk_count",
     "agent_count", "reasoning_chain_count", "cache_entry_count", "expired_cache_entry_count",
     "system_state_count", "kv_namespace_count", "kv_entry_count", "expired_kv_entry_count",
-    "total_bytes", "unreadable_count",
+    "message_count", "message_read_state_count", "total_bytes", "unreadable_count",
 )  # fmt: skip
 
 
@@ -137,7 +140,7 @@ class ChangeEvent:
     @property
     def kind_name(self) -> str:
         """``conversation``, ``raw_messages``, ``chunks``, ``memories``, ``reasoning_chains``,
-        ``cache``, ``system`` or ``kv``."""
+        ``cache``, ``system``, ``kv``, ``message`` or ``read_state``."""
         return self.kind.name.lower()
 
     def as_dict(self) -> dict[str, Any]:
@@ -481,6 +484,16 @@ class StorageInterface(ABC):
         self._require_initialized()
         return sorted(await self._kv_namespaces(self._now_ms()))
 
+    # ------------------------------------------------ message store (docs/messages.md)
+
+    def message_store(self) -> MessageStore:
+        """The MessageStore of this storage: messages agents send each other, with read state."""
+        return self._make_message_store()
+
+    def _make_message_store(self) -> MessageStore:
+        """The store (the middleware chain puts its own in its place)."""
+        return MessageStore(self)
+
     # -------------------------------------------------------------------- health
 
     async def health_check(self) -> dict[str, Any]:
@@ -506,6 +519,9 @@ class StorageInterface(ABC):
         namespaces, live, expired, unreadable = await self._kv_stats(now_ms)
         stats.update(kv_namespace_count=namespaces, kv_entry_count=live, expired_kv_entry_count=expired)
         stats["unreadable_count"] = stats.get("unreadable_count", 0) + unreadable
+        messages, read_states, problems = await self._msg_census()
+        stats.update(message_count=messages, message_read_state_count=read_states)
+        stats["unreadable_count"] += len(problems)
         # One key order on every backend, so two backends' reports compare line by line.
         ordered = {key: stats.pop(key) for key in STATS_KEYS if key in stats}
         return {**ordered, **stats}
@@ -516,7 +532,7 @@ class StorageInterface(ABC):
         problems: list[Problem] = []
         async for _ in self._walk_entities(problems):
             pass
-        return problems
+        return problems + (await self._msg_census())[2]
 
     async def watch(
         self,
@@ -894,6 +910,78 @@ class StorageInterface(ABC):
         """(namespaces with a live entry, live entries, expired entries not yet removed,
         entries that cannot be read); it never raises for a damaged entry."""
         return (0, 0, 0, 0)
+
+    # ------------------------------------------- message store hooks (docs/messages.md)
+    #
+    # Messages are dicts already checked by MessageStore (``id``, ``from``, ``to`` and
+    # ``timestamp`` present); a backend encodes a message before its first await, so the
+    # caller mutating its dict later changes nothing stored, and returns fresh copies.
+    # A message that cannot be read raises CorruptedDataError (``check_stored_message``).
+    # A backend without a message store inherits these: the reads find nothing and the
+    # writes raise NotSupportedError.
+
+    def _msg_unsupported(self) -> NotSupportedError:
+        return NotSupportedError(f"{type(self).__name__} ({self.backend_name}) does not implement the message store")
+
+    async def _msg_put(self, message: dict[str, Any], *, if_absent: bool) -> bool:
+        """Store ``message`` under its id. With ``if_absent``, an id already stored (readable
+        or not) wins: return False and change nothing, the check and the write one atomic
+        step across processes. Without, replace it (migrate) and return True."""
+        raise self._msg_unsupported()
+
+    async def _msg_get(self, message_id: str) -> dict[str, Any] | None:
+        """The stored message, or None."""
+        return None
+
+    async def _msg_ids(self) -> list[str]:
+        """Ids of every stored message, unreadable ones included."""
+        return []
+
+    async def _msg_select(self, select: MessageSelect) -> list[dict[str, Any]]:
+        """Messages matching ``select`` (a superset and any order will do: the caller applies
+        ``select`` again); backends with indexes override this scan of every message."""
+        messages = [await self._msg_get(message_id) for message_id in await self._msg_ids()]
+        return select.apply(m for m in messages if m is not None)
+
+    async def _msg_readers(self) -> list[str]:
+        """Agents with a stored read state."""
+        return []
+
+    async def _msg_read_ids(self, agent_id: str) -> list[str]:
+        """The agent's read message ids, sorted; [] when none."""
+        return []
+
+    async def _msg_add_read(self, agent_id: str, ids: list[str]) -> None:
+        """Add ``ids`` (sorted, distinct, non-empty) to the read set: one atomic union
+        across processes, so concurrent calls for one agent never lose an id."""
+        raise self._msg_unsupported()
+
+    async def _msg_set_read(self, agent_id: str, ids: list[str]) -> None:
+        """Replace the read set with ``ids`` (sorted, distinct); [] removes it (migrate)."""
+        raise self._msg_unsupported()
+
+    async def _msg_unread(self, agent_id: str) -> set[str]:
+        """Ids addressed to the agent not in its read set."""
+        read = set(await self._msg_read_ids(agent_id))
+        return {m["id"] for m in await self._msg_select(MessageSelect(to=agent_id))} - read
+
+    async def _msg_census(self) -> tuple[int, int, list[Problem]]:
+        """(readable messages, agents with a read state, a Problem per unreadable message or
+        read state) for stats and verify; never raises for a damaged entity."""
+        messages, problems = 0, []
+        for message_id in await self._msg_ids():
+            try:
+                messages += await self._msg_get(message_id) is not None
+            except StorageError as e:
+                problems.append(Problem(getattr(e, "path", None) or f"message {message_id}", str(e)))
+        readers = 0
+        for agent_id in await self._msg_readers():
+            try:
+                await self._msg_read_ids(agent_id)
+                readers += 1
+            except StorageError as e:
+                problems.append(Problem(getattr(e, "path", None) or f"read state of {agent_id}", str(e)))
+        return messages, readers, problems
 
 
 def _check_dict(value: Any, where: str) -> None:

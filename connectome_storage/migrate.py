@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .codec import encode
+from .errors import CorruptedDataError
 from .interface import Kind, StorageInterface
 from .kv import KVRecord, KVSelect
 from .middleware._chain import bare, whole_store
@@ -32,8 +33,10 @@ class MigrationReport:
     ``conversations``, ``conversation_metadata`` (conversations that have metadata),
     ``chunks`` (chunk lists), ``cache_entries``, ``system_states`` and ``kv_entries`` count
     entities; ``raw_messages``, ``memories`` and ``reasoning_chains`` count items one by
-    one. ``skipped_expired`` counts cache entries and conversations left behind because
-    they had expired (expired key-value entries are left behind too, uncounted).
+    one; ``messages`` counts message store messages and ``read_states`` the agents whose
+    read state was copied. ``skipped_expired`` counts cache entries and conversations left
+    behind because they had expired (expired key-value entries are left behind too,
+    uncounted).
     """
 
     conversations: int = 0
@@ -45,6 +48,8 @@ class MigrationReport:
     cache_entries: int = 0
     system_states: int = 0
     kv_entries: int = 0
+    messages: int = 0
+    read_states: int = 0
     skipped_expired: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -56,16 +61,16 @@ async def migrate(
 ) -> MigrationReport:
     """Copy every conversation (all parts), reasoning chain history, unexpired cache entry
     (keeping its creation and expiry times), system state and live key-value entry (with
-    its tags and times) from ``source`` to ``destination``; both must be initialized.
-    A conversation's metadata (times, count, TTL) travels with it; an expired one is left
-    behind and counted in ``skipped_expired``.
+    its tags and times), and the message store's messages and read states, from ``source``
+    to ``destination``; both must be initialized. A conversation's metadata (times, count,
+    TTL) travels with it; an expired one is left behind and counted in ``skipped_expired``.
 
     Entities the destination holds under the same id are replaced; others are left alone.
     An entity that another process deletes from the source while this runs (listed, then
     gone when read) is skipped: nothing is written for it and it is not counted.
     ``progress(done, total)`` is called once before the first entity and after each one,
     ``done`` counting entities (conversations, agents, cache keys, state keys, key-value
-    namespaces) up to
+    namespaces, messages, read states) up to
     ``total``. Expiry is judged by the source's clock.
 
     Raises StorageNotInitializedError if either storage is not initialized, and whatever
@@ -103,6 +108,8 @@ async def _migrate(
         _Section(sorted(await source._list_all_cache_keys()), _copy_cache_entry),
         _Section(await source.list_system_states(), _copy_system_state),
         _Section(await source.list_namespaces(), _copy_namespace),
+        _Section(sorted(await source._msg_ids()), _copy_message),
+        _Section(sorted(await source._msg_readers()), _copy_read_state),
     ]
     total = sum(len(section.ids) for section in sections)
     done = 0
@@ -228,3 +235,29 @@ def _fingerprint(record: KVRecord | None) -> tuple[Any, ...] | None:
     if record is None:
         return None
     return (encode(record.value, pretty=False), record.tags, record.created_ms, record.updated_ms, record.expires_ms)
+
+
+async def _copy_message(
+    source: StorageInterface, destination: StorageInterface, message_id: str, report: MigrationReport
+) -> None:
+    message = await source._msg_get(message_id)
+    if message is None:
+        return  # gone since it was listed
+    try:
+        held = await destination._msg_get(message_id)
+    except CorruptedDataError:
+        held = None  # replaced by the copy
+    if held is None or encode(held, pretty=False) != encode(message, pretty=False):
+        await destination._msg_put(message, if_absent=False)  # a copy replaces what is there
+    report.messages += 1
+
+
+async def _copy_read_state(
+    source: StorageInterface, destination: StorageInterface, agent_id: str, report: MigrationReport
+) -> None:
+    ids = await source._msg_read_ids(agent_id)
+    if not ids:
+        return  # gone since it was listed
+    if await destination._msg_read_ids(agent_id) != ids:
+        await destination._msg_set_read(agent_id, ids)
+    report.read_states += 1

@@ -50,7 +50,8 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
     """A varied store; returns what migrate should report copying (``clock``, when given, is
     moved on between a key-value entry's creation and its update)."""
     expected = dict.fromkeys(["conversations", "conversation_metadata", "raw_messages", "memories", "chunks",
-                              "reasoning_chains", "cache_entries", "system_states", "kv_entries"], 0)  # fmt: skip
+                              "reasoning_chains", "cache_entries", "system_states", "kv_entries", "messages",
+                              "read_states"], 0)  # fmt: skip
     for index, conversation_id in enumerate(["conv_001", "conv_002", *UNUSUAL_IDS]):
         await storage.store_conversation(conversation_id, {"title": f"#{index}", "id": conversation_id, "n": index})
         await storage.store_raw_messages(conversation_id, [{"role": "user", "content": f"hello {index}"}])
@@ -107,6 +108,16 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
             clock.advance(1.5)
         await kv.set("user:1", {"name": "Alice", "score": 2.5}, tags={"type": "api"})  # created_at survives
         expected["kv_entries"] += 2 + len(UNUSUAL_IDS)
+    bus = storage.message_store()
+    sent = [await bus.save({"from": "planner", "to": "coder", "content": "go", "n": 1.5})]
+    sent.append(await bus.save({"from": "coder", "to": "*", "content": {"done": [1, 2]}}))
+    for unusual in UNUSUAL_IDS[:3]:  # odd ids for the message, the sender and the recipient
+        sent.append(await bus.save({"id": unusual, "from": unusual, "to": UNUSUAL_IDS[-1], "timestamp": "t"}))
+    expected["messages"] += len(sent)
+    await bus.mark_read("coder", sent[:2])
+    await bus.mark_read(UNUSUAL_IDS[0], [sent[1], "never-stored"])
+    await bus.mark_read("reader-only", sent[2:])
+    expected["read_states"] += 3
     return expected
 
 
@@ -230,7 +241,8 @@ async def test_progress_counts_up_to_the_total(tmp_path: Path, clock: FakeClock)
         await populate(source)
         entities = (len(await source.list_conversations()) + len(await source.list_agents())
                     + len(await source.list_cache_keys()) + len(await source.list_system_states())
-                    + len(await source.list_namespaces()))  # fmt: skip
+                    + len(await source.list_namespaces()) + len(await source.message_store().query())
+                    + len(await source._msg_readers()))  # fmt: skip
         await migrate(source, destination, progress=lambda done, total: calls.append((done, total)))
     assert calls[0] == (0, entities)
     assert {total for _done, total in calls} == {entities}

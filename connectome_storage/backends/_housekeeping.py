@@ -126,7 +126,7 @@ class Cleanup:
             for entry in _fs.scandir(top / folder):
                 if not entry.is_dir(follow_symlinks=False):
                     continue
-                if folder in ("cache", "system"):
+                if folder in _layout.FLAT_FOLDERS:
                     found.append((f"{folder}/{entry.name}", Path(entry.path)))
                     continue
                 for inner in _fs.scandir(Path(entry.path)):

@@ -16,10 +16,13 @@ from . import _fs
 __all__ = [
     "CHAINS_FILE",
     "CONVERSATION_FILES",
+    "FLAT_FOLDERS",
     "FOLDERS",
     "LOG_FILES",
+    "MESSAGES_FOLDER",
     "META_FILE",
     "PART_FILES",
+    "READ_STATE_FILE",
     "TOO_BIG",
     "CaseGuard",
     "cache_entry",
@@ -30,7 +33,10 @@ __all__ = [
     "remove_empty_dir",
 ]
 
-FOLDERS = ("conversations", "cache", "agents", "system", "kv")
+FOLDERS = ("conversations", "cache", "agents", "system", "messages", "kv")
+MESSAGES_FOLDER = "messages"
+# Folders of one ``{id}.json`` file per entity (conversations/ and agents/ hold a folder each).
+FLAT_FOLDERS = ("cache", "system", MESSAGES_FOLDER)
 PART_FILES = {
     Kind.CONVERSATION: "current.json",
     Kind.RAW_MESSAGES: "raw_messages.json",
@@ -43,6 +49,8 @@ PART_FILES = {
 META_FILE = PART_FILES[Kind.METADATA]
 CONVERSATION_FILES = frozenset(PART_FILES.values())
 CHAINS_FILE = "reasoning_chains.json"
+READ_STATE_FILE = "read_messages.json"  # an agent's read message ids (the message store)
+AGENT_FILES = frozenset({CHAINS_FILE, READ_STATE_FILE})
 LOG_FILES = frozenset({PART_FILES[Kind.RAW_MESSAGES], CHAINS_FILE})
 # Larger files are read and parsed in a worker thread so the event loop never stalls.
 _READ_IN_LOOP_LIMIT = 256 * 1024
@@ -86,7 +94,9 @@ def find_strays(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> li
 
     for entry in _fs.scandir(root):
         temp(entry)
-    for folder in FOLDERS[:4]:  # kv/ is checked by FileKV._kv_verify
+    for folder in FOLDERS:
+        if folder == "kv":
+            continue  # checked by FileKV._kv_verify
         for entry in _fs.scandir(root / folder):
             if temp(entry):
                 continue
@@ -97,7 +107,7 @@ def find_strays(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> li
             elif nested != entry.is_dir(follow_symlinks=False):
                 stray(entry.path, "a folder was expected" if nested else "a file was expected")
             elif nested:
-                allowed = CONVERSATION_FILES if folder == "conversations" else {CHAINS_FILE}
+                allowed = CONVERSATION_FILES if folder == "conversations" else AGENT_FILES
                 for inner in _fs.scandir(Path(entry.path)):
                     if not temp(inner) and inner.name not in allowed:
                         stray(inner.path, f"only {', '.join(sorted(allowed))} belong here")
@@ -180,7 +190,11 @@ def check_shape(kind: Kind, value: Any, path: Path) -> Any:
     """Refuse a parsed file whose shape does not fit its kind (an object where a list belongs)."""
     if kind is Kind.SYSTEM:
         return value
-    if kind in (Kind.CONVERSATION, Kind.CACHE, Kind.METADATA):
+    if kind is Kind.READ_STATE:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise _shape_error(path, "expected a JSON array of message id strings")
+        return value
+    if kind in (Kind.CONVERSATION, Kind.CACHE, Kind.METADATA, Kind.MESSAGE):
         if not isinstance(value, dict):
             raise _shape_error(path, f"expected a JSON object, found {_json_type(value)}")
         return value

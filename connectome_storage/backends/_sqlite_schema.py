@@ -109,7 +109,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
             OR EXISTS (SELECT 1 FROM agents) OR EXISTS (SELECT 1 FROM cache)
             OR EXISTS (SELECT 1 FROM system_state) OR EXISTS (SELECT 1 FROM kv)""",
     ),
-    # 4: conversation store metadata (``_sqlite_conversations``), columns of the conversation's
+    # 4: the message store (``_sqlite_messages``): sender, recipient ('*' for a broadcast) and
+    # timestamp repeat the message's "from", "to" and "timestamp", so that queries are index
+    # ranges in order; data is the whole message. read_messages holds one row per id an agent
+    # marked read. Terse SQL: sqlite_master keeps it verbatim, and the schema fits one page.
+    (
+        "CREATE TABLE messages (message_id TEXT PRIMARY KEY NOT NULL, sender TEXT NOT NULL,"
+        " recipient TEXT NOT NULL, timestamp TEXT NOT NULL, data TEXT NOT NULL)",
+        "CREATE INDEX messages_recipient ON messages (recipient, timestamp, message_id)",
+        "CREATE INDEX messages_sender ON messages (sender, timestamp, message_id)",
+        "CREATE INDEX messages_order ON messages (timestamp, message_id)",
+        "CREATE TABLE read_messages (agent_id TEXT NOT NULL, message_id TEXT NOT NULL,"
+        " PRIMARY KEY (agent_id, message_id)) WITHOUT ROWID",
+    ),
+    # 5: conversation store metadata (``_sqlite_conversations``), columns of the conversation's
     # row: all NULL when the conversation has none, all set (``expires_ms`` NULL when it never
     # expires) when it has. ``metadata`` is the caller's dict as canonical JSON text whatever
     # the serializer, so queries read it with json_extract.

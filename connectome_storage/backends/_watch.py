@@ -39,7 +39,7 @@ __all__ = ["OwnWrites", "watch_tree"]
 
 # A burst ends once this long passes with no new notification (watchfiles' ``step``).
 _QUIET_MS = 50
-_FOLDERS = frozenset({"conversations", "cache", "agents", "system", "kv"})
+_FOLDERS = frozenset({"conversations", "cache", "agents", "system", "messages", "kv"})
 
 Signature = tuple[int, int, int]
 
@@ -236,6 +236,8 @@ async def _checked(storage: FileStorage, event: ChangeEvent) -> ChangeEvent:
         Kind.CACHE: storage._read_cache,
         Kind.KV: lambda key: storage._kv_get(event.namespace or "", [key]),
         Kind.METADATA: storage._meta_read_strict,
+        Kind.MESSAGE: storage._msg_get,
+        Kind.READ_STATE: storage._msg_read_ids,
     }
     try:
         await readers[event.kind](event.id)

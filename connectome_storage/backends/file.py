@@ -7,6 +7,8 @@ Layout (docs/file-format.md)::
     <base_dir>/cache/{key}.json
     <base_dir>/agents/{id}/reasoning_chains.json
     <base_dir>/system/{key}.json
+    <base_dir>/messages/{message_id}.json   the message store (_file_messages.py)
+    <base_dir>/agents/{id}/read_messages.json
     <base_dir>/.connectome-storage.json   format marker
     <base_dir>/.gitignore                  written when absent: housekeeping is not data
     <base_dir>/.locks/  .backups/  .journal/   housekeeping
@@ -59,13 +61,16 @@ from ..naming import decode_name, encode_name
 from . import _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
+from ._file_messages import FileMessages
 from ._layout import (
     CHAINS_FILE,
     CONVERSATION_FILES,
+    FLAT_FOLDERS,
     FOLDERS,
     LOG_FILES,
     META_FILE,
     PART_FILES,
+    READ_STATE_FILE,
     TOO_BIG,
     CaseGuard,
     cache_entry,
@@ -78,12 +83,17 @@ from ._watch import OwnWrites, watch_tree
 
 __all__ = ["FORMAT_VERSION", "FileStorage"]
 
+# The kinds stored one file per id in a flat folder, and the folder.
+_FLAT = {Kind.CACHE: "cache", Kind.SYSTEM: "system", Kind.MESSAGE: "messages"}
+# The kinds stored in an agent's folder, which share its lock.
+_AGENT_KINDS = (Kind.REASONING_CHAINS, Kind.READ_STATE)
+
 FORMAT_VERSION = 1
 MARKER = ".connectome-storage.json"
 logger = logging.getLogger("connectome_storage")
 
 
-class FileStorage(FileKV, StorageInterface):
+class FileStorage(FileKV, FileMessages, StorageInterface):
     """Stores everything as canonical JSON files under ``base_dir``.
 
     Options: ``base_dir``, ``create_backups``, ``max_backup_files``, ``pretty_print_json``,
@@ -174,13 +184,16 @@ class FileStorage(FileKV, StorageInterface):
             return f"conversations/{name}/{PART_FILES[kind]}"
         if kind is Kind.REASONING_CHAINS:
             return f"agents/{name}/{CHAINS_FILE}"
-        return f"{'cache' if kind is Kind.CACHE else 'system'}/{name}.json"
+        if kind is Kind.READ_STATE:
+            return f"agents/{name}/{READ_STATE_FILE}"
+        return f"{_FLAT[kind]}/{name}.json"
 
     def _entity(self, kind: Kind, key: str) -> str:
         """The lock name: the entity's folder or file. All parts of one conversation share
-        a lock, so that delete_conversation excludes every writer of that conversation."""
+        a lock, so that delete_conversation excludes every writer of that conversation; an
+        agent's chains and read state share the agent's folder lock likewise."""
         relative = self._relative(kind, key)
-        return relative.rpartition("/")[0] if kind in PART_FILES or kind is Kind.REASONING_CHAINS else relative
+        return relative.rpartition("/")[0] if kind in PART_FILES or kind in _AGENT_KINDS else relative
 
     def _stamp(self) -> str:
         return format_time(self._now_ms()).replace(":", "-")
@@ -939,6 +952,8 @@ class FileStorage(FileKV, StorageInterface):
         found += [(Kind.METADATA, c) for c in expired]
         found += [(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
         found += [(Kind.CACHE, k) for k in await self._list_all_cache_keys()]
+        found += [(Kind.MESSAGE, k) for k in await self._msg_ids()]
+        found += [(Kind.READ_STATE, a) for a in await self._msg_readers()]
         return found + [(Kind.SYSTEM, k) for k in await self._list_system_states()]
 
     @property
@@ -953,6 +968,8 @@ class FileStorage(FileKV, StorageInterface):
             Kind.MEMORIES: self._read_members,
             Kind.CACHE: self._read_cache,
             Kind.METADATA: self._meta_read_strict,
+            Kind.MESSAGE: self._msg_get,
+            Kind.READ_STATE: self._msg_read_ids,
         }
 
     # ------------------------------------------------------------- housekeeping
@@ -1076,10 +1093,11 @@ class FileStorage(FileKV, StorageInterface):
         if len(parts) == 3 and parts[0] == "conversations":
             kind = next((k for k, f in PART_FILES.items() if f == parts[2]), None)
             key = decode_name(parts[1])
-        elif len(parts) == 3 and parts[0] == "agents" and parts[2] == CHAINS_FILE:
-            kind, key = Kind.REASONING_CHAINS, decode_name(parts[1])
-        elif len(parts) == 2 and parts[0] in ("cache", "system") and parts[1].endswith(".json"):
-            kind = Kind.CACHE if parts[0] == "cache" else Kind.SYSTEM
+        elif len(parts) == 3 and parts[0] == "agents" and parts[2] in (CHAINS_FILE, READ_STATE_FILE):
+            kind = Kind.REASONING_CHAINS if parts[2] == CHAINS_FILE else Kind.READ_STATE
+            key = decode_name(parts[1])
+        elif len(parts) == 2 and parts[0] in FLAT_FOLDERS and parts[1].endswith(".json"):
+            kind = next(k for k, folder in _FLAT.items() if folder == parts[0])
             key = decode_name(parts[1][: -len(".json")])
         elif (entry := kv_entity_of(parts)) is not None:
             kind, key = Kind.KV, kv_id(*entry)

@@ -25,6 +25,7 @@ from ..conversations import MetaRecord
 from ..errors import ConfigError
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..kv import KVRecord, KVSelect
+from ..messages import MessageSelect
 
 __all__ = ["MemorySettings", "MemoryStorage"]
 
@@ -47,6 +48,8 @@ class _Data:
     # Conversation metadata: the record without its dict, and the dict's encoded bytes.
     meta: dict[str, tuple[MetaRecord, bytes]] = dataclasses.field(default_factory=dict)
     recency: OrderedDict[str, None] = dataclasses.field(default_factory=OrderedDict)  # oldest first
+    messages: dict[str, bytes] = dataclasses.field(default_factory=dict)  # message id -> message
+    read_state: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # agent id -> read ids
 
 
 def _load(raw: bytes) -> Any:
@@ -339,6 +342,8 @@ class MemoryStorage(StorageInterface):
         total += sum(len(raw) for log in data.logs.values() for raw in log)
         total += sum(len(raw) for members in data.members.values() for raw in members.values())
         total += sum(len(raw) for raw, _, _ in data.cache.values())
+        total += sum(len(raw) for raw in data.messages.values())
+        total += sum(len(message_id) for ids in data.read_state.values() for message_id in ids)
         return total + sum(len(raw) for entries in data.kv.values() for raw, _ in entries.values())
 
     # -------------------------------------------------- key-value collections
@@ -424,3 +429,40 @@ class MemoryStorage(StorageInterface):
                 else:
                     live += 1
         return (len(await self._kv_namespaces(now_ms)), live, expired, 0)
+
+    # ------------------------------------------------------------ message store
+    #
+    # Messages are kept as canonical bytes (a copy in, a fresh copy out); each hook runs
+    # without awaiting, so save-if-absent and the read-set union are atomic on the loop.
+
+    async def _msg_put(self, message: dict[str, Any], *, if_absent: bool) -> bool:
+        message_id = message["id"]
+        if if_absent and message_id in self._data.messages:
+            return False
+        self._data.messages[message_id] = encode(message, pretty=False)
+        return True
+
+    async def _msg_get(self, message_id: str) -> dict[str, Any] | None:
+        raw = self._data.messages.get(message_id)
+        return None if raw is None else _load(raw)
+
+    async def _msg_ids(self) -> list[str]:
+        return list(self._data.messages)
+
+    async def _msg_select(self, select: MessageSelect) -> list[dict[str, Any]]:
+        return select.apply(_load(raw) for raw in self._data.messages.values())
+
+    async def _msg_readers(self) -> list[str]:
+        return list(self._data.read_state)
+
+    async def _msg_read_ids(self, agent_id: str) -> list[str]:
+        return sorted(self._data.read_state.get(agent_id, ()))
+
+    async def _msg_add_read(self, agent_id: str, ids: list[str]) -> None:
+        self._data.read_state.setdefault(agent_id, set()).update(ids)
+
+    async def _msg_set_read(self, agent_id: str, ids: list[str]) -> None:
+        if ids:
+            self._data.read_state[agent_id] = set(ids)
+        else:
+            self._data.read_state.pop(agent_id, None)

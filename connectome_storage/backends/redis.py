@@ -17,6 +17,7 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P idx:system            set     state keys
     P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
     P meta:serializer       string  json or msgpack: how every value under the prefix is stored
+    P msg:{m}:...                   the message store (_redis_messages.py)
     P health:{<random>}     string  health_check()'s probe, deleted at once (PX 60 s in case it is not)
 
 Values (JSON texts above) go through the serializer of the ``serializer`` option
@@ -57,6 +58,7 @@ from ..serializer import Serializer, make_serializer
 from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
 from ._redis_lua import SCRIPTS
+from ._redis_messages import MSG_SCRIPTS, RedisMessages
 
 # redact_url lives in config (the CLI and every backend show URLs); it is re-exported here
 # because this is where Redis URLs are used.
@@ -92,7 +94,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisStorage(RedisKV, StorageInterface):
+class RedisStorage(RedisKV, RedisMessages, StorageInterface):
     """Stores everything on a Redis server under ``key_prefix``.
 
     Options: ``redis_url``, ``key_prefix``, ``connection_timeout`` (connect and socket
@@ -137,7 +139,9 @@ class RedisStorage(RedisKV, StorageInterface):
         else:
             self._server = _describe_client(client)
         self._client = client
-        self._scripts = {name: client.register_script(source) for name, source in (SCRIPTS | KV_SCRIPTS).items()}
+        self._scripts = {
+            name: client.register_script(source) for name, source in (SCRIPTS | KV_SCRIPTS | MSG_SCRIPTS).items()
+        }
         try:
             await self._call("connecting", None, client.ping, read=True)
             await self._read_server_config()
@@ -716,7 +720,7 @@ class RedisStorage(RedisKV, StorageInterface):
         keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
         keys += [self.key_of(Kind.CACHE, c) for c in await self._list_all_cache_keys()]
         keys += [self.key_of(Kind.SYSTEM, s) for s in await self._list_system_states()]
-        return keys + await self._kv_all_keys()
+        return keys + await self._kv_all_keys() + await self._msg_all_keys()
 
     async def _total_bytes(self) -> int:
         """Bytes Redis reports for this prefix's keys (MEMORY USAGE; big lists are sampled)."""

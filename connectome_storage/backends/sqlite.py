@@ -9,6 +9,8 @@ Schema (``_sqlite_schema``; docs/sqlite.md draws it)::
     agents(agent_id PK) <- reasoning_chains(id, agent_id FK, seq, data)
     cache(cache_key PK, data, created_ms, expires_ms)      index on (expires_ms, cache_key)
     system_state(state_key PK, data)
+    messages(message_id PK, sender, recipient, timestamp, data)   the message store
+    read_messages(agent_id, message_id)                            (_sqlite_messages)
 
 Values go through the serializer chosen by the ``serializer`` option (``serializer.py``):
 canonical compact JSON text by default, readable with the sqlite3 shell and
@@ -58,6 +60,7 @@ from ..serializer import Serializer, make_serializer
 from . import _fs
 from ._sqlite_conversations import LIVE, SqliteConversations
 from ._sqlite_kv import SqliteKV
+from ._sqlite_messages import SqliteMessages
 from ._sqlite_schema import (
     APPLICATION_ID,
     CLAIM_SERIALIZER,
@@ -115,7 +118,7 @@ def _import_aiosqlite() -> Any:
     return aiosqlite
 
 
-class SqliteStorage(SqliteConversations, SqliteKV, StorageInterface):
+class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterface):
     """Stores everything in one SQLite database at ``db_path``.
 
     Options: ``db_path``, ``enable_wal_mode``, ``synchronous`` (FULL, EXTRA or NORMAL),

@@ -225,6 +225,9 @@ def install(storage: StorageInterface, middleware: tuple[Middleware, ...]) -> Ch
     from ._conversations import ChainedConversationStore
 
     storage._make_conversation_store = lambda ttl: ChainedConversationStore(storage, chain, ttl)  # type: ignore[method-assign,assignment]
+    from ._messages import ChainedMessageStore
+
+    storage._make_message_store = lambda: ChainedMessageStore(storage, chain)  # type: ignore[method-assign]
     return chain
 
 

@@ -95,6 +95,7 @@ class _Rotation:
             (sorted(await storage._list_all_cache_keys()), self.cache_entry),
             (await storage.list_system_states(), self.system_state),
             (await storage.list_namespaces(), self.namespace),
+            (sorted(await storage._msg_ids()), self.message),
         ]
         total = sum(len(ids) for ids, _ in sections)
         done = 0
@@ -159,6 +160,19 @@ class _Rotation:
         value = await self.storage._read_document(Kind.SYSTEM, state_key)
         if self.tally([value])[0]:
             await self.storage._write_document(Kind.SYSTEM, state_key, self.renew(self.ctx("system", state_key), value))
+            self.rewrote(1)
+
+    async def message(self, message_id: str) -> None:
+        from ._messages import ROUTING
+
+        message = await self.storage._msg_get(message_id)
+        if message is None:
+            return
+        content = {k: v for k, v in message.items() if k not in ROUTING}
+        if self.tally([content])[0]:
+            renewed = self.renew(self.ctx("messages", message_id), content)
+            routing = {field: message[field] for field in ROUTING}
+            await self.storage._msg_put({**routing, **renewed}, if_absent=False)
             self.rewrote(1)
 
     async def namespace(self, namespace: str) -> None:

@@ -44,6 +44,9 @@ STORE_OPERATIONS = {
     for name in ("save", "append", "load", "exists", "clear", "cleanup", "get_ttl", "set_ttl", "query", "count",
                  "aggregate")
 }  # fmt: skip
+MESSAGE_OPERATIONS = {
+    f"message_store.{name}" for name in ("save", "get", "query", "mark_read", "get_unread_ids")
+}  # fmt: skip
 
 
 async def exercise(storage: StorageInterface) -> None:
@@ -108,6 +111,12 @@ async def exercise(storage: StorageInterface) -> None:
     await store.cleanup()
     await store.delete("s1")
     await store.clear()
+    bus = storage.message_store()
+    message_id = await bus.save({"from": "a", "to": "b", "text": "hi"})
+    await bus.get(message_id)
+    await bus.query(to="b")
+    await bus.mark_read("b", [message_id])
+    await bus.get_unread_ids("b")
     await storage.list_namespaces()
     await storage.health_check()
     await storage.get_storage_stats()
@@ -122,7 +131,7 @@ async def test_every_public_method_passes_through_the_chain(make_storage: MakeSt
         await exercise(storage)
     seen_before = {op for _name, hook, op in log if hook == "before_call"}
     seen_after = {op for _name, hook, op in log if hook == "after_call"}
-    assert seen_before == STORAGE_OPERATIONS | KV_OPERATIONS | STORE_OPERATIONS
+    assert seen_before == STORAGE_OPERATIONS | KV_OPERATIONS | STORE_OPERATIONS | MESSAGE_OPERATIONS
     assert seen_after == seen_before
     assert all(error is None for error in recorder.errors)
     # The context names what each call is about.
@@ -239,6 +248,20 @@ async def test_the_conversation_store_passes_messages_through_the_value_hooks(ma
         assert await plain.load_raw_messages("c1") == [{"$wrapped": ["w", {"n": 1}]}, {"$wrapped": ["w", {"n": 2}]}]
         plain_loaded = await plain.conversation_store().load("c1")
         assert plain_loaded is not None and plain_loaded.metadata.metadata == {"team": "blue"}
+
+
+async def test_a_message_passes_its_content_through_the_value_hooks(make_storage: MakeStorage) -> None:
+    wrap = Wrap("w")
+    async with make_storage(middleware=[wrap]) as storage:
+        bus = storage.message_store()
+        message_id = await bus.save({"from": "a", "to": "b", "text": "hi"})
+        assert (await bus.get(message_id) or {})["text"] == "hi"
+        assert [m["text"] for m in await bus.query(conversation_with="a")] == ["hi"]
+    assert wrap.written == [(message_id, {"text": "hi"})]  # the content only, keyed by the message id
+    async with make_storage() as plain:
+        stored = await plain.message_store().get(message_id)
+        assert stored is not None and stored["$wrapped"] == ["w", {"text": "hi"}]
+        assert (stored["from"], stored["to"]) == ("a", "b")
 
 
 async def test_a_hook_not_overridden_is_never_called(

@@ -46,6 +46,9 @@ async def store_everything(storage: StorageInterface, secret: str = SECRET) -> N
     store = storage.conversation_store()
     await store.save("c2", [{"content": secret}], metadata={"team": "blue"})
     await store.append("c2", [{"content": secret + "?"}])
+    bus = storage.message_store()
+    if not await bus.query(to="coder"):  # once: a message id is never reused
+        await bus.save({"id": "msg-1", "from": "planner", "to": "coder", "content": secret})
 
 
 async def expect_everything(storage: StorageInterface, secret: str = SECRET) -> None:
@@ -65,6 +68,9 @@ async def expect_everything(storage: StorageInterface, secret: str = SECRET) -> 
     conversation = await storage.conversation_store().load("c2")
     assert conversation is not None and conversation.messages == [{"content": secret}, {"content": secret + "?"}]
     assert await storage.load_raw_messages("c2") == conversation.messages  # either API reads the other's
+    message = await storage.message_store().get("msg-1")
+    assert message is not None and message["content"] == secret and message["from"] == "planner"
+    assert [m["content"] for m in await storage.message_store().query(to="coder")] == [secret]
 
 
 def is_encrypted(value: Any, key: bytes = OLD) -> bool:
@@ -93,6 +99,11 @@ async def test_every_kind_round_trips_and_is_stored_encrypted(make_storage: Make
         assert is_encrypted(await plain.load_system_state("s1"))
         kv = plain.kv("profiles")
         assert is_encrypted(await kv.get("alice"))
+        # A message's routing fields stay plain, so queries and read state work without the key.
+        [stored] = await plain.message_store().query(to="coder")
+        assert (stored["id"], stored["from"], stored["to"]) == ("msg-1", "planner", "coder")
+        assert is_encrypted({k: v for k, v in stored.items() if k not in ("id", "from", "to", "timestamp")})
+        assert await plain.message_store().get_unread_ids("coder") == {"msg-1"}
         assert await kv.find_by_tag("team", "blue") == ["alice"]
         assert [e.key for e in await kv.query(tags={"team": "blue"}, order_by="updated_at")] == ["alice"]
         assert 3599 < await kv.ttl("alice") <= 3600
