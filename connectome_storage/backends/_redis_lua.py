@@ -144,10 +144,12 @@ local PARTS = {META, CURRENT, RAW, CHUNKS, MEM, ORDER}
 local ID, NOW = ARGV[1], tonumber(ARGV[2])
 local META_FIELDS = {'created_ms', 'updated_ms', 'message_count', 'ttl', 'expires_ms', 'metadata'}
 local function ms(x) return string.format('%d', x) end
--- expires_ms of the metadata (nil: none); a metadata key of another type is named in the error.
-local function expiry()
+-- expires_ms of the metadata (nil: none). A metadata key of another type is named in the
+-- error, unless ``tolerant`` (a delete, which must remove damaged data too: none then).
+local function expiry(tolerant)
   local e = redis.pcall('HGET', META, 'expires_ms')
   if type(e) == 'table' and e.err then
+    if tolerant then return nil end
     error({err = 'WRONGTYPE ' .. META .. ' (conversation metadata) is not a hash'})
   end
   return tonumber(e or '')
@@ -341,7 +343,7 @@ return removed""",
     # ARGV: id, now. Removes every key; 1 only when the conversation was live.
     "conv_drop": _CONVERSATION
     + """
-local e = expiry()
+local e = expiry(true)
 if drop() > 0 and not expired_at(e) then return 1 end
 return 0""",
     # ARGV: id, now.

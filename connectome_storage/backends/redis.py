@@ -80,6 +80,8 @@ _BATCH = 500
 # 1 MiB. Over it, the server closes the connection mid-request instead of answering.
 _DEFAULT_BULK_LIMIT = 512 * 1024 * 1024
 _MIN_BULK_LIMIT = 1024 * 1024
+# The error a conversation script raises for a metadata key that is not a hash.
+_META_WRONGTYPE = re.compile(r"WRONGTYPE (.+) \(conversation metadata\) is not a hash")
 # A health probe key left behind (a probe cut off between its write and its delete) expires.
 _PROBE_TTL_MS = 60_000
 
@@ -384,6 +386,10 @@ class RedisStorage(RedisKV, RedisConversations, StorageInterface):
                 f"{self.settings.connection_timeout}s). The same storage works again once it is back."
             )
         if text.startswith("WRONGTYPE") and key is not None:
+            # A conversation script names the metadata key it found damaged (_redis_lua.py).
+            meta = _META_WRONGTYPE.match(text)
+            if meta:
+                return CorruptedDataError(meta[1], "conversation metadata is not a Redis hash", hint=_HINT)
             return CorruptedDataError(key, f"the key holds the wrong Redis type ({text})", hint=_HINT)
         return StorageIOError(f"Redis at {self._server} failed while {what}: {text}")
 
@@ -762,8 +768,11 @@ class RedisStorage(RedisKV, RedisConversations, StorageInterface):
 
     async def verify(self) -> list[Problem]:
         """Every entity's problems, and each conversation's metadata hash that does not parse."""
-        problems = await super().verify()
-        return problems + await self._meta_problems()
+        problems: dict[str, Problem] = {}
+        # A damaged metadata key spoils the read of every part of its conversation: one report.
+        for problem in await super().verify() + await self._meta_problems():
+            problems.setdefault(problem.location, problem)
+        return list(problems.values())
 
     async def _total_bytes(self) -> int:
         """Bytes Redis reports for this prefix's keys (MEMORY USAGE; big lists are sampled)."""
