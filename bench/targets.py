@@ -52,15 +52,16 @@ def _targets(sizes: Sizes) -> list[Target]:
                "FileStorage.load_conversation", 0.5, "at least"),
     ]  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
-        targets.append(
-            Target(
-                f"{backend}: append to a {long:,} history <= 3x the cost of appending to {short:,}",
-                f"append.{backend}",
-                f"history {long:,}",
-                3.0,
-                "at most",
+        for prefix, what in (("append", "append"), ("store.append", "conversation store append")):
+            targets.append(
+                Target(
+                    f"{backend}: {what} to a {long:,} history <= 3x the cost of appending to {short:,}",
+                    f"{prefix}.{backend}",
+                    f"history {long:,}",
+                    3.0,
+                    "at most",
+                )
             )
-        )
     targets += [
         Target("SqliteStorage appends >= 1.5x SQLiteSession.add_items (equal durability)",
                "sqlite.session.append", "SqliteStorage.append_raw_messages", 1.5, "at least"),

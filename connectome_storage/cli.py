@@ -143,13 +143,37 @@ def _print_health(report: dict[str, Any], args: argparse.Namespace) -> int:
     return EXIT_OK if report["status"] == "healthy" else EXIT_PROBLEMS
 
 
+async def _conversation_rows(storage: StorageInterface) -> list[dict[str, Any]]:
+    """Every unexpired conversation with its message count and last update (None when the
+    conversation store never wrote it: then the count comes from reading its history)."""
+    rows = []
+    for meta in await storage.conversation_store().query().all():
+        count = meta.message_count
+        if count is None:
+            count = len(await storage.load_raw_messages(meta.conversation_id))
+        updated = None if meta.updated_at is None else meta.updated_at.isoformat(timespec="milliseconds")
+        rows.append({"conversation_id": meta.conversation_id, "message_count": count, "updated_at": updated})
+    return rows
+
+
+def _conversation_lines(rows: list[dict[str, Any]]) -> list[str]:
+    width = max((len(row["conversation_id"]) for row in rows), default=0)
+    counts = [f"{row['message_count']} message{'' if row['message_count'] == 1 else 's'}" for row in rows]
+    count_width = max(map(len, counts), default=0)
+    return [
+        f"{row['conversation_id'].ljust(width)}  {count.rjust(count_width)}"
+        + (f"  updated {row['updated_at']}" if row["updated_at"] else "")
+        for row, count in zip(rows, counts, strict=True)
+    ]
+
+
 async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
-    sections: dict[str, list[str]] = {}
+    sections: dict[str, list[Any]] = {}
     everything = args.all
     if args.kv:  # one namespace's keys
         sections[f"kv {args.kv}"] = await storage.kv(args.kv).keys()
     elif everything or not (args.agents or args.cache or args.states or args.kv is not None):
-        sections["conversations"] = await storage.list_conversations()
+        sections["conversations"] = await _conversation_rows(storage)
     if everything or args.agents:
         sections["agents"] = await storage.list_agents()
     if everything or args.cache:
@@ -160,14 +184,18 @@ async def _ls(storage: StorageInterface, args: argparse.Namespace) -> int:
         sections["kv"] = await storage.list_namespaces()
     if args.json:
         _print_json(sections)
-    elif len(sections) == 1:
-        for identifier in next(iter(sections.values())):
-            print(identifier)
+        return EXIT_OK
+    lines = {
+        title: _conversation_lines(items) if title == "conversations" else items for title, items in sections.items()
+    }
+    if len(lines) == 1:
+        for line in next(iter(lines.values())):
+            print(line)
     else:
-        for title, ids in sections.items():
-            print(f"{title} ({len(ids)}):")
-            for identifier in ids:
-                print(f"  {identifier}")
+        for title, items in lines.items():
+            print(f"{title} ({len(items)}):")
+            for line in items:
+                print(f"  {line}")
     return EXIT_OK
 
 
@@ -178,6 +206,8 @@ async def _show(storage: StorageInterface, args: argparse.Namespace) -> int:
     if conversation_id is None:
         print("connectome-storage: show needs a CONVERSATION_ID (or --kv NAMESPACE KEY)", file=sys.stderr)
         return EXIT_USAGE
+    if args.metadata:
+        return await _show_metadata(storage, conversation_id)
     parts = {
         "raw_messages": args.raw or args.all,
         "memories": args.memories or args.all,
@@ -203,6 +233,28 @@ async def _show(storage: StorageInterface, args: argparse.Namespace) -> int:
         )
         return EXIT_PROBLEMS
     _print_json(next(iter(shown.values())) if len(shown) == 1 else shown)
+    return EXIT_OK
+
+
+async def _show_metadata(storage: StorageInterface, conversation_id: str) -> int:
+    conversation = await storage.conversation_store().load(conversation_id)
+    if conversation is None:
+        print(
+            f"connectome-storage: no conversation {conversation_id!r} (or it has expired); "
+            "`connectome-storage ls` lists them",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    meta = conversation.metadata
+
+    def moment(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat(timespec="milliseconds")
+
+    _print_json({
+        "conversation_id": meta.conversation_id, "created_at": moment(meta.created_at),
+        "updated_at": moment(meta.updated_at), "message_count": meta.message_count, "ttl": meta.ttl,
+        "expires_at": moment(meta.expires_at), "metadata": meta.metadata,
+    })  # fmt: skip
     return EXIT_OK
 
 
@@ -357,6 +409,7 @@ async def _watch(storage: StorageInterface, args: argparse.Namespace) -> int:
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _REPORT_LINES = [
     ("conversations", "conversations"),
+    ("conversation_metadata", "with metadata"),
     ("raw_messages", "raw messages"),
     ("memories", "memories"),
     ("chunks", "chunk lists"),
@@ -540,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = command(
         "ls",
         _ls,
-        "list conversation ids (options: agents, cache keys, system states, key-value collections)",
+        "list conversations with message count and last update (options: agents, cache keys, system states, "
+        "key-value collections)",
         json=True,
     )
     ls.add_argument("--agents", action="store_true", help="list agent ids")
@@ -560,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--memories", action="store_true", help="show the memories")
     show.add_argument("--chunks", action="store_true", help="show the chunking decisions")
     show.add_argument("--all", action="store_true", help="show every part")
+    show.add_argument(
+        "--metadata", action="store_true", help="show the conversation store's metadata (times, count, TTL, dict)"
+    )
     command(
         "verify",
         _verify,
@@ -569,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "cleanup",
         _cleanup,
-        "all housekeeping: expired cache entries, and on the file tree stale temp files and old backups "
-        "and locks of deleted entities; prints what it removed",
+        "all housekeeping: expired cache entries, conversations and key-value entries, and on the file tree "
+        "stale temp files, appends a crash cut short, and old backups and locks of deleted entities; "
+        "prints what it removed",
         json=True,
     )
     backups = command("backups", _backups, "list the kept versions of one file (file backend)", json=True)

@@ -37,7 +37,7 @@ T = TypeVar("T")
 class MetaRecord:
     """A conversation's metadata as backends hold it: times in epoch milliseconds.
 
-    A conversation stored only through the section 2 methods has no metadata; queries see
+    A conversation stored only through the storage methods (store_raw_messages, ...) has no metadata; queries see
     it as a record with every field but ``conversation_id`` missing (``created_ms`` None).
     """
 
@@ -109,7 +109,7 @@ class ConversationMetadata:
     """A conversation's metadata; times are aware UTC datetimes.
 
     ``created_at``, ``updated_at`` and ``message_count`` are None only for a conversation
-    the store has never written (stored through the section 2 methods alone).
+    the store has never written (stored through the storage methods alone).
     """
 
     conversation_id: str

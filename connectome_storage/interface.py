@@ -439,6 +439,10 @@ class StorageInterface(ABC):
 
     def conversation_store(self, default_ttl: float | None = None) -> ConversationStore:
         """Conversations with metadata, TTL and queries over this storage (docs/conversations.md)."""
+        return self._make_conversation_store(default_ttl)
+
+    def _make_conversation_store(self, default_ttl: float | None) -> ConversationStore:
+        """The store (the middleware chain puts its own in its place)."""
         return ConversationStore(self, default_ttl)
 
     # -------------------------------------------------- key-value collections
@@ -702,7 +706,7 @@ class StorageInterface(ABC):
     # ------------------------------------ conversation store hooks (docs/conversations.md)
     #
     # A conversation's metadata is one more part of it, held as a MetaRecord (epoch ms).
-    # Besides these hooks, a backend that stores metadata owes the section 2 hooks three
+    # Besides these hooks, a backend that stores metadata owes the hooks of the storage methods three
     # things, inside their own read or write step (a separate check per call would cost a
     # round trip):
     #

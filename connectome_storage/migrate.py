@@ -29,13 +29,15 @@ Progress = Callable[[int, int], Any]
 class MigrationReport:
     """What ``migrate`` copied.
 
-    ``conversations``, ``chunks`` (chunk lists), ``cache_entries``, ``system_states`` and
-    ``kv_entries`` count entities; ``raw_messages``, ``memories`` and ``reasoning_chains``
-    count items one by one. ``skipped_expired`` counts cache entries left behind because
+    ``conversations``, ``conversation_metadata`` (conversations that have metadata),
+    ``chunks`` (chunk lists), ``cache_entries``, ``system_states`` and ``kv_entries`` count
+    entities; ``raw_messages``, ``memories`` and ``reasoning_chains`` count items one by
+    one. ``skipped_expired`` counts cache entries and conversations left behind because
     they had expired (expired key-value entries are left behind too, uncounted).
     """
 
     conversations: int = 0
+    conversation_metadata: int = 0
     raw_messages: int = 0
     memories: int = 0
     chunks: int = 0
@@ -55,6 +57,8 @@ async def migrate(
     """Copy every conversation (all parts), reasoning chain history, unexpired cache entry
     (keeping its creation and expiry times), system state and live key-value entry (with
     its tags and times) from ``source`` to ``destination``; both must be initialized.
+    A conversation's metadata (times, count, TTL) travels with it; an expired one is left
+    behind and counted in ``skipped_expired``.
 
     Entities the destination holds under the same id are replaced; others are left alone.
     An entity that another process deletes from the source while this runs (listed, then
@@ -92,6 +96,7 @@ async def _migrate(
     # before anything is written.
     await destination.list_conversations()
     report = MigrationReport()
+    report.skipped_expired += len(await source._expired_conversations(source._now_ms()))
     sections = [
         _Section(await source.list_conversations(), _copy_conversation),
         _Section(await source.list_agents(), _copy_reasoning_chains),
@@ -130,7 +135,8 @@ async def _copy_conversation(
     messages = await source.load_raw_messages(conversation_id)
     chunks = await source.load_chunks(conversation_id)
     memories = await source.load_memories(conversation_id)
-    if document is None and not (messages or chunks or memories):
+    metadata = await source._meta_read(conversation_id, source._now_ms())
+    if document is None and metadata is None and not (messages or chunks or memories):
         return  # deleted since it was listed: a conversation exists while any part is stored
 
     if document is not None:
@@ -149,6 +155,10 @@ async def _copy_conversation(
             await destination.delete_memory(conversation_id, memory_id)
     for memory in memories:
         await destination.store_memory(conversation_id, memory["memory_id"], memory)
+    # Last: on Redis, writing the metadata gives every key of the conversation its expiry.
+    if metadata is not None or await destination._meta_read(conversation_id, destination._now_ms()) is not None:
+        await destination._meta_put(conversation_id, metadata)
+    report.conversation_metadata += metadata is not None
 
     report.conversations += 1
     report.raw_messages += len(messages)

@@ -1,12 +1,14 @@
-"""Shared fixtures. ``storage`` runs every conformance test once per backend.
+"""Shared fixtures. The conformance suite (``connectome_storage.testing``) runs once per backend.
 
-Adding a backend to the conformance suite means adding one entry to ``BACKENDS``: a
-function that builds an uninitialized storage from (tmp_path, clock, options).
+The suite's fixtures (``clock``, ``make_storage``, ``storage``) come from the package and are
+built over ``storage_builder``, which here builds the current ``backend``. Adding a backend to
+the conformance suite means adding one entry to ``BACKENDS``: a function that builds an
+uninitialized storage from (tmp_path, clock, options).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +21,13 @@ from connectome_storage import (
     create_redis_storage,
     create_sqlite_storage,
 )
+from connectome_storage.testing import START, FakeClock, StorageBuilder, clock, make_storage, storage
 
-from .redis_server import redis_server  # noqa: F401  (session fixture, started on first use)
+from .redis_server import redis_server
 
-START = 1795253400.0  # 2026-11-21T09:30:00Z
-
-
-class FakeClock:
-    """A clock the test moves by hand, so TTLs and time stamps are exact."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# Fixtures every test here gets: the suite's (over storage_builder below) and the Redis
+# server. START and FakeClock stay importable from here.
+__all__ = ["BACKENDS", "START", "FakeClock", "clock", "make_storage", "redis_server", "storage"]
 
 
 Builder = Callable[[Path, FakeClock, dict[str, Any]], StorageInterface]
@@ -79,36 +71,23 @@ BACKENDS: dict[str, Builder] = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def make_storage(
-    backend: str, tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest
-) -> Callable[..., StorageInterface]:
-    """Build another storage of the current backend over the same data."""
+def storage_builder(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> StorageBuilder:
+    """Build another storage of the current backend over the same data (what ``make_storage`` calls)."""
     # Only Redis runs need a server, so file and sqlite runs never start one.
     server: dict[str, Any] = {}
     if backend.startswith("redis"):
         server["redis_url"] = request.getfixturevalue("redis_server").url
 
-    def make(**options: Any) -> StorageInterface:
+    def build(clock: FakeClock, /, **options: Any) -> StorageInterface:
         return BACKENDS[backend](tmp_path, clock, {**server, **options})
 
-    return make
-
-
-@pytest.fixture
-async def storage(make_storage: Callable[..., StorageInterface]) -> AsyncIterator[StorageInterface]:
-    async with make_storage() as opened:
-        yield opened
+    return build
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -49,8 +49,8 @@ def tree(root: Path, folders: tuple[str, ...] | None = None) -> dict[str, bytes 
 async def populate(storage: StorageInterface, clock: FakeClock | None = None) -> dict[str, int]:
     """A varied store; returns what migrate should report copying (``clock``, when given, is
     moved on between a key-value entry's creation and its update)."""
-    expected = dict.fromkeys(["conversations", "raw_messages", "memories", "chunks", "reasoning_chains",
-                              "cache_entries", "system_states", "kv_entries"], 0)  # fmt: skip
+    expected = dict.fromkeys(["conversations", "conversation_metadata", "raw_messages", "memories", "chunks",
+                              "reasoning_chains", "cache_entries", "system_states", "kv_entries"], 0)  # fmt: skip
     for index, conversation_id in enumerate(["conv_001", "conv_002", *UNUSUAL_IDS]):
         await storage.store_conversation(conversation_id, {"title": f"#{index}", "id": conversation_id, "n": index})
         await storage.store_raw_messages(conversation_id, [{"role": "user", "content": f"hello {index}"}])
@@ -75,6 +75,18 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
     expected["raw_messages"] += 1
     expected["memories"] += 1
     expected["chunks"] += 1
+    # Conversation store metadata: one saved with a TTL and appended to, one given a TTL
+    # after the fact, one with metadata and no messages.
+    store = storage.conversation_store()
+    await store.save("with-metadata", [{"n": 0}], ttl=86400, metadata={"userId": "u1", "deep": {"a": [1, 2.5]}})
+    if clock is not None:
+        clock.advance(2)
+    await store.append("with-metadata", [{"n": 1}, {"n": 2}])
+    await store.set_ttl(UNUSUAL_IDS[0], 7200)
+    await store.save("only-metadata", [], metadata={"empty": True})
+    expected["conversations"] += 2
+    expected["conversation_metadata"] += 3
+    expected["raw_messages"] += 3
     for agent_id in ["planner", *UNUSUAL_IDS[:3]]:
         for step in range(3):
             await storage.store_reasoning_chain(agent_id, {"agent": agent_id, "step": step, "thoughts": ["a", "b"]})
@@ -314,3 +326,17 @@ async def test_an_entity_deleted_mid_migration_is_skipped_not_copied_as_null(tmp
         assert await destination.list_cache_keys() == ["kept"]
     assert (report.conversations, report.raw_messages, report.reasoning_chains) == (1, 1, 1)
     assert (report.cache_entries, report.system_states, report.skipped_expired) == (1, 2, 0)
+
+
+async def test_expired_conversations_are_skipped_and_counted(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_file_storage(tmp_path / "tree", clock=clock) as source:
+        store = source.conversation_store()
+        await store.save("short", [{"n": 1}], ttl=10)
+        await store.save("long", [{"n": 1}], ttl=1000)
+        clock.advance(10)
+        async with create_sqlite_storage(tmp_path / "copy.db", clock=clock) as destination:
+            report = await migrate(source, destination)
+            assert (report.conversations, report.conversation_metadata, report.skipped_expired) == (1, 1, 1)
+            assert await destination.list_conversations() == ["long"]
+            assert await destination.conversation_store().load("short", include_expired=True) is None
+            assert await destination.conversation_store().get_ttl("long") == 990.0

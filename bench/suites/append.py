@@ -1,8 +1,10 @@
-"""Appending one message to histories of 100, 1,000 and 10,000 messages, every backend."""
+"""Appending one message to histories of 100, 1,000 and 10,000 messages, every backend:
+the raw history, and the conversation store (which also updates the metadata)."""
 
 from __future__ import annotations
 
-from connectome_storage import StorageInterface
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..backends import BACKENDS, open_storage
 from ..context import Context
@@ -17,7 +19,9 @@ or 10,000 messages, default settings. Each round appends to a history of its own
 beforehand with `store_raw_messages` plus one append (so the file backend's journal is
 in its steady state), so the history grows only by the appends of one batch. Figures
 are the median append; the ratio is the cost against the shortest history
-(target: at most 3x at 10,000)."""
+(target: at most 3x at 10,000). The `store.append` rows do the same through
+`conversation_store().append` on histories saved with `store.save`: the metadata's
+count and time change with every append, and the history is never read."""
 
 
 async def run(ctx: Context) -> Section:
@@ -26,36 +30,42 @@ async def run(ctx: Context) -> Section:
     rounds = sizes.repeats + 1  # one history per round, and one for the warmup batch
     for backend in BACKENDS:
         storage = await open_storage(ctx, backend, f"append-{backend}")
-        variants = []
-        for size in sizes.histories:
-            pool = [f"h{size}_{k}" for k in range(rounds)]
-            for conversation_id in pool:
-                await storage.store_raw_messages(conversation_id, messages(size - 1))
-                await storage.append_raw_messages(conversation_id, [message(size - 1)])
-            variants.append(Variant(f"history {size:,}", _appender(storage, pool, size)))
-        section.comparisons.append(
-            await compare(
-                f"append.{backend}",
-                f"{backend}: append one message",
-                variants,
-                ops=sizes.appends,
-                repeats=sizes.repeats,
-                warmup=sizes.appends,
-                ratio_kind="cost",
+        store = storage.conversation_store()
+        kinds: list[tuple[str, str, Callable[[str, list[dict[str, Any]]], Awaitable[Any]], Any]] = [
+            ("append", "append one message", storage.append_raw_messages, storage.store_raw_messages),
+            ("store.append", "conversation store: append one message", store.append, store.save),
+        ]
+        for prefix, title, append, replace in kinds:
+            variants = []
+            for size in sizes.histories:
+                pool = [f"{prefix}{size}_{k}" for k in range(rounds)]
+                for conversation_id in pool:
+                    await replace(conversation_id, messages(size - 1))
+                    await append(conversation_id, [message(size - 1)])
+                variants.append(Variant(f"history {size:,}", _appender(append, pool, size)))
+            section.comparisons.append(
+                await compare(
+                    f"{prefix}.{backend}",
+                    f"{backend}: {title}",
+                    variants,
+                    ops=sizes.appends,
+                    repeats=sizes.repeats,
+                    warmup=sizes.appends,
+                    ratio_kind="cost",
+                )
             )
-        )
         await storage.shutdown()
     return section
 
 
-def _appender(storage: StorageInterface, pool: list[str], size: int) -> Runner:
+def _appender(append_to: Callable[[str, list[dict[str, Any]]], Awaitable[Any]], pool: list[str], size: int) -> Runner:
     histories = iter(pool)
 
     async def run(first: int, count: int) -> list[float]:
         conversation_id = next(histories)  # a fresh history of exactly ``size`` messages
 
         async def append(i: int) -> None:
-            await storage.append_raw_messages(conversation_id, [message(size + i)])
+            await append_to(conversation_id, [message(size + i)])
 
         return await time_each(append, first, count)
 

@@ -222,6 +222,9 @@ def install(storage: StorageInterface, middleware: tuple[Middleware, ...]) -> Ch
         chain.originals[name] = original
         setattr(storage, name, _wrap(chain, name, original, *spec))
     storage._plain_kv = lambda namespace: ChainedKeyValueStore(storage, chain, namespace)  # type: ignore[method-assign]
+    from ._conversations import ChainedConversationStore
+
+    storage._make_conversation_store = lambda ttl: ChainedConversationStore(storage, chain, ttl)  # type: ignore[method-assign,assignment]
     return chain
 
 

@@ -11,8 +11,8 @@ Correctness comes before hit rate:
   ``clock``. On a backend that can ``watch()`` (the file tree), a background task drops
   the entries of every entity that changes, so there they are seen as soon as the change
   is reported.
-* A value that expires by itself (a cache entry, a key-value entry with a ttl) is never
-  served past its own expiry.
+* A value that expires by itself (a cache entry, a key-value entry with a ttl, any part
+  of a conversation with a TTL) is never served past its own expiry.
 * Every value handed out is a copy: mutating it never changes the cache or the store.
 """
 
@@ -269,6 +269,9 @@ class ReadCache(Middleware):
             records = await storage._kv_get(ctx.namespace or "", [ctx.key])
             kv_record = records.get(ctx.key)
             return False if kv_record is None else kv_record.expires_ms
+        if _SCOPE_OF_KIND[ctx.kind] == "conversation":  # a conversation with a TTL expires whole
+            metadata = await storage._meta_read(ctx.key, storage._now_ms())
+            return None if metadata is None else metadata.expires_ms
         return None
 
     # ------------------------------------------------------------- bookkeeping

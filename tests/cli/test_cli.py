@@ -70,12 +70,12 @@ def test_health(tree: Path) -> None:
 
 
 def test_ls(tree: Path) -> None:
-    assert cli("--base-dir", str(tree), "ls").stdout == "conv_001\n"
+    assert cli("--base-dir", str(tree), "ls").stdout == "conv_001  1 message\n"  # counted from its history
     assert cli("--base-dir", str(tree), "ls", "--cache").stdout == "forever\n"
     listing = json.loads(cli("--base-dir", str(tree), "ls", "--all", "--json").stdout)
     assert listing == {
-        "conversations": ["conv_001"], "agents": ["agent"], "cache": ["forever"], "system": ["state"],
-        "kv": ["sessions"],
+        "conversations": [{"conversation_id": "conv_001", "message_count": 1, "updated_at": None}],
+        "agents": ["agent"], "cache": ["forever"], "system": ["state"], "kv": ["sessions"],
     }  # fmt: skip
     assert cli("--base-dir", str(tree), "ls", "--kv").stdout == "sessions\n"
     assert cli("--base-dir", str(tree), "ls", "--kv", "sessions").stdout == "user:1\n"  # "gone" expired
@@ -89,6 +89,34 @@ def test_show(tree: Path) -> None:
     assert shown["raw_messages"] == [{"role": "user", "content": "hi"}]
     missing = cli("--base-dir", str(tree), "show", "nope")
     assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_ls_and_show_with_conversation_store_metadata(tmp_path: Path) -> None:
+    base = tmp_path / "storage_data"
+
+    async def fill() -> None:
+        async with create_file_storage(base, clock=lambda: 1_000_000_000.0) as storage:  # 2001
+            store = storage.conversation_store()
+            await store.save("gone", [{"n": 1}], ttl=60)  # long expired today
+            await store.save("kept", [{"n": 1}, {"n": 2}], ttl=10**9, metadata={"userId": "u1"})
+            await storage.store_raw_messages("plain", [{"n": 1}, {"n": 2}, {"n": 3}])
+
+    asyncio.run(fill())
+    assert cli("--base-dir", str(base), "ls").stdout.splitlines() == [
+        "kept   2 messages  updated 2001-09-09T01:46:40.000+00:00",
+        "plain  3 messages",
+    ]
+    shown = json.loads(cli("--base-dir", str(base), "show", "kept", "--metadata").stdout)
+    assert shown == {
+        "conversation_id": "kept", "created_at": "2001-09-09T01:46:40.000+00:00",
+        "updated_at": "2001-09-09T01:46:40.000+00:00", "message_count": 2, "ttl": 10**9,
+        "expires_at": "2033-05-18T03:33:20.000+00:00", "metadata": {"userId": "u1"},
+    }  # fmt: skip
+    gone = cli("--base-dir", str(base), "show", "gone", "--metadata")
+    assert gone.returncode == 1 and "'gone'" in gone.stderr and "expired" in gone.stderr
+    cleaned = json.loads(cli("--base-dir", str(base), "cleanup", "--json").stdout)
+    assert cleaned["expired_conversations"] == 1
+    assert not (base / "conversations" / "gone").exists()
 
 
 def test_show_kv_entry(tree: Path) -> None:
@@ -142,12 +170,12 @@ def test_cleanup_does_all_housekeeping_and_prints_every_count(tree: Path) -> Non
 
 def test_environment_selects_the_storage(tree: Path) -> None:
     result = cli("ls", env={"CONNECTOME_STORAGE_BASE_DIR": str(tree)})
-    assert result.stdout == "conv_001\n"
+    assert result.stdout == "conv_001  1 message\n"
 
 
 def test_base_dir_alone_means_the_file_backend(tree: Path) -> None:
     result = cli("--base-dir", str(tree), "ls", env={"CONNECTOME_STORAGE_TYPE": "redis"})
-    assert result.returncode == 0 and result.stdout == "conv_001\n"
+    assert result.returncode == 0 and result.stdout == "conv_001  1 message\n"
 
 
 @pytest.mark.parametrize(
@@ -174,7 +202,7 @@ def test_console_script_is_installed(tree: Path) -> None:
     if not script.exists():
         pytest.skip("package not installed with its console script (pip install -e .)")
     result = subprocess.run([str(script), "--base-dir", str(tree), "ls"], capture_output=True, text=True)
-    assert result.stdout == "conv_001\n"
+    assert result.stdout == "conv_001  1 message\n"
 
 
 def subcommands() -> dict[str, str]:

@@ -191,8 +191,8 @@ def test_migrate_there_and_back_gives_the_same_files(tree: Path, tmp_path: Path)
     result = cli("migrate", "--from", f"sqlite:{database}", "--to", f"file:{back}", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
-        "conversations": 2, "raw_messages": 2, "memories": 1, "chunks": 1, "reasoning_chains": 1,
-        "cache_entries": 2, "system_states": 1, "skipped_expired": 0,
+        "conversations": 2, "conversation_metadata": 0, "raw_messages": 2, "memories": 1, "chunks": 1,
+        "reasoning_chains": 1, "cache_entries": 2, "system_states": 1, "skipped_expired": 0,
     }  # fmt: skip
     assert data_files(back) == data_files(tree) and len(data_files(tree)) == 9
 

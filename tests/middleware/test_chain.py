@@ -38,6 +38,12 @@ KV_OPERATIONS = {
         "scan", "count", "find_by_tag", "query", "count_query", "expire", "persist", "ttl", "clear", "cleanup",
     )
 }  # fmt: skip
+# The store's delete, list and get_stats call the storage's own public methods (above).
+STORE_OPERATIONS = {
+    f"conversation_store.{name}"
+    for name in ("save", "append", "load", "exists", "clear", "cleanup", "get_ttl", "set_ttl", "query", "count",
+                 "aggregate")
+}  # fmt: skip
 
 
 async def exercise(storage: StorageInterface) -> None:
@@ -87,6 +93,21 @@ async def exercise(storage: StorageInterface) -> None:
     await kv.delete_many(["b"])
     await kv.cleanup()
     await kv.clear()
+    store = storage.conversation_store()
+    await store.save("s1", [{"n": 1}], metadata={"k": "v"})
+    await store.append("s1", [{"n": 2}])
+    await store.load("s1")
+    await store.exists("s1")
+    await store.set_ttl("s1", 60)
+    await store.get_ttl("s1")
+    await store.query().where("metadata.k", "==", "v").all()
+    await store.query().count()
+    await store.query().aggregate(n="count")
+    await store.list()
+    await store.get_stats()
+    await store.cleanup()
+    await store.delete("s1")
+    await store.clear()
     await storage.list_namespaces()
     await storage.health_check()
     await storage.get_storage_stats()
@@ -101,7 +122,7 @@ async def test_every_public_method_passes_through_the_chain(make_storage: MakeSt
         await exercise(storage)
     seen_before = {op for _name, hook, op in log if hook == "before_call"}
     seen_after = {op for _name, hook, op in log if hook == "after_call"}
-    assert seen_before == STORAGE_OPERATIONS | KV_OPERATIONS
+    assert seen_before == STORAGE_OPERATIONS | KV_OPERATIONS | STORE_OPERATIONS
     assert seen_after == seen_before
     assert all(error is None for error in recorder.errors)
     # The context names what each call is about.
@@ -201,6 +222,23 @@ async def test_values_are_transformed_per_item_and_keep_every_shape(make_storage
         entry = await plain.kv("ns").get_entry("a")
         assert entry is not None and entry.value == wrapped([1, 2]) and entry.tags == {"t": "x"}
         assert await plain.kv("ns").find_by_tag("t", "x") == ["a"]
+
+
+async def test_the_conversation_store_passes_messages_through_the_value_hooks(make_storage: MakeStorage) -> None:
+    wrap = Wrap("w")
+    async with make_storage(middleware=[wrap]) as storage:
+        store = storage.conversation_store()
+        saved = await store.save("c1", [{"n": 1}], metadata={"team": "blue"})
+        assert saved.messages == [{"n": 1}]  # the caller's messages, not the stored form
+        await store.append("c1", [{"n": 2}])
+        loaded = await store.load("c1")
+        assert loaded is not None and loaded.messages == [{"n": 1}, {"n": 2}]
+        assert await storage.load_raw_messages("c1") == [{"n": 1}, {"n": 2}]
+    assert wrap.written == [("c1", {"n": 1}), ("c1", {"n": 2})]  # messages only: metadata is not a value
+    async with make_storage() as plain:
+        assert await plain.load_raw_messages("c1") == [{"$wrapped": ["w", {"n": 1}]}, {"$wrapped": ["w", {"n": 2}]}]
+        plain_loaded = await plain.conversation_store().load("c1")
+        assert plain_loaded is not None and plain_loaded.metadata.metadata == {"team": "blue"}
 
 
 async def test_a_hook_not_overridden_is_never_called(

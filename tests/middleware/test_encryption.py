@@ -43,6 +43,9 @@ async def store_everything(storage: StorageInterface, secret: str = SECRET) -> N
     await storage.store_cache("k1", {"answer": secret}, ttl=3600)
     await storage.store_system_state("s1", secret)
     await storage.kv("profiles").set("alice", {"phone": secret}, tags={"team": "blue"}, ttl=3600)
+    store = storage.conversation_store()
+    await store.save("c2", [{"content": secret}], metadata={"team": "blue"})
+    await store.append("c2", [{"content": secret + "?"}])
 
 
 async def expect_everything(storage: StorageInterface, secret: str = SECRET) -> None:
@@ -59,6 +62,9 @@ async def expect_everything(storage: StorageInterface, secret: str = SECRET) -> 
     assert await storage.load_system_state("s1") == secret
     entry = await storage.kv("profiles").get_entry("alice")
     assert entry is not None and entry.value == {"phone": secret} and entry.tags == {"team": "blue"}
+    conversation = await storage.conversation_store().load("c2")
+    assert conversation is not None and conversation.messages == [{"content": secret}, {"content": secret + "?"}]
+    assert await storage.load_raw_messages("c2") == conversation.messages  # either API reads the other's
 
 
 def is_encrypted(value: Any, key: bytes = OLD) -> bool:
@@ -90,9 +96,13 @@ async def test_every_kind_round_trips_and_is_stored_encrypted(make_storage: Make
         assert await kv.find_by_tag("team", "blue") == ["alice"]
         assert [e.key for e in await kv.query(tags={"team": "blue"}, order_by="updated_at")] == ["alice"]
         assert 3599 < await kv.ttl("alice") <= 3600
-        assert await plain.list_conversations() == ["c1"] and await plain.list_cache_keys() == ["k1"]
+        assert all(is_encrypted(m) for m in await plain.load_raw_messages("c2"))
+        # The metadata dict stays plain, like tags, so queries can read it.
+        [row] = await plain.conversation_store().query().where("metadata.team", "==", "blue").all()
+        assert (row.conversation_id, row.message_count) == ("c2", 2)
+        assert await plain.list_conversations() == ["c1", "c2"] and await plain.list_cache_keys() == ["k1"]
         stats = await plain.get_storage_stats()
-        assert (stats["raw_message_count"], stats["memory_count"], stats["kv_entry_count"]) == (2, 2, 1)
+        assert (stats["raw_message_count"], stats["memory_count"], stats["kv_entry_count"]) == (4, 2, 1)
         assert await plain.verify() == []
 
 
@@ -199,7 +209,7 @@ async def test_a_wrong_key_raises_decryption_error_and_old_keys_read(make_storag
             assert names in message and old_id in message and new_id in message
             assert OLD_B64 not in message and NEW_B64 not in message and OLD.hex() not in message
         # Listings and stats need no key.
-        assert await storage.list_conversations() == ["c1"]
+        assert await storage.list_conversations() == ["c1", "c2"]
         assert (await storage.get_storage_stats())["memory_count"] == 2
     async with make_storage(middleware=[Encryption(NEW_B64, old_keys=[OLD_B64])]) as storage:
         await expect_everything(storage)

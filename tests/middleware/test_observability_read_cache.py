@@ -247,15 +247,21 @@ async def test_values_that_expire_by_themselves_expire_in_the_cache(make_storage
         await storage.store_cache("k1", {"answer": 42}, ttl=10)
         await storage.kv("ns").set("key", "v", ttl=10)
         await storage.kv("ns").set("entry", "v", ttl=10)
+        await storage.conversation_store().save("c1", [{"n": 1}], ttl=10)
+        await storage.store_chunks("c1", [{"c": 1}])
         for _ in range(2):
             assert await storage.load_cache("k1") == {"answer": 42}
             assert await storage.kv("ns").get("key") == "v"
             assert (await storage.kv("ns").get_entry("entry")).value == "v"  # type: ignore[union-attr]
-        assert cache.stats()["hits"] == 3
+            assert await storage.load_raw_messages("c1") == [{"n": 1}]
+            assert await storage.load_chunks("c1") == [{"c": 1}]
+        assert cache.stats()["hits"] == 5
         clock.advance(10)
         assert await storage.load_cache("k1") is None
         assert await storage.kv("ns").get("key") is None
         assert await storage.kv("ns").get_entry("entry") is None
+        assert await storage.load_raw_messages("c1") == []  # the conversation expired whole
+        assert await storage.load_chunks("c1") == []
 
 
 async def test_lru_keeps_at_most_max_entries(make_storage: Make) -> None:
