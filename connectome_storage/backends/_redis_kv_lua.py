@@ -14,9 +14,10 @@ hash, which held the tags, is gone). Every script that meets such a key drops it
 
 from __future__ import annotations
 
-__all__ = ["KV_SCRIPTS"]
+__all__ = ["ENCODE_NAME_LUA", "KV_SCRIPTS"]
 
-_COMMON = """
+# ``enc``: also used by the conversation scripts (_redis_lua.py), which name keys the same way.
+ENCODE_NAME_LUA = """
 local DEVICES = {CON = 1, PRN = 1, AUX = 1, NUL = 1}
 for n = 0, 9 do DEVICES['COM' .. n] = 1; DEVICES['LPT' .. n] = 1 end
 local function byte_escape(c) return string.format('%%%02X', string.byte(c)) end
@@ -29,6 +30,11 @@ local function enc(s)
   if DEVICES[string.upper(string.match(n, '^[^.]*'))] then n = byte_escape(string.sub(n, 1, 1)) .. string.sub(n, 2) end
   return n
 end
+"""
+
+_COMMON = (
+    ENCODE_NAME_LUA
+    + """
 local BASE = ARGV[1]
 local KEYZ, EXPZ, ETAGS = KEYS[1], KEYS[2], KEYS[3]
 local function entry_key(key) return BASE .. 'e:' .. enc(key) end
@@ -80,6 +86,7 @@ local function live_at(expires, now)
   return not expires or (tonumber(expires) or now + 1) > now
 end
 """
+)
 
 _FORGET_NAMESPACE = """
 local function forget_if_empty(namespace)

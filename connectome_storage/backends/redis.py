@@ -9,10 +9,12 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P conv:{<id>}:raw       list    raw messages, one JSON text per element
     P conv:{<id>}:mem       hash    memory_id -> memory JSON
     P conv:{<id>}:order     zset    memory_id scored by insertion sequence (first-stored order)
+    P conv:{<id>}:meta      hash    conversation store metadata (_redis_conv.py)
     P agent:{<id>}:chains   list    reasoning chains, one JSON text per element
     P cache:{<id>}          string  {"created_ms", "expires_ms", "data"}, expired by Redis (PX)
     P system:{<id>}         string  the state value
     P idx:conversations     set     ids of conversations with any stored part
+    P idx:conversation-expiry zset  ids of conversations with an expiry, scored by expires_ms
     P idx:agents            set     ids of agents with chains
     P idx:system            set     state keys
     P idx:cache             zset    cache keys scored by expires_ms (+inf: never)
@@ -25,10 +27,13 @@ Values (JSON texts above) go through the serializer of the ``serializer`` option
 which one wrote the prefix, and a storage opened with the other is refused.
 
 Every operation that touches several keys is one Lua script (_redis_lua.py), so it is
-atomic and one round trip. Replacing a document or appending to a log whose key already
-exists is one plain command instead (SET XX, RPUSHX): an existing key is always listed
-in its index already, so there is nothing else to touch, and Redis runs a plain command
-faster than a script. docs/redis.md explains expiry, faults and retries.
+atomic and one round trip. Replacing a system state or appending to a reasoning chain
+whose key already exists is one plain command instead (SET XX, RPUSHX): an existing key
+is always listed in its index already, so there is nothing else to touch, and Redis runs
+a plain command faster than a script. Every read and write of a conversation part is a
+script, because it also checks the conversation's expiry on the storage clock (and a
+write removes an expired conversation first): _redis_conv.py. docs/redis.md explains
+expiry, faults and retries.
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ from ..errors import (
     StorageIOError,
     ValueTooLargeError,
 )
-from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
+from ..interface import CacheEntry, Kind, Problem, StorageInterface
 from ..naming import encode_name as _encode_name
 from ..serializer import Serializer, make_serializer
+from ._redis_conv import RedisConversations
 from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
 from ._redis_lua import SCRIPTS
@@ -76,10 +82,15 @@ _BATCH = 500
 # 1 MiB. Over it, the server closes the connection mid-request instead of answering.
 _DEFAULT_BULK_LIMIT = 512 * 1024 * 1024
 _MIN_BULK_LIMIT = 1024 * 1024
+# The error a conversation script raises for a metadata key that is not a hash.
+_META_WRONGTYPE = re.compile(r"WRONGTYPE (.+) \(conversation metadata\) is not a hash")
 # A health probe key left behind (a probe cut off between its write and its delete) expires.
 _PROBE_TTL_MS = 60_000
 
 _SUFFIX = {Kind.CONVERSATION: "current", Kind.CHUNKS: "chunks", Kind.RAW_MESSAGES: "raw", Kind.MEMORIES: "mem"}
+# Where each part's key is in the conversation scripts' KEYS (1-based; see _redis_lua.py).
+_SLOT = {Kind.CONVERSATION: 2, Kind.RAW_MESSAGES: 3, Kind.CHUNKS: 4, Kind.MEMORIES: 5}
+_ORDER_SLOT = 6
 _INDEX = {Kind.REASONING_CHAINS: "idx:agents", Kind.CACHE: "idx:cache", Kind.SYSTEM: "idx:system"}
 
 
@@ -94,7 +105,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisStorage(RedisKV, RedisMessages, StorageInterface):
+class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface):
     """Stores everything on a Redis server under ``key_prefix``.
 
     Options: ``redis_url``, ``key_prefix``, ``connection_timeout`` (connect and socket
@@ -246,8 +257,8 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
         return f"{self._prefix}conv:{{{_name(conversation_id)}}}:order"
 
     def _part_keys(self, conversation_id: str) -> list[str]:
-        keys = [self.key_of(kind, conversation_id) for kind in CONVERSATION_PARTS]
-        return [*keys, self._order_key(conversation_id)]
+        """Every key of a conversation, its metadata included."""
+        return self._conversation_keys(conversation_id)
 
     def index_of(self, kind: Kind) -> str:
         """The set (zset for the cache) listing the ids stored of ``kind``."""
@@ -326,11 +337,14 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
             text = text.replace(secret, "***")
         return text
 
-    async def _script(self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0) -> Any:
+    async def _script(
+        self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0, *, read: bool = False
+    ) -> Any:
         """Run one of ``_redis_lua.SCRIPTS``; ``key`` is the entity named in errors.
 
-        Never retried, but for a server that does not know the script (restarted, or
-        SCRIPT FLUSH): it then did not run at all, so it is loaded and sent once more.
+        Retried only if ``read`` (a script that writes nothing), as ``_call`` retries reads,
+        or for a server that does not know the script (restarted, or SCRIPT FLUSH): it then
+        did not run at all, so it is loaded and sent once more.
         """
         script = self._scripts[name]
         client = self.client
@@ -346,7 +360,7 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
                 script.sha = await client.script_load(script.script)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
 
-        return await self._call(f"running {name} on {key}", key, run, size=size)
+        return await self._call(f"running {name} on {key}", key, run, read=read, size=size)
 
     def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError:
         exceptions = self._redis.exceptions
@@ -376,6 +390,10 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
                 f"{self.settings.connection_timeout}s). The same storage works again once it is back."
             )
         if text.startswith("WRONGTYPE") and key is not None:
+            # A conversation script names the metadata key it found damaged (_redis_lua.py).
+            meta = _META_WRONGTYPE.match(text)
+            if meta:
+                return CorruptedDataError(meta[1], "conversation metadata is not a Redis hash", hint=_HINT)
             return CorruptedDataError(key, f"the key holds the wrong Redis type ({text})", hint=_HINT)
         return StorageIOError(f"Redis at {self._server} failed while {what}: {text}")
 
@@ -393,16 +411,28 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
         return _ids(members, index)
 
     # ----------------------------------------------------------------- documents
+    #
+    # A conversation part (_SUFFIX kinds) is read and written by a conversation script
+    # (_redis_lua.py), which also checks the conversation's expiry on the storage clock:
+    # still one round trip, one EVALSHA in place of one plain command.
 
     async def _read_document(self, kind: Kind, key: str) -> Any:
         name = self.key_of(kind, key)
-        raw = await self._get(name)
+        if kind in _SUFFIX:
+            keys = [self.meta_key_of(key), name]
+            raw = await self._script("conv_get", name, keys, [self._now_ms()], read=True)
+        else:
+            raw = await self._get(name)
         return None if raw is None else _check_shape(kind, self._decode(raw, name), name)
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         name = self.key_of(kind, key)
         data = self._serializer.dumps(value)
         size = self._check_size(name, [data])
+        if kind in _SUFFIX:
+            keys = self._script_keys(key)
+            await self._script("conv_set", name, keys, [key, self._now_ms(), _SLOT[kind], data], size=size)
+            return
         # Replacing an existing value needs no script: every script that creates a key also
         # lists its id, and none unlists an id while one of its keys exists, so a key that
         # exists when SET XX runs is listed. Measured: a script costs about 10 us more
@@ -413,24 +443,32 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         name = self.key_of(kind, key)
-        targets = [name, self._order_key(key)] if kind is Kind.MEMORIES else [name]
-        siblings = self._part_keys(key) if kind in _SUFFIX else []
+        if kind in _SUFFIX:
+            slots = [_SLOT[kind], _ORDER_SLOT] if kind is Kind.MEMORIES else [_SLOT[kind]]
+            keys = self._script_keys(key)
+            return bool(await self._script("conv_delete_part", name, keys, [key, self._now_ms(), *slots]))
         command = "ZREM" if kind is Kind.CACHE else "SREM"
-        keys = [self.index_of(kind), *targets, *siblings]
-        removed = await self._script("delete", name, keys, [key, command, len(targets)])
-        return bool(removed)
+        keys = [self.index_of(kind), name]
+        return bool(await self._script("delete", name, keys, [key, command, 1]))
 
     # ---------------------------------------------------------------------- logs
 
     async def _read_log(self, kind: Kind, key: str) -> list[Any]:
         name = self.key_of(kind, key)
-        items = await self._call(f"reading {name}", name, self.client.lrange, name, 0, -1, read=True)
+        if kind in _SUFFIX:
+            keys = [self.meta_key_of(key), name]
+            items = await self._script("conv_lrange", name, keys, [self._now_ms()], read=True)
+        else:
+            items = await self._call(f"reading {name}", name, self.client.lrange, name, 0, -1, read=True)
         return [_check_item(self._decode(raw, f"{name}[{i}]"), f"{name}[{i}]") for i, raw in enumerate(items)]
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         name = self.key_of(kind, key)
         encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
+        if kind in _SUFFIX:
+            keys = self._script_keys(key)
+            return int(await self._script("conv_append", name, keys, [key, self._now_ms(), *encoded], size=size))
         # RPUSHX pushes only onto an existing list, which is listed already (see
         # _write_document); it answers 0, having written nothing, when the list is new.
         length = await self._call(f"appending to {name}", name, self.client.rpushx, name, *encoded, size=size)
@@ -442,35 +480,47 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
         name = self.key_of(kind, key)
         encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
+        if kind in _SUFFIX:
+            keys = self._script_keys(key)
+            await self._script("conv_replace", name, keys, [key, self._now_ms(), *encoded], size=size)
+            return
         await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size=size)
 
     async def _pop_log(self, kind: Kind, key: str) -> Any:
         name = self.key_of(kind, key)
-        keys = [name, self.index_of(kind), *(self._part_keys(key) if kind in _SUFFIX else [])]
+        conversation = kind in _SUFFIX
+        keys = self._script_keys(key) if conversation else [name, self.index_of(kind)]
         while True:
-            raw = await self._call(f"reading {name}", name, self.client.lindex, name, -1, read=True)
+            if conversation:  # a peek that removes an expired conversation first, as any write does
+                raw = await self._script("conv_peek", name, keys, [key, self._now_ms()])
+            else:
+                raw = await self._call(f"reading {name}", name, self.client.lindex, name, -1, read=True)
             if raw is None:
                 return None
             item = _check_item(self._decode(raw, f"{name}[-1]"), f"{name}[-1]")  # a bad item stays put
-            if await self._script("pop_log", name, keys, [key, raw]):
+            if conversation:
+                popped = await self._script("conv_pop", name, keys, [key, self._now_ms(), raw])
+            else:
+                popped = await self._script("pop_log", name, keys, [key, raw])
+            if popped:
                 return item
 
     # ------------------------------------------------------------------- members
 
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
         name = self.key_of(Kind.MEMORIES, conversation_id)
-        keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES)]
         data = self._serializer.dumps(memory)
         size = self._check_size(f"{name}[{memory_id!r}]", [data])
-        await self._script("put_member", name, keys, [conversation_id, memory_id, data], size=size)
+        keys = self._script_keys(conversation_id)
+        args = [conversation_id, self._now_ms(), memory_id, data]
+        await self._script("conv_put_member", name, keys, args, size=size)
 
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
         name, order_key = self.key_of(Kind.MEMORIES, conversation_id), self._order_key(conversation_id)
-
-        # MULTI/EXEC: the order and the hash are read at one instant.
-        commands = [("zrange", order_key, 0, -1), ("hgetall", name)]
-        order, values = await self._pipelined(f"reading {name}", commands, key=name, transaction=True, strict=True)
-        by_id = {_text(field): raw for field, raw in values.items()}
+        # One script: the order and the hash are read at one instant, with the expiry check.
+        keys = [self.meta_key_of(conversation_id), name, order_key]
+        order, values = await self._script("conv_members", name, keys, [self._now_ms()], read=True)
+        by_id = {_text(field): raw for field, raw in zip(values[::2], values[1::2], strict=True)}
         ids = [_text(member) for member in order]
         if set(ids) != set(by_id):
             raise CorruptedDataError(name, f"the memories hash and {order_key} list different ids", hint=_HINT)
@@ -485,20 +535,18 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
 
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
         name = self.key_of(Kind.MEMORIES, conversation_id)
-        keys = [name, self._order_key(conversation_id), self.index_of(Kind.MEMORIES), *self._part_keys(conversation_id)]
-        removed = await self._script("delete_member", name, keys, [conversation_id, memory_id])
-        return bool(removed)
+        keys = self._script_keys(conversation_id)
+        return bool(await self._script("conv_delete_member", name, keys, [conversation_id, self._now_ms(), memory_id]))
 
     # ------------------------------------------------------------- conversations
 
     async def _delete_conversation(self, conversation_id: str) -> bool:
-        # One script: readers see every part or none, and the listing set changes with them.
-        parts = self._part_keys(conversation_id)
-        keys = [self.index_of(Kind.CONVERSATION), *parts]
-        return bool(await self._script("delete", parts[0], keys, [conversation_id, "SREM", len(parts)]))
+        # One script: readers see every part or none, and the indexes change with them;
+        # True only when the conversation was live (not expired on the storage clock).
+        keys = self._script_keys(conversation_id)
+        return bool(await self._script("conv_drop", keys[0], keys, [conversation_id, self._now_ms()]))
 
-    async def _list_conversations(self) -> list[str]:
-        return await self._members(self.index_of(Kind.CONVERSATION))
+    # _list_conversations: RedisConversations (it prunes expired conversations' entries).
 
     async def _list_agents(self) -> list[str]:
         return await self._members(self.index_of(Kind.REASONING_CHAINS))
@@ -660,19 +708,19 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
         covers them and keys of the wrong type. ``verify()`` parses everything.
         """
         await self._cache_index()
+        # Prunes the entries of expired conversations, so the counts below leave them out.
+        conversations, expired_conversations = await self._conversation_index("list", now_ms)
         cache = self.index_of(Kind.CACHE)
         counts = [
-            ("smembers", self.index_of(Kind.CONVERSATION)),
             ("smembers", self.index_of(Kind.REASONING_CHAINS)),
             ("scard", self.index_of(Kind.SYSTEM)),
             ("zcount", cache, f"({now_ms}", "+inf"),
             ("zcount", cache, "-inf", now_ms),
         ]
-        conversations, agents, states, live, expired = await self._pipelined(
-            "counting entities", strict=True, commands=counts
-        )
+        agents, states, live, expired = await self._pipelined("counting entities", strict=True, commands=counts)
         stats = {
-            "conversation_count": len(conversations), "raw_message_count": 0, "memory_count": 0,
+            "conversation_count": len(conversations), "expired_conversation_count": expired_conversations,
+            "raw_message_count": 0, "memory_count": 0,
             "chunk_count": 0, "agent_count": len(agents), "reasoning_chain_count": 0,
             "cache_entry_count": live, "expired_cache_entry_count": expired,
             "system_state_count": states, "unreadable_count": 0,
@@ -684,7 +732,7 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
             else:
                 stats[counter] += value
 
-        for batch in _batches([_text(c) for c in conversations]):
+        for batch in _batches(conversations):
             commands = []
             for c in batch:
                 commands += [
@@ -714,13 +762,21 @@ class RedisStorage(RedisKV, RedisMessages, StorageInterface):
     async def _all_keys(self) -> list[str]:
         """Every key this storage owns, found through the index sets (no KEYS, no SCAN)."""
         kinds = (Kind.CONVERSATION, Kind.REASONING_CHAINS, Kind.CACHE, Kind.SYSTEM)
-        keys = [self.index_of(kind) for kind in kinds] + [self._prefix + "meta:serializer"]
+        keys = [self.index_of(kind) for kind in kinds] + [self.expiry_index, self._prefix + "meta:serializer"]
         for conversation_id in await self._list_conversations():
             keys += self._part_keys(conversation_id)
         keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
         keys += [self.key_of(Kind.CACHE, c) for c in await self._list_all_cache_keys()]
         keys += [self.key_of(Kind.SYSTEM, s) for s in await self._list_system_states()]
         return keys + await self._kv_all_keys() + await self._msg_all_keys()
+
+    async def verify(self) -> list[Problem]:
+        """Every entity's problems, and each conversation's metadata hash that does not parse."""
+        problems: dict[str, Problem] = {}
+        # A damaged metadata key spoils the read of every part of its conversation: one report.
+        for problem in await super().verify() + await self._meta_problems():
+            problems.setdefault(problem.location, problem)
+        return list(problems.values())
 
     async def _total_bytes(self) -> int:
         """Bytes Redis reports for this prefix's keys (MEMORY USAGE; big lists are sampled)."""

@@ -857,11 +857,21 @@ async def test_cleanup_leaves_no_stale_member_in_any_index(storage: RedisStorage
         storage.key_of(Kind.REASONING_CHAINS, "evicted-agent"),
         storage.key_of(Kind.SYSTEM, "evicted-state"),
     )
-    assert await storage.cleanup() == {"expired_cache": 1, "expired_kv_entries": 0, "stale_index_entries": 3}
+    assert await storage.cleanup() == {
+        "expired_cache": 1,
+        "expired_conversations": 0,
+        "expired_kv_entries": 0,
+        "stale_index_entries": 3,
+    }
     assert await raw.zrange(storage.index_of(Kind.CACHE), 0, -1) == [b"kept"]
     assert await storage.list_conversations() == ["kept"]
     assert (await storage.list_agents(), await storage.list_system_states()) == ([], [])
-    assert await storage.cleanup() == {"expired_cache": 0, "expired_kv_entries": 0, "stale_index_entries": 0}
+    assert await storage.cleanup() == {
+        "expired_cache": 0,
+        "expired_conversations": 0,
+        "expired_kv_entries": 0,
+        "stale_index_entries": 0,
+    }
 
 
 async def test_an_index_member_that_is_not_utf8_is_corrupted_data(storage: RedisStorage, raw: Any) -> None:
