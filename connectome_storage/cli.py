@@ -19,6 +19,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,7 @@ from .config import (
 )
 from .errors import (
     ConfigError,
+    CorruptedDataError,
     InvalidArgumentError,
     InvalidKeyError,
     NotSupportedError,
@@ -145,20 +147,33 @@ def _print_health(report: dict[str, Any], args: argparse.Namespace) -> int:
 
 async def _conversation_rows(storage: StorageInterface) -> list[dict[str, Any]]:
     """Every unexpired conversation with its message count and last update (None when the
-    conversation store never wrote it: then the count comes from reading its history)."""
+    conversation store never wrote it: then the count comes from reading its history, and
+    is None when that does not read). A damaged file is reported on stderr, never fatal."""
+    try:
+        metadata = {meta.conversation_id: meta for meta in await storage.conversation_store().query().all()}
+    except CorruptedDataError as e:
+        print(f"connectome-storage: warning: {scrub(str(e))}; listing without metadata", file=sys.stderr)
+        metadata = {}
     rows = []
-    for meta in await storage.conversation_store().query().all():
-        count = meta.message_count
+    for conversation_id in await storage.list_conversations():
+        meta = metadata.get(conversation_id)
+        count = None if meta is None else meta.message_count
         if count is None:
-            count = len(await storage.load_raw_messages(meta.conversation_id))
-        updated = None if meta.updated_at is None else meta.updated_at.isoformat(timespec="milliseconds")
-        rows.append({"conversation_id": meta.conversation_id, "message_count": count, "updated_at": updated})
+            with suppress(CorruptedDataError):
+                count = len(await storage.load_raw_messages(conversation_id))
+        updated = (
+            None if meta is None or meta.updated_at is None else meta.updated_at.isoformat(timespec="milliseconds")
+        )
+        rows.append({"conversation_id": conversation_id, "message_count": count, "updated_at": updated})
     return rows
 
 
 def _conversation_lines(rows: list[dict[str, Any]]) -> list[str]:
     width = max((len(row["conversation_id"]) for row in rows), default=0)
-    counts = [f"{row['message_count']} message{'' if row['message_count'] == 1 else 's'}" for row in rows]
+    counts = [
+        "? messages" if n is None else f"{n} message{'' if n == 1 else 's'}"
+        for n in (row["message_count"] for row in rows)
+    ]
     count_width = max(map(len, counts), default=0)
     return [
         f"{row['conversation_id'].ljust(width)}  {count.rjust(count_width)}"

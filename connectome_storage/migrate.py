@@ -101,7 +101,6 @@ async def _migrate(
     # before anything is written.
     await destination.list_conversations()
     report = MigrationReport()
-    report.skipped_expired += len(await source._expired_conversations(source._now_ms()))
     sections = [
         _Section(await source.list_conversations(), _copy_conversation),
         _Section(await source.list_agents(), _copy_reasoning_chains),
@@ -111,6 +110,7 @@ async def _migrate(
         _Section(sorted(await source._msg_ids()), _copy_message),
         _Section(sorted(await source._msg_readers()), _copy_read_state),
     ]
+    report.skipped_expired += len(await source._expired_conversations(source._now_ms()))
     total = sum(len(section.ids) for section in sections)
     done = 0
     if progress is not None:

@@ -185,7 +185,7 @@ async def test_the_file_tree_keeps_its_layout(make_storage: MakeStorage, tmp_pat
         await store_everything(storage)
     root = tmp_path / "storage_data"
     data = [p for top in ("conversations", "agents", "cache", "system", "kv") for p in (root / top).rglob("*.json")]
-    assert len(data) == 8
+    assert len(data) == 10  # c2's history and metadata.json among them
     for path in data:
         json.loads(path.read_text("utf-8"))  # every file is JSON
     conv = root / "conversations" / "c1"
@@ -201,6 +201,9 @@ async def test_the_file_tree_keeps_its_layout(make_storage: MakeStorage, tmp_pat
     entry = json.loads((root / "kv" / "profiles" / "alice.json").read_text())
     assert entry["key"] == "alice" and entry["tags"] == {"team": "blue"} and is_encrypted(entry["value"])
     assert entry["created_at"] == entry["updated_at"] == "2026-11-21T09:30:00.000Z"
+    metadata = json.loads((root / "conversations" / "c2" / "metadata.json").read_text())
+    assert metadata["metadata"] == {"team": "blue"} and metadata["message_count"] == 2  # plain, like tags
+    assert all(is_encrypted(m) for m in json.loads((root / "conversations" / "c2" / "raw_messages.json").read_text()))
 
 
 async def test_a_wrong_key_raises_decryption_error_and_old_keys_read(make_storage: MakeStorage) -> None:
