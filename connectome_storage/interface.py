@@ -44,6 +44,7 @@ from .naming import check_id
 
 if TYPE_CHECKING:
     from .middleware._chain import Chain
+    from .transaction import Op, Transaction
     from .typed import TypedKeyValueStore
 
 M = TypeVar("M")
@@ -438,6 +439,15 @@ class StorageInterface(ABC):
         self._require_initialized()
         return sorted(await self._list_system_states())
 
+    # ------------------------------------------------------------ transactions
+
+    def transaction(self) -> Transaction:
+        """``async with storage.transaction() as tx:``: every write through ``tx`` happens
+        together or not at all (docs/transactions.md); ``tx`` reads its own writes."""
+        from .transaction import Transaction
+
+        return Transaction(self)
+
     # ------------------------------------------------------- conversation store
 
     def conversation_store(self, default_ttl: float | None = None) -> ConversationStore:
@@ -714,6 +724,30 @@ class StorageInterface(ABC):
         """Remove and return the last item of a log atomically (None when empty); an emptied
         log is removed like ``store_raw_messages(id, [])`` removes it."""
         raise NotSupportedError(f"{type(self).__name__} ({self.backend_name}) cannot pop from a log")
+
+    # --------------------------------------- transaction hooks (docs/transactions.md)
+    #
+    # A transaction collects its writes as Ops (connectome_storage/transaction.py) and hands
+    # them to ``_tx_commit`` when its block ends. ``state`` is what ``_tx_begin`` returned.
+    # The defaults are for a backend that cannot do better: the ops are applied one by one,
+    # so a failure or a crash half-way leaves the first ones applied. Every backend of this
+    # package overrides them.
+
+    async def _tx_begin(self) -> Any:
+        """Start a transaction (take what keeps its entities' other writers waiting)."""
+        return None
+
+    async def _tx_touch(self, state: Any, entity: tuple[str, ...]) -> None:  # noqa: B027
+        """The transaction is about to read or write ``entity`` for the first time (lock or
+        watch it)."""
+
+    async def _tx_commit(self, state: Any, ops: list[Op]) -> None:
+        """Apply ``ops`` in order, all or none, and release what ``_tx_begin`` took."""
+        for op in ops:
+            await op.apply(self)
+
+    async def _tx_abort(self, state: Any) -> None:  # noqa: B027
+        """Drop the transaction: release what ``_tx_begin`` and ``_tx_touch`` took."""
 
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Backend-specific housekeeping for ``cleanup()``; counts by what was removed."""

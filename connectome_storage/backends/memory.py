@@ -15,25 +15,73 @@ first write to it or by ``cleanup()``, as the interface's conversation store hoo
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import dataclasses
+import functools
 from collections import OrderedDict
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from ..codec import decode, encode
 from ..config import CommonSettings
 from ..conversations import MetaRecord
-from ..errors import ConfigError
+from ..errors import ConfigError, LockTimeoutError
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, StorageInterface
 from ..kv import KVRecord, KVSelect
 from ..messages import MessageSelect
 
 __all__ = ["MemorySettings", "MemoryStorage"]
 
+H = TypeVar("H", bound=Callable[..., Any])
+
 
 @dataclasses.dataclass(frozen=True)
 class MemorySettings(CommonSettings):
     connection_timeout: float = 30.0
     max_conversations: int | None = None  # None: no bound
+
+
+class _Gate:
+    """Held by the task of an open transaction: other writers wait until it commits."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.owner: asyncio.Task[Any] | None = None
+
+    async def _acquire(self, timeout: float, who: str) -> None:
+        try:
+            await asyncio.wait_for(self.lock.acquire(), timeout)
+        except TimeoutError as e:
+            raise LockTimeoutError(
+                f"{who} waited {timeout:g} s for a transaction of this memory storage to end; "
+                "raise connection_timeout or keep transactions short"
+            ) from e
+
+    async def enter(self, timeout: float) -> None:
+        await self._acquire(timeout, "a transaction")
+        self.owner = asyncio.current_task()
+
+    def leave(self) -> None:
+        self.owner = None
+        self.lock.release()
+
+    async def wait(self, timeout: float) -> None:
+        await self._acquire(timeout, "a write")
+        self.lock.release()
+
+
+def _waits_for_transactions(hook: H) -> H:
+    """A write hook that waits while another task's transaction is open."""
+
+    @functools.wraps(hook)
+    async def gated(self: MemoryStorage, *args: Any, **kwargs: Any) -> Any:
+        gate = self._data.gate
+        if gate.owner is not None and gate.owner is not asyncio.current_task():
+            await gate.wait(self.settings.connection_timeout)
+        return await hook(self, *args, **kwargs)
+
+    return gated  # type: ignore[return-value]
 
 
 @dataclasses.dataclass
@@ -47,6 +95,16 @@ class _Data:
     kv: dict[str, dict[str, tuple[bytes, KVRecord]]] = dataclasses.field(default_factory=dict)
     # Conversation metadata: the record without its dict, and the dict's encoded bytes.
     meta: dict[str, tuple[MetaRecord, bytes]] = dataclasses.field(default_factory=dict)
+    gate: _Gate = dataclasses.field(default_factory=lambda: _Gate())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every container, copied (a transaction's commit puts them back if it fails)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "gate"}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for name, value in snapshot.items():
+            setattr(self, name, value)
+
     recency: OrderedDict[str, None] = dataclasses.field(default_factory=OrderedDict)  # oldest first
     messages: dict[str, bytes] = dataclasses.field(default_factory=dict)  # message id -> message
     read_state: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # agent id -> read ids
@@ -91,6 +149,32 @@ class MemoryStorage(StorageInterface):
 
     async def _close(self) -> None:
         pass
+
+    # ------------------------------------------------------------ transactions
+    #
+    # Copy on write: the commit runs every op without awaiting anything (each hook runs to
+    # completion), so no other task sees half of it; if one fails, the copy taken before is
+    # put back. Writers of other tasks wait at the gate while a transaction is open.
+
+    async def _tx_begin(self) -> Any:
+        await self._data.gate.enter(self.settings.connection_timeout)
+        return None
+
+    async def _tx_commit(self, state: Any, ops: list[Any]) -> None:
+        data = self._data
+        try:
+            before = data.snapshot()
+            try:
+                for op in ops:
+                    await op.apply(self)
+            except BaseException:
+                data.restore(before)
+                raise
+        finally:
+            data.gate.leave()
+
+    async def _tx_abort(self, state: Any) -> None:
+        self._data.gate.leave()
 
     # ------------------------------------------------------------ recency (LRU)
 
@@ -170,11 +254,13 @@ class MemoryStorage(StorageInterface):
             self._touch(key)
         return _load(raw)
 
+    @_waits_for_transactions
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         self._writable(kind, key)
         self._data.documents[(kind, key)] = encode(value, pretty=False)
         self._settle(kind, key)
 
+    @_waits_for_transactions
     async def _delete(self, kind: Kind, key: str) -> bool:
         data = self._data
         if kind is Kind.CACHE:
@@ -199,6 +285,7 @@ class MemoryStorage(StorageInterface):
             self._touch(key)
         return [_load(raw) for raw in items]
 
+    @_waits_for_transactions
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         self._writable(kind, key)
         log = self._data.logs.setdefault((kind, key), [])
@@ -206,11 +293,13 @@ class MemoryStorage(StorageInterface):
         self._after_log_write(kind, key)
         return len(log)
 
+    @_waits_for_transactions
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         self._writable(kind, key)
         self._data.logs[(kind, key)] = [encode(item, pretty=False) for item in items]
         self._after_log_write(kind, key)
 
+    @_waits_for_transactions
     async def _pop_log(self, kind: Kind, key: str) -> Any:
         self._writable(kind, key)
         items = self._data.logs.get((kind, key))
@@ -229,6 +318,7 @@ class MemoryStorage(StorageInterface):
 
     # --------------------------------------------------------------- memories
 
+    @_waits_for_transactions
     async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
         self._writable(Kind.MEMORIES, conversation_id)
         self._data.members.setdefault(conversation_id, {})[memory_id] = encode(memory, pretty=False)
@@ -241,6 +331,7 @@ class MemoryStorage(StorageInterface):
         self._touch(conversation_id)
         return [_load(raw) for raw in members.values()]
 
+    @_waits_for_transactions
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
         self._writable(Kind.MEMORIES, conversation_id)
         members = self._data.members.get(conversation_id)
@@ -251,6 +342,7 @@ class MemoryStorage(StorageInterface):
         self._settle(Kind.MEMORIES, conversation_id)
         return True
 
+    @_waits_for_transactions
     async def _delete_conversation(self, conversation_id: str) -> bool:
         return self._drop_conversation(conversation_id)
 
@@ -270,6 +362,7 @@ class MemoryStorage(StorageInterface):
         self._touch(conversation_id)
         return dataclasses.replace(stored[0], metadata=_load(stored[1]))
 
+    @_waits_for_transactions
     async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
         if record is None:
             self._data.meta.pop(conversation_id, None)
@@ -308,6 +401,7 @@ class MemoryStorage(StorageInterface):
 
     # ------------------------------------------------------------------ cache
 
+    @_waits_for_transactions
     async def _write_cache(self, entry: CacheEntry) -> None:
         self._data.cache[entry.key] = (encode(entry.data, pretty=False), entry.created_ms, entry.expires_ms)
 
@@ -324,6 +418,7 @@ class MemoryStorage(StorageInterface):
     async def _list_all_cache_keys(self) -> list[str]:
         return list(self._data.cache)
 
+    @_waits_for_transactions
     async def _delete_expired_cache(self, now_ms: int) -> int:
         cache = self._data.cache
         expired = [key for key, (_, _, expires) in cache.items() if expires is not None and expires <= now_ms]
@@ -359,6 +454,7 @@ class MemoryStorage(StorageInterface):
         entries = self._data.kv.get(namespace, {})
         return {key: self._decoded(*entries[key]) for key in keys if key in entries}
 
+    @_waits_for_transactions
     async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
         entries = self._data.kv.setdefault(namespace, {})
         encoded = [encode(record.value, pretty=False) for record in records]  # every value before any write
@@ -371,6 +467,7 @@ class MemoryStorage(StorageInterface):
             entries[record.key] = (raw, dataclasses.replace(record, value=None, tags=dict(record.tags)))
         return True
 
+    @_waits_for_transactions
     async def _kv_delete(self, namespace: str, keys: list[str], now_ms: int) -> int:
         entries = self._data.kv.get(namespace, {})
         live = 0
@@ -389,6 +486,7 @@ class MemoryStorage(StorageInterface):
         chosen = select.apply((record for _, record in entries.values()), now_ms)
         return [self._decoded(entries[record.key][0], record) for record in chosen]
 
+    @_waits_for_transactions
     async def _kv_set_expiry(self, namespace: str, key: str, expires_ms: int | None, now_ms: int) -> bool:
         entries = self._data.kv.get(namespace, {})
         old = entries.get(key)
@@ -404,10 +502,12 @@ class MemoryStorage(StorageInterface):
             if any(not record.expired(now_ms) for _, record in entries.values())
         ]
 
+    @_waits_for_transactions
     async def _kv_clear(self, namespace: str, now_ms: int) -> int:
         entries = self._data.kv.pop(namespace, {})
         return sum(not record.expired(now_ms) for _, record in entries.values())
 
+    @_waits_for_transactions
     async def _kv_remove_expired(self, namespace: str | None, now_ms: int) -> int:
         removed = 0
         for name in [namespace] if namespace is not None else list(self._data.kv):
@@ -435,6 +535,7 @@ class MemoryStorage(StorageInterface):
     # Messages are kept as canonical bytes (a copy in, a fresh copy out); each hook runs
     # without awaiting, so save-if-absent and the read-set union are atomic on the loop.
 
+    @_waits_for_transactions
     async def _msg_put(self, message: dict[str, Any], *, if_absent: bool) -> bool:
         message_id = message["id"]
         if if_absent and message_id in self._data.messages:
@@ -458,9 +559,11 @@ class MemoryStorage(StorageInterface):
     async def _msg_read_ids(self, agent_id: str) -> list[str]:
         return sorted(self._data.read_state.get(agent_id, ()))
 
+    @_waits_for_transactions
     async def _msg_add_read(self, agent_id: str, ids: list[str]) -> None:
         self._data.read_state.setdefault(agent_id, set()).update(ids)
 
+    @_waits_for_transactions
     async def _msg_set_read(self, agent_id: str, ids: list[str]) -> None:
         if ids:
             self._data.read_state[agent_id] = set(ids)

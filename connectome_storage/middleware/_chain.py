@@ -210,11 +210,27 @@ def install(storage: StorageInterface, middleware: tuple[Middleware, ...]) -> Ch
     for item in middleware:
         if _overrides(item, "attach"):
             item.attach(storage)
-    cls = type(storage)
     if chain.on_open or chain.on_close:
         _wrap_lifecycle(storage, chain)
-    if not chain.active:
-        return chain
+    if chain.active:
+        _wrap_methods(storage, chain)
+    return chain
+
+
+def install_in_transaction(view: StorageInterface, storage_chain: Chain) -> None:
+    """Run the storage's middleware in a transaction view (docs/transactions.md): the same
+    middleware objects, but no ``around`` (a read cache must neither serve a transaction
+    what others see nor keep what it has not committed yet) and no attach or lifecycle."""
+    if not storage_chain.active:
+        return
+    chain = Chain(view, storage_chain.middleware)
+    chain.around = []
+    view._chain = chain
+    _wrap_methods(view, chain)
+
+
+def _wrap_methods(storage: StorageInterface, chain: Chain) -> None:
+    cls = type(storage)
     for name, spec in _METHODS.items():
         if getattr(cls, name, None) is None:
             continue
@@ -228,7 +244,6 @@ def install(storage: StorageInterface, middleware: tuple[Middleware, ...]) -> Ch
     from ._messages import ChainedMessageStore
 
     storage._make_message_store = lambda: ChainedMessageStore(storage, chain)  # type: ignore[method-assign]
-    return chain
 
 
 def _wrap_lifecycle(storage: StorageInterface, chain: Chain) -> None:

@@ -30,10 +30,10 @@ pytest.
 
 Contents, each module with its own ``__all__`` of tests: ``core`` (lifecycle, conversations,
 raw messages, memories, chunks, reasoning chains, cache, system state, ids, health, stats),
-``kv`` (key-value collections), ``conversations`` (the conversation store) and ``messages``
-(the message store). A new module joins the suite with one line below; its ``__all__`` names its
-tests, and a name two modules both export is refused at import, since the later one would
-hide the earlier.
+``kv`` (key-value collections), ``conversations`` (the conversation store), ``messages``
+(the message store) and ``transactions``. A new module joins the suite with one line below;
+its ``__all__`` names its tests, and a name two modules both export is refused at import,
+since the later one would hide the earlier.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from .conversations import *  # noqa: F403
 from .core import *  # noqa: F403
 from .kv import *  # noqa: F403
 from .messages import *  # noqa: F403
+from .transactions import *  # noqa: F403
 
 
 def _exports(namespace: dict[str, object]) -> list[str]:
