@@ -20,7 +20,15 @@ database (row ``serializer``), and a database is only ever opened with that one.
 Each operation is one function run on aiosqlite's worker thread:
 one thread hop and one transaction per operation. That thread runs one function at a
 time, so coroutines sharing the connection never interleave statements inside each
-other's transaction, and no asyncio lock is needed.
+other's transaction.
+
+``storage.transaction()`` (docs/sqlite.md, "Transactions") holds the connection in one
+``BEGIN IMMEDIATE`` from the start of its block to its end: SQLite's write lock makes the
+writers of other connections wait (busy_timeout), and an asyncio gate makes the writers of
+other coroutines of this storage wait rather than slip their statements into it. Reads
+run on, inside it. The commit gathers the statement bodies of every op from the very
+hooks that write outside a transaction, runs them in one hop, then COMMIT; any error rolls
+all of it back.
 
 A conversation whose ``expires_ms`` has passed (the conversation store's TTL,
 ``_sqlite_conversations``) is absent: every read of one of its parts filters it out in its
@@ -30,6 +38,7 @@ own statement, and every write to one removes it whole first, in the same transa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import os
 import random
@@ -40,7 +49,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from ..config import SqliteSettings
 from ..errors import (
@@ -52,11 +61,13 @@ from ..errors import (
     StorageError,
     StorageFullError,
     StorageIOError,
+    TransactionError,
     UnsupportedFormatError,
     ValueTooLargeError,
 )
 from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
 from ..serializer import Serializer, make_serializer
+from ..transaction import Op, _active
 from . import _fs
 from ._sqlite_conversations import LIVE, SqliteConversations
 from ._sqlite_kv import SqliteKV
@@ -75,6 +86,8 @@ from ._sqlite_schema import (
 
 if TYPE_CHECKING:
     import aiosqlite
+
+    _Collected = tuple["SqliteStorage", list[tuple[str, "Body[Any]"]]]
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -108,6 +121,9 @@ _LOGS = {
 }
 # Conversation parts that are columns of the conversations row.
 _COLUMNS = {Kind.CONVERSATION: "document", Kind.CHUNKS: "chunks"}
+# Set while a transaction's commit runs its ops through the write hooks: ``_write`` then
+# collects each statement body instead of running it (``SqliteStorage._tx_commit``).
+_collecting: contextvars.ContextVar[_Collected | None] = contextvars.ContextVar("sqlite_collecting", default=None)
 
 
 def _import_aiosqlite() -> Any:
@@ -141,6 +157,9 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         self._json1 = False
         self._json_functions = False  # JSON1 there: conversation queries run in SQL
         self._length_limit = 1_000_000_000  # SQLITE_MAX_LENGTH; the connection's own is read at initialize()
+        # Held by an open transaction (_tx_begin .. _tx_commit/_tx_abort): the writers of
+        # other coroutines wait at it, and a second transaction too.
+        self._tx_gate = asyncio.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -272,32 +291,47 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     # ------------------------------------------------------------ running bodies
 
-    async def _run(self, action: str, body: Body[T], begin: str | None = None) -> T:
-        """Run ``body`` on the connection's thread inside ``begin`` ... COMMIT (if given)."""
+    async def _hop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(connection, *args)`` on the connection's thread."""
         db = self._db
         if db is None:
             raise StorageIOError(f"the connection to {self._path} is closed")
         # aiosqlite's own queue (its public methods use it too); one hop for the whole
         # operation instead of one per statement, and no interleaving (module docstring).
-        result: T = await db._execute(self._transaction, db._conn, body, begin, action)  # type: ignore[no-untyped-call]
+        result: T = await db._execute(function, db._conn, *args)  # type: ignore[no-untyped-call]
         return result
+
+    async def _run(self, action: str, body: Body[T], begin: str | None = None) -> T:
+        """Run ``body`` on the connection's thread inside ``begin`` ... COMMIT (if given)."""
+        return await self._hop(self._transaction, body, begin, action)
 
     async def _read(self, action: str, body: Body[T]) -> T:
         return await self._run(action, body)
 
     async def _write(self, action: str, body: Body[T]) -> T:
+        collecting = _collecting.get()
+        if collecting is not None and collecting[0] is self:  # a transaction's commit: run later, all at once
+            collecting[1].append((action, body))
+            return cast(T, None)
+        if self._tx_gate.locked():
+            await self._wait_for_transaction(action)
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
         # then writes can hit SQLITE_BUSY in the middle, where waiting cannot help.
         return await self._run(action, body, "BEGIN IMMEDIATE")
 
-    def _transaction(self, conn: sqlite3.Connection, body: Body[T], begin: str | None, action: str) -> T:
+    def _transaction(
+        self, conn: sqlite3.Connection, body: Body[T], begin: str | None, action: str, keep_open: bool = False
+    ) -> T:
         """Retry the whole transaction on SQLITE_BUSY until ``connection_timeout`` passes.
 
         busy_timeout makes SQLite itself wait for most locks, but some BUSY results come
         back at once (a WAL being recovered, a journal mode change, a commit that found
         readers), so the loop is what guarantees that no caller ever sees "database is
-        locked" before the timeout.
+        locked" before the timeout. ``keep_open``: leave the transaction open after the
+        body (``_tx_begin``).
         """
+        if conn.in_transaction:
+            return self._inside_transaction(conn, body, begin, action)
         deadline = time.monotonic() + self.settings.connection_timeout
         pause = 0.002
         while True:
@@ -306,7 +340,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
                     conn.execute(begin)
                 try:
                     result = body(conn)
-                    if begin:
+                    if begin and not keep_open:
                         conn.execute("COMMIT")
                     return result
                 except BaseException:
@@ -318,12 +352,122 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
                 left = deadline - time.monotonic()
                 if not _is_busy(e) or left <= 0:
                     raise self._engine_error(e, action) from e
-            except OverflowError as e:  # the sqlite3 module's own check: a string over 2 GiB, an int over 64 bits
-                if "string" in str(e) or "blob" in str(e):
-                    raise self._too_large(action) from e
-                raise InvalidArgumentError(f"a number does not fit SQLite while {action} {self._path}: {e}") from e
-                time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
-                pause = min(pause * 2, 0.1)
+            except OverflowError as e:
+                raise self._overflow_error(e, action) from e
+            time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+            pause = min(pause * 2, 0.1)
+
+    def _inside_transaction(self, conn: sqlite3.Connection, body: Body[T], begin: str | None, action: str) -> T:
+        """A read while ``storage.transaction()`` holds the connection (its own reads, or
+        another coroutine's): it joins that transaction, and sees what is committed, since
+        the transaction's writes only run in its commit hop. Writes never come here: they
+        wait at the gate (``_write``)."""
+        if begin == "BEGIN IMMEDIATE":
+            raise TransactionError(
+                f"a write reached {self._path} while a transaction holds its connection; this is a bug "
+                "in connectome-storage: please report it"
+            )
+        try:
+            return body(conn)
+        except sqlite3.Error as e:
+            raise self._engine_error(e, action) from e
+        except OverflowError as e:
+            raise self._overflow_error(e, action) from e
+
+    def _overflow_error(self, e: OverflowError, action: str) -> StorageError:
+        """The sqlite3 module's own check: a string over 2 GiB, an int over 64 bits."""
+        if "string" in str(e) or "blob" in str(e):
+            return self._too_large(action)
+        return InvalidArgumentError(f"a number does not fit SQLite while {action} {self._path}: {e}")
+
+    # ------------------------------------------------------------- transactions
+    #
+    # One transaction at a time per storage (the gate) and per database (SQLite's write
+    # lock, taken by BEGIN IMMEDIATE before the block touches anything): a transaction
+    # never holds one lock while waiting for another, so none can deadlock. The whole
+    # database is the locked entity, so _tx_touch has nothing to add.
+
+    async def _wait_for_transaction(self, action: str) -> None:
+        """A write while a transaction of this storage is open: wait for its end."""
+        if id(self) in _active.get():  # this task (or one it started) is inside the block
+            raise TransactionError(
+                f"{action} {self._path} directly inside the block of its own open transaction: write "
+                "through the transaction (tx) instead, or after the block"
+            )
+        await self._acquire_gate(f"{action} {self._path}")
+        self._tx_gate.release()
+
+    async def _acquire_gate(self, who: str) -> None:
+        timeout = self.settings.connection_timeout
+        try:
+            await asyncio.wait_for(self._tx_gate.acquire(), timeout)
+        except TimeoutError as e:
+            raise LockTimeoutError(
+                f"{who} waited connection_timeout={timeout:g}s for a transaction of this storage to end; "
+                "raise the timeout or keep transactions short",
+                lock_path=str(self._path),
+            ) from e
+
+    async def _tx_begin(self) -> Any:
+        await self._acquire_gate(f"a transaction on {self._path}")
+        try:
+            # Waits (busy_timeout, then the retry loop) while another connection writes.
+            await self._hop(self._transaction, _nothing, "BEGIN IMMEDIATE", "starting a transaction on", True)
+        except BaseException:
+            await self._end_transaction()  # a cancelled hop may still run: roll it back behind it
+            raise
+        return None
+
+    async def _tx_commit(self, state: Any, ops: list[Op]) -> None:
+        try:
+            bodies: list[tuple[str, Body[Any]]] = []
+            token = _collecting.set((self, bodies))
+            try:
+                for op in ops:  # the hooks encode their values and hand their bodies to _write
+                    await op.apply(self)
+            finally:
+                _collecting.reset(token)
+            await self._hop(self._commit, bodies)
+        except BaseException:
+            await self._end_transaction(release=False)
+            raise
+        finally:
+            self._tx_gate.release()
+
+    async def _tx_abort(self, state: Any) -> None:
+        await self._end_transaction()
+
+    def _commit(self, conn: sqlite3.Connection, bodies: list[tuple[str, Body[Any]]]) -> None:
+        """Every op's body, then COMMIT, in one hop (no other coroutine's statement between
+        them); any error rolls all of it back."""
+        if not conn.in_transaction:  # SQLite rolls a transaction back by itself on some I/O errors
+            raise StorageIOError(f"SQLite ended the transaction on {self._path} before its commit; retry it")
+        action = "committing a transaction on"
+        try:
+            for step, body in bodies:
+                action = step  # named in the error, if this body fails
+                body(conn)
+            action = "committing a transaction on"
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise self._engine_error(e, action) from e
+            if isinstance(e, OverflowError):
+                raise self._overflow_error(e, action) from e
+            raise
+
+    async def _end_transaction(self, *, release: bool = True) -> None:
+        """Roll back whatever the transaction left open on the connection; free the gate."""
+        try:
+            await self._hop(_roll_back)
+        except Exception as e:  # closed: nothing to roll back (a cancelled hop is queued all the same)
+            logger.warning("rolling back a transaction on %s: %s", self._path, e)
+        finally:
+            if release:
+                self._tx_gate.release()
 
     def _os_error(self, e: OSError, action: str, path: Path) -> StorageError:
         if e.errno in _DENIED_ERRNOS:
@@ -733,7 +877,10 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
             stats: dict[str, Any] = {}
             unreadable = 0
-            conn.execute("BEGIN")  # one snapshot for every count
+            # One snapshot for every count (an open storage.transaction() is one already).
+            began = not conn.in_transaction
+            if began:
+                conn.execute("BEGIN")
             for name in ("raw_message_count", "memory_count", "reasoning_chain_count"):
                 stats[name], bad = row(name, now=now_ms) if name != "reasoning_chain_count" else row(name)
                 unreadable += bad
@@ -746,11 +893,12 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             stats["unreadable_count"] = unreadable + bad + bad_documents + bad_states + ("agents" in damaged)
             if damaged:
                 stats["damaged_tables"] = damaged
-            # Ending a read transaction that met a damaged page fails too; it changed nothing.
-            with suppress(sqlite3.DatabaseError):
-                conn.execute("COMMIT")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            if began:
+                # Ending a read transaction that met a damaged page fails too; it changed nothing.
+                with suppress(sqlite3.DatabaseError):
+                    conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             return stats
 
         stats = await self._run("counting", body)
@@ -840,6 +988,15 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
 
 _SHAPES: dict[Kind, type] = {Kind.CONVERSATION: dict, Kind.CHUNKS: list}
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _stored_serializer(conn: sqlite3.Connection) -> str | None:
