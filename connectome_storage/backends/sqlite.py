@@ -67,7 +67,7 @@ from ..errors import (
 )
 from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
 from ..serializer import Serializer, make_serializer
-from ..transaction import Op, _active
+from ..transaction import Op
 from . import _fs
 from ._sqlite_conversations import LIVE, SqliteConversations
 from ._sqlite_kv import SqliteKV
@@ -160,6 +160,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         # Held by an open transaction (_tx_begin .. _tx_commit/_tx_abort): the writers of
         # other coroutines wait at it, and a second transaction too.
         self._tx_gate = asyncio.Lock()
+        self._tx_owner: asyncio.Task[Any] | None = None  # the task whose block is open
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -389,7 +390,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     async def _wait_for_transaction(self, action: str) -> None:
         """A write while a transaction of this storage is open: wait for its end."""
-        if id(self) in _active.get():  # this task (or one it started) is inside the block
+        if self._tx_owner is not None and self._tx_owner is asyncio.current_task():  # it would wait for itself
             raise TransactionError(
                 f"{action} {self._path} directly inside the block of its own open transaction: write "
                 "through the transaction (tx) instead, or after the block"
@@ -410,6 +411,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     async def _tx_begin(self) -> Any:
         await self._acquire_gate(f"a transaction on {self._path}")
+        self._tx_owner = asyncio.current_task()
         try:
             # Waits (busy_timeout, then the retry loop) while another connection writes.
             await self._hop(self._transaction, _nothing, "BEGIN IMMEDIATE", "starting a transaction on", True)
@@ -432,6 +434,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             await self._end_transaction(release=False)
             raise
         finally:
+            self._tx_owner = None
             self._tx_gate.release()
 
     async def _tx_abort(self, state: Any) -> None:
@@ -467,6 +470,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             logger.warning("rolling back a transaction on %s: %s", self._path, e)
         finally:
             if release:
+                self._tx_owner = None
                 self._tx_gate.release()
 
     def _os_error(self, e: OSError, action: str, path: Path) -> StorageError:
