@@ -85,7 +85,7 @@ async def test_a_touched_key_written_by_another_fails_the_commit_and_nothing_is_
 ) -> None:
     await storage.kv("sessions").set("s1", {"turn": 1})
     async with make() as other:
-        with pytest.raises(TransactionError, match="changed by another writer.*retry the transaction"):
+        with pytest.raises(TransactionError, match=r"changed by another writer.*retry the transaction"):
             async with storage.transaction() as tx:
                 entry = await tx.kv("sessions").get("s1")
                 await tx.store_conversation("c1", {"title": "t"})
