@@ -45,6 +45,7 @@ from .suites import (
     scale,
     serializer,
     sqlite,
+    transactions,
 )
 from .targets import evaluate
 
@@ -64,6 +65,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "adapters_openai": adapters_openai.run,
     "adapters_langgraph": adapters_langgraph.run,
     "middleware": middleware.run,
+    "transactions": transactions.run,
 }
 
 
