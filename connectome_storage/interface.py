@@ -746,6 +746,20 @@ class StorageInterface(ABC):
         for op in ops:
             await op.apply(self)
 
+    async def _conversation_parts(
+        self, conversation_id: str, now_ms: int
+    ) -> tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]:
+        """(metadata even if expired, document, chunks, raw history, memories) of one
+        conversation: what a transaction reads when it first touches it. Backends that can
+        read them in one round trip override this."""
+        return (
+            await self._meta_read(conversation_id, now_ms, include_expired=True),
+            await self._read_document(Kind.CONVERSATION, conversation_id),
+            await self._read_document(Kind.CHUNKS, conversation_id),
+            await self._read_log(Kind.RAW_MESSAGES, conversation_id),
+            await self._read_members(conversation_id),
+        )
+
     async def _tx_abort(self, state: Any) -> None:  # noqa: B027
         """Drop the transaction: release what ``_tx_begin`` and ``_tx_touch`` took."""
 

@@ -184,13 +184,13 @@ class TransactionView(StorageInterface):
         state = self._conversations.get(conversation_id)
         if state is None:
             await self._touch(_conversation(conversation_id))
-            base, now_ms = self._base, self._now_ms()
-            stored = await base._meta_read(conversation_id, now_ms, include_expired=True)
+            now_ms = self._now_ms()
+            stored, document, chunks, raw, members = await self._base._conversation_parts(conversation_id, now_ms)
             state = _Conversation(
-                document=await base._read_document(Kind.CONVERSATION, conversation_id),
-                chunks=await base._read_document(Kind.CHUNKS, conversation_id),
-                raw=await base._read_log(Kind.RAW_MESSAGES, conversation_id),
-                members={m["memory_id"]: m for m in await base._read_members(conversation_id)},
+                document=document,
+                chunks=chunks,
+                raw=raw,
+                members={m["memory_id"]: m for m in members},
                 meta=stored,
                 expired=stored is not None and stored.expired(now_ms),
             )

@@ -1,75 +1,62 @@
-"""Transactions: a turn of an agent (five writes) in one transaction against the same five
-writes one by one, per backend."""
+"""Transactions: one agent turn of five writes (a conversation document, a raw message
+append, a memory, a system state, a key-value entry) as one transaction, against the same
+five writes made one by one, per backend."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from connectome_storage import StorageInterface
 
-from connectome_storage import StorageInterface, create_sqlite_storage
-
+from ..backends import open_storage
 from ..context import Context
 from ..harness import Section, Variant, compare, each
 
 __all__ = ["BACKENDS", "run"]
 
+# Each backend's helper adds its own name here.
+BACKENDS = ("redis", "sqlite")
+
 INTRO = """\
-One turn of an agent: a 300-byte conversation document, one raw message appended, one
-memory, one system state and one key-value entry. The baseline makes the five writes one
-by one (five durable commits); the other variant makes them in `storage.transaction()`
-(one commit of all five, all or nothing). Each backend at its default durability; the
-ratio is the speed of the transaction against the five writes."""
-
-# The backends this section runs: name -> a storage over a fresh place under ``root``.
-BACKENDS: dict[str, Callable[[Path], StorageInterface]] = {
-    "sqlite": lambda root: create_sqlite_storage(root / "transactions.db"),
-}
+One agent turn writes five things: the conversation document, one raw message appended to
+its history, a memory, a system state and a key-value entry. "one by one" makes the five
+calls on the storage, each its own durable write; "one transaction" makes them inside
+`async with storage.transaction() as tx:`, which reads nothing back and commits them at
+once (Redis: the keys of every entity touched are WATCHed on a connection of the
+transaction's own, then all five scripts go as one MULTI/EXEC). A ratio over 1 means the
+transaction is faster than the five separate writes."""
 
 
-async def five_writes(storage: StorageInterface, i: int) -> None:
-    """The turn: each write to an entity of its own kind, ``i`` making every value new."""
-    await storage.store_conversation("doc", {"turn": i, "pad": "x" * 300})
-    await storage.append_raw_messages("doc", [{"role": "user", "content": f"message {i}"}])
-    await storage.store_memory("doc", "summary", {"turn": i})
+async def _turn(storage: StorageInterface, i: int) -> None:
+    conversation = f"c{i % 20}"
+    await storage.store_conversation(conversation, {"turn": i, "title": "a conversation"})
+    await storage.append_raw_messages(conversation, [{"role": "user", "content": f"message {i}"}])
+    await storage.store_memory(conversation, "m1", {"turn": i, "text": "a memory"})
     await storage.store_system_state("agent-state", {"turn": i})
-    await storage.kv("sessions").set("s1", {"turn": i})
-
-
-def one_by_one(storage: StorageInterface) -> Callable[[int], Awaitable[None]]:
-    async def op(i: int) -> None:
-        await five_writes(storage, i)
-
-    return op
-
-
-def in_a_transaction(storage: StorageInterface) -> Callable[[int], Awaitable[None]]:
-    async def op(i: int) -> None:
-        async with storage.transaction() as tx:
-            await five_writes(tx, i)
-
-    return op
+    await storage.kv("sessions").set(f"s{i % 20}", {"turn": i})
 
 
 async def run(ctx: Context) -> Section:
+    section = Section("transactions", "Five writes in one transaction against the same five one by one", INTRO)
     sizes = ctx.sizes
-    section = Section("transactions", "Five writes in one transaction against one by one", INTRO)
-    for name, build in BACKENDS.items():
-        storage = build(ctx.folder(f"transactions-{name}"))
-        await storage.initialize()
-        try:
-            section.comparisons.append(
-                await compare(
-                    f"transactions.{name}",
-                    f"{name}: a turn of five writes (document, message, memory, system state, kv entry)",
-                    [
-                        Variant("five writes one by one", each(one_by_one(storage)), "five commits"),
-                        Variant("storage.transaction()", each(in_a_transaction(storage)), "one commit"),
-                    ],
-                    ops=sizes.writes,
-                    repeats=sizes.repeats,
-                    warmup=sizes.keys,
-                )
+    for backend in BACKENDS:
+        storage = await open_storage(ctx, backend, f"transactions-{backend}")
+
+        async def one_by_one(i: int, storage: StorageInterface = storage) -> None:
+            await _turn(storage, i)
+
+        async def in_a_transaction(i: int, storage: StorageInterface = storage) -> None:
+            async with storage.transaction() as tx:
+                await _turn(tx, i)
+
+        variants = [Variant("one by one", each(one_by_one)), Variant("one transaction", each(in_a_transaction))]
+        section.comparisons.append(
+            await compare(
+                f"transactions.{backend}",
+                f"{backend}: five writes of one agent turn",
+                variants,
+                ops=sizes.writes,
+                repeats=sizes.repeats,
+                warmup=sizes.keys,
             )
-        finally:
-            await storage.shutdown()
+        )
+        await storage.shutdown()
     return section

@@ -37,6 +37,7 @@ from ..errors import CorruptedDataError, StorageError
 from ..interface import Problem, StorageInterface
 from ..naming import encode_name
 from ._redis_lua import CONVERSATION_SUFFIXES
+from ._redis_tx import Command
 
 if TYPE_CHECKING:
     from ..serializer import Serializer
@@ -100,6 +101,7 @@ class RedisConversations(StorageInterface):
             self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None,
             transaction: bool = False, strict: bool = False,
         ) -> list[Any]: ...  # fmt: skip
+        async def _run(self, command: Command, *, read: bool = False) -> Any: ...
         def _decode(self, raw: bytes | str, source: str) -> Any: ...
         def _check_size(self, key: str, payloads: Sequence[bytes]) -> int: ...
         def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError: ...
@@ -124,10 +126,6 @@ class RedisConversations(StorageInterface):
     def _script_keys(self, conversation_id: str) -> list[str]:
         """KEYS of the single-conversation scripts: its keys, then the two indexes."""
         return [*self._conversation_keys(conversation_id), self._prefix + "idx:conversations", self.expiry_index]
-
-    async def _conversation_script(self, name: str, conversation_id: str, args: Sequence[Any], size: int = 0) -> Any:
-        keys = self._script_keys(conversation_id)
-        return await self._script(name, keys[0], keys, [conversation_id, self._now_ms(), *args], size=size)
 
     # --------------------------------------------------------------- records
 
@@ -225,12 +223,15 @@ class RedisConversations(StorageInterface):
             return None
         return record
 
-    async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
+    def _meta_put_commands(self, conversation_id: str, record: MetaRecord | None) -> list[Command]:
+        keys = self._script_keys(conversation_id)
         if record is None:
-            await self._conversation_script("meta_put", conversation_id, ["0", "", "", "", "", "", ""])
-            return
+            return [Command("meta_put", keys[0], keys, [conversation_id, self._now_ms(), "0", "", "", "", "", "", ""])]
         args = self._meta_args(record)
-        await self._conversation_script("meta_put", conversation_id, ["1", *args], size=len(args[-1]))
+        return [Command("meta_put", keys[0], keys, [conversation_id, self._now_ms(), "1", *args], len(args[-1]))]
+
+    async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
+        await self._run(self._meta_put_commands(conversation_id, record)[0])
 
     async def _conversation_load(
         self, conversation_id: str, now_ms: int, *, include_expired: bool

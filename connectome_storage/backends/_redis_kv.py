@@ -38,6 +38,7 @@ from ..errors import CorruptedDataError, StorageError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect
 from ..naming import encode_name
+from ._redis_tx import Command
 
 if TYPE_CHECKING:
     from ..serializer import Serializer
@@ -93,6 +94,7 @@ class RedisKV(StorageInterface):
             self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False
         ) -> T: ...
         async def _script(self, name: str, key: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
+        async def _run(self, command: Command, *, read: bool = False) -> Any: ...
         async def _pipelined(
             self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None,
             transaction: bool = False, strict: bool = False,
@@ -178,7 +180,9 @@ class RedisKV(StorageInterface):
 
     # ------------------------------------------------------------------ writes
 
-    async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
+    def _kv_put_commands(
+        self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool
+    ) -> list[Command]:
         args: list[Any] = [self._kv_base(namespace), namespace, now_ms, 1 if if_not_exists else 0]
         for record in records:
             tags = sorted(record.tags.items())
@@ -191,28 +195,41 @@ class RedisKV(StorageInterface):
                 args += [name, value]
         keys = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
         where = self.kv_key_of(namespace, records[0].key)
-        return bool(await self._script("kv_put", where, keys, args))
+        return [Command("kv_put", where, keys, args)]
 
-    async def _kv_delete(self, namespace: str, keys: list[str], now_ms: int) -> int:
-        live = 0
+    async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
+        return bool(await self._run(self._kv_put_commands(namespace, records, now_ms, if_not_exists=if_not_exists)[0]))
+
+    def _kv_delete_commands(self, namespace: str, keys: list[str], now_ms: int) -> list[Command]:
         index = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
+        commands = []
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
             args = [self._kv_base(namespace), namespace, now_ms, *batch]
-            live += int(await self._script("kv_delete", self.kv_key_of(namespace, batch[0]), index, args))
-        return live
+            commands.append(Command("kv_delete", self.kv_key_of(namespace, batch[0]), index, args))
+        return commands
+
+    async def _kv_delete(self, namespace: str, keys: list[str], now_ms: int) -> int:
+        return sum([int(await self._run(command)) for command in self._kv_delete_commands(namespace, keys, now_ms)])
+
+    def _kv_set_expiry_commands(self, namespace: str, key: str, expires_ms: int | None, now_ms: int) -> list[Command]:
+        args = [self._kv_base(namespace), now_ms, key, "" if expires_ms is None else expires_ms]
+        return [Command("kv_set_expiry", self.kv_key_of(namespace, key), self._kv_indexes(namespace), args)]
 
     async def _kv_set_expiry(self, namespace: str, key: str, expires_ms: int | None, now_ms: int) -> bool:
-        args = [self._kv_base(namespace), now_ms, key, "" if expires_ms is None else expires_ms]
-        where = self.kv_key_of(namespace, key)
-        return bool(await self._script("kv_set_expiry", where, self._kv_indexes(namespace), args))
+        return bool(await self._run(self._kv_set_expiry_commands(namespace, key, expires_ms, now_ms)[0]))
+
+    def _kv_clear_commands(self, namespace: str, now_ms: int, *, batch: int = 0) -> list[Command]:
+        """One call removing up to ``batch`` entries; 0 (a transaction's): all of them at once,
+        since the transaction's EXEC holds the server for all of its writes anyway."""
+        keys = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
+        return [Command("kv_clear", keys[0], keys, [self._kv_base(namespace), namespace, batch, now_ms])]
 
     async def _kv_clear(self, namespace: str, now_ms: int) -> int:
-        keys = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
-        args = [self._kv_base(namespace), namespace, _BATCH, now_ms]
+        (command,) = self._kv_clear_commands(namespace, now_ms, batch=_BATCH)
         live, left = 0, 1
         while left:
-            removed, left = await self._script("kv_clear", keys[0], keys, args)
+            removed, left = await self._run(command)
             live += int(removed)
         return live
 

@@ -269,7 +269,7 @@ for i = 1, #batch, 2 do
 end
 forget_if_empty(ARGV[2])
 return {removed, kept, #batch / 2}""",
-    # Remove up to ARGV[3] entries of a namespace (the first in key order).
+    # Remove up to ARGV[3] entries of a namespace (the first in key order; 0: all of them).
     # KEYS: keyz, expz, etags, idx:kv. ARGV: base, namespace, count, now.
     # Returns {live entries removed, entries left}.
     "kv_clear": _COMMON

@@ -65,6 +65,7 @@ from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
 from ._redis_lua import SCRIPTS
 from ._redis_messages import MSG_SCRIPTS, RedisMessages
+from ._redis_tx import Command, RedisTransactions
 
 # redact_url lives in config (the CLI and every backend show URLs); it is re-exported here
 # because this is where Redis URLs are used.
@@ -105,7 +106,7 @@ def _import_redis() -> Any:
     return redis
 
 
-class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface):
+class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages, StorageInterface):
     """Stores everything on a Redis server under ``key_prefix``.
 
     Options: ``redis_url``, ``key_prefix``, ``connection_timeout`` (connect and socket
@@ -362,6 +363,10 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
 
         return await self._call(f"running {name} on {key}", key, run, read=read, size=size)
 
+    async def _run(self, command: Command, *, read: bool = False) -> Any:
+        """Send one command a write hook built (``_<hook>_commands``) as a script call now."""
+        return await self._script(command.script, command.key, command.keys, command.args, command.size, read=read)
+
     def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError:
         exceptions = self._redis.exceptions
         text = self._scrub(str(error))
@@ -425,31 +430,43 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
             raw = await self._get(name)
         return None if raw is None else _check_shape(kind, self._decode(raw, name), name)
 
-    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+    # Each write hook has a builder, ``_<hook>_commands``, giving the script call(s) it sends
+    # (Command: script, keys, args): the hook runs them at once, a transaction's commit
+    # queues those of all its ops in one MULTI/EXEC (_redis_tx.py). The builders check sizes
+    # and serialize, so a refusal comes before anything is sent.
+
+    def _write_document_commands(self, kind: Kind, key: str, value: Any) -> list[Command]:
         name = self.key_of(kind, key)
         data = self._serializer.dumps(value)
         size = self._check_size(name, [data])
         if kind in _SUFFIX:
-            keys = self._script_keys(key)
-            await self._script("conv_set", name, keys, [key, self._now_ms(), _SLOT[kind], data], size=size)
-            return
-        # Replacing an existing value needs no script: every script that creates a key also
-        # lists its id, and none unlists an id while one of its keys exists, so a key that
-        # exists when SET XX runs is listed. Measured: a script costs about 10 us more
-        # than a plain SET, a sixth of a local round trip.
-        if await self._call(f"writing {name}", name, lambda: self.client.set(name, data, xx=True), size=size):
-            return
-        await self._script("write", name, [name, self.index_of(kind)], [key, data], size=size)
+            return [Command("conv_set", name, self._script_keys(key), [key, self._now_ms(), _SLOT[kind], data], size)]
+        return [Command("write", name, [name, self.index_of(kind)], [key, data], size)]
 
-    async def _delete(self, kind: Kind, key: str) -> bool:
+    async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
+        (command,) = self._write_document_commands(kind, key, value)
+        if command.script == "write":
+            # Replacing an existing value needs no script: every script that creates a key also
+            # lists its id, and none unlists an id while one of its keys exists, so a key that
+            # exists when SET XX runs is listed. Measured: a script costs about 10 us more
+            # than a plain SET, a sixth of a local round trip.
+            name, data = command.key, command.args[1]
+            if await self._call(
+                f"writing {name}", name, lambda: self.client.set(name, data, xx=True), size=command.size
+            ):
+                return
+        await self._run(command)
+
+    def _delete_commands(self, kind: Kind, key: str) -> list[Command]:
         name = self.key_of(kind, key)
         if kind in _SUFFIX:
             slots = [_SLOT[kind], _ORDER_SLOT] if kind is Kind.MEMORIES else [_SLOT[kind]]
-            keys = self._script_keys(key)
-            return bool(await self._script("conv_delete_part", name, keys, [key, self._now_ms(), *slots]))
+            return [Command("conv_delete_part", name, self._script_keys(key), [key, self._now_ms(), *slots])]
         command = "ZREM" if kind is Kind.CACHE else "SREM"
-        keys = [self.index_of(kind), name]
-        return bool(await self._script("delete", name, keys, [key, command, 1]))
+        return [Command("delete", name, [self.index_of(kind), name], [key, command, 1])]
+
+    async def _delete(self, kind: Kind, key: str) -> bool:
+        return bool(await self._run(self._delete_commands(kind, key)[0]))
 
     # ---------------------------------------------------------------------- logs
 
@@ -462,29 +479,37 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
             items = await self._call(f"reading {name}", name, self.client.lrange, name, 0, -1, read=True)
         return [_check_item(self._decode(raw, f"{name}[{i}]"), f"{name}[{i}]") for i, raw in enumerate(items)]
 
-    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+    def _append_log_commands(self, kind: Kind, key: str, items: list[Any]) -> list[Command]:
         name = self.key_of(kind, key)
         encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
         if kind in _SUFFIX:
-            keys = self._script_keys(key)
-            return int(await self._script("conv_append", name, keys, [key, self._now_ms(), *encoded], size=size))
-        # RPUSHX pushes only onto an existing list, which is listed already (see
-        # _write_document); it answers 0, having written nothing, when the list is new.
-        length = await self._call(f"appending to {name}", name, self.client.rpushx, name, *encoded, size=size)
-        if length:
-            return int(length)
-        return int(await self._script("append", name, [name, self.index_of(kind)], [key, *encoded], size=size))
+            return [Command("conv_append", name, self._script_keys(key), [key, self._now_ms(), *encoded], size)]
+        return [Command("append", name, [name, self.index_of(kind)], [key, *encoded], size)]
+
+    async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
+        (command,) = self._append_log_commands(kind, key, items)
+        if command.script == "append":
+            # RPUSHX pushes only onto an existing list, which is listed already (see
+            # _write_document); it answers 0, having written nothing, when the list is new.
+            name, encoded = command.key, command.args[1:]
+            length = await self._call(
+                f"appending to {name}", name, self.client.rpushx, name, *encoded, size=command.size
+            )
+            if length:
+                return int(length)
+        return int(await self._run(command))
+
+    def _replace_log_commands(self, kind: Kind, key: str, items: list[Any]) -> list[Command]:
+        name = self.key_of(kind, key)
+        encoded = [self._serializer.dumps(item) for item in items]
+        size = self._check_size(name, encoded)
+        if kind in _SUFFIX:
+            return [Command("conv_replace", name, self._script_keys(key), [key, self._now_ms(), *encoded], size)]
+        return [Command("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size)]
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
-        name = self.key_of(kind, key)
-        encoded = [self._serializer.dumps(item) for item in items]
-        size = self._check_size(name, encoded)
-        if kind in _SUFFIX:
-            keys = self._script_keys(key)
-            await self._script("conv_replace", name, keys, [key, self._now_ms(), *encoded], size=size)
-            return
-        await self._script("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size=size)
+        await self._run(self._replace_log_commands(kind, key, items)[0])
 
     async def _pop_log(self, kind: Kind, key: str) -> Any:
         name = self.key_of(kind, key)
@@ -507,13 +532,15 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
 
     # ------------------------------------------------------------------- members
 
-    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+    def _put_member_commands(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> list[Command]:
         name = self.key_of(Kind.MEMORIES, conversation_id)
         data = self._serializer.dumps(memory)
         size = self._check_size(f"{name}[{memory_id!r}]", [data])
-        keys = self._script_keys(conversation_id)
         args = [conversation_id, self._now_ms(), memory_id, data]
-        await self._script("conv_put_member", name, keys, args, size=size)
+        return [Command("conv_put_member", name, self._script_keys(conversation_id), args, size)]
+
+    async def _put_member(self, conversation_id: str, memory_id: str, memory: dict[str, Any]) -> None:
+        await self._run(self._put_member_commands(conversation_id, memory_id, memory)[0])
 
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
         name, order_key = self.key_of(Kind.MEMORIES, conversation_id), self._order_key(conversation_id)
@@ -533,18 +560,24 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
             memories.append(memory)
         return memories
 
-    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+    def _delete_member_commands(self, conversation_id: str, memory_id: str) -> list[Command]:
         name = self.key_of(Kind.MEMORIES, conversation_id)
-        keys = self._script_keys(conversation_id)
-        return bool(await self._script("conv_delete_member", name, keys, [conversation_id, self._now_ms(), memory_id]))
+        args = [conversation_id, self._now_ms(), memory_id]
+        return [Command("conv_delete_member", name, self._script_keys(conversation_id), args)]
+
+    async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
+        return bool(await self._run(self._delete_member_commands(conversation_id, memory_id)[0]))
 
     # ------------------------------------------------------------- conversations
+
+    def _delete_conversation_commands(self, conversation_id: str) -> list[Command]:
+        keys = self._script_keys(conversation_id)
+        return [Command("conv_drop", keys[0], keys, [conversation_id, self._now_ms()])]
 
     async def _delete_conversation(self, conversation_id: str) -> bool:
         # One script: readers see every part or none, and the indexes change with them;
         # True only when the conversation was live (not expired on the storage clock).
-        keys = self._script_keys(conversation_id)
-        return bool(await self._script("conv_drop", keys[0], keys, [conversation_id, self._now_ms()]))
+        return bool(await self._run(self._delete_conversation_commands(conversation_id)[0]))
 
     # _list_conversations: RedisConversations (it prunes expired conversations' entries).
 
@@ -556,7 +589,7 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
 
     # --------------------------------------------------------------------- cache
 
-    async def _write_cache(self, entry: CacheEntry) -> None:
+    def _write_cache_commands(self, entry: CacheEntry) -> list[Command]:
         name = self.key_of(Kind.CACHE, entry.key)
         envelope = {"created_ms": entry.created_ms, "expires_ms": entry.expires_ms, "data": entry.data}
         px, score = "", "+inf"
@@ -566,9 +599,10 @@ class RedisStorage(RedisConversations, RedisKV, RedisMessages, StorageInterface)
             px, score = str(max(1, entry.expires_ms - self._now_ms())), str(entry.expires_ms)
         data = self._serializer.dumps(envelope)
         size = self._check_size(name, [data])
-        await self._script(
-            "write_cache", name, [name, self.index_of(Kind.CACHE)], [entry.key, data, px, score], size=size
-        )
+        return [Command("write_cache", name, [name, self.index_of(Kind.CACHE)], [entry.key, data, px, score], size)]
+
+    async def _write_cache(self, entry: CacheEntry) -> None:
+        await self._run(self._write_cache_commands(entry)[0])
 
     async def _read_cache(self, cache_key: str) -> CacheEntry | None:
         name = self.key_of(Kind.CACHE, cache_key)
