@@ -69,7 +69,7 @@ from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
 from ..serializer import Serializer, make_serializer
 from ..transaction import Op
 from . import _fs
-from ._sqlite_conversations import LIVE, SqliteConversations
+from ._sqlite_conversations import LIVE, META_COLUMNS, SqliteConversations
 from ._sqlite_kv import SqliteKV
 from ._sqlite_messages import SqliteMessages
 from ._sqlite_schema import (
@@ -86,6 +86,8 @@ from ._sqlite_schema import (
 
 if TYPE_CHECKING:
     import aiosqlite
+
+    from ..conversations import MetaRecord
 
     _Collected = tuple["SqliteStorage", list[tuple[str, "Body[Any]"]]]
 
@@ -541,9 +543,8 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     async def _read_document(self, kind: Kind, key: str) -> Any:
         if kind is Kind.SYSTEM:
-            sql, table, label = "SELECT data FROM system_state WHERE state_key = ?", "system_state", "state_key"
+            sql = "SELECT data FROM system_state WHERE state_key = ?"
         elif kind in _COLUMNS:
-            table, label = "conversations", f"conversation_id, column {_COLUMNS[kind]}"
             sql = f"SELECT {_COLUMNS[kind]} FROM conversations WHERE conversation_id = ? AND {LIVE}"
         else:
             raise InvalidArgumentError(f"{kind} is not a document")
@@ -551,14 +552,22 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
         def body(conn: sqlite3.Connection) -> Any:
             row = conn.execute(sql, params).fetchone()
-            if row is None or row[0] is None:
-                return None
-            value = self._parse(row[0], table, f"{label} {key!r}", _SHAPES.get(kind))
-            if kind is Kind.CHUNKS:
-                self._check_items(value, table, f"{label} {key!r}")
-            return value
+            return None if row is None else self._document(kind, key, row[0])
 
         return await self._read("reading", body)
+
+    def _document(self, kind: Kind, key: str, text: Any) -> Any:
+        """A stored document (system state, conversation document or chunks), checked."""
+        if text is None:
+            return None
+        if kind is Kind.SYSTEM:
+            table, label = "system_state", "state_key"
+        else:
+            table, label = "conversations", f"conversation_id, column {_COLUMNS[kind]}"
+        value = self._parse(text, table, f"{label} {key!r}", _SHAPES.get(kind))
+        if kind is Kind.CHUNKS:
+            self._check_items(value, table, f"{label} {key!r}")
+        return value
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         if kind in _LOGS:
@@ -737,23 +746,48 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
     async def _read_members(self, conversation_id: str) -> list[dict[str, Any]]:
         now_ms = self._now_ms()
 
-        def body(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute(
-                "SELECT memory_id, data FROM memories WHERE conversation_id = ?1 AND NOT EXISTS (SELECT 1 FROM "
-                "conversations AS c WHERE c.conversation_id = ?1 AND c.expires_ms <= ?2) ORDER BY position",
-                (conversation_id, now_ms),
-            ).fetchall()
-            memories = []
-            for memory_id, data in rows:
-                where = f"conversation_id {conversation_id!r}, memory_id {memory_id!r}"
-                memory = self._parse(data, "memories", where, dict)
-                if memory.get("memory_id") != memory_id:
-                    problem = f"the stored memory carries memory_id {memory.get('memory_id')!r}"
-                    raise CorruptedDataError(f"{self._path} (table memories, {where})", problem, hint=_HINT)
-                memories.append(memory)
-            return memories
+        return await self._read("reading", lambda conn: self._members(conn, conversation_id, now_ms))
 
-        return await self._read("reading", body)
+    def _members(self, conn: sqlite3.Connection, conversation_id: str, now_ms: int) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "SELECT memory_id, data FROM memories WHERE conversation_id = ?1 AND NOT EXISTS (SELECT 1 FROM "
+            "conversations AS c WHERE c.conversation_id = ?1 AND c.expires_ms <= ?2) ORDER BY position",
+            (conversation_id, now_ms),
+        ).fetchall()
+        memories = []
+        for memory_id, data in rows:
+            where = f"conversation_id {conversation_id!r}, memory_id {memory_id!r}"
+            memory = self._parse(data, "memories", where, dict)
+            if memory.get("memory_id") != memory_id:
+                problem = f"the stored memory carries memory_id {memory.get('memory_id')!r}"
+                raise CorruptedDataError(f"{self._path} (table memories, {where})", problem, hint=_HINT)
+            memories.append(memory)
+        return memories
+
+    async def _conversation_parts(
+        self, conversation_id: str, now_ms: int
+    ) -> tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]:
+        # A transaction's first touch of a conversation: every part in one hop, one snapshot.
+        sql = f"SELECT {META_COLUMNS}, document, chunks, {LIVE} FROM conversations WHERE conversation_id = ?"
+
+        def body(conn: sqlite3.Connection) -> tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]:
+            row = conn.execute(sql, (now_ms, conversation_id)).fetchone()
+            if row is None:  # no part stored (every part's row hangs on this one)
+                return None, None, None, [], []
+            meta = self._record(conversation_id, row[:6])
+            if not row[8]:  # expired: its parts read as missing, its metadata is still returned
+                return meta, None, None, [], []
+            document = self._document(Kind.CONVERSATION, conversation_id, row[6])
+            chunks = self._document(Kind.CHUNKS, conversation_id, row[7])
+            return (
+                meta,
+                document,
+                chunks,
+                self._messages(conn, conversation_id),
+                self._members(conn, conversation_id, now_ms),
+            )
+
+        return await self._run("reading", body, "BEGIN")
 
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
         now_ms = self._now_ms()
