@@ -54,7 +54,11 @@ def environment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
 def run_and_kill(env: dict[str, str], rng: random.Random) -> list[int]:
     """Start a writer, SIGKILL it at a random instant, return the rounds it acknowledged."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
-    proc = subprocess.Popen([sys.executable, str(WRITER)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Unbuffered: readline() must not read ahead past "ready" (communicate() below reads the
+    # pipe itself, so acknowledgements sitting in a read-ahead buffer would be lost).
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode() if proc.stderr else ""
     time.sleep(rng.uniform(0.0, 0.25))
