@@ -14,14 +14,23 @@ Commit, in one worker thread, under those locks:
    semantics of the tree's own hooks (an expired conversation is removed whole first,
    ``message_count`` follows the raw history, a replaced memory keeps its place, a
    key-value entry keeps ``created_at``, an emptied list removes its file);
-2. ``.transactions/.tmp-<pid>-<id>`` is written and fsynced, naming every temp file
-   about to be staged (so a commit cut short before step 4 can be undone);
+2. ``.transactions/.tmp-<pid>-<id>`` is written, naming every temp file about to be
+   staged (so a commit cut short before step 4 can be undone) and the SHA-256 of each
+   new file;
 3. each new file is written as a temp file next to its target and fsynced; backups of
-   the versions about to be replaced or deleted are kept, and the append journal of each
-   log involved is settled and dropped (a log is rewritten whole inside a transaction);
-4. the temp folders are fsynced, the journal renamed to ``.transactions/<id>.json`` and
-   its folder fsynced: the commit point;
-5. the renames and deletes are applied, their folders fsynced; the journal is removed.
+   the versions about to be replaced or deleted are kept;
+4. the journal is fsynced, renamed to ``.transactions/<id>.json`` and its folder fsynced:
+   the commit point (one journal fsync and one folder fsync for the whole transaction);
+5. the renames and deletes are applied and their folders fsynced (each folder once);
+   each log rewritten has its append record set to the new file (a log is rewritten
+   whole inside a transaction; the next append outside goes in place again); the journal
+   is removed (durably when the transaction deleted a file).
+
+A temp file's own folder is not fsynced before the commit point: the journal's folder
+fsync comes after the temp files were made, and filesystems that keep a folder's changes
+in order (ext4, XFS, APFS) then keep them too. Where a power cut still loses one,
+recovery sees it (the target does not hold the new bytes) and sets the journal aside as
+damaged, naming the file, for ``verify()`` to report.
 
 Recovery (``_tx_recover_sync``) always holds the tree lock, then the locks of the
 entities a journal names: a committed journal (``<id>.json``) is finished (each rename
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import secrets
@@ -205,6 +215,8 @@ class FileTransactions:
             "entities": entities,
             "renames": [[self._rel(temp), self._rel(f.path)] for temp, f, _data in renames],
             "deletes": [self._rel(f.path) for f in deletes],
+            # What each renamed file must hold: recovery tells a rename done from a temp lost.
+            "digests": [hashlib.sha256(data).hexdigest() for _temp, _f, data in renames],
         }
         draft = folder / f"{_fs.TEMP_PREFIX}{pid}-{txid}"
         journal = folder / f"{txid}.json"
@@ -212,14 +224,13 @@ class FileTransactions:
         try:
             try:
                 _fs.ensure_dir(folder, self._root)
-                _write_new(draft, orjson.dumps(record), sync=True)  # names the temps: undone if cut short
+                _write_new(draft, orjson.dumps(record), sync=False)  # names the temps: undone if cut short
                 for temp, _f, data in renames:
                     _fs.ensure_dir(temp.parent, self._root)
                     _write_new(temp, data, sync=True)
                 for f in [f for _t, f, _d in renames] + deletes:
                     kept.append(self._tx_before_replace(f))
-                for parent in {temp.parent for temp, _f, _d in renames}:
-                    _fs.fsync_dir(parent)
+                _fsync_file(draft)
                 os.replace(draft, journal)
                 _fs.fsync_dir(folder)  # the commit point
             except BaseException:
@@ -228,14 +239,21 @@ class FileTransactions:
         except OSError as e:
             raise _fs.os_error(e, "committing a transaction in", self._root) from e
         try:
-            self._tx_finish(record)
+            self._tx_finish(record, recovering=False)
             for _temp, f, _data in renames:
                 if f.path.name in LOG_FILES:
                     # Rewritten whole: record its state, so the next append outside goes in place.
                     self._logs.adopt(f.path, len(f.value))
+            for f in deletes:
+                if f.path.name in LOG_FILES:
+                    self._logs.forget(f.path)
             for k in kept:
                 _fs.prune_backups(k)
-            _fs.unlink(journal)
+            os.unlink(journal)
+            if deletes:
+                # Made durable, so that a power cut cannot bring the journal back and have a
+                # file created after this commit deleted again by its redo.
+                _fs.fsync_dir(folder)
         except (OSError, StorageError) as e:
             raise TransactionError(
                 f"transaction {txid} is committed (journal {journal}) but applying it stopped: {e}; "
@@ -243,11 +261,9 @@ class FileTransactions:
             ) from e
 
     def _tx_before_replace(self, f: _File) -> _fs.Kept:
-        """Before the journal: settle a log's append journal, keep the version replaced."""
+        """Before the journal: keep the version replaced (as single writes do)."""
         if f.raw is None:
             return _fs.Kept(None)
-        if f.path.name in LOG_FILES:
-            self._logs.forget(f.path)
         keep = 0 if f.kind is Kind.CACHE or not f.replaced else self._keep
         return _fs.keep_backup(self._root, f.path, keep, self._stamp())
 
@@ -265,14 +281,22 @@ class FileTransactions:
                 with suppress(OSError):
                     remove_empty_dir(temp.parent)
 
-    def _tx_finish(self, record: dict[str, Any]) -> None:
-        """Apply a committed journal's renames and deletes; each is skipped when done already."""
-        folders = set()
-        for temp_name, target_name in record["renames"]:
+    def _tx_finish(self, record: dict[str, Any], *, recovering: bool) -> list[str]:
+        """Apply a committed journal's renames and deletes; each is skipped when done already.
+        Returns the targets whose temp file is gone although the target does not hold the
+        new bytes (lost by a power cut on a filesystem that does not keep a folder's changes
+        in order): recovery cannot finish those, and says so."""
+        folders, lost = set(), []
+        digests = record.get("digests") or [None] * len(record["renames"])
+        for (temp_name, target_name), digest in zip(record["renames"], digests, strict=True):
             temp, target = self._root / temp_name, self._root / target_name
+            if recovering and target.name in LOG_FILES:
+                self._logs.forget(target)  # its append record may describe the version replaced
             if os.path.lexists(temp):
                 os.replace(temp, target)
                 self._own.wrote(target)
+            elif recovering and digest is not None and _digest(target) != digest:
+                lost.append(target_name)
             folders.add(target.parent)
         emptied = set()
         for target_name in record["deletes"]:
@@ -288,6 +312,7 @@ class FileTransactions:
                 _fs.fsync_dir(folder)
         for folder in emptied:
             remove_empty_dir(folder)
+        return lost
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self._root).as_posix()
@@ -492,8 +517,15 @@ class FileTransactions:
                         return False
                     locks.append(lock)
                 logger.warning("finishing transaction %s, interrupted by the end of its process", path.name)
-                self._tx_finish(record)
-                _fs.unlink(path)
+                lost = self._tx_finish(record, recovering=True)
+                if lost:
+                    aside = path.with_name(path.name + DAMAGED)
+                    logger.error("transaction %s could not be finished: the new %s were lost; set aside as %s",
+                                 path.name, ", ".join(lost), aside)  # fmt: skip
+                    os.replace(path, aside)
+                    _fs.fsync_dir(folder)
+                else:
+                    _fs.unlink(path)
             except OSError as e:
                 raise _fs.os_error(e, "finishing the interrupted transaction", path) from e
             finally:
@@ -654,6 +686,13 @@ def _valid(storage: FileTransactions, record: Any) -> dict[str, Any]:
         raise ValueError("not a transaction journal")
     if not isinstance(record.get("deletes"), list):
         raise ValueError("not a transaction journal")
+    digests = record.get("digests")
+    if digests is not None and (
+        not isinstance(digests, list)
+        or len(digests) != len(record["renames"])
+        or not all(isinstance(d, str) for d in digests)
+    ):
+        raise ValueError("digests do not match the renames")
     for pair in record["renames"]:
         temp, target = pair
         if not (isinstance(temp, str) and isinstance(target, str)):
@@ -667,6 +706,19 @@ def _valid(storage: FileTransactions, record: Any) -> dict[str, Any]:
             raise ValueError("a delete is not a path")
         storage._parse_relative(target)
     return record
+
+
+def _digest(path: Path) -> str | None:
+    data = _fs.read_bytes(path)
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_new(path: Path, data: bytes, *, sync: bool) -> None:
