@@ -483,6 +483,8 @@ class FileTransactions:
             logger.warning("could not finish an interrupted transaction in %s yet: %s", self._root, e)
 
     def _tx_recover_at_open(self) -> None:
+        if not self._journals_busy():
+            return  # the common case: nothing to do, and no lock file made
         try:
             tree = self._locks.take(TREE_LOCK, 0.0, wait=False)
             if tree is None:

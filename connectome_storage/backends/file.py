@@ -80,7 +80,7 @@ from ._layout import (
     read_small,
     remove_empty_dir,
 )
-from ._locks import EntityLocks
+from ._locks import EntityLocks, remove_unused
 from ._watch import OwnWrites, watch_tree
 
 __all__ = ["FORMAT_VERSION", "FileStorage"]
@@ -1015,6 +1015,9 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             return cleanup.run(now_ms, retention_ms)
         finally:
             tree.__exit__()
+            # Like the lock files of gone entities: no transaction is running, so it goes
+            # (safely: a locker checks it still holds the file the name refers to).
+            remove_unused(self._locks.lock_path(TREE_LOCK))
 
     def _recover_cut_appends(self) -> int:
         """Finish or undo each append a crash cut short, so that the file itself (what an
