@@ -141,7 +141,14 @@ class FileTransactions:
         tree = await self._locks.hold(TREE_LOCK, deadline)
         try:
             if self._journals_busy():  # a process died in a commit: finish or undo it first
-                await asyncio.to_thread(self._tx_recover_sync, True, set(), deadline)
+                recovery = asyncio.ensure_future(asyncio.to_thread(self._tx_recover_sync, True, set(), deadline))
+                try:
+                    await asyncio.shield(recovery)
+                except asyncio.CancelledError:
+                    recovery.add_done_callback(lambda _done: tree.release())
+                    raise
+        except asyncio.CancelledError:
+            raise
         except BaseException:
             tree.release()
             raise
@@ -153,13 +160,27 @@ class FileTransactions:
             state.held[name] = await self._locks.hold(name, time.monotonic() + self._locks.timeout)
 
     async def _tx_commit(self, state: Any, ops: list[Op]) -> None:
-        try:
-            if ops:
-                await asyncio.to_thread(self._tx_commit_sync, state, ops)
-        finally:
+        if not ops:
             self._tx_release(state)
+            return
+        commit = asyncio.ensure_future(asyncio.to_thread(self._tx_commit_sync, state, ops))
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # The commit goes on in its thread: its locks are released only once it is done.
+            commit.add_done_callback(lambda done: self._tx_release_after(done, state))
+            raise
+        except BaseException:
+            self._tx_release(state)
+            raise
+        self._tx_release(state)
 
     async def _tx_abort(self, state: Any) -> None:
+        self._tx_release(state)
+
+    def _tx_release_after(self, done: asyncio.Future[None], state: _TxState) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            logger.error("a cancelled transaction's commit failed: %s", done.exception())
         self._tx_release(state)
 
     def _tx_release(self, state: _TxState) -> None:

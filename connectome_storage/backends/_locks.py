@@ -103,6 +103,11 @@ class os_lock:
             os.close(self._fd)  # closing the descriptor releases the flock
 
 
+def _release_when_taken(done: asyncio.Future[os_lock | None]) -> None:
+    if not done.cancelled() and done.exception() is None and (taken := done.result()) is not None:
+        taken.__exit__()
+
+
 class Held:
     """An entity lock held across awaits (a transaction's): the in-process asyncio lock
     and the OS lock, released together by ``release`` (on the event loop)."""
@@ -239,7 +244,13 @@ class EntityLocks:
         try:
             held = self.take(entity, time.monotonic(), wait=False)
             if held is None:
-                held = await asyncio.to_thread(self.take, entity, deadline)
+                waiting = asyncio.ensure_future(asyncio.to_thread(self.take, entity, deadline))
+                try:
+                    held = await asyncio.shield(waiting)
+                except asyncio.CancelledError:
+                    # The thread may still get the lock: let it go then, or it stays held.
+                    waiting.add_done_callback(_release_when_taken)
+                    raise
         except BaseException:
             lock.release()
             raise

@@ -261,3 +261,18 @@ async def test_a_temp_file_lost_after_the_commit_point_is_named_not_ignored(tmp_
         problems = await storage.verify()
         assert [p for p in problems if p.location.endswith(".damaged")], problems
         assert await storage.load_conversation("doc") == {"round": 2}  # the rest was finished
+
+
+async def test_a_transaction_cancelled_while_it_waits_leaves_no_lock_behind(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    async with create_file_storage(base) as first, create_file_storage(base, connection_timeout=2) as second:
+        async with first.transaction() as tx:
+            await tx.store_system_state("x", 1)
+            # The second storage's transaction waits for the tree lock in a worker thread;
+            # cancelled, that thread still gets the lock once the first ends, and must let it go.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second.transaction().__aenter__(), 0.2)
+        await asyncio.sleep(0.2)  # time for that thread to take the lock
+        async with second.transaction() as tx:
+            await tx.store_system_state("x", 2)
+        assert await first.load_system_state("x") == 2
