@@ -2,7 +2,8 @@
 
     python -m bench                  # the full run (minutes); needs pip install -e '.[bench]'
     python -m bench --smoke          # every benchmark at toy sizes, in seconds; peers optional
-    python -m bench --only files     # some sections (files, append, sqlite, redis, scale, kv_*, adapters_*)
+    python -m bench --only files     # some sections (files, append, sqlite, redis, scale, kv_*, adapters_*,
+                                     # transactions)
     python -m bench --json run.json  # also keep every figure; --render run.json rewrites the
                                      # report from it without running anything
 

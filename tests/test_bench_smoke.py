@@ -29,7 +29,8 @@ OURS = {
     *(f"scale.{what}.{backend}" for what in ("load", "list", "stats", "cleanup")
       for backend in ("file", "sqlite", "redis")),
     "scale.migrate",
-    "kv_redis.set", "kv_redis.get", "middleware.load", "transactions.redis", "transactions.sqlite",
+    "kv_redis.set", "kv_redis.get", "middleware.load",
+    "transactions.file", "transactions.sqlite", "transactions.redis",
     *(f"serializer.{backend}.{what}.{op}" for backend in ("sqlite", "redis")
       for what in ("history", "document") for op in ("store", "load")),
     *(f"scale.concurrency.{backend}.{op}" for backend in ("file", "sqlite", "redis")

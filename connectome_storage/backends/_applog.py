@@ -260,6 +260,11 @@ class AppendLog:
             os.close(fd)
         return prefix + str(pending["old_tail"]).encode()
 
+    def adopt(self, path: Path, count: int) -> None:
+        """``path`` was just rewritten whole (by a transaction) with ``count`` items: record
+        its state, so the next append goes in place instead of reading it all first."""
+        self._record(self.journal_path(path), {"committed": _state(os.stat(path), count, self._pretty)}, durable=False)
+
     def forget(self, path: Path) -> None:
         """Before ``path`` is replaced or deleted: settle and drop its journal durably,
         so a stale record can never be applied to a later file that reuses the inode."""

@@ -2,7 +2,8 @@
 data files, the byte counts of stats, and ``cleanup()``'s removal of leftovers.
 
 Housekeeping entries live at the root, hidden: ``.locks/`` (one lock file per entity),
-``.backups/`` (kept versions), ``.journal/`` (append records), and temp files
+``.backups/`` (kept versions), ``.journal/`` (append records), ``.transactions/``
+(intent journals of commits under way, _file_tx.py), and temp files
 (``.tmp-<pid>-<random>``) that a crash can leave next to the file being written.
 """
 
@@ -31,6 +32,7 @@ GITIGNORE = b"""\
 .locks/
 .backups/
 .journal/
+.transactions/
 .tmp-*
 .health-*
 # SQLite databases kept next to the tree, and their side files
@@ -106,9 +108,12 @@ class Cleanup:
         self._parse = parse
         self._entity = entity
 
-    def run(self, now_ms: int, retention_ms: int) -> dict[str, int]:
+    def run(self, now_ms: int, retention_ms: int, *, temp_files: bool = True) -> dict[str, int]:
+        """``temp_files`` False: leave temp files alone (the caller could not take the tree's
+        transaction lock, and a dead process's committed journal may still need them)."""
+        folders = [self._root / f for f in _layout.FOLDERS]
         removed = {
-            "temp_files": _fs.remove_stale_temp_files(self._root, [self._root / f for f in _layout.FOLDERS]),
+            "temp_files": _fs.remove_stale_temp_files(self._root, folders) if temp_files else 0,
             "backups": self._backups(now_ms - retention_ms),
             "lock_files": self._lock_files(now_ms - retention_ms),
         }

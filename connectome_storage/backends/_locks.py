@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
     import filelock  # type: ignore[import-not-found,unused-ignore]  # installed on Windows only
 
-__all__ = ["LOCK_DIR", "EntityLocks", "os_lock", "remove_unused"]
+__all__ = ["LOCK_DIR", "EntityLocks", "Held", "RetryLater", "os_lock", "remove_unused"]
 
 LOCK_DIR = ".locks"
 T = TypeVar("T")
@@ -51,6 +51,11 @@ _FIRST_WAIT, _LONGEST_WAIT = 0.0002, 0.01
 
 class _Timeout(Exception):
     pass
+
+
+class RetryLater(Exception):
+    """Raised by a guard (``EntityLocks.guard``) that cannot settle what it found while the
+    entity is held: the lock is released, and taken again a little later."""
 
 
 class os_lock:
@@ -96,6 +101,29 @@ class os_lock:
             self._fallback.release()
         else:
             os.close(self._fd)  # closing the descriptor releases the flock
+
+
+def _release_when_taken(done: asyncio.Future[os_lock | None]) -> None:
+    if not done.cancelled() and done.exception() is None and (taken := done.result()) is not None:
+        taken.__exit__()
+
+
+class Held:
+    """An entity lock held across awaits (a transaction's): the in-process asyncio lock
+    and the OS lock, released together by ``release`` (on the event loop)."""
+
+    def __init__(self, entity: str, lock: asyncio.Lock | None, held: os_lock) -> None:
+        self.entity = entity
+        self._lock = lock
+        self._held: os_lock | None = held
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.__exit__()
+            self._held = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -166,6 +194,14 @@ class EntityLocks:
         self._timeout = timeout
         # Weak values: an entity's lock lives while some coroutine holds or awaits it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Called with the entity's name once its OS lock is held, before the function: the
+        # file tree finishes an interrupted transaction that names the entity there. It may
+        # raise RetryLater to have the lock released and taken again after a short wait.
+        self.guard: Callable[[str], None] | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     def lock_path(self, entity: str) -> Path:
         # Hashed: entity names can be 250 bytes long, and a flat folder stays simple.
@@ -193,6 +229,54 @@ class EntityLocks:
         finally:
             lock.release()
 
+    async def hold(self, entity: str, deadline: float) -> Held:
+        """Take ``entity``'s lock and keep it until ``Held.release()`` (no guard runs: the
+        holder is a transaction, which settled interrupted ones when it began). The OS lock
+        is tried on the event loop first (free: a few system calls, no thread hop)."""
+        lock = self._locks.get(entity)
+        if lock is None:
+            lock = self._locks[entity] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await lock.acquire()
+        except TimeoutError:
+            raise self._timeout_error(entity, "another coroutine of this process") from None
+        try:
+            held = self.take(entity, time.monotonic(), wait=False)
+            if held is None:
+                waiting = asyncio.ensure_future(asyncio.to_thread(self.take, entity, deadline))
+                try:
+                    held = await asyncio.shield(waiting)
+                except asyncio.CancelledError:
+                    # The thread may still get the lock: let it go then, or it stays held.
+                    waiting.add_done_callback(_release_when_taken)
+                    raise
+        except BaseException:
+            lock.release()
+            raise
+        assert held is not None
+        return Held(entity, lock, held)
+
+    def take(self, entity: str, deadline: float, *, wait: bool = True) -> os_lock | None:
+        """The entity's OS lock, held until its ``__exit__`` (in this thread: no guard, no
+        asyncio lock). ``wait=False``: None at once when someone holds it; else
+        LockTimeoutError past ``deadline``."""
+        path = self.lock_path(entity)
+        lock = os_lock(path, deadline if wait else time.monotonic())
+        try:
+            try:
+                lock.__enter__()
+            except FileNotFoundError:
+                self._folder.mkdir(exist_ok=True)
+                lock.__enter__()
+        except _Timeout:
+            if not wait:
+                return None
+            raise self._timeout_error(entity, f"another process (lock file {path})") from None
+        except OSError as e:
+            raise _fs.os_error(e, "locking", path) from e
+        return lock
+
     def try_hold(self, entity: str, function: Callable[..., T], *args: object) -> T | None:
         """``function(*args)`` in the calling (worker) thread under the entity's OS lock,
         or None at once if someone holds it (housekeeping never waits for a writer).
@@ -205,22 +289,23 @@ class EntityLocks:
             return None
 
     def _run_os_locked(self, entity: str, deadline: float, function: Callable[..., T], args: tuple[object, ...]) -> T:
-        path = self.lock_path(entity)
-        try:
-            lock = os_lock(path, deadline)
+        wait = _FIRST_WAIT
+        while True:
+            lock = self.take(entity, deadline)
+            assert lock is not None
             try:
-                lock.__enter__()
-            except FileNotFoundError:
-                self._folder.mkdir(exist_ok=True)
-                lock.__enter__()
-        except _Timeout:
-            raise self._timeout_error(entity, f"another process (lock file {path})") from None
-        except OSError as e:
-            raise _fs.os_error(e, "locking", path) from e
-        try:
-            return function(*args)
-        finally:
-            lock.__exit__()
+                if self.guard is not None:
+                    self.guard(entity)
+                return function(*args)
+            except RetryLater:
+                pass  # released below; taken again after a pause
+            finally:
+                lock.__exit__()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout_error(entity, "the recovery of an interrupted transaction")
+            time.sleep(min(wait, remaining))
+            wait = min(wait * 2, _LONGEST_WAIT)
 
     def _timeout_error(self, entity: str, holder: str) -> LockTimeoutError:
         return LockTimeoutError(

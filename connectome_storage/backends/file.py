@@ -44,6 +44,7 @@ from ..conversations import MetaRecord
 from ..errors import (
     CorruptedDataError,
     InvalidArgumentError,
+    LockTimeoutError,
     StorageError,
     StorageIOError,
     UnsupportedFormatError,
@@ -62,6 +63,7 @@ from . import _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
+from ._file_tx import TREE_LOCK, FileTransactions
 from ._layout import (
     CHAINS_FILE,
     CONVERSATION_FILES,
@@ -78,7 +80,7 @@ from ._layout import (
     read_small,
     remove_empty_dir,
 )
-from ._locks import EntityLocks
+from ._locks import EntityLocks, remove_unused
 from ._watch import OwnWrites, watch_tree
 
 __all__ = ["FORMAT_VERSION", "FileStorage"]
@@ -93,7 +95,7 @@ MARKER = ".connectome-storage.json"
 logger = logging.getLogger("connectome_storage")
 
 
-class FileStorage(FileKV, FileMessages, StorageInterface):
+class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
     """Stores everything as canonical JSON files under ``base_dir``.
 
     Options: ``base_dir``, ``create_backups``, ``max_backup_files``, ``pretty_print_json``,
@@ -113,6 +115,7 @@ class FileStorage(FileKV, FileMessages, StorageInterface):
         self.base_dir = Path(self.settings.base_dir)
         self._root = self.base_dir.absolute()
         self._locks = EntityLocks(self._root, self.settings.connection_timeout)
+        self._locks.guard = self._tx_guard  # a dead process's commit is finished before a write
         self._keep = self.settings.max_backup_files if self.settings.create_backups else 0
         self._logs = AppendLog(self._root, self.settings.pretty_print_json)
         self._own = OwnWrites()  # lets watch() tell this object's writes from others'
@@ -142,6 +145,15 @@ class FileStorage(FileKV, FileMessages, StorageInterface):
         # Temp files a crash left behind are not removed here: read-only commands open
         # storages too, and verify() reports them; cleanup() removes them.
         _housekeeping.write_gitignore(self._root)
+        # A transaction a crash interrupted is finished (committed) or undone (not yet).
+        self._tx_recover_at_open()
+
+    def _require_initialized(self) -> None:
+        super()._require_initialized()
+        # Before any access: a transaction a dead process left half-applied is finished
+        # first (one stat of the journal folder when there is none; no lock is waited for).
+        if self.create_on_open and self._journals_busy():
+            self._tx_settle_for_readers()
 
     def _check_marker(self) -> None:
         marker = self._root / MARKER
@@ -942,6 +954,7 @@ class FileStorage(FileKV, FileMessages, StorageInterface):
                     continue  # the link (or FIFO...) is already named below
                 problems.append(Problem(getattr(e, "path", None) or str(path), str(e)))
         problems += await self._kv_verify(refused)  # kv/ entries and strays
+        problems += await asyncio.to_thread(self._tx_problems)  # journals a dead process left
         return problems + found
 
     async def _entities(self) -> list[tuple[Kind, str]]:
@@ -980,11 +993,31 @@ class FileStorage(FileKV, FileMessages, StorageInterface):
         retention = float(getattr(self.settings, "backup_retention", 604800.0))
         cleanup = _housekeeping.Cleanup(self._root, self._locks, self._parse_relative, self._entity)
         try:
-            removed = await asyncio.to_thread(cleanup.run, now_ms, round(retention * 1000))
+            removed = await asyncio.to_thread(self._cleanup_sync, cleanup, now_ms, round(retention * 1000))
             removed["recovered_appends"] = await asyncio.to_thread(self._recover_cut_appends)
         except OSError as e:
             raise _fs.os_error(e, "cleaning up", self._root) from e
         return removed
+
+    def _cleanup_sync(self, cleanup: _housekeeping.Cleanup, now_ms: int, retention_ms: int) -> dict[str, int]:
+        """Under the tree's transaction lock: interrupted transactions are finished first, so
+        the temp files a committed one still needs are never removed as leftovers."""
+        import time
+
+        try:
+            tree = self._locks.take(TREE_LOCK, time.monotonic() + self._locks.timeout)
+        except LockTimeoutError as e:
+            logger.warning("cleanup() leaves temp files alone this time: %s", e)
+            return cleanup.run(now_ms, retention_ms, temp_files=False)
+        assert tree is not None
+        try:
+            self._tx_recover_sync(True, set(), time.monotonic() + self._locks.timeout)
+            return cleanup.run(now_ms, retention_ms)
+        finally:
+            tree.__exit__()
+            # Like the lock files of gone entities: no transaction is running, so it goes
+            # (safely: a locker checks it still holds the file the name refers to).
+            remove_unused(self._locks.lock_path(TREE_LOCK))
 
     def _recover_cut_appends(self) -> int:
         """Finish or undo each append a crash cut short, so that the file itself (what an
