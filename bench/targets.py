@@ -106,6 +106,8 @@ def _targets(sizes: Sizes) -> list[Target]:
                "ConnectomeCheckpointSaver (SQLite)", 1.0, "at least"),
         Target("an empty middleware chain costs under 5% on a file-tree load (>= 0.95x)", "middleware.load",
                "[Middleware()]", 0.95, "at least"),
+        Target("file: a 5-write transaction costs less than the 5 durable writes one by one (< 1x)",
+               "transactions.file", "one transaction", 1.0, "at most"),
     ]  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(
