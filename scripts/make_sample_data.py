@@ -17,7 +17,7 @@ from pathlib import Path
 from connectome_storage import create_file_storage
 
 FIXED_NOW = 1795253400.0  # 2026-11-21T09:30:00.000Z
-KEPT = ("conversations", "cache", "agents", "system", ".connectome-storage.json")
+KEPT = ("conversations", "cache", "agents", "system", "messages", ".connectome-storage.json")
 
 CONVERSATIONS = {
     "conv_001": {
@@ -119,9 +119,13 @@ CHAINS = {
 
 async def build(target: Path) -> None:
     async with create_file_storage(target, clock=lambda: FIXED_NOW, create_backups=False) as storage:
+        store = storage.conversation_store()
         for conversation_id, parts in CONVERSATIONS.items():
             await storage.store_conversation(conversation_id, parts["document"])
-            await storage.store_raw_messages(conversation_id, parts["messages"])
+            if conversation_id == "conv_001":  # through the conversation store: metadata.json too
+                await store.save(conversation_id, parts["messages"], metadata={"userId": "u-1042", "source": "web"})
+            else:
+                await storage.store_raw_messages(conversation_id, parts["messages"])
             await storage.store_chunks(conversation_id, parts["chunks"])
             for memory_id, memory in parts["memories"].items():
                 await storage.store_memory(conversation_id, memory_id, memory)
@@ -134,6 +138,10 @@ async def build(target: Path) -> None:
         await storage.store_cache("embedding:conv_002:0", [0.12, -0.5, 0.33])
         await storage.store_system_state("last_run", {"status": "ok", "finished_at": "2026-11-21T09:30:00Z"})
         await storage.store_system_state("compression_config", {"chunk_size": 2, "model": "summarizer-v3"})
+        bus = storage.message_store()
+        await bus.save({"id": "msg_001", "from": "research-agent", "to": "support-agent", "content": "Budget: 300 EUR"})
+        await bus.save({"id": "msg_002", "from": "support-agent", "to": "*", "content": "Ticket 42 closed"})
+        await bus.mark_read("support-agent", ["msg_001"])
 
 
 def generate(target: Path) -> None:
