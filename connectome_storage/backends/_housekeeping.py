@@ -27,7 +27,7 @@ logger = logging.getLogger("connectome_storage")
 
 GITIGNORE = b"""\
 # Written by connectome-storage when this tree had no .gitignore (it never overwrites one).
-# Its housekeeping is not data: commit the four data folders, .connectome-storage.json
+# Its housekeeping is not data: commit the data folders, .connectome-storage.json
 # (the format version) and this file; leave out the rest.
 .locks/
 .backups/

@@ -37,9 +37,12 @@ def backend_env(backend: str, tmp_path: Path) -> dict[str, str]:
 def run_and_kill(env: dict[str, str], round_: int, rng: random.Random) -> list[tuple[str, int, int]]:
     """Start a writer, SIGKILL it at a random instant, return what it acknowledged."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOME_STORAGE_")} | env
+    # bufsize=0: a buffered readline() can read acknowledgements along with "ready", which
+    # communicate() (reading the pipe itself) would then never see: the check would be weaker.
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(round_)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+        [sys.executable, str(WRITER), str(round_)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        bufsize=0,
+    )  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n", proc.stderr.read().decode() if proc.stderr else ""
     time.sleep(rng.uniform(0.0, 0.25))
