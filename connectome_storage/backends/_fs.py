@@ -316,8 +316,8 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
 
     Nothing is removed here: the versions past ``keep`` are returned, for the caller to
     remove with ``prune_backups`` only after the new version is in place, so a failed or
-    interrupted write never costs a kept version (a crash leaves one extra at most, which
-    the next write of the file prunes).
+    interrupted write never costs a kept version (each interrupted write leaves one extra
+    at most; the next completed write of the file prunes them all).
     """
     if keep <= 0:
         return Kept(None)
