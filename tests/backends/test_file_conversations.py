@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from subprocess import PIPE
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +32,9 @@ from connectome_storage.codec import encode  # noqa: E402
 from connectome_storage.errors import CorruptedDataError, StorageIOError  # noqa: E402
 from connectome_storage.interface import Kind  # noqa: E402
 from tests.conftest import START, FakeClock  # noqa: E402
+from tests.reliability import racers  # noqa: E402
 
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-HANG = 300  # seconds after which a child process is taken to hang (a guard, not a measure)
 
 
 def files(storage: FileStorage, clock: FakeClock | None = None, **options: Any) -> FileStorage:
@@ -310,8 +309,7 @@ def _append_worker(base: Path, process: int, count: int, go: Path, ready: Path) 
 
 
 def _start(*args: Any) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, __file__, *map(str, args)], stdout=PIPE, stderr=PIPE, text=True, env=env)
+    return racers.start(__file__, *args)
 
 
 async def test_two_processes_appending_keep_message_count_equal_to_the_history(
@@ -321,28 +319,12 @@ async def test_two_processes_appending_keep_message_count_equal_to_the_history(
     await storage.conversation_store().save("shared", [], metadata={"k": 1})
     go, readies = tmp_path / "go", [tmp_path / f"ready-{p}" for p in range(2)]
     procs = [_start("append", storage.base_dir, p, count, go, readies[p]) for p in range(2)]
-    try:
-        deadline = time.monotonic() + HANG
-        while not all(r.exists() for r in readies):
-            failed = [p for p in procs if p.poll() not in (None, 0)]
-            assert not failed, failed[0].communicate()[1]
-            assert time.monotonic() < deadline, "the appending processes never got ready"
-            await asyncio.sleep(0.01)
-        go.write_text("go")
-        # Meanwhile, the stored count as any reader sees it: it may only grow. (Appending,
-        # then writing a count read before the other process's append, would lower it.)
-        meta_path, seen = storage.path_of(Kind.METADATA, "shared"), []
-        while any(p.poll() is None for p in procs):
-            seen.append(json.loads(meta_path.read_bytes())["message_count"])
-            assert time.monotonic() < deadline + HANG, "the appending processes hang"
-            await asyncio.sleep(0.0005)
-        outputs = [p.communicate(timeout=HANG) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err
+    # Meanwhile, the stored count as any reader sees it: it may only grow. (Appending, then
+    # writing a count read before the other process's append, would lower it.)
+    meta_path, seen = storage.path_of(Kind.METADATA, "shared"), []
+    await racers.race(
+        procs, readies, go, meanwhile=lambda: seen.append(json.loads(meta_path.read_bytes())["message_count"])
+    )
     assert seen == sorted(seen), "the stored message_count went down during the race"
     store = storage.conversation_store()
     loaded = await store.load("shared")
@@ -375,14 +357,14 @@ async def test_a_process_killed_while_appending_leaves_a_count_the_next_write_se
         started = tmp_path / f"started-{round_}"
         proc = _start("crash", storage.base_dir, started)
         try:
-            deadline = time.monotonic() + HANG
+            deadline = time.monotonic() + racers.HANG
             while not started.exists():
                 assert proc.poll() is None, proc.communicate()[1]
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05 + 0.03 * round_)  # some appends, then a kill at any instant
             proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=HANG)
+            proc.communicate(timeout=racers.HANG)
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
-from subprocess import PIPE
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,11 +27,11 @@ import pytest  # noqa: E402
 
 from connectome_storage.errors import InvalidKeyError  # noqa: E402
 from tests.conftest import BACKENDS, START, FakeClock  # noqa: E402
+from tests.reliability import racers  # noqa: E402
 
 PROCESSES, COROUTINES, IDS, MARKS = 4, 3, 20, 5
 READER = "reader"
 # Seconds after which a process is taken to hang: a guard against a deadlock, not a measure of speed.
-HANG = 300
 
 
 def ids() -> list[str]:
@@ -72,10 +68,6 @@ async def race(backend: str, tmp_path: Path, options: dict[str, Any], process: i
     sys.stdout.write(json.dumps({f"p{process}-c{c}": won for c, won in enumerate(results)}))
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-
-
 @pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
 async def test_one_winner_per_id_and_no_lost_read_marks_across_processes(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -87,29 +79,12 @@ async def test_one_winner_per_id_and_no_lost_read_marks_across_processes(
         pass  # created once, before the race
 
     go, readies = tmp_path / "go", [tmp_path / f"ready-{p}" for p in range(PROCESSES)]
-    command = [sys.executable, __file__, backend, str(tmp_path), json.dumps(options), str(go)]
-    procs = [
-        subprocess.Popen([*command, str(p), str(readies[p])], stdout=PIPE, stderr=PIPE, text=True, env=_env())
-        for p in range(PROCESSES)
-    ]
-    try:
-        deadline = time.monotonic() + HANG
-        while not all(r.exists() for r in readies):
-            failed = [p for p in procs if p.poll() not in (None, 0)]
-            assert not failed, failed[0].communicate()[1]
-            assert time.monotonic() < deadline, "the racing processes never got ready"
-            await asyncio.sleep(0.01)
-        go.write_text("go")
-        outputs = [p.communicate(timeout=HANG) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err
+    arguments = [backend, tmp_path, json.dumps(options), go]
+    procs = [racers.start(__file__, *arguments, p, readies[p]) for p in range(PROCESSES)]
+    outputs = await racers.race(procs, readies, go)
 
     wins: dict[str, list[str]] = {}
-    for out, _err in outputs:
+    for out in outputs:
         wins.update(json.loads(out))
     assert len(wins) == PROCESSES * COROUTINES
     winners = {message_id: [me for me, won in wins.items() if message_id in won] for message_id in ids()}
