@@ -11,6 +11,7 @@ from .backends.file import FileStorage
 from .backends.memory import MemoryStorage
 from .backends.redis import RedisStorage  # imports the redis package only when built
 from .backends.sqlite import SqliteStorage  # imports aiosqlite only when built
+from .conversations import Conversation, ConversationMetadata, ConversationStore
 from .errors import StorageError
 from .factory import (
     StorageFactory,
@@ -27,6 +28,9 @@ from .migrate import MigrationReport, migrate
 
 __all__ = [
     "ChangeEvent",
+    "Conversation",
+    "ConversationMetadata",
+    "ConversationStore",
     "Entry",
     "FileStorage",
     "KeyValueStore",

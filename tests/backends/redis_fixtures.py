@@ -10,7 +10,7 @@ imported names never clash with the test functions' parameters.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,17 @@ def make_fixture(redis_server: RedisServer, prefix: str, clock: FakeClock) -> Ca
         return storage
 
     return build
+
+
+@pytest.fixture(name="own_server")
+def own_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for one test alone, free to be killed, paused, filled or limited."""
+    server = RedisServer(tmp_path / "own-redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(name="storage")

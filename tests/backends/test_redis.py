@@ -31,20 +31,17 @@ from connectome_storage.interface import CacheEntry, Kind
 
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
-from .redis_fixtures import commands_of, eventually, make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
+from .redis_fixtures import (  # noqa: F401
+    commands_of,
+    eventually,
+    make_fixture,
+    own_server_fixture,
+    prefix_fixture,
+    raw_fixture,
+    storage_fixture,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server for this test alone, free to be killed, paused or filled."""
-    server = RedisServer(tmp_path / "own-redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # ------------------------------------------------------------------ packaging

@@ -5,7 +5,7 @@ script failing inside EXEC, a dropped connection), each on a real redis-server."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,11 @@ from connectome_storage.errors import AccessDeniedError, TransactionError, Value
 
 from ..conftest import FakeClock
 from ..redis_server import RedisServer
-from .redis_fixtures import commands_of, make_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
+from .redis_fixtures import commands_of, make_fixture, own_server_fixture, prefix_fixture, raw_fixture, storage_fixture  # noqa: F401
 
 PASSWORD = "tx-Secret-pw"
 MIB = 1024 * 1024
 MSGS = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server for this test alone (its limits get lowered)."""
-    server = RedisServer(tmp_path / "own-redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
