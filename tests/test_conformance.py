@@ -16,6 +16,7 @@ async def test_capabilities_and_supports(storage: StorageInterface) -> None:
     expected = {
         "file": {"watch", "backups", "persistent", "cross_process"},
         "sqlite": {"persistent", "cross_process"},
+        "postgres": {"persistent", "cross_process"},
         "redis": {"native_ttl", "cross_process"},  # plus "persistent" when the server persists
         "memory": set(),  # plus "lru_eviction" when max_conversations is set
     }[storage.backend_name]
