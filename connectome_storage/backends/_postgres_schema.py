@@ -12,7 +12,18 @@ tables in its own tuple below; version 1 is all of them.
 
 from __future__ import annotations
 
-__all__ = ["CORE_TABLES", "KV_TABLES", "MESSAGE_TABLES", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = [
+    "CORE_TABLES",
+    "DROP_EXPIRED",
+    "KV_TABLES",
+    "LOCK_AGENT",
+    "LOCK_CONVERSATION",
+    "MESSAGE_TABLES",
+    "MIGRATIONS",
+    "PRUNE_CONVERSATION",
+    "SCHEMA_VERSION",
+    "SET_MESSAGE_COUNT",
+]
 
 # Conversations and their parts, reasoning chains, cache, system state (postgres.py), and
 # the conversation store's metadata columns (_postgres_conversations.py).
@@ -57,12 +68,49 @@ CORE_TABLES: tuple[str, ...] = (
     )""",
     "CREATE INDEX cache_expires ON cache (expires_ms, cache_key)",
     "CREATE TABLE system_state (state_key text PRIMARY KEY, data text NOT NULL)",
+    # get_storage_stats() and verify() judge stored text in SQL: the JSON type of ``value``
+    # ('object', 'array', 'string', 'number', 'boolean', 'null'), or NULL when it is not
+    # JSON at all. PostgreSQL 15 has no error-free cast (pg_input_is_valid is 16+), so the
+    # cast runs in an EXCEPTION block; docs/postgres.md ("Statistics") says what it costs.
+    """CREATE FUNCTION json_kind(value text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    BEGIN
+        RETURN json_typeof(value::json);
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+        RETURN NULL;
+    END $$""",
     # Conversation store queries: ranges and orders over the top fields (ties by id).
     "CREATE INDEX conversations_updated ON conversations (updated_ms, conversation_id)",
     "CREATE INDEX conversations_created ON conversations (created_ms, conversation_id)",
     "CREATE INDEX conversations_message_count ON conversations (message_count, conversation_id)",
     "CREATE INDEX conversations_expires ON conversations (expires_ms) WHERE expires_ms IS NOT NULL",
 )
+
+# A conversation row lives exactly as long as one of its parts (its metadata among them),
+# so list_conversations is a plain scan of the table; every statement that removes a part
+# runs this after it ($1: conversation_id).
+PRUNE_CONVERSATION = """DELETE FROM conversations AS c WHERE c.conversation_id = $1
+    AND c.document IS NULL AND c.chunks IS NULL AND c.metadata IS NULL
+    AND NOT EXISTS (SELECT 1 FROM raw_messages AS r WHERE r.conversation_id = $1)
+    AND NOT EXISTS (SELECT 1 FROM memories AS m WHERE m.conversation_id = $1)"""
+
+# Before any write to a part of a conversation, in the same transaction: an expired one is
+# removed whole (the foreign keys cascade), so the write starts a new conversation
+# ($1: conversation_id, $2: now in epoch ms).
+DROP_EXPIRED = "DELETE FROM conversations WHERE conversation_id = $1 AND expires_ms <= $2"
+
+# After a write to the raw history, in the same transaction: the metadata's count follows
+# ($1: conversation_id, $2: the new length).
+SET_MESSAGE_COUNT = "UPDATE conversations SET message_count = $2 WHERE conversation_id = $1 AND metadata IS NOT NULL"
+
+# The parent row of a conversation's parts (or of an agent's chains), created when missing
+# and row-locked either way, in one statement: the writers of one conversation's history or
+# memories queue here until the first commits, so "MAX(seq) + 1" and "MAX(position) + 1"
+# never race (the advisory lock a write takes is shared, it does not order writers).
+# The no-op update is what takes the lock when the row exists ($1: the id).
+LOCK_CONVERSATION = """INSERT INTO conversations (conversation_id) VALUES ($1)
+    ON CONFLICT (conversation_id) DO UPDATE SET conversation_id = excluded.conversation_id"""
+LOCK_AGENT = """INSERT INTO agents (agent_id) VALUES ($1)
+    ON CONFLICT (agent_id) DO UPDATE SET agent_id = excluded.agent_id"""
 
 # Key-value collections (_postgres_kv.py).
 KV_TABLES: tuple[str, ...] = ()
