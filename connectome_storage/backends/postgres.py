@@ -185,6 +185,9 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
 
     async def _read(self, action: str, body: Body[T]) -> T:
         """Run ``body`` on a pooled connection (autocommit); retried when the connection broke."""
+        own = self._own_transaction()
+        if own is not None:  # inside a transaction's block: on its connection (_postgres_tx.py)
+            return await self._tx_run(own, action, body)
         return await self._on_connection(action, body, write=False)
 
     async def _write(self, action: str, body: Body[T], entities: tuple[tuple[str, ...], ...] = ()) -> T:
@@ -204,10 +207,6 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
                 return await body(conn)
 
         return await self._on_connection(action, transaction, write=True)
-
-    def _check_not_own_transaction(self, action: str, entities: tuple[tuple[str, ...], ...]) -> None:
-        """A write of an entity that this task's own open transaction has locked would wait
-        for itself: _postgres_tx.py refuses it at once (TransactionError)."""
 
     async def _on_connection(self, action: str, body: Body[T], *, write: bool) -> T:
         pool = self._pool
