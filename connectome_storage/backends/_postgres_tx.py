@@ -191,18 +191,32 @@ class PostgresTransactions(StorageInterface):
                 state.broken = True
                 raise
 
+    def _shared_locks(self, entities: tuple[tuple[str, ...], ...]) -> list[int]:
+        """The advisory keys a plain write takes shared, in the order it takes them.
+
+        A write of one entity takes that entity's key: it waits for a transaction holding
+        it, and holds nothing a transaction could wait for meanwhile. A write of several
+        entities (``set_many``), or of rows no entity names (``clear``, cleanups), could
+        hold one key a transaction wants while it waits for another the transaction holds:
+        it takes the schema's transaction key first, so it never runs beside a transaction
+        at all (it waits for the one running; the next waits for it). No cycle, no deadlock.
+        """
+        keys = sorted({self._lock_key(*entity) for entity in entities})
+        return keys if len(keys) == 1 else [self._lock_key("transaction"), *keys]
+
     def _check_not_own_transaction(self, action: str, entities: tuple[tuple[str, ...], ...]) -> None:
-        """A plain write, by the task that holds this storage's open transaction, of an
-        entity the transaction has locked would wait for itself: refused at once."""
+        """A plain write, by the task that holds this storage's open transaction, that would
+        wait for that transaction (an entity it locked, or any write of several entities)
+        would wait for itself: refused at once."""
         state = self._tx_state
         if state is None or not state.open or state.owner is not asyncio.current_task():
             return
         held = [entity for entity in entities if self._lock_key(*entity) in state.keys]
-        if held:
-            names = ", ".join(f"{entity[0]} {entity[-1]!r}" for entity in held)
+        if held or len(entities) != 1:
+            names = ", ".join(f"{entity[0]} {entity[-1]!r}" for entity in held or entities) or "the storage"
             raise TransactionError(
-                f"{action} {names} on {self._where()} directly inside the block of its own open transaction: "
-                "write through the transaction (tx) instead, or after the block"
+                f"{action} {names} on {self._where()} directly inside the block of its own open transaction "
+                "would wait for that transaction: write through the transaction (tx) instead, or after the block"
             )
 
     # -------------------------------------------------------------- internals
