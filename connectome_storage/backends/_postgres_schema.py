@@ -69,11 +69,21 @@ CORE_TABLES: tuple[str, ...] = (
     "CREATE INDEX cache_expires ON cache (expires_ms, cache_key)",
     "CREATE TABLE system_state (state_key text PRIMARY KEY, data text NOT NULL)",
     # get_storage_stats() and verify() judge stored text in SQL: the JSON type of ``value``
-    # ('object', 'array', 'string', 'number', 'boolean', 'null'), or NULL when it is not
-    # JSON at all. PostgreSQL 15 has no error-free cast (pg_input_is_valid is 16+), so the
-    # cast runs in an EXCEPTION block; docs/postgres.md ("Statistics") says what it costs.
-    """CREATE FUNCTION json_kind(value text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    # ('object', 'array', 'string', 'number', 'boolean', 'null'); NULL when it is not JSON;
+    # 'unsure' when PostgreSQL's parser and the reader's (orjson) may disagree on it: numbers
+    # beyond a double (an exponent of 3 digits, 200 digits in a row), \u escapes of NUL or of
+    # a surrogate, nesting deeper than 1024. The caller decodes 'unsure' rows in Python, so
+    # the verdict is exactly the reader's. PostgreSQL 15 has no error-free cast
+    # (pg_input_is_valid is 16+): the cast runs in an EXCEPTION block (a subtransaction per
+    # call; docs/postgres.md, "Statistics and verify", measures it). Not PARALLEL SAFE: a
+    # parallel worker cannot start a subtransaction.
+    r"""CREATE FUNCTION json_kind(value text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED
+    AS $$
     BEGIN
+        IF value ~ '[0-9][eE][+-]?[0-9]{3}|[0-9]{200}|\\u(0000|[dD][89a-fA-F])'
+                OR (length(value) > 2048 AND length(value) - length(translate(value, '[{', '')) > 1024) THEN
+            RETURN 'unsure';
+        END IF;
         RETURN json_typeof(value::json);
     EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
         RETURN NULL;
