@@ -122,11 +122,59 @@ LOCK_CONVERSATION = """INSERT INTO conversations (conversation_id) VALUES ($1)
 LOCK_AGENT = """INSERT INTO agents (agent_id) VALUES ($1)
     ON CONFLICT (agent_id) DO UPDATE SET agent_id = excluded.agent_id"""
 
-# Key-value collections (_postgres_kv.py).
-KV_TABLES: tuple[str, ...] = ()
+# Key-value collections (_postgres_kv.py). Ordered and range-compared text is COLLATE "C"
+# whatever the database's collation: UTF-8 byte order, the code point order of Python's str.
+KV_TABLES: tuple[str, ...] = (
+    """CREATE TABLE kv (
+        namespace text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value text NOT NULL,        -- canonical compact JSON
+        tags text NOT NULL,         -- canonical JSON object of str to str; '{}' when none
+        created_ms bigint NOT NULL, -- epoch milliseconds
+        updated_ms bigint NOT NULL,
+        expires_ms bigint,          -- NULL: never expires
+        PRIMARY KEY (namespace, key)
+    )""",
+    # order_by="updated_at" / "created_at" (ties by key) and since/until ranges.
+    "CREATE INDEX kv_updated ON kv (namespace, updated_ms, key)",
+    "CREATE INDEX kv_created ON kv (namespace, created_ms, key)",
+    # Expired counts and cleanup read only the rows that have an expiry.
+    "CREATE INDEX kv_expires ON kv (expires_ms, namespace) WHERE expires_ms IS NOT NULL",
+    # One row per tag of an entry: find_by_tag and tag filters are index ranges in key order.
+    """CREATE TABLE kv_tags (
+        namespace text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        value text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        PRIMARY KEY (namespace, name, value, key),
+        FOREIGN KEY (namespace, key) REFERENCES kv (namespace, key) ON DELETE CASCADE
+    )""",
+    # The cascade and a rewrite find an entry's tag rows through this.
+    "CREATE INDEX kv_tags_entry ON kv_tags (namespace, key)",
+)
 
-# The message store (_postgres_messages.py).
-MESSAGE_TABLES: tuple[str, ...] = ()
+# The message store (_postgres_messages.py): sender, recipient ('*' for a broadcast) and
+# timestamp repeat the message's "from", "to" and "timestamp", so that queries are index
+# ranges in order. The timestamp is its UTF-8 bytes: bytea orders like Python's str and,
+# unlike text, holds a U+0000 a caller may put in it. read_messages: one row per id an
+# agent marked read.
+MESSAGE_TABLES: tuple[str, ...] = (
+    """CREATE TABLE messages (
+        message_id text COLLATE "C" PRIMARY KEY,
+        sender text COLLATE "C" NOT NULL,
+        recipient text COLLATE "C" NOT NULL,
+        timestamp bytea NOT NULL,
+        data text NOT NULL          -- the whole message, canonical JSON
+    )""",
+    "CREATE INDEX messages_recipient ON messages (recipient, timestamp, message_id)",
+    "CREATE INDEX messages_sender ON messages (sender, timestamp, message_id)",
+    "CREATE INDEX messages_order ON messages (timestamp, message_id)",
+    """CREATE TABLE read_messages (
+        agent_id text COLLATE "C" NOT NULL,
+        message_id text COLLATE "C" NOT NULL,
+        PRIMARY KEY (agent_id, message_id)
+    )""",
+)
 
 # MIGRATIONS[n] takes a schema from version n to n + 1. Append, never edit once released.
 MIGRATIONS: list[tuple[str, ...]] = [CORE_TABLES + KV_TABLES + MESSAGE_TABLES]
