@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
@@ -281,7 +282,7 @@ class PostgresKV(StorageInterface):
 
     async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
         async def body(conn: Any) -> tuple[int, int, int, int]:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot
+            async with snapshot(conn):  # one snapshot for both statements
                 _, live, expired, bad, names = await conn.fetchrow(STATS_SQL, now_ms)
                 namespaces = set(names or ())
                 for namespace, *row in await conn.fetch(UNSURE_SQL):
@@ -454,3 +455,11 @@ def _utf8(text: str) -> bool:
 
 def _text(value: Any) -> str:
     return encode(value, pretty=False)[:-1].decode()  # canonical compact JSON, no newline
+
+
+def snapshot(conn: Any) -> AbstractAsyncContextManager[Any]:
+    """A read-only repeatable-read transaction, so that several statements see one snapshot;
+    nothing on a connection already in one (a transaction's own reads)."""
+    if conn.is_in_transaction():
+        return nullcontext()
+    return conn.transaction(isolation="repeatable_read", readonly=True)  # type: ignore[no-any-return]
