@@ -7,15 +7,22 @@ own ``PostgresServer``. PostgreSQL refuses to run as root, so as root the server
 the ``postgres`` user that Debian's package creates (scripts/test.sh installs the package
 when ``initdb`` is missing); the binaries come from ``$PG_BIN`` or Debian's
 ``/usr/lib/postgresql/<version>/bin`` or ``PATH``.
+
+As another user, the server needs every folder above its own to be traversable; pytest
+makes its ``pytest-of-<user>`` folder private again whenever another pytest run starts, so
+such a server keeps its cluster in a folder of its own directly under the system's temp
+folder (a link in ``directory`` points at it) and removes it when the test process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,21 +60,29 @@ class PostgresServer:
     """One PostgreSQL cluster in ``directory`` (data folder, log, socket), on 127.0.0.1:``port``."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
         self.port = port or free_port()
         self.bin = postgres_bin_dir()
-        self.data = directory / "data"
         self.user = "postgres"
         self._run_as = "postgres" if os.geteuid() == 0 else None
         directory.mkdir(parents=True, exist_ok=True)
         if self._run_as:
+            # Out of pytest's private folders (module docstring); the link says where it went.
+            cluster = Path(tempfile.mkdtemp(prefix="connectome-pg-"))
+            (directory / "cluster").symlink_to(cluster)
             entry = pwd.getpwnam(self._run_as)
-            os.chown(directory, entry.pw_uid, entry.pw_gid)
-            # The server (another user) must reach its folder through the test's temp folders.
-            for parent in directory.parents:
-                if parent == Path(parent.anchor):
-                    break
-                parent.chmod(parent.stat().st_mode | 0o111)
+            os.chown(cluster, entry.pw_uid, entry.pw_gid)
+            atexit.register(self._remove)
+            directory = cluster
+        self.directory = directory
+        self.data = directory / "data"
+
+    def _remove(self) -> None:
+        """At exit: a server still running is stopped (a crash is enough), then its folder goes."""
+        try:
+            if self.is_running():
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     @property
     def dsn(self) -> str:

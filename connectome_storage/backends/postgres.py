@@ -90,6 +90,11 @@ _collecting: contextvars.ContextVar[tuple[PostgresStorage, list[tuple[str, Body[
 )
 
 
+class _NotSent(Exception):
+    """A write whose BEGIN failed: nothing of it reached the server, so it may be sent again
+    (its cause is the error of the connection)."""
+
+
 def _import_asyncpg() -> Any:
     try:
         import asyncpg  # type: ignore[import-untyped]
@@ -211,13 +216,22 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
             collecting[1].append((action, body))
             return None  # type: ignore[return-value]
         self._check_not_own_transaction(action, entities)
-        keys = sorted({self._lock_key(*entity) for entity in entities})
+        keys = self._shared_locks(entities)  # in one global order (_postgres_tx.py)
 
         async def transaction(conn: Any) -> T:
-            async with conn.transaction():
-                if keys:
-                    await conn.execute("SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k", keys)
-                return await body(conn)
+            begun = False
+            try:
+                async with conn.transaction():
+                    begun = True
+                    if keys:
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k", keys
+                        )
+                    return await body(conn)
+            except Exception as e:
+                if not begun:  # BEGIN itself failed: none of the write reached the server
+                    raise _NotSent from e
+                raise
 
         return await self._on_connection(action, transaction, write=True)
 
@@ -234,9 +248,20 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
             try:
                 async with pool.acquire(timeout=self.settings.connection_timeout) as conn:
                     sent = True
-                    return await body(conn)
+                    try:
+                        return await body(conn)
+                    except Exception as e:
+                        cause = (e.__cause__ if isinstance(e, _NotSent) else None) or e
+                        if self._is_unavailable(cause, getattr(cause, "sqlstate", None) or ""):
+                            # Broken (the server went away, or killed this backend): the pool
+                            # opens a new connection in its place at the next acquire.
+                            conn.terminate()
+                        raise
             except Exception as e:
-                error = self._engine_error(e, action, sent=sent, write=write)
+                failure: BaseException = e
+                if isinstance(e, _NotSent) and e.__cause__ is not None:
+                    failure, sent = e.__cause__, False
+                error = self._engine_error(failure, action, sent=sent, write=write)
                 retry = isinstance(error, BackendUnavailableError) and (not sent or not write)
                 if not retry or attempt + 1 == attempts:
                     raise error from e
@@ -302,7 +327,15 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
         return StorageIOError(f"PostgreSQL failed while {where}: {e}")
 
     def _is_unavailable(self, e: BaseException, sqlstate: str) -> bool:
-        network = (OSError, TimeoutError, ConnectionError, self._asyncpg.InterfaceError)
+        # InternalClientError: asyncpg's protocol state broke, as when the server killed an
+        # idle connection ("cannot switch to state ..."); only a new connection helps.
+        network = (
+            OSError,
+            TimeoutError,
+            ConnectionError,
+            self._asyncpg.InterfaceError,
+            self._asyncpg.InternalClientError,
+        )
         return (
             isinstance(e, (*network, self._asyncpg.PostgresConnectionError))
             or sqlstate.startswith("08")  # connection exceptions
