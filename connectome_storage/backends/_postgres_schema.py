@@ -88,10 +88,11 @@ CORE_TABLES: tuple[str, ...] = (
     EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
         RETURN NULL;
     END $$""",
-    # Conversation store queries: ranges and orders over the top fields (ties by id).
-    "CREATE INDEX conversations_updated ON conversations (updated_ms, conversation_id)",
-    "CREATE INDEX conversations_created ON conversations (created_ms, conversation_id)",
-    "CREATE INDEX conversations_message_count ON conversations (message_count, conversation_id)",
+    # Conversation store queries: ranges and orders over the top fields, ties by id in code
+    # point order (COLLATE "C", as the queries order ids whatever the database's collation).
+    'CREATE INDEX conversations_updated ON conversations (updated_ms, conversation_id COLLATE "C")',
+    'CREATE INDEX conversations_created ON conversations (created_ms, conversation_id COLLATE "C")',
+    'CREATE INDEX conversations_message_count ON conversations (message_count, conversation_id COLLATE "C")',
     "CREATE INDEX conversations_expires ON conversations (expires_ms) WHERE expires_ms IS NOT NULL",
 )
 
