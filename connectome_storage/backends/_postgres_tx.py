@@ -56,6 +56,11 @@ logger = logging.getLogger("connectome_storage")
 
 _LOCK = "SELECT pg_advisory_lock($1)"
 _UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
+_ROLLBACK_AND_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
+_LOST = (
+    "the transaction lost its connection, and its locks with it; nothing of it was applied: leave the block and "
+    "run the transaction again"
+)
 # One round trip: the commit, then every lock of the transaction let go.
 _COMMIT = "COMMIT; SELECT pg_advisory_unlock_all()"
 
@@ -70,7 +75,8 @@ class _Tx:
     keys: set[int] = field(default_factory=set)  # advisory keys held (entities touched)
     use: asyncio.Lock = field(default_factory=asyncio.Lock)  # one statement at a time on conn
     open: bool = True
-    broken: bool = False  # the connection is lost or in an unknown state: terminate it at the end
+    broken: bool = False  # the connection was lost, and the locks with it
+    committed: bool = False  # COMMIT answered: the locks went with it
 
 
 # The transaction whose block the current context runs in (reads go to its connection).
@@ -143,25 +149,11 @@ class PostgresTransactions(StorageInterface):
             finally:
                 _collecting.reset(token)
             await self._commit(state, bodies)
-        except BaseException:
-            state.broken = True  # dropping the connection rolls back whatever it started
-            raise
         finally:
             await self._tx_end(state)
 
     async def _tx_abort(self, state: _Tx) -> None:
-        try:
-            if not state.broken and state.keys:
-                async with state.use:
-                    await state.conn.execute(_UNLOCK_ALL)
-        except Exception as e:  # the block's own exception is what the caller must see
-            logger.warning("letting go of a transaction's locks on %s: %s", self._where(), e)
-            state.broken = True
-        except BaseException:
-            state.broken = True
-            raise
-        finally:
-            await self._tx_end(state)
+        await self._tx_end(state)
 
     # --------------------------------------------------------------- running
 
@@ -175,21 +167,17 @@ class PostgresTransactions(StorageInterface):
         """Run ``body`` on the transaction's connection. Never retried: a lost connection has
         lost the transaction's locks, so the transaction cannot go on."""
         async with state.use:
-            if state.broken or not state.open:
-                raise BackendUnavailableError(
-                    f"{action} {self._where()}: the transaction lost its connection earlier, and its locks with "
-                    "it; nothing of it was applied: leave the block and run the transaction again"
-                )
+            if state.broken or not state.open or _lost(state.conn):
+                state.broken = True
+                raise BackendUnavailableError(f"{action} {self._where()}: {_LOST}")
             try:
                 return await body(state.conn)
             except Exception as e:
                 error = self._engine_error(e, action, sent=False, write=False)
                 if isinstance(error, BackendUnavailableError):
                     state.broken = True
+                    raise BackendUnavailableError(f"{error}; {_LOST}") from e
                 raise error from e
-            except BaseException:  # cancelled mid-statement: the connection's state is unknown
-                state.broken = True
-                raise
 
     def _shared_locks(self, entities: tuple[tuple[str, ...], ...]) -> list[int]:
         """The advisory keys a plain write takes shared, in the order it takes them.
@@ -236,9 +224,8 @@ class PostgresTransactions(StorageInterface):
                 await conn.execute(_LOCK, self._lock_key("transaction"))
                 return conn
             except BaseException as e:
-                if conn is not None:
-                    conn.terminate()  # it may hold the lock (granted as a cancel arrived)
-                    await pool.release(conn)
+                if conn is not None:  # it may hold the lock (granted as a cancel arrived)
+                    await self._let_go(conn, committed=False)
                 if not isinstance(e, Exception):
                     raise
                 error = self._engine_error(e, "starting a transaction on", sent=False, write=False)
@@ -269,9 +256,8 @@ class PostgresTransactions(StorageInterface):
                     await body(conn)
                 action, committing = "committing a transaction on", True
                 await conn.execute(_COMMIT)
-                state.keys.clear()
+                state.committed = True
             except Exception as e:
-                state.broken = True
                 error = self._engine_error(e, action, sent=False, write=False)
                 if committing and isinstance(error, BackendUnavailableError):
                     raise TransactionError(
@@ -283,29 +269,52 @@ class PostgresTransactions(StorageInterface):
     async def _tx_end(self, state: _Tx) -> None:
         """Give the connection back with no lock held (or drop it), and open the gate."""
         state.open = False
-        conn = state.conn
         try:
-            if state.broken:
-                conn.terminate()  # the server rolls back and lets every lock go
-            elif state.keys:  # a commit with nothing to write: its locks still go
-                await conn.execute(_UNLOCK_ALL)
+            await self._let_go(state.conn, committed=state.committed)
+        finally:
+            self._tx_state = None
+            self._tx_gate.release()
+
+    async def _let_go(self, conn: Any, *, committed: bool) -> None:
+        """Roll back what the connection started and let its locks go, then give it back to
+        the pool; terminate it when that fails. After a cancelled statement asyncpg has sent
+        the server a cancel request: the next statement waits for it, so the server is not
+        left running the interrupted one (terminating at once would drop that request, and
+        a server busy with a statement does not notice a closed connection until it ends)."""
+        try:
+            if not committed and not _lost(conn):
+                release = _ROLLBACK_AND_UNLOCK if conn.is_in_transaction() else _UNLOCK_ALL
+                await asyncio.wait_for(conn.execute(release), self.settings.connection_timeout)
         except BaseException as e:
-            conn.terminate()
+            logger.warning("ending a transaction on %s: %r; dropping its connection", self._where(), e)
+            _terminate(conn)  # the server rolls back and lets every lock go
             if not isinstance(e, Exception):
                 raise
         finally:
             try:
-                # The pool's reset also lets every advisory lock go; a release that fails terminates.
                 await self._pool.release(conn)
             except Exception as e:
                 logger.warning("giving a transaction's connection back to the pool of %s: %s", self._where(), e)
-                conn.terminate()
-            finally:
-                self._tx_state = None
-                self._tx_gate.release()
+                _terminate(conn)
 
     def _busy(self, what: str) -> LockTimeoutError:
         return LockTimeoutError(
             f"a transaction on {self._where()} {what}; raise connection_timeout or keep transactions short",
             lock_path=self._schema,
         )
+
+
+def _lost(conn: Any) -> bool:
+    """Whether the connection is closed (the pool takes a closed one back at once)."""
+    try:
+        return bool(conn.is_closed())
+    except Exception:  # asyncpg: "connection has been released back to the pool"
+        return True
+
+
+def _terminate(conn: Any) -> None:
+    """Close the connection at once (the server then rolls back and drops its locks)."""
+    try:
+        conn.terminate()
+    except Exception as e:  # lost already: the pool took it back when it closed
+        logger.debug("terminating a transaction's connection: %s", e)
