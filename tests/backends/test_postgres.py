@@ -7,6 +7,8 @@ tests that stop or restart a server start their own, so the shared one stays up.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -368,3 +370,27 @@ async def test_a_read_on_connections_the_server_killed_is_retried(storage: Postg
     for _ in range(pool.get_max_size()):
         assert await storage.load_conversation("c1") == {"t": 1}
     assert await storage.append_raw_messages("c1", [{"n": 0}]) == 1
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connectome_storage", *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+async def test_cli_dsn_alone_selects_postgres(
+    storage: PostgresStorage, postgres_server: PostgresServer, schema: str
+) -> None:
+    await storage.store_conversation("c1", {"t": 1})
+    shown = _cli("--dsn", postgres_server.dsn, "--schema", schema, "show", "c1")
+    assert shown.returncode == 0, shown.stderr
+    assert '"t": 1' in shown.stdout
+    listed = _cli("--dsn", postgres_server.dsn, "--schema", schema, "ls")
+    assert listed.returncode == 0 and "c1" in listed.stdout
+    dead = _cli("--dsn", postgres_server.dsn.replace(f":{postgres_server.port}/", ":1/"), "health")
+    assert dead.returncode == 1
+    assert "unhealthy" in dead.stdout
+    assert PASSWORD not in dead.stdout + dead.stderr
