@@ -109,6 +109,12 @@ def _targets(sizes: Sizes) -> list[Target]:
         Target("file: a 5-write transaction costs less than the 5 durable writes one by one (< 1x)",
                "transactions.file", "one transaction", 1.0, "at most"),
     ]  # fmt: skip
+    for key, what in [("store", "store_conversation"), ("load", "load_conversation"),
+                      ("append", "append_raw_messages"), ("kv_set", "kv.set"), ("kv_get", "kv.get")]:  # fmt: skip
+        targets.append(
+            Target(f"PostgresStorage {what} >= 0.8x raw asyncpg sending the same statements", f"postgres.{key}",
+                   "PostgresStorage", 0.8, "at least")
+        )  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(
             Target(
