@@ -25,10 +25,15 @@ entities could all be holding.
 At commit every op's hook hands its statement body to ``_write``, which collects it
 (``_collecting``); the bodies then run on the transaction's connection between ``BEGIN``
 and ``COMMIT``, and the same round trip as ``COMMIT`` lets every lock go. Any error
-before ``COMMIT`` leaves nothing applied (the connection is dropped, which rolls back);
-a connection lost during ``COMMIT`` itself leaves the outcome unknown, and the error says
-so. Whatever happens, cancellation included, the connection goes back to the pool with
-no lock held, or is terminated (the server then drops its locks and rolls back).
+before ``COMMIT`` leaves nothing applied (ROLLBACK); a connection lost during ``COMMIT``
+itself leaves the outcome unknown, and the error says so. Whatever happens, cancellation
+included, the connection goes back to the pool rolled back and with no lock held
+(``_let_go``: after a cancelled statement, once asyncpg's cancel request has stopped it
+on the server), or is terminated (the server then rolls back and drops its locks).
+
+Writes of several entities, or of rows no entity names, take the schema's transaction
+key shared before anything else (``_shared_locks``), so they never run beside a
+transaction: that is what keeps a plain ``set_many`` and a transaction from deadlocking.
 """
 
 from __future__ import annotations
