@@ -258,7 +258,9 @@ class PostgresKV(StorageInterface):
             # the clear wait, as it makes a write of that entry wait.
             keys = [row[0] for row in await conn.fetch("SELECT key FROM kv WHERE namespace = $1", namespace)]
             if keys:
-                locks = sorted({lock("kv", namespace, key) for key in keys})
+                # The schema's transaction key first: never beside a transaction, so no
+                # deadlock with one holding some of these keys (_postgres_tx.py, _shared_locks).
+                locks = [lock("transaction"), *sorted({lock("kv", namespace, key) for key in keys})]
                 await conn.execute("SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k", locks)
             sql = "DELETE FROM kv WHERE namespace = $1 RETURNING expires_ms IS NULL OR expires_ms > $2"
             return sum(bool(row[0]) for row in await conn.fetch(sql, namespace, now_ms))

@@ -31,9 +31,9 @@ included, the connection goes back to the pool rolled back and with no lock held
 (``_let_go``: after a cancelled statement, once asyncpg's cancel request has stopped it
 on the server), or is terminated (the server then rolls back and drops its locks).
 
-Writes of several entities, or of rows no entity names, take the schema's transaction
-key shared before anything else (``_shared_locks``), so they never run beside a
-transaction: that is what keeps a plain ``set_many`` and a transaction from deadlocking.
+Writes of several entities take the schema's transaction key shared before anything
+else (``_shared_locks``), so they never run beside a transaction: that is what keeps a
+plain ``set_many`` and a transaction from deadlocking.
 """
 
 from __future__ import annotations
@@ -189,13 +189,15 @@ class PostgresTransactions(StorageInterface):
 
         A write of one entity takes that entity's key: it waits for a transaction holding
         it, and holds nothing a transaction could wait for meanwhile. A write of several
-        entities (``set_many``), or of rows no entity names (``clear``, cleanups), could
+        entities (``set_many``, and ``kv.clear``, which locks each key it removes) could
         hold one key a transaction wants while it waits for another the transaction holds:
         it takes the schema's transaction key first, so it never runs beside a transaction
         at all (it waits for the one running; the next waits for it). No cycle, no deadlock.
+        A write that names no entity (the message store, cleanups) takes nothing: no
+        transaction touches what it writes.
         """
         keys = sorted({self._lock_key(*entity) for entity in entities})
-        return keys if len(keys) == 1 else [self._lock_key("transaction"), *keys]
+        return keys if len(keys) <= 1 else [self._lock_key("transaction"), *keys]
 
     def _check_not_own_transaction(self, action: str, entities: tuple[tuple[str, ...], ...]) -> None:
         """A plain write, by the task that holds this storage's open transaction, that would
@@ -205,8 +207,8 @@ class PostgresTransactions(StorageInterface):
         if state is None or not state.open or state.owner is not asyncio.current_task():
             return
         held = [entity for entity in entities if self._lock_key(*entity) in state.keys]
-        if held or len(entities) != 1:
-            names = ", ".join(f"{entity[0]} {entity[-1]!r}" for entity in held or entities) or "the storage"
+        if held or len(entities) > 1:
+            names = ", ".join(f"{entity[0]} {entity[-1]!r}" for entity in held or entities)
             raise TransactionError(
                 f"{action} {names} on {self._where()} directly inside the block of its own open transaction "
                 "would wait for that transaction: write through the transaction (tx) instead, or after the block"

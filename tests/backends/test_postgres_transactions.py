@@ -314,27 +314,33 @@ async def test_concurrent_read_modify_write_transactions_lose_no_update(server: 
         assert await first.kv("counters").get("n") == 60
 
 
+@pytest.mark.parametrize("write", ["set_many", "clear"])
 async def test_a_write_of_several_entities_never_deadlocks_with_a_transaction(
-    server: PostgresServer, schema: str
+    server: PostgresServer, schema: str, write: str
 ) -> None:
-    """The transaction locks "b" then "a"; meanwhile ``set_many`` writes both. Taking the
-    entities' keys alone, set_many would hold "a" while waiting for "b" and the transaction
-    would wait for "a": a deadlock, which the server breaks by failing one of them. Writes
-    of several entities take the schema's transaction key first, so set_many waits for the
-    whole transaction instead, and both succeed."""
+    """The transaction locks "a" and "b" in the order opposite to their keys' order, and a
+    plain write of both (``set_many``, or ``clear``, which locks every key it removes)
+    starts in between. Taking the entities' keys alone, the write would hold the first
+    key while waiting for the second, and the transaction would wait for the first: a
+    deadlock, which the server breaks by failing one of them. Writes of several entities
+    take the schema's transaction key first, so the write waits for the whole transaction
+    instead, and both succeed."""
     async with make(server, schema) as storage, make(server, schema) as other:
         kv = storage.kv("k")
         await kv.set_many({"a": 0, "b": 0})
-        for _ in range(3):  # the lock order of "a" and "b" is their keys' order: some round hits it
-            async with storage.transaction() as tx:
-                b = await tx.kv("k").get("b")
+        first, second = sorted("ab", key=lambda k: storage._lock_key("kv", "k", k), reverse=True)
+        async with storage.transaction() as tx:
+            one = await tx.kv("k").get(first)
+            if write == "set_many":
                 writer = asyncio.create_task(other.kv("k").set_many({"a": 100, "b": 100}))
-                await asyncio.sleep(0.2)  # the writer is waiting now (for the transaction)
-                a = await tx.kv("k").get("a")
-                await tx.kv("k").set_many({"a": a + 1, "b": b + 1})
-            await writer  # it waited for the commit, then wrote
-            assert await kv.get_many(["a", "b"]) == {"a": 100, "b": 100}
-            await kv.set_many({"a": 0, "b": 0})
+            else:
+                writer = asyncio.create_task(other.kv("k").clear())
+            await asyncio.sleep(0.2)  # the writer is waiting now (for the transaction)
+            two = await tx.kv("k").get(second)
+            await tx.kv("k").set_many({first: one + 1, second: two + 1})
+        await writer  # it waited for the commit, then wrote
+        expected = {"a": 100, "b": 100} if write == "set_many" else {}
+        assert await kv.get_many(["a", "b"]) == expected
 
 
 # ----------------------------------------------------------------------- readers
