@@ -157,7 +157,9 @@ class RedisCluster:
 
     def __init__(self, directory: Path, size: int = 6) -> None:
         cluster_options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        cluster_options += ["--cluster-node-timeout", "1000"]
+        # A replica must have synced before its master dies, or it refuses to take over:
+        # sync at once (the default waits 5 s for more replicas), and start() waits for it.
+        cluster_options += ["--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
         self.nodes = [RedisServer(directory / f"node-{i}", _cluster_port(), extra=cluster_options) for i in range(size)]
 
     @property
@@ -177,6 +179,13 @@ class RedisCluster:
             self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout[-2000:]}{created.stderr[-2000:]}")
         self.wait_until(lambda: all(self.info(node).get("cluster_state") == "ok" for node in self.nodes), "be ok")
+        self.wait_until(self.replicas_synced, "sync its replicas")
+
+    def replicas_synced(self) -> bool:
+        """Every replica's link to its master is up (INFO replication)."""
+        roles = [self.command(node, "INFO", "replication") for node in self.nodes]
+        replicas = [text for text in roles if "role:slave" in text]
+        return len(replicas) == len(self.nodes) // 2 and all("master_link_status:up" in t for t in replicas)
 
     def command(self, node: RedisServer, *args: str) -> str:
         """One command sent to one node with redis-cli (raw reply text; empty when it is down)."""
@@ -192,7 +201,7 @@ class RedisCluster:
         return dict(line.strip().split(":", 1) for line in lines if ":" in line)
 
     def masters(self) -> list[RedisServer]:
-        """The nodes that are masters serving slots now, as the live nodes see it."""
+        """The live nodes that serve slots as masters now, as the first live node sees it."""
         by_port = {node.port: node for node in self.nodes}
         for node in self.nodes:
             if node.process is None or node.process.poll() is not None:
@@ -202,7 +211,8 @@ class RedisCluster:
                 fields = line.split()
                 flags = fields[2].split(",")
                 port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
-                if "master" in flags and "fail" not in flags and len(fields) > 8:
+                alive = by_port[port].process is not None and by_port[port].process.poll() is None  # type: ignore[union-attr]
+                if "master" in flags and not {"fail", "fail?"} & set(flags) and len(fields) > 8 and alive:
                     masters.append(by_port[port])
             return masters
         return []

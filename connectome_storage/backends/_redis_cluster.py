@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Held", "cluster_health", "is_cluster_client", "make_client", "plain_url"]
+__all__ = ["Held", "cluster_health", "is_cluster_client", "make_client", "plain_url", "wait_command"]
+
+
+def wait_command(replicas: int, timeout: float) -> tuple[str, int, int]:
+    """WAIT for ``replicas`` replicas, within the socket timeout ``timeout`` (seconds) with a
+    margin, so that a slow replica gives WAIT's own answer rather than a broken connection.
+    (The server checks blocked clients' timeouts about every 100 ms: the margin is 250 ms.)"""
+    milliseconds = int(timeout * 1000)
+    return ("WAIT", replicas, max(1, milliseconds - max(250, milliseconds // 10)))
 
 
 def plain_url(url: str) -> str:

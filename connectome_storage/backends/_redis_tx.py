@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import StorageError, StorageIOError, TransactionError
 from ..interface import Kind, StorageInterface
-from ._redis_cluster import Held
+from ._redis_cluster import Held, wait_command
 
 if TYPE_CHECKING:
     from ..transaction import Op
@@ -180,7 +180,7 @@ class RedisTransactions(StorageInterface):
         sent.append(("EXEC",))
         wanted = self.settings.wait_replicas  # type: ignore[attr-defined]
         if wanted:  # WAIT counts the replicas that received this connection's writes: EXEC's
-            sent.append(("WAIT", wanted, max(1, int(self.settings.connection_timeout * 900))))  # type: ignore[attr-defined]
+            sent.append(wait_command(wanted, self.settings.connection_timeout))  # type: ignore[attr-defined]
         what = f"committing a transaction of {len(commands)} writes"
         exceptions = self._redis.exceptions
         try:

@@ -61,7 +61,7 @@ from ..errors import (
 from ..interface import CacheEntry, Kind, Problem, StorageInterface
 from ..naming import encode_name as _encode_name
 from ..serializer import Serializer, make_serializer
-from ._redis_cluster import Held, cluster_health, is_cluster_client, make_client
+from ._redis_cluster import Held, cluster_health, is_cluster_client, make_client, wait_command
 from ._redis_conv import RedisConversations
 from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
@@ -221,7 +221,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         # script touches the marker alone (one slot).
         keys = [marker, *self._layout.legacy_indexes()]
         try:
-            stored: bytes | str | None = await self._script("claim_serializer", marker, keys, [wanted])
+            # Not waited for (wait_replicas): it writes once per prefix, and a lost marker is claimed again.
+            stored: bytes | str | None = await self._script("claim_serializer", marker, keys, [wanted], wait=False)
         except AccessDeniedError:
             # An ACL that forbids writing the prefix (or touching it at all): every operation
             # will say so itself, as health_check() does. A marker it may read is still checked.
@@ -350,18 +351,27 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         return text
 
     async def _script(
-        self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0, *, read: bool = False
+        self,
+        name: str,
+        key: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        size: int = 0,
+        *,
+        read: bool = False,
+        wait: bool = True,
     ) -> Any:
         """Run one of ``_redis_lua.SCRIPTS``; ``key`` is the entity named in errors.
 
-        Retried only if ``read`` (a script that writes nothing), as ``_call`` retries reads,
+        A write is followed by WAIT (``wait_replicas``) unless ``wait`` is False. Retried
+        only if ``read`` (a script that writes nothing), as ``_call`` retries reads,
         or for a server that does not know the script (restarted, or SCRIPT FLUSH): it then
         did not run at all, so it is loaded and sent once more.
         """
         script = self._scripts[name]
         client = self.client
         no_script = self._redis.exceptions.NoScriptError
-        if not read and self.settings.wait_replicas:
+        if wait and not read and self.settings.wait_replicas:
             command = ("EVALSHA", script.sha, len(keys), *keys, *args)
             return await self._call(
                 f"running {name} on {key}", key, lambda: self._write_and_wait(key, [command], script), size=size
@@ -385,7 +395,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         received every write of this connection so far, so it must follow on the same one.
         A script the server does not know (NOSCRIPT: it did not run) is loaded and sent again."""
         wanted = self.settings.wait_replicas
-        wait = ("WAIT", wanted, max(1, int(self.settings.connection_timeout * 900)))  # ms, inside the socket timeout
+        wait = wait_command(wanted, self.settings.connection_timeout)
         held = await Held.take(self.client, key)
         try:
             try:
