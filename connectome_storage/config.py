@@ -105,7 +105,7 @@ def redact_url(url: str) -> str:
         user, colon, _password = info.partition(":")
         if colon:
             info = f"{user}:***"
-        elif scheme.lower() in ("redis", "rediss", "unix"):
+        elif scheme.lower() in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
             info = "***"
         return f"{scheme}://{info}@"
 

@@ -22,6 +22,22 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P msg:{m}:...                   the message store (_redis_messages.py)
     P health:{<random>}     string  health_check()'s probe, deleted at once (PX 60 s in case it is not)
 
+On Redis Cluster (``cluster=True``, a ``redis+cluster://`` URL, or a RedisCluster client)
+every key that one script or one MULTI touches must be in one hash slot, so the indexes
+are sharded into 256 buckets by id (``bucket = crc32(<id>) % 256``) and each entity's keys
+carry its bucket's hash tag (_redis_layout.py builds every key name, for both layouts)::
+
+    P conv:{c:<bucket>}:<id>:current ...        P idx:{c:<bucket>}:conversations
+                                                P idx:{c:<bucket>}:conversation-expiry
+    P agent:{a:<bucket>}:<id>:chains            P idx:{a:<bucket>}:agents
+    P cache:{x:<bucket>}:<id>                   P idx:{x:<bucket>}:cache
+    P system:{s:<bucket>}:<id>                  P idx:{s:<bucket>}:system
+    P kv:{n:<bucket>}:<namespace>:...           P idx:{n:<bucket>}:kv
+    P msg:{m}:..., P meta:serializer            as on one server
+
+Listings, stats, cleanup and verify read every bucket in one pipeline (the cluster client
+sends each master its share at once). A transaction may touch one hash slot (_redis_tx.py).
+
 Values (JSON texts above) go through the serializer of the ``serializer`` option
 (``serializer.py``): compact JSON by default, or msgpack; ``meta:serializer`` records
 which one wrote the prefix, and a storage opened with the other is refused.
