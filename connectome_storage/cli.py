@@ -84,7 +84,11 @@ def _passwords(url: str) -> set[str]:
     try:
         parts = urlsplit(url)
         found.update(value for value in (parts.password, unquote(parts.password or "")) if value)
-        if parts.username and parts.password is None and parts.scheme in ("redis", "rediss", "unix"):
+        if (
+            parts.username
+            and parts.password is None
+            and parts.scheme.removesuffix("+cluster") in ("redis", "rediss", "unix")
+        ):
             found.update({parts.username, unquote(parts.username)})
         found.update(v for k, v in parse_qsl(parts.query) if k.lower() in {"password", "passwd", "pwd"} and v)
     except ValueError:
@@ -443,7 +447,7 @@ async def _watch(storage: StorageInterface, args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ migrate
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _REPORT_LINES = [
     ("conversations", "conversations"),
     ("conversation_metadata", "with metadata"),

@@ -82,13 +82,16 @@ class RedisSettings(CommonSettings):
     connection_timeout: float = 30.0
     client: Any = None
     serializer: str = "json"
+    # Redis Cluster (also chosen by a redis+cluster:// URL or a RedisCluster client).
     cluster: bool = False
+    # Replicas that must acknowledge each write (WAIT) before it returns; 0: do not wait.
+    wait_replicas: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class PostgresSettings(CommonSettings):
     # Out of the repr: a DSN may carry a password (redact_url shows it safely).
-    dsn: str = dataclasses.field(default="postgresql://localhost:5432/postgres", repr=False)
+    dsn: str = dataclasses.field(default="postgresql://localhost/connectome", repr=False)
     # The PostgreSQL schema (namespace) that holds this storage's tables; one database can
     # hold several storages side by side.
     schema: str = "connectome"
@@ -118,7 +121,7 @@ def redact_url(url: str) -> str:
         user, colon, _password = info.partition(":")
         if colon:
             info = f"{user}:***"
-        elif scheme.lower() in ("redis", "rediss", "unix"):
+        elif scheme.lower() in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
             info = "***"
         return f"{scheme}://{info}@"
 
@@ -196,10 +199,10 @@ def _parse_secret_url(value: Any, name: str) -> str:
 
 def _parse_redis_url(value: Any, name: str) -> str:
     text = _parse_secret_url(value, name)
-    if not text.startswith(("redis://", "rediss://", "unix://")):
+    if not text.startswith(REDIS_SCHEMES):
         raise ConfigError(
-            f"{name}={redact_url(text)!r} is not a Redis URL; "
-            "use redis://HOST:PORT/DB, rediss://... or unix:///path/to/socket"
+            f"{name}={redact_url(text)!r} is not a Redis URL; use redis://HOST:PORT/DB, rediss://..., "
+            "unix:///path/to/socket, or redis+cluster://HOST:PORT (rediss+cluster://) for Redis Cluster"
         )
     _check_url_parses(text, name)
     return text
@@ -253,12 +256,8 @@ def _parse_serializer(value: Any, name: str) -> str:
     return serializer
 
 
-def _parse_cluster(value: Any, name: str) -> bool:
-    if parse_bool(value, name):
-        raise ConfigError(
-            f"{name}={value!r}: Redis Cluster is not supported yet; use a single Redis server (false, the default)"
-        )
-    return False
+# The URL schemes RedisStorage takes; a ``+cluster`` one selects Redis Cluster.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 ENCRYPTION_KEY_VARIABLE = "CONNECTOME_STORAGE_ENCRYPTION_KEY"
@@ -330,7 +329,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "client": lambda value, name: value,
     "backup_retention": _parse_timeout,
     "serializer": _parse_serializer,
-    "cluster": _parse_cluster,
+    "cluster": parse_bool,
+    "wait_replicas": _parse_count,
     "dsn": _parse_dsn,
     "schema": _parse_schema,
     "pool_size": _parse_pool_size,
@@ -358,6 +358,7 @@ ENV_VARIABLES: dict[str, str] = {
     "CONNECTOME_STORAGE_POOL_SIZE": "pool_size",
     "CONNECTOME_STORAGE_MAX_RETRIES": "max_retries",
     "CONNECTOME_STORAGE_REDIS_CLUSTER": "cluster",
+    "CONNECTOME_STORAGE_REDIS_WAIT_REPLICAS": "wait_replicas",
     # Not a backend option: with_environment_middleware makes it an Encryption middleware.
     ENCRYPTION_KEY_VARIABLE: "encryption_key",
 }

@@ -85,7 +85,9 @@ class Kind(enum.Enum):
 CONVERSATION_PARTS = (Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES)
 
 # What a backend may do beyond the common contract (``capabilities``, ``supports()``).
-CAPABILITIES = frozenset({"watch", "backups", "native_ttl", "cross_process", "persistent", "lru_eviction"})
+# "sharded": data spread over several servers by hash slot (Redis Cluster); a transaction
+# may then touch the entities of one slot only (docs/redis.md, "Redis Cluster").
+CAPABILITIES = frozenset({"watch", "backups", "native_ttl", "cross_process", "persistent", "lru_eviction", "sharded"})
 
 # The keys of get_storage_stats(), in the order every backend reports them; a backend may
 # add its own after these.

@@ -196,15 +196,22 @@ def test_serializer_json_and_msgpack_are_accepted_on_sqlite_and_redis_only() -> 
         StorageFactory.create_storage("file", {"serializer": "json"})
 
 
-def test_redis_cluster_false_is_accepted_and_true_is_refused_until_it_exists() -> None:
+def test_redis_cluster_and_wait_replicas_are_parsed() -> None:
     storage = create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "redis", "CONNECTOME_STORAGE_REDIS_CLUSTER": "no"})
     assert storage.settings.cluster is False  # type: ignore[attr-defined]
-    with pytest.raises(ConfigError, match=r"CONNECTOME_STORAGE_REDIS_CLUSTER.*not supported yet"):
-        create_storage_from_env({"CONNECTOME_STORAGE_REDIS_CLUSTER": "true"})
+    storage = create_storage_from_env(
+        {"CONNECTOME_STORAGE_TYPE": "redis", "CONNECTOME_STORAGE_REDIS_CLUSTER": "yes",
+         "CONNECTOME_STORAGE_REDIS_WAIT_REPLICAS": "1"}
+    )  # fmt: skip
+    assert storage.settings.cluster is True and storage.settings.wait_replicas == 1  # type: ignore[attr-defined]
+    assert storage.supports("sharded")
     with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_REDIS_CLUSTER='sometimes' is not a boolean"):
         create_storage_from_env({"CONNECTOME_STORAGE_REDIS_CLUSTER": "sometimes"})
-    with pytest.raises(ConfigError, match=r"cluster.*not supported yet"):
-        StorageFactory.create_storage("redis", {"cluster": True})
+    with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_REDIS_WAIT_REPLICAS='-1' must be 0 or more"):
+        create_storage_from_env({"CONNECTOME_STORAGE_REDIS_WAIT_REPLICAS": "-1"})
+    with pytest.raises(ConfigError, match="redis\\+cluster://HOST:PORT"):
+        StorageFactory.create_storage("redis", {"redis_url": "cluster://h:1"})
+    assert StorageFactory.create_storage("redis", {"redis_url": "rediss+cluster://h:1"}).settings.redis_url
 
 
 def test_postgres_dsn_is_validated_without_showing_its_password() -> None:

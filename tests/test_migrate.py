@@ -20,6 +20,7 @@ from connectome_storage.errors import StorageNotInitializedError
 from connectome_storage.interface import CacheEntry
 
 from .conftest import BACKENDS, FakeClock
+from .redis_server import redis_cluster  # noqa: F401  (the session's Redis Cluster, for make_middle)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "sample_data"
@@ -121,9 +122,13 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
     return expected
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres", "memory", "sqlite-msgpack", "redis-msgpack"])
+@pytest.fixture(params=["sqlite", "redis", "postgres", "memory", "sqlite-msgpack", "redis-msgpack", "redis-cluster"])
 def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Any:
-    """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS)."""
+    """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS,
+    and a Redis Cluster)."""
+    if request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        return lambda: BACKENDS["redis"](tmp_path, clock, {"redis_url": url})
     options: dict[str, Any] = {}
     if request.param.startswith("redis"):
         options["redis_url"] = request.getfixturevalue("redis_server").url

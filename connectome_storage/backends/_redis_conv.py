@@ -8,6 +8,9 @@ Key layout (``P`` is ``key_prefix``, ``<id>`` the percent-encoded id, as in redi
                                         a field that is absent is None
     P idx:conversation-expiry     zset  ids of conversations with an expiry, scored by expires_ms
 
+(On Redis Cluster: ``P conv:{c:<bucket>}:<id>:meta`` and one expiry index per bucket,
+``P idx:{c:<bucket>}:conversation-expiry``; _redis_layout.py.)
+
 The metadata is a hash, not one serialized document, so that the scripts read
 ``expires_ms`` and write ``message_count`` and ``updated_ms`` as fields without decoding
 anything: Lua's cjson and cmsgpack would not give the caller's dict back exactly (cjson
@@ -26,7 +29,6 @@ says so, whatever the server has done yet. Every hook here is one script or one 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,7 +37,7 @@ import orjson
 from ..conversations import MetaRecord
 from ..errors import CorruptedDataError, StorageError
 from ..interface import Problem, StorageInterface
-from ..naming import encode_name
+from ._redis_layout import KeyLayout
 from ._redis_lua import CONVERSATION_SUFFIXES
 from ._redis_tx import Command
 
@@ -47,14 +49,11 @@ __all__ = ["RedisConversations"]
 T = TypeVar("T")
 
 _HINT = "save the conversation again to replace its metadata, or delete the key"
-_EXPIRY_INDEX = "idx:conversation-expiry"
 # Expired ids one index script examines at most before it answers (about a millisecond of
 # server time); more make it answer "call again", so a big backlog never blocks the server.
 _BUDGET = 1000
 # Ids per pipeline of metadata reads.
 _BATCH = 500
-
-_name = functools.lru_cache(maxsize=4096)(encode_name)
 
 
 def _text(value: bytes | str) -> str:
@@ -88,6 +87,7 @@ class RedisConversations(StorageInterface):
     if TYPE_CHECKING:  # what RedisStorage provides (redis.py); declared here for the type checker
         _prefix: str
         _serializer: Serializer
+        _layout: KeyLayout
 
         @property
         def client(self) -> Any: ...
@@ -102,6 +102,7 @@ class RedisConversations(StorageInterface):
             transaction: bool = False, strict: bool = False,
         ) -> list[Any]: ...  # fmt: skip
         async def _run(self, command: Command, *, read: bool = False) -> Any: ...
+        async def _scripts_over(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]: ...
         def _decode(self, raw: bytes | str, source: str) -> Any: ...
         def _check_size(self, key: str, payloads: Sequence[bytes]) -> int: ...
         def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError: ...
@@ -111,21 +112,28 @@ class RedisConversations(StorageInterface):
 
     def _conversation_keys(self, conversation_id: str) -> list[str]:
         """meta, current, raw, chunks, mem, order: every key of one conversation."""
-        base = f"{self._prefix}conv:{{{_name(conversation_id)}}}:"
+        base = self._layout.conv_base(conversation_id)
         return [base + suffix for suffix in CONVERSATION_SUFFIXES]
 
     def meta_key_of(self, conversation_id: str) -> str:
         """The Redis hash holding a conversation's metadata."""
-        return f"{self._prefix}conv:{{{_name(conversation_id)}}}:meta"
+        return self._layout.conv_base(conversation_id) + "meta"
 
     @property
     def expiry_index(self) -> str:
-        """The sorted set of conversations with an expiry, scored by expires_ms."""
-        return self._prefix + _EXPIRY_INDEX
+        """The sorted set of conversations with an expiry, scored by expires_ms (one server;
+        on a cluster each bucket has its own: ``expiry_index_of``)."""
+        return self._layout.expiry_index()
+
+    def expiry_index_of(self, conversation_id: str) -> str:
+        """The expiry index that lists ``conversation_id``."""
+        return self._layout.expiry_index(conversation_id)
 
     def _script_keys(self, conversation_id: str) -> list[str]:
         """KEYS of the single-conversation scripts: its keys, then the two indexes."""
-        return [*self._conversation_keys(conversation_id), self._prefix + "idx:conversations", self.expiry_index]
+        layout = self._layout
+        indexes = [layout.index("conversation", conversation_id), layout.expiry_index(conversation_id)]
+        return [*self._conversation_keys(conversation_id), *indexes]
 
     # --------------------------------------------------------------- records
 
@@ -179,19 +187,28 @@ class RedisConversations(StorageInterface):
 
     async def _conversation_index(self, mode: str, now_ms: int) -> tuple[list[str], int]:
         """(listed ids, or expired ids whose keys remain; how many expired remain), pruning
-        the index entries of conversations expired on the storage clock on the way."""
-        keys = [self._prefix + "idx:conversations", self.expiry_index]
-        offset = 0
-        while True:
-            reply = await self._script("conv_index", keys[0], keys, [self._prefix, now_ms, mode, offset, _BUDGET])
-            if int(reply[0]) < 0:
+        the index entries of conversations expired on the storage clock on the way. Every
+        bucket's script goes in one pipeline (on a cluster: to every master at once)."""
+        buckets = self._layout.conv_buckets()
+        offsets = dict.fromkeys(range(len(buckets)), 0)
+        ids: list[str] = []
+        expired = 0
+        while offsets:
+            pending = list(offsets.items())
+            calls = [(buckets[b][:2], [*buckets[b][2:], now_ms, mode, offset, _BUDGET]) for b, offset in pending]
+            for (bucket, _), reply in zip(pending, await self._scripts_over("conv_index", calls), strict=True):
+                if int(reply[0]) >= 0:  # more expired ids than one call examines: call again from there
+                    offsets[bucket] = int(reply[0])
+                    continue
+                del offsets[bucket]
                 try:
-                    return [_text(member) for member in reply[1]], int(reply[2])
+                    ids += [_text(member) for member in reply[1]]
                 except UnicodeDecodeError as e:
                     raise CorruptedDataError(
-                        keys[0], f"a member is not UTF-8 text ({e})", hint="remove it from the index"
+                        buckets[bucket][0], f"a member is not UTF-8 text ({e})", hint="remove it from the index"
                     ) from e
-            offset = int(reply[0])
+                expired += int(reply[2])
+        return ids, expired
 
     async def _list_conversations(self) -> list[str]:
         return (await self._conversation_index("list", self._now_ms()))[0]
@@ -203,13 +220,15 @@ class RedisConversations(StorageInterface):
         return (await self._conversation_index("expired", now_ms))[1]
 
     async def _remove_expired_conversations(self, now_ms: int) -> int:
-        keys = [self._prefix + "idx:conversations", self.expiry_index]
+        buckets = self._layout.conv_buckets()
         removed = 0
-        while True:
-            swept = int(await self._script("conv_sweep", keys[1], keys, [self._prefix, now_ms, _BUDGET]))
-            removed += swept
-            if swept < _BUDGET:
-                return removed
+        while buckets:
+            calls = [(bucket[:2], [*bucket[2:], now_ms, _BUDGET]) for bucket in buckets]
+            swept = [int(n) for n in await self._scripts_over("conv_sweep", calls)]
+            removed += sum(swept)
+            # A bucket that had a full batch may have more.
+            buckets = [bucket for bucket, n in zip(buckets, swept, strict=True) if n >= _BUDGET]
+        return removed
 
     # ------------------------------------------------------------ the hooks
 

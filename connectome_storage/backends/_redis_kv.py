@@ -12,6 +12,10 @@ are a cluster hash tag putting every key of one namespace in one slot)::
     P kv:{<ns>}:tag:<name>:<value>      set   keys whose tag <name> is <value>
     P idx:kv                            set   namespaces holding entries
 
+On Redis Cluster a namespace's keys start ``P kv:{n:<bucket>}:<ns>:`` and its index entry
+is in ``P idx:{n:<bucket>}:kv``, the same slot (_redis_layout.py); the scripts get the
+base from the caller either way.
+
 New hash fields can be added without a migration: readers ask for the fields they know.
 Every write is one Lua script (_redis_kv_lua.py), so it is atomic and one round trip; a
 read of known keys is one HMGET (a pipeline of them for several). Walks (keys, count,
@@ -38,6 +42,7 @@ from ..errors import CorruptedDataError, StorageError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect
 from ..naming import encode_name
+from ._redis_layout import KeyLayout
 from ._redis_tx import Command
 
 if TYPE_CHECKING:
@@ -48,7 +53,6 @@ __all__ = ["RedisKV"]
 T = TypeVar("T")
 
 _HINT = "set the key again to replace the entry, or delete it"
-_NS_INDEX = "idx:kv"
 # Index members one script call examines at most: about a millisecond of server time.
 _WALK_BUDGET = 2000
 # Entries per batch of the scripts that remove or count (clear, cleanup, stats).
@@ -87,6 +91,7 @@ class RedisKV(StorageInterface):
     if TYPE_CHECKING:  # what RedisStorage provides (redis.py); declared here for the type checker
         _prefix: str
         _serializer: Serializer
+        _layout: KeyLayout
 
         @property
         def client(self) -> Any: ...
@@ -101,12 +106,16 @@ class RedisKV(StorageInterface):
         ) -> list[Any]: ...  # fmt: skip
         def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError: ...
         def _decode(self, raw: bytes | str, source: str) -> Any: ...
-        async def _members(self, index: str) -> list[str]: ...
+        async def _listed(self, kind: str) -> list[str]: ...
 
     # ------------------------------------------------------------------ names
 
     def _kv_base(self, namespace: str) -> str:
-        return f"{self._prefix}kv:{{{_name(namespace)}}}:"
+        return self._layout.kv_base(namespace)
+
+    def _kv_ns_index(self, namespace: str) -> str:
+        """The set listing ``namespace`` among the namespaces holding entries."""
+        return self._layout.index("kv", namespace)
 
     def kv_key_of(self, namespace: str, key: str) -> str:
         """The Redis hash holding one entry."""
@@ -193,7 +202,7 @@ class RedisKV(StorageInterface):
             ]  # fmt: skip
             for name, value in tags:
                 args += [name, value]
-        keys = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
+        keys = [*self._kv_indexes(namespace), self._kv_ns_index(namespace)]
         where = self.kv_key_of(namespace, records[0].key)
         return [Command("kv_put", where, keys, args)]
 
@@ -201,7 +210,7 @@ class RedisKV(StorageInterface):
         return bool(await self._run(self._kv_put_commands(namespace, records, now_ms, if_not_exists=if_not_exists)[0]))
 
     def _kv_delete_commands(self, namespace: str, keys: list[str], now_ms: int) -> list[Command]:
-        index = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
+        index = [*self._kv_indexes(namespace), self._kv_ns_index(namespace)]
         commands = []
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
@@ -222,7 +231,7 @@ class RedisKV(StorageInterface):
     def _kv_clear_commands(self, namespace: str, now_ms: int, *, batch: int = 0) -> list[Command]:
         """One call removing up to ``batch`` entries; 0 (a transaction's): all of them at once,
         since the transaction's EXEC holds the server for all of its writes anyway."""
-        keys = [*self._kv_indexes(namespace), self._prefix + _NS_INDEX]
+        keys = [*self._kv_indexes(namespace), self._kv_ns_index(namespace)]
         return [Command("kv_clear", keys[0], keys, [self._kv_base(namespace), namespace, batch, now_ms])]
 
     async def _kv_clear(self, namespace: str, now_ms: int) -> int:
@@ -237,7 +246,7 @@ class RedisKV(StorageInterface):
         namespaces = [namespace] if namespace is not None else await self._kv_all_namespaces()
         removed = 0
         for name in namespaces:
-            keys = [*self._kv_indexes(name), self._prefix + _NS_INDEX]
+            keys = [*self._kv_indexes(name), self._kv_ns_index(name)]
             offset = 0
             while True:
                 args = [self._kv_base(name), name, offset, _BATCH, now_ms]
@@ -321,7 +330,7 @@ class RedisKV(StorageInterface):
     # --------------------------------------------------------- namespaces, stats
 
     async def _kv_all_namespaces(self) -> list[str]:
-        return sorted(await self._members(self._prefix + _NS_INDEX))
+        return sorted(await self._listed("kv"))
 
     async def _kv_census(self, namespace: str, now_ms: int) -> tuple[int, int]:
         """(live, expired) entries of a namespace; drops those Redis expired natively."""
@@ -384,7 +393,7 @@ class RedisKV(StorageInterface):
 
     async def _kv_all_keys(self) -> list[str]:
         """Every Redis key the collections use (for total_bytes), found through the indexes."""
-        keys = [self._prefix + _NS_INDEX]
+        keys = list(self._layout.indexes("kv"))
         for namespace in await self._kv_all_namespaces():
             keys += self._kv_indexes(namespace)
             everything = KVSelect()

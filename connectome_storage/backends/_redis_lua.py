@@ -118,14 +118,14 @@ for i = 2, #KEYS do
   end
 end
 return removed""",
-    # KEYS: serializer marker, the index keys. ARGV: the serializer this storage uses.
+    # KEYS: serializer marker, the index keys (none on a cluster). ARGV: the serializer this storage uses.
     # Returns the serializer that wrote the prefix, recording it first when none is: a
     # prefix that already holds data from before the marker existed was written as JSON.
     "claim_serializer": """
 local stored = redis.call('GET', KEYS[1])
 if stored then return stored end
 stored = ARGV[1]
-if redis.call('EXISTS', unpack(KEYS, 2, #KEYS)) > 0 then stored = 'json' end
+if #KEYS > 1 and redis.call('EXISTS', unpack(KEYS, 2, #KEYS)) > 0 then stored = 'json' end
 redis.call('SET', KEYS[1], stored)
 return stored""",
 }
@@ -214,16 +214,17 @@ local function relist()
 end
 """
 
-# KEYS: idx:conversations, idx:conversation-expiry. ARGV: key prefix, now_ms, then each
-# script's own. Names a conversation's keys from its id, as RedisStorage.key_of does.
+# KEYS: idx:conversations, idx:conversation-expiry (of one bucket, on a cluster). ARGV:
+# head, tail, now_ms, then each script's own. Names a conversation's keys from its id as
+# the key layout does (_redis_layout.py): head .. encoded id .. tail .. suffix.
 _CONVERSATIONS = (
     ENCODE_NAME_LUA
     + """
 local IDX, EXPZ = KEYS[1], KEYS[2]
-local P, NOW = ARGV[1], ARGV[2]
+local HEAD, TAIL, NOW = ARGV[1], ARGV[2], ARGV[3]
 local SUFFIXES = {'meta', 'current', 'raw', 'chunks', 'mem', 'order'}
 local function keys_of(id)
-  local base, keys = P .. 'conv:{' .. enc(id) .. '}:', {}
+  local base, keys = HEAD .. enc(id) .. TAIL, {}
   for i, suffix in ipairs(SUFFIXES) do keys[i] = base .. suffix end
   return keys
 end
@@ -422,7 +423,7 @@ begin()
 put_meta(4)
 redis.call('SADD', IDX, ID)
 return 1""",
-    # KEYS: idx:conversations, idx:conversation-expiry. ARGV: prefix, now, mode (list or
+    # KEYS: idx:conversations, idx:conversation-expiry. ARGV: head, tail, now, mode (list or
     # expired), offset, budget. Prunes the index entries of conversations expired on the
     # storage clock: each leaves idx:conversations, and the expiry zset too once Redis has
     # removed its keys. Examines at most ``budget`` expired ids; when there may be more it
@@ -430,7 +431,7 @@ return 1""",
     # (list) or the expired ids whose keys remain (expired), how many of those there are}.
     "conv_index": _CONVERSATIONS
     + """
-local offset, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local offset, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local batch = redis.call('ZRANGEBYSCORE', EXPZ, '-inf', NOW, 'LIMIT', offset, budget)
 local kept = 0
 for _, id in ipairs(batch) do
@@ -439,14 +440,14 @@ for _, id in ipairs(batch) do
 end
 if #batch == budget then return {offset + kept} end
 local expired = redis.call('ZRANGEBYSCORE', EXPZ, '-inf', NOW)
-if ARGV[3] == 'list' then return {-1, redis.call('SMEMBERS', IDX), #expired} end
+if ARGV[4] == 'list' then return {-1, redis.call('SMEMBERS', IDX), #expired} end
 return {-1, expired, #expired}""",
-    # KEYS: idx:conversations, idx:conversation-expiry. ARGV: prefix, now, budget. Removes
+    # KEYS: idx:conversations, idx:conversation-expiry. ARGV: head, tail, now, budget. Removes
     # up to ``budget`` conversations expired on the storage clock, whole (those whose keys
     # Redis removed already count too); returns how many.
     "conv_sweep": _CONVERSATIONS
     + """
-local batch = redis.call('ZRANGEBYSCORE', EXPZ, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[3]))
+local batch = redis.call('ZRANGEBYSCORE', EXPZ, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(batch) do
   redis.call('DEL', unpack(keys_of(id)))
   redis.call('SREM', IDX, id)

@@ -15,7 +15,8 @@ Saving is one script (HSETNX, then the index sets): one winner among concurrent 
 an id, and the indexes never lag the hash. A query reads only the messages its sets name,
 in one script call (one round trip), and applies the exact filter, order and limit in
 Python; ``get_unread_ids`` reads only sets. Marking read is one SADD in MULTI/EXEC with the
-readers index: a union, so concurrent marks never lose an id.
+readers index: a union, so concurrent marks never lose an id. (MULTI/EXEC goes on one
+connection taken by hand, RedisStorage._multi: on a cluster, to the master of ``{m}``.)
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ class RedisMessages(StorageInterface):
             self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None,
             transaction: bool = False, strict: bool = False,
         ) -> list[Any]: ...  # fmt: skip
+        async def _multi(
+            self, what: str, key: str, commands: Sequence[tuple[Any, ...]], *, write: bool = True
+        ) -> list[Any]: ...
         def _decode(self, raw: bytes | str, source: str) -> Any: ...
         def _check_size(self, key: str, payloads: Sequence[bytes]) -> int: ...
 
@@ -152,7 +156,7 @@ class RedisMessages(StorageInterface):
             ("sadd", from_set, message_id),
             ("sadd", self._msg_base + "agents", recipient, sender),
         ]
-        await self._pipelined(f"saving message {message_id}", commands, key=everything, transaction=True, strict=True)
+        await self._multi(f"saving message {message_id}", everything, commands)
         return True
 
     async def _msg_get(self, message_id: str) -> dict[str, Any] | None:
@@ -197,13 +201,13 @@ class RedisMessages(StorageInterface):
     async def _msg_add_read(self, agent_id: str, ids: list[str]) -> None:
         key = self._msg_set("read", agent_id)
         commands = [("sadd", key, *ids), ("sadd", self._msg_base + "readers", agent_id)]
-        await self._pipelined(f"marking read in {key}", commands, key=key, transaction=True, strict=True)
+        await self._multi(f"marking read in {key}", key, commands)
 
     async def _msg_set_read(self, agent_id: str, ids: list[str]) -> None:
         key, readers = self._msg_set("read", agent_id), self._msg_base + "readers"
         commands: list[tuple[Any, ...]] = [("delete", key)]
         commands += [("sadd", key, *ids), ("sadd", readers, agent_id)] if ids else [("srem", readers, agent_id)]
-        await self._pipelined(f"writing {key}", commands, key=key, transaction=True, strict=True)
+        await self._multi(f"writing {key}", key, commands)
 
     async def _msg_unread(self, agent_id: str) -> set[str]:
         commands = [
@@ -211,8 +215,8 @@ class RedisMessages(StorageInterface):
             ("sdiff", self._msg_set("to", BROADCAST), self._msg_set("from", agent_id)),
             ("smembers", self._msg_set("read", agent_id)),
         ]
-        direct, broadcast, read = await self._pipelined(
-            "reading unread messages", commands, key=self._msg_set("read", agent_id), transaction=True, strict=True
+        direct, broadcast, read = await self._multi(
+            "reading unread messages", self._msg_set("read", agent_id), commands, write=False
         )
         return {_text(i) for i in (set(direct) | set(broadcast)) - set(read)}
 

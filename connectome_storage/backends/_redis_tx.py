@@ -1,6 +1,7 @@
 """Transactions on Redis (docs/redis.md, "Transactions"): the ``_tx_*`` hooks of RedisStorage.
 
-A transaction takes one connection of the pool for itself (``_tx_begin``). Before the
+A transaction takes one connection for itself when it first touches an entity (on Redis
+Cluster, a connection to the master serving that entity's hash slot). Before the
 transaction first reads or writes an entity, ``_tx_touch`` WATCHes that entity's keys on
 that connection, and the WATCH is answered before the overlay reads them (the overlay's
 reads go through the pool: a read changes nothing, and the WATCH already covers every
@@ -23,6 +24,11 @@ one ``MULTI ... EXEC`` on the watched connection:
 
 No transaction waits for another, so none can deadlock: two transactions that touch the
 same entity both run, and the second to commit fails and is retried by its caller.
+
+On Redis Cluster, MULTI/EXEC runs on one node and every key in it must be in one hash slot:
+a transaction may touch the entities of one slot (one conversation, one namespace, or any
+entities whose bucket tags share it; _redis_layout.py). Touching an entity of a second slot
+raises TransactionError at that touch, before anything was sent for it.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import StorageError, TransactionError
+from ..errors import StorageError, StorageIOError, TransactionError
 from ..interface import Kind, StorageInterface
+from ._redis_cluster import Held, wait_command
 
 if TYPE_CHECKING:
     from ..transaction import Op
@@ -60,11 +67,13 @@ class Command:
 
 @dataclass
 class _Transaction:
-    """What ``_tx_begin`` returns: a transactional pipeline that holds one connection of the
-    pool from begin to commit or abort, and the keys WATCHed on it."""
+    """What ``_tx_begin`` returns: the connection the transaction holds from its first touch
+    to its commit or abort, the keys WATCHed on it, and (on a cluster) their hash slot."""
 
-    pipe: Any
+    held: Held | None = None
     watched: set[str] = field(default_factory=set)
+    slot: int | None = None
+    first: str = ""  # the first key watched: names the slot in messages
 
 
 class RedisTransactions(StorageInterface):
@@ -73,6 +82,8 @@ class RedisTransactions(StorageInterface):
     if TYPE_CHECKING:  # what RedisStorage provides (redis.py); declared here for the type checker
         _redis: Any
         _scripts: dict[str, Any]
+        _cluster: bool
+        _server: str
 
         @property
         def client(self) -> Any: ...
@@ -80,6 +91,7 @@ class RedisTransactions(StorageInterface):
             self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False
         ) -> T: ...
         def _translate(self, error: BaseException, what: str, key: str | None) -> StorageError: ...
+        async def _relearn_cluster(self) -> None: ...
         def key_of(self, kind: Kind, key: str) -> str: ...
         def _conversation_keys(self, conversation_id: str) -> list[str]: ...
         def kv_key_of(self, namespace: str, key: str) -> str: ...
@@ -101,22 +113,43 @@ class RedisTransactions(StorageInterface):
         raise AssertionError(f"a transaction touched an entity Redis does not know: {entity!r}")
 
     async def _tx_begin(self) -> Any:
-        pipe = self.client.pipeline(transaction=True)
-        try:
-            # The connection WATCH arms on, and EXEC runs on: the transaction's own until it ends.
-            pipe.connection = await self._call("starting a transaction", None, pipe.connection_pool.get_connection)
-        except BaseException:
-            await pipe.reset()
-            raise
-        return _Transaction(pipe)
+        # The connection is taken at the first touch: on a cluster, the entity decides the node.
+        return _Transaction()
 
     async def _tx_touch(self, state: Any, entity: tuple[str, ...]) -> None:
         tx: _Transaction = state
         keys = [key for key in self._entity_keys(entity) if key not in tx.watched]
         if not keys:
             return
-        await self._call(f"watching {keys[0]}", keys[0], tx.pipe.watch, *keys)
+        if self._cluster:
+            self._check_slot(tx, keys[0])
+        if tx.held is None:
+            tx.held = await self._call("starting a transaction", keys[0], Held.take, self.client, keys[0])
+        (reply,) = await self._tx_send(tx, f"watching {keys[0]}", keys[0], [("WATCH", *keys)])
+        if isinstance(reply, Exception):
+            raise self._translate(reply, f"watching {keys[0]}", keys[0]) from reply
         tx.watched.update(keys)
+
+    def _check_slot(self, tx: _Transaction, key: str) -> None:
+        """On a cluster, refuse an entity outside the slot of the first one the transaction touched."""
+        slot = self.client.keyslot(key)
+        if tx.slot is None:
+            tx.slot, tx.first = slot, key
+        elif slot != tx.slot:
+            raise TransactionError(
+                f"{key} is in hash slot {slot}, but this transaction already touched {tx.first} in slot "
+                f"{tx.slot}: Redis Cluster transactions are limited to one hash slot, and nothing of this "
+                "transaction was applied. Keep the data of one transaction in one conversation or one key-value "
+                "namespace, or use a single Redis server, SQLite or PostgreSQL for transactions across entities"
+            )
+
+    async def _tx_send(self, tx: _Transaction, what: str, key: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        assert tx.held is not None
+        try:
+            return await self._call(what, key, tx.held.send, commands)
+        except StorageError:
+            await self._relearn_cluster()
+            raise
 
     async def _tx_commit(self, state: Any, ops: list[Op]) -> None:
         tx: _Transaction = state
@@ -139,30 +172,36 @@ class RedisTransactions(StorageInterface):
         return builder(*op.args, **op.options)
 
     async def _exec(self, tx: _Transaction, commands: list[Command]) -> None:
-        pipe, exceptions = tx.pipe, self._redis.exceptions
-        pipe.multi()
-        for command in commands:
-            # EVAL, not EVALSHA: a script missing from the server's cache (restarted, SCRIPT
-            # FLUSH) would fail alone inside EXEC, after the others ran.
-            source = self._scripts[command.script].script
-            pipe.execute_command("EVAL", source, len(command.keys), *command.keys, *command.args)
+        assert tx.held is not None, "every op touched its entity first"
+        # EVAL, not EVALSHA: a script missing from the server's cache (restarted, SCRIPT
+        # FLUSH) would fail alone inside EXEC, after the others ran.
+        sent: list[tuple[Any, ...]] = [("MULTI",)]
+        sent += [("EVAL", self._scripts[c.script].script, len(c.keys), *c.keys, *c.args) for c in commands]
+        sent.append(("EXEC",))
+        wanted = self.settings.wait_replicas  # type: ignore[attr-defined]
+        if wanted:  # WAIT counts the replicas that received this connection's writes: EXEC's
+            sent.append(wait_command(wanted, self.settings.connection_timeout))  # type: ignore[attr-defined]
         what = f"committing a transaction of {len(commands)} writes"
+        exceptions = self._redis.exceptions
         try:
-            results = await pipe.execute(raise_on_error=False)
-        except exceptions.WatchError as e:
-            if "changed" not in str(e):  # redis-py: the connection broke while keys were watched
-                raise _unknown_outcome(what, e) from e
+            replies = await tx.held.send(sent)
+        except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as e:
+            await self._relearn_cluster()
+            raise _unknown_outcome(what, e) from e
+        queued, results = replies[1 : len(commands) + 1], replies[len(commands) + 1]
+        if isinstance(results, Exception):
+            # EXECABORT: a command was refused while queued (an ACL, out of memory); Redis
+            # discarded the block. The refusal is the first error met.
+            index = next((i for i, reply in enumerate(queued) if isinstance(reply, Exception)), 0)
+            error = queued[index] if isinstance(queued[index], Exception) else results
+            command = commands[index]
+            raise self._translate(error, f"running {command.script} on {command.key}", command.key) from error
+        if results is None:
             raise TransactionError(
                 f"a key the transaction read or wrote ({_some(tx.watched)}) was changed by another writer "
                 "before it committed; nothing of it was applied; retry the transaction"
-            ) from e
-        except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as e:
-            raise _unknown_outcome(what, e) from e
-        except exceptions.RedisError as e:
-            # EXECABORT: a command was refused while queued (an ACL, out of memory); Redis
-            # discarded the block. The refusal is the first error met.
-            command = commands[_failed_index(e, len(commands))]
-            raise self._translate(e, f"running {command.script} on {command.key}", command.key) from e
+            )
+        tx.watched.clear()  # EXEC unwatched them
         failed = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
         if failed:
             index, error = failed[0]
@@ -174,24 +213,25 @@ class RedisTransactions(StorageInterface):
                 "not roll back: every other write of the transaction was applied. Repair the key named "
                 "(verify() lists damaged data) and write the failed part again"
             ) from error
+        if wanted and int(replies[-1]) < wanted:
+            raise StorageIOError(
+                f"the transaction was committed on Redis at {self._server}, but only {replies[-1]} of the {wanted} "
+                "replicas it waits for (wait_replicas) acknowledged it within connection_timeout; it may be lost "
+                "if the master fails now. Check the replicas (INFO replication), or lower wait_replicas"
+            )
 
     async def _release(self, tx: _Transaction) -> None:
         """UNWATCH and give the connection back (a broken one is closed, never reused)."""
+        held, tx.held = tx.held, None
+        if held is None:
+            return
         try:
-            await tx.pipe.reset()
+            if tx.watched and not held.broken:
+                await held.send([("UNWATCH",)])
         except Exception as e:  # never hide the error that ended the transaction
             logger.warning("Redis transaction: releasing its connection failed (%s: %s)", type(e).__name__, e)
-
-
-def _failed_index(error: BaseException, count: int) -> int:
-    """Which queued command an EXECABORT named (redis-py: "Command # n (...)"), 0 if unknown."""
-    text = str(error)
-    marker = "Command # "
-    if marker in text:
-        number = text.split(marker, 1)[1].split(" ", 1)[0]
-        if number.isdigit() and 1 <= int(number) <= count:
-            return int(number) - 1
-    return 0
+        finally:
+            await held.release()
 
 
 def _some(keys: set[str]) -> str:

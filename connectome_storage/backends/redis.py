@@ -22,6 +22,22 @@ unambiguous and the braces are a cluster hash tag grouping one conversation's ke
     P msg:{m}:...                   the message store (_redis_messages.py)
     P health:{<random>}     string  health_check()'s probe, deleted at once (PX 60 s in case it is not)
 
+On Redis Cluster (``cluster=True``, a ``redis+cluster://`` URL, or a RedisCluster client)
+every key that one script or one MULTI touches must be in one hash slot, so the indexes
+are sharded into 256 buckets by id (``bucket = crc32(<id>) % 256``) and each entity's keys
+carry its bucket's hash tag (_redis_layout.py builds every key name, for both layouts)::
+
+    P conv:{c:<bucket>}:<id>:current ...        P idx:{c:<bucket>}:conversations
+                                                P idx:{c:<bucket>}:conversation-expiry
+    P agent:{a:<bucket>}:<id>:chains            P idx:{a:<bucket>}:agents
+    P cache:{x:<bucket>}:<id>                   P idx:{x:<bucket>}:cache
+    P system:{s:<bucket>}:<id>                  P idx:{s:<bucket>}:system
+    P kv:{n:<bucket>}:<namespace>:...           P idx:{n:<bucket>}:kv
+    P msg:{m}:..., P meta:serializer            as on one server
+
+Listings, stats, cleanup and verify read every bucket in one pipeline (the cluster client
+sends each master its share at once). A transaction may touch one hash slot (_redis_tx.py).
+
 Values (JSON texts above) go through the serializer of the ``serializer`` option
 (``serializer.py``): compact JSON by default, or msgpack; ``meta:serializer`` records
 which one wrote the prefix, and a storage opened with the other is refused.
@@ -39,6 +55,7 @@ expiry, faults and retries.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import time
@@ -60,9 +77,11 @@ from ..errors import (
 from ..interface import CacheEntry, Kind, Problem, StorageInterface
 from ..naming import encode_name as _encode_name
 from ..serializer import Serializer, make_serializer
+from ._redis_cluster import Held, cluster_health, is_cluster_client, make_client, wait_command
 from ._redis_conv import RedisConversations
 from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
+from ._redis_layout import KeyLayout, make_layout
 from ._redis_lua import SCRIPTS
 from ._redis_messages import MSG_SCRIPTS, RedisMessages
 from ._redis_tx import Command, RedisTransactions
@@ -72,6 +91,8 @@ from ._redis_tx import Command, RedisTransactions
 __all__ = ["RedisStorage", "redact_url"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("connectome_storage")
 
 _INSTALL_HINT = "RedisStorage needs the redis package: pip install connectome-storage[redis]"
 _HINT = "store the entity again to replace it, or delete the key"
@@ -92,7 +113,8 @@ _SUFFIX = {Kind.CONVERSATION: "current", Kind.CHUNKS: "chunks", Kind.RAW_MESSAGE
 # Where each part's key is in the conversation scripts' KEYS (1-based; see _redis_lua.py).
 _SLOT = {Kind.CONVERSATION: 2, Kind.RAW_MESSAGES: 3, Kind.CHUNKS: 4, Kind.MEMORIES: 5}
 _ORDER_SLOT = 6
-_INDEX = {Kind.REASONING_CHAINS: "idx:agents", Kind.CACHE: "idx:cache", Kind.SYSTEM: "idx:system"}
+# The layout's name of each kind that has an index (_redis_layout.py).
+_KIND = {Kind.REASONING_CHAINS: "agent", Kind.CACHE: "cache", Kind.SYSTEM: "system"}
 
 
 def _import_redis() -> Any:
@@ -124,6 +146,13 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         super().__init__(config)
         self._redis = _import_redis()
         self._prefix = self.settings.key_prefix
+        # Redis Cluster when asked for (cluster=True, a redis+cluster:// URL) or handed a
+        # RedisCluster client; the key layout follows (_redis_layout.py), chosen here once.
+        url_scheme = self.settings.redis_url.partition("://")[0].lower()
+        self._cluster = bool(
+            self.settings.cluster or url_scheme.endswith("+cluster") or is_cluster_client(self.settings.client)
+        )
+        self._layout: KeyLayout = make_layout(self._prefix, cluster=self._cluster)
         self._serializer: Serializer = make_serializer(self.settings.serializer)
         # Typed Any: redis-py annotates its commands as sync-or-async unions that only
         # type-check with a cast at every call.
@@ -163,21 +192,17 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             raise
 
     def _make_client(self) -> Any:
-        timeout = self.settings.connection_timeout
+        # No retries inside redis-py (Redis(host=...) would retry three times by default):
+        # resending an RPUSH whose reply was lost appends it twice. _call retries reads, once.
         try:
-            return self._redis.asyncio.Redis.from_url(
-                self.settings.redis_url,
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
-                # No retries inside redis-py (Redis(host=...) would retry three times by
-                # default): resending an RPUSH whose reply was lost appends it twice.
-                # _call retries reads, once.
-                retry=self._redis.asyncio.retry.Retry(self._redis.backoff.NoBackoff(), 0),
+            return make_client(
+                self._redis, self.settings.redis_url, self.settings.connection_timeout, cluster=self._cluster
             )
-        except ValueError as e:  # redis-py's own URL parsing: a bad port, db or option
+        except (ValueError, self._redis.exceptions.RedisClusterException) as e:  # redis-py's own URL parsing
             raise ConfigError(
                 f"redis_url {self._server!r} is not usable: {self._scrub(str(e))}; use "
-                "redis://[[user]:password@]host:port/db, rediss://... or unix:///path/to/socket"
+                "redis://[[user]:password@]host:port/db, rediss://..., unix:///path/to/socket, or "
+                "redis+cluster://host:port for Redis Cluster (no db, no unix socket)"
             ) from e
 
     async def _read_server_config(self) -> None:
@@ -187,7 +212,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         defaults: not known to persist, and the 512 MiB limit.
         """
         names = ("appendonly", "save", "proto-max-bulk-len")
-        replies = await self._pipelined("reading CONFIG", [("config_get", name) for name in names])
+        replies = await self._server_calls("reading CONFIG", [("config_get", name) for name in names])
         values = dict(
             zip(names, (_config_value(reply, name) for reply, name in zip(replies, names, strict=True)), strict=True)
         )
@@ -206,11 +231,14 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
                 f"serializer={wanted!r} stores bytes, but the client passed in was made with "
                 "decode_responses=True, which would turn them into text; pass a client without it"
             )
-        marker = self._prefix + "meta:serializer"
-        kinds = (Kind.CONVERSATION, Kind.REASONING_CHAINS, Kind.CACHE, Kind.SYSTEM)
-        keys = [marker, *(self.index_of(kind) for kind in kinds), self._prefix + "idx:kv"]
+        marker = self._layout.serializer_marker
+        # On one server the indexes tell whether the prefix holds data from before the
+        # marker existed (then JSON); on a cluster there is no such data, and the marker's
+        # script touches the marker alone (one slot).
+        keys = [marker, *self._layout.legacy_indexes()]
         try:
-            stored: bytes | str | None = await self._script("claim_serializer", marker, keys, [wanted])
+            # Not waited for (wait_replicas): it writes once per prefix, and a lost marker is claimed again.
+            stored: bytes | str | None = await self._script("claim_serializer", marker, keys, [wanted], wait=False)
         except AccessDeniedError:
             # An ACL that forbids writing the prefix (or touching it at all): every operation
             # will say so itself, as health_check() does. A marker it may read is still checked.
@@ -230,7 +258,9 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
     def _capabilities(self) -> frozenset[str]:
         # "persistent" only when the server said so at initialize(): an unknown server is
         # not promised to keep data over a restart.
-        return frozenset({"native_ttl", "cross_process"} | ({"persistent"} if self._persistent else set()))
+        # "sharded" on a cluster: a transaction may touch the entities of one hash slot only.
+        extra = ({"persistent"} if self._persistent else set()) | ({"sharded"} if self._cluster else set())
+        return frozenset({"native_ttl", "cross_process"} | extra)
 
     async def _close(self) -> None:
         client, self._client = self._client, None
@@ -247,23 +277,21 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     def key_of(self, kind: Kind, key: str) -> str:
         """The Redis key that holds ``kind`` for ``key`` (memories: the hash)."""
-        name = _name(key)
         if kind in _SUFFIX:
-            return f"{self._prefix}conv:{{{name}}}:{_SUFFIX[kind]}"
-        if kind is Kind.REASONING_CHAINS:
-            return f"{self._prefix}agent:{{{name}}}:chains"
-        return f"{self._prefix}{'cache' if kind is Kind.CACHE else 'system'}:{{{name}}}"
+            return self._layout.conv_base(key) + _SUFFIX[kind]
+        return self._layout.entity_key(_KIND[kind], key)
 
     def _order_key(self, conversation_id: str) -> str:
-        return f"{self._prefix}conv:{{{_name(conversation_id)}}}:order"
+        return self._layout.conv_base(conversation_id) + "order"
 
     def _part_keys(self, conversation_id: str) -> list[str]:
         """Every key of a conversation, its metadata included."""
         return self._conversation_keys(conversation_id)
 
-    def index_of(self, kind: Kind) -> str:
-        """The set (zset for the cache) listing the ids stored of ``kind``."""
-        return self._prefix + _INDEX.get(kind, "idx:conversations")
+    def index_of(self, kind: Kind, key: str | None = None) -> str:
+        """The set (zset for the cache) listing ``key`` among the ids stored of ``kind``
+        (on one server one per kind, so ``key`` may be left out; on a cluster one per bucket)."""
+        return self._layout.index(_KIND.get(kind, "conversation"), key)
 
     # ---------------------------------------------------------------- engine calls
 
@@ -288,7 +316,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         for attempt in (1, 2):
             try:
                 return await function(*args)
-            except (exceptions.RedisError, OSError) as e:
+            except (exceptions.RedisError, exceptions.RedisClusterException, OSError) as e:
                 broken = isinstance(e, exceptions.ConnectionError | OSError)
                 broken = broken and not isinstance(e, exceptions.AuthenticationError)
                 if read and attempt == 1 and broken and isinstance(e, exceptions.ConnectionError):
@@ -339,17 +367,31 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         return text
 
     async def _script(
-        self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0, *, read: bool = False
+        self,
+        name: str,
+        key: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        size: int = 0,
+        *,
+        read: bool = False,
+        wait: bool = True,
     ) -> Any:
         """Run one of ``_redis_lua.SCRIPTS``; ``key`` is the entity named in errors.
 
-        Retried only if ``read`` (a script that writes nothing), as ``_call`` retries reads,
+        A write is followed by WAIT (``wait_replicas``) unless ``wait`` is False. Retried
+        only if ``read`` (a script that writes nothing), as ``_call`` retries reads,
         or for a server that does not know the script (restarted, or SCRIPT FLUSH): it then
         did not run at all, so it is loaded and sent once more.
         """
         script = self._scripts[name]
         client = self.client
         no_script = self._redis.exceptions.NoScriptError
+        if wait and not read and self.settings.wait_replicas:
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self._call(
+                f"running {name} on {key}", key, lambda: self._write_and_wait(key, [command], script), size=size
+            )
 
         # EVALSHA directly rather than through redis-py's Script.__call__, which costs
         # about 4 us a call (measured; a local round trip is about 60 us) in argument
@@ -362,6 +404,78 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
 
         return await self._call(f"running {name} on {key}", key, run, read=read, size=size)
+
+    async def _write_and_wait(self, key: str, commands: list[tuple[Any, ...]], script: Any = None) -> Any:
+        """Send ``commands`` (writes) and WAIT on one connection to the server (on a cluster:
+        the master of ``key``'s slot); the last write's reply. WAIT counts the replicas that
+        received every write of this connection so far, so it must follow on the same one.
+        A script the server does not know (NOSCRIPT: it did not run) is loaded and sent again."""
+        wanted = self.settings.wait_replicas
+        wait = wait_command(wanted, self.settings.connection_timeout)
+        held = await Held.take(self.client, key)
+        try:
+            try:
+                replies = await held.send([*commands, wait])
+                if script is not None and isinstance(replies[0], self._redis.exceptions.NoScriptError):
+                    replies = (await held.send([("SCRIPT", "LOAD", script.script), *commands, wait]))[1:]
+            except (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError):
+                await self._relearn_cluster()
+                raise
+        finally:
+            await held.release()
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                if isinstance(reply, self._redis.exceptions.MovedError):
+                    await self._relearn_cluster()
+                raise reply
+        if int(replies[-1]) < wanted:
+            raise StorageIOError(
+                f"the write to {key} was applied on Redis at {self._server}, but only {replies[-1]} of the "
+                f"{wanted} replicas it waits for (wait_replicas) acknowledged it within connection_timeout="
+                f"{self.settings.connection_timeout}s; it may be lost if the master fails now. Check the replicas "
+                "(INFO replication), or lower wait_replicas"
+            )
+        return replies[-2]
+
+    async def _multi(
+        self, what: str, key: str, commands: Sequence[tuple[Any, ...]], *, write: bool = True
+    ) -> list[Any]:
+        """``commands`` (redis-py method names and arguments, every key in ``key``'s slot) as one
+        MULTI/EXEC on one connection, followed by WAIT when ``wait_replicas`` is set and they
+        ``write``; EXEC's replies."""
+        names = {"delete": "DEL"}
+        sent = [("MULTI",), *((names.get(c, c.upper()), *args) for c, *args in commands), ("EXEC",)]
+
+        async def run() -> list[Any]:
+            if write and self.settings.wait_replicas:
+                return await self._write_and_wait(key, sent)  # type: ignore[no-any-return]
+            held = await Held.take(self.client, key)
+            try:
+                replies = await held.send(sent)
+            except (self._redis.exceptions.ConnectionError, self._redis.exceptions.TimeoutError):
+                await self._relearn_cluster()
+                raise
+            finally:
+                await held.release()
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies[-1]  # type: ignore[no-any-return]
+
+        results = await self._call(what, key, run)
+        for result in results:
+            if isinstance(result, Exception):
+                raise self._translate(result, what, key) from result
+        return results
+
+    async def _relearn_cluster(self) -> None:
+        """After a connection error or a MOVED on a connection taken by hand: read the
+        cluster's slots again (redis-py does so itself for the commands it routes)."""
+        if self._cluster:
+            try:
+                await self.client.nodes_manager.initialize()
+            except Exception as e:  # the next command will say what is wrong
+                logger.debug("Redis Cluster: reading the slots again failed (%s: %s)", type(e).__name__, e)
 
     async def _run(self, command: Command, *, read: bool = False) -> Any:
         """Send one command a write hook built (``_<hook>_commands``) as a script call now."""
@@ -387,6 +501,12 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             return StorageFullError(
                 f"Redis at {self._server} is out of memory while {what}; nothing was written. "
                 "Free memory, raise maxmemory or choose an eviction policy"
+            )
+        if isinstance(error, _cluster_trouble(exceptions)):
+            return BackendUnavailableError(
+                f"Redis Cluster at {self._server} cannot serve {what} right now ({type(error).__name__}: {text}): "
+                "a master is failing over or slots are moving; try again in a moment (the storage follows the "
+                "cluster's new layout by itself). If it lasts, check CLUSTER INFO on the nodes"
             )
         if isinstance(error, exceptions.ConnectionError | exceptions.TimeoutError | OSError):
             return BackendUnavailableError(
@@ -415,6 +535,45 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         members = await self._call(f"listing {index}", index, self.client.smembers, index, read=True)
         return _ids(members, index)
 
+    async def _read_indexes(self, kind: str, command: str, *args: Any) -> dict[str, list[str]]:
+        """``command`` (smembers, zrange, ...) on every index of ``kind`` (one per bucket on a
+        cluster) in one pipeline, which a cluster client sends to every master at once; the
+        members of each index that has any."""
+        indexes = self._layout.indexes(kind)
+        commands = [(command, index, *args) for index in indexes]
+        replies = await self._pipelined(f"listing the {kind} index", commands, key=indexes[0], strict=True)
+        return {index: _ids(reply, index) for index, reply in zip(indexes, replies, strict=True) if reply}
+
+    async def _listed(self, kind: str) -> list[str]:
+        """Every id in the set indexes of ``kind``."""
+        return [key for ids in (await self._read_indexes(kind, "smembers")).values() for key in ids]
+
+    async def _scripts_over(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run script ``name`` once per (keys, args), all in one pipeline (a listing's or a
+        cleanup's work over every bucket); their replies. Calls the server answered NOSCRIPT
+        did not run: the script is loaded and they are sent again."""
+        script = self._scripts[name]
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in (1, 2):
+            commands = [("evalsha", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in todo]
+            if not commands:
+                break
+            got = await self._pipelined(f"running {name}", commands, key=calls[todo[0]][0][0])
+            missing = []
+            for index, reply in zip(todo, got, strict=True):
+                if isinstance(reply, self._redis.exceptions.NoScriptError) and attempt == 1:
+                    missing.append(index)
+                elif isinstance(reply, Exception):
+                    key = calls[index][0][0]
+                    raise self._translate(reply, f"running {name} on {key}", key) from reply
+                else:
+                    replies[index] = reply
+            if missing:
+                await self._call(f"loading {name}", None, self.client.script_load, script.script)
+            todo = missing
+        return replies
+
     # ----------------------------------------------------------------- documents
     #
     # A conversation part (_SUFFIX kinds) is read and written by a conversation script
@@ -441,11 +600,11 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         size = self._check_size(name, [data])
         if kind in _SUFFIX:
             return [Command("conv_set", name, self._script_keys(key), [key, self._now_ms(), _SLOT[kind], data], size)]
-        return [Command("write", name, [name, self.index_of(kind)], [key, data], size)]
+        return [Command("write", name, [name, self.index_of(kind, key)], [key, data], size)]
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         (command,) = self._write_document_commands(kind, key, value)
-        if command.script == "write":
+        if command.script == "write" and not self.settings.wait_replicas:
             # Replacing an existing value needs no script: every script that creates a key also
             # lists its id, and none unlists an id while one of its keys exists, so a key that
             # exists when SET XX runs is listed. Measured: a script costs about 10 us more
@@ -463,7 +622,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             slots = [_SLOT[kind], _ORDER_SLOT] if kind is Kind.MEMORIES else [_SLOT[kind]]
             return [Command("conv_delete_part", name, self._script_keys(key), [key, self._now_ms(), *slots])]
         command = "ZREM" if kind is Kind.CACHE else "SREM"
-        return [Command("delete", name, [self.index_of(kind), name], [key, command, 1])]
+        return [Command("delete", name, [self.index_of(kind, key), name], [key, command, 1])]
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         return bool(await self._run(self._delete_commands(kind, key)[0]))
@@ -485,11 +644,11 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         size = self._check_size(name, encoded)
         if kind in _SUFFIX:
             return [Command("conv_append", name, self._script_keys(key), [key, self._now_ms(), *encoded], size)]
-        return [Command("append", name, [name, self.index_of(kind)], [key, *encoded], size)]
+        return [Command("append", name, [name, self.index_of(kind, key)], [key, *encoded], size)]
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
         (command,) = self._append_log_commands(kind, key, items)
-        if command.script == "append":
+        if command.script == "append" and not self.settings.wait_replicas:
             # RPUSHX pushes only onto an existing list, which is listed already (see
             # _write_document); it answers 0, having written nothing, when the list is new.
             name, encoded = command.key, command.args[1:]
@@ -506,7 +665,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         size = self._check_size(name, encoded)
         if kind in _SUFFIX:
             return [Command("conv_replace", name, self._script_keys(key), [key, self._now_ms(), *encoded], size)]
-        return [Command("replace_log", name, [name, self.index_of(kind)], [key, *encoded], size)]
+        return [Command("replace_log", name, [name, self.index_of(kind, key)], [key, *encoded], size)]
 
     async def _replace_log(self, kind: Kind, key: str, items: list[Any]) -> None:
         await self._run(self._replace_log_commands(kind, key, items)[0])
@@ -514,7 +673,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
     async def _pop_log(self, kind: Kind, key: str) -> Any:
         name = self.key_of(kind, key)
         conversation = kind in _SUFFIX
-        keys = self._script_keys(key) if conversation else [name, self.index_of(kind)]
+        keys = self._script_keys(key) if conversation else [name, self.index_of(kind, key)]
         while True:
             if conversation:  # a peek that removes an expired conversation first, as any write does
                 raw = await self._script("conv_peek", name, keys, [key, self._now_ms()])
@@ -582,10 +741,10 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
     # _list_conversations: RedisConversations (it prunes expired conversations' entries).
 
     async def _list_agents(self) -> list[str]:
-        return await self._members(self.index_of(Kind.REASONING_CHAINS))
+        return await self._listed("agent")
 
     async def _list_system_states(self) -> list[str]:
-        return await self._members(self.index_of(Kind.SYSTEM))
+        return await self._listed("system")
 
     # --------------------------------------------------------------------- cache
 
@@ -599,7 +758,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             px, score = str(max(1, entry.expires_ms - self._now_ms())), str(entry.expires_ms)
         data = self._serializer.dumps(envelope)
         size = self._check_size(name, [data])
-        return [Command("write_cache", name, [name, self.index_of(Kind.CACHE)], [entry.key, data, px, score], size)]
+        index = self.index_of(Kind.CACHE, entry.key)
+        return [Command("write_cache", name, [name, index], [entry.key, data, px, score], size)]
 
     async def _write_cache(self, entry: CacheEntry) -> None:
         await self._run(self._write_cache_commands(entry)[0])
@@ -623,39 +783,34 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
     async def _cache_index(self) -> tuple[list[str], int]:
         """Every id in the cache index, after dropping those Redis has expired natively,
         and how many were dropped."""
-        index = self.index_of(Kind.CACHE)
-        members = await self._call(f"listing {index}", index, self.client.zrange, index, 0, -1, read=True)
-        ids = _ids(members, index)
-        gone: set[str] = set()
-        for batch in _batches(ids):
-            keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
-            removed = await self._script("prune_cache", index, keys, batch)
-            gone.update(_text(member) for member in removed)
-        return [key for key in ids if key not in gone], len(gone)
+        listed = await self._read_indexes("cache", "zrange", 0, -1)
+        calls = [
+            ([index, *(self.key_of(Kind.CACHE, key) for key in batch)], batch)
+            for index, ids in listed.items()
+            for batch in _batches(ids)
+        ]
+        gone = {_text(member) for removed in await self._scripts_over("prune_cache", calls) for member in removed}
+        return [key for ids in listed.values() for key in ids if key not in gone], len(gone)
 
     async def _list_all_cache_keys(self) -> list[str]:
         return (await self._cache_index())[0]
 
     async def _list_cache_keys(self, now_ms: int) -> list[str]:
         await self._cache_index()
-        index = self.index_of(Kind.CACHE)
-        live = await self._call(
-            f"listing {index}", index, self.client.zrangebyscore, index, f"({now_ms}", "+inf", read=True
-        )
-        return [_text(member) for member in live]
+        live = await self._read_indexes("cache", "zrangebyscore", f"({now_ms}", "+inf")
+        return [key for ids in live.values() for key in ids]
 
     async def _delete_expired_cache(self, now_ms: int) -> int:
         # Entries Redis already expired count as removed too: they were expired entries,
         # and the file backend would have removed them here.
         removed = (await self._cache_index())[1]
-        index = self.index_of(Kind.CACHE)
-        expired = await self._call(
-            f"listing {index}", index, self.client.zrangebyscore, index, "-inf", now_ms, read=True
-        )
-        for batch in _batches([_text(member) for member in expired]):
-            keys = [index, *(self.key_of(Kind.CACHE, key) for key in batch)]
-            removed += int(await self._script("expire_cache", index, keys, [now_ms, *batch]))
-        return removed
+        expired = await self._read_indexes("cache", "zrangebyscore", "-inf", now_ms)
+        calls = [
+            ([index, *(self.key_of(Kind.CACHE, key) for key in batch)], [now_ms, *batch])
+            for index, ids in expired.items()
+            for batch in _batches(ids)
+        ]
+        return removed + sum(int(count) for count in await self._scripts_over("expire_cache", calls))
 
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Drop index entries whose keys are all gone: evicted under a maxmemory policy, or
@@ -667,11 +822,12 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         ]
         removed = 0
         for kind, keys_of in groups:
-            index = self.index_of(kind)
-            for batch in _batches(await self._members(index)):
-                keys = [index, *(key for member in batch for key in keys_of(member))]
-                gone = await self._script("prune_index", index, keys, [len(keys_of(batch[0])), *batch])
-                removed += len(gone)
+            calls = [
+                ([index, *(key for member in batch for key in keys_of(member))], [len(keys_of(batch[0])), *batch])
+                for index, ids in (await self._read_indexes(_KIND.get(kind, "conversation"), "smembers")).items()
+                for batch in _batches(ids)
+            ]
+            removed += sum(len(gone) for gone in await self._scripts_over("prune_index", calls))
         return {"stale_index_entries": removed}
 
     # ------------------------------------------------------------- health, stats
@@ -690,9 +846,18 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         if read_back is None or (read_back if isinstance(read_back, bytes) else read_back.encode()) != token:
             raise StorageIOError(f"Redis at {self._server} did not return the probe value written to {probe}")
         # INFO is informative only: a user allowed the data but not INFO is still healthy.
-        server, memory = await self._pipelined("reading INFO", [("info", "server"), ("info", "memory")])
+        server, memory = await self._server_calls("reading INFO", [("info", "server"), ("info", "memory")])
         server, memory = ({} if isinstance(r, Exception) else r for r in (server, memory))
+        cluster: dict[str, Any] = {}
+        if self._cluster:
+            cluster = await self._call("reading CLUSTER INFO", None, cluster_health, self.client, read=True)
+            if not cluster.pop("ok"):
+                raise BackendUnavailableError(
+                    f"Redis Cluster at {self._server} does not serve every slot: {cluster}; writes to the "
+                    "missing slots fail until a replica takes over or the master is back (check CLUSTER INFO)"
+                )
         return {
+            **({"cluster": cluster} if cluster else {}),
             "server": self._server,
             "key_prefix": self._prefix,
             "ping_ms": ping_ms,
@@ -724,7 +889,10 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         async def run() -> list[Any]:
             async with self.client.pipeline(transaction=transaction) as pipe:
                 for command, *args in commands:
-                    getattr(pipe, command)(*args)
+                    if command == "evalsha":  # a cluster pipeline refuses the method, not the command
+                        pipe.execute_command("EVALSHA", *args)
+                    else:
+                        getattr(pipe, command)(*args)
                 return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
         results = await self._call(what, key, run, read=True)
@@ -735,6 +903,22 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
                 raise self._translate(result, what, key) from result
         return results
 
+    async def _server_calls(self, what: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Commands about the server (CONFIG GET, INFO), whose failure (an ACL) comes back as
+        the exception: one pipeline on a single server; on a cluster (whose pipelines refuse
+        them) one call each, answered by one node."""
+        if not self._cluster:
+            return await self._pipelined(what, commands)
+        replies: list[Any] = []
+        for command, *args in commands:
+            try:
+                replies.append(await self._call(what, None, getattr(self.client, command), *args, read=True))
+            except BackendUnavailableError:
+                raise
+            except StorageError as e:
+                replies.append(e)
+        return replies
+
     async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
         """Counts from cardinalities and lengths (SCARD, ZCOUNT, LLEN, HLEN), never KEYS/SCAN.
 
@@ -744,14 +928,19 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         await self._cache_index()
         # Prunes the entries of expired conversations, so the counts below leave them out.
         conversations, expired_conversations = await self._conversation_index("list", now_ms)
-        cache = self.index_of(Kind.CACHE)
+        # One pipeline over every index (every bucket of each, on a cluster).
+        layout = self._layout
+        caches, systems = layout.indexes("cache"), layout.indexes("system")
         counts = [
-            ("smembers", self.index_of(Kind.REASONING_CHAINS)),
-            ("scard", self.index_of(Kind.SYSTEM)),
-            ("zcount", cache, f"({now_ms}", "+inf"),
-            ("zcount", cache, "-inf", now_ms),
+            *(("scard", index) for index in systems),
+            *(("zcount", index, f"({now_ms}", "+inf") for index in caches),
+            *(("zcount", index, "-inf", now_ms) for index in caches),
         ]
-        agents, states, live, expired = await self._pipelined("counting entities", strict=True, commands=counts)
+        replies = await self._pipelined("counting entities", counts, key=caches[0], strict=True)
+        states = sum(replies[: len(systems)])
+        live = sum(replies[len(systems) : len(systems) + len(caches)])
+        expired = sum(replies[len(systems) + len(caches) :])
+        agents = await self._listed("agent")
         stats = {
             "conversation_count": len(conversations), "expired_conversation_count": expired_conversations,
             "raw_message_count": 0, "memory_count": 0,
@@ -786,7 +975,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
                     except CorruptedDataError as e:
                         chunks = e
                 count("chunk_count", chunks or 0)
-        for batch in _batches([_text(a) for a in agents]):
+        for batch in _batches(agents):
             commands = [("llen", self.key_of(Kind.REASONING_CHAINS, a)) for a in batch]
             for length in await self._pipelined("counting reasoning chains", commands):
                 count("reasoning_chain_count", length)
@@ -795,8 +984,9 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _all_keys(self) -> list[str]:
         """Every key this storage owns, found through the index sets (no KEYS, no SCAN)."""
-        kinds = (Kind.CONVERSATION, Kind.REASONING_CHAINS, Kind.CACHE, Kind.SYSTEM)
-        keys = [self.index_of(kind) for kind in kinds] + [self.expiry_index, self._prefix + "meta:serializer"]
+        layout = self._layout
+        keys = [index for kind in ("conversation", "agent", "cache", "system") for index in layout.indexes(kind)]
+        keys += [bucket[1] for bucket in layout.conv_buckets()] + [layout.serializer_marker]
         for conversation_id in await self._list_conversations():
             keys += self._part_keys(conversation_id)
         keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in await self._list_agents()]
@@ -860,6 +1050,16 @@ def _url_secrets(url: str) -> list[str]:
     return sorted((secret for secret in found if len(secret) >= 3), key=len, reverse=True)
 
 
+def _cluster_trouble(exceptions: Any) -> tuple[type[BaseException], ...]:
+    """redis-py's errors for a cluster that is failing over, resharding or not fully served."""
+    return (
+        exceptions.ClusterError,  # CLUSTERDOWN, MASTERDOWN, "TTL exhausted"
+        exceptions.AskError,  # MOVED and ASK on a connection taken by hand
+        exceptions.TryAgainError,
+        exceptions.RedisClusterException,  # no node serves the slot, no node answers
+    )
+
+
 def _is_bulk_error(error: BaseException) -> bool:
     """Redis's refusal of a value over proto-max-bulk-len (or of a string grown past it)."""
     text = str(error)
@@ -877,6 +1077,9 @@ def _config_value(reply: Any, name: str) -> str | None:
 
 
 def _describe_client(client: Any) -> str:
+    if is_cluster_client(client):
+        nodes = getattr(client, "startup_nodes", None) or [None]
+        return f"redis+cluster://{getattr(nodes[0], 'name', '?')}"
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"

@@ -32,6 +32,23 @@ async def write_one_of_each(tx: StorageInterface, round_number: int) -> None:
     await tx.conversation_store().append("c2", [{"round": round_number}])
 
 
+# What snapshot() shows of a storage where nothing was written.
+NOTHING: dict[str, Any] = {
+    "document": None, "messages": [], "memories": [], "chunks": [], "chains": [], "cache": None, "state": None,
+    "kv": None, "tagged": [], "store": None, "conversations": [],
+}  # fmt: skip
+
+
+async def refused_across_slots(storage: StorageInterface, body: Callable[[StorageInterface], Any]) -> None:
+    """On a ``sharded`` storage (Redis Cluster), a transaction may touch the entities of one
+    hash slot only: ``body``, which touches several, is refused with TransactionError at the
+    touch that leaves the slot, and nothing of it is applied."""
+    assert storage.supports("sharded")
+    with pytest.raises(TransactionError, match="one hash slot"):
+        async with storage.transaction() as tx:
+            await body(tx)
+
+
 async def snapshot(storage: StorageInterface) -> dict[str, Any]:
     conversation = await storage.conversation_store().load("c2")
     return {
@@ -52,6 +69,10 @@ async def snapshot(storage: StorageInterface) -> dict[str, Any]:
 async def test_leaving_the_block_commits_everything(
     storage: StorageInterface, make_storage: Callable[..., StorageInterface]
 ) -> None:
+    if storage.supports("sharded"):  # these entities are in several hash slots: refused whole
+        await refused_across_slots(storage, lambda tx: write_one_of_each(tx, 1))
+        assert await snapshot(storage) == NOTHING
+        return
     async with storage.transaction() as tx:
         await write_one_of_each(tx, 1)
     expected = {
@@ -65,6 +86,20 @@ async def test_leaving_the_block_commits_everything(
 
 
 async def test_an_exception_rolls_back_everything_and_propagates(storage: StorageInterface) -> None:
+    if storage.supports("sharded"):  # one slot at a time: the rollback of one conversation's writes
+        await storage.store_conversation("c1", {"round": 1})
+        before = await snapshot(storage)
+        with pytest.raises(Boom):
+            async with storage.transaction() as tx:
+                await tx.store_conversation("c1", {"round": 2})
+                await tx.append_raw_messages("c1", MSGS)
+                await tx.store_memory("c1", "m1", {"round": 2})
+                await tx.store_chunks("c1", [{"round": 2}])
+                raise Boom
+        assert await snapshot(storage) == before
+        await refused_across_slots(storage, lambda tx: write_one_of_each(tx, 2))
+        assert await snapshot(storage) == before
+        return
     async with storage.transaction() as tx:
         await write_one_of_each(tx, 1)
     before = await snapshot(storage)
@@ -87,6 +122,17 @@ async def test_a_transaction_reads_its_own_writes_and_others_see_none_until_comm
 ) -> None:
     await storage.store_raw_messages("c1", MSGS)
     await storage.kv("sessions").set("s0", 0)
+    if storage.supports("sharded"):
+
+        async def across(tx: StorageInterface) -> None:
+            await tx.store_conversation("c1", {"title": "new"})
+            assert await tx.load_conversation("c1") == {"title": "new"}
+            await tx.kv("sessions").set("s1", 1)  # another slot: refused here
+
+        await refused_across_slots(storage, across)
+        assert await storage.load_conversation("c1") is None
+        assert await storage.kv("sessions").keys() == ["s0"]
+        return
     async with make_storage() as other, storage.transaction() as tx:
         await tx.store_conversation("c1", {"title": "new"})
         assert await tx.append_raw_messages("c1", [{"n": 2}]) == 2

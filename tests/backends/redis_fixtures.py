@@ -17,12 +17,16 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from connectome_storage import RedisStorage, create_redis_storage
+from connectome_storage import RedisStorage, StorageInterface, create_redis_storage
+from connectome_storage.testing import StorageBuilder
 
-from ..conftest import FakeClock
+from ..conftest import BACKENDS, FakeClock
 from ..redis_server import RedisServer
 
-__all__ = ["commands_of", "eventually", "make_fixture", "prefix_fixture", "raw_fixture", "storage_fixture"]
+__all__ = [
+    "CLUSTER", "cluster_backend_fixture", "cluster_storage_builder_fixture", "commands_of", "eventually",
+    "make_fixture", "prefix_fixture", "raw_fixture", "storage_fixture",
+]  # fmt: skip
 
 SENTINEL = "connectome-test-sentinel"
 
@@ -86,3 +90,31 @@ async def commands_of(monitor_client: Any, storage: RedisStorage, action: Callab
         while SENTINEL not in (info := await monitor.next_command())["command"]:
             seen.append(info)
     return seen
+
+
+# ------------------------------------------------------------- Redis Cluster
+
+CLUSTER = "redis-cluster"
+
+
+@pytest.fixture(name="backend", params=[*sorted(BACKENDS), CLUSTER])
+def cluster_backend_fixture(request: pytest.FixtureRequest) -> str:
+    """conftest's ``backend`` plus Redis Cluster: a conformance module that imports this
+    (and ``cluster_storage_builder_fixture``, ``redis_cluster``) runs on the cluster too."""
+    return str(request.param)
+
+
+@pytest.fixture(name="storage_builder")
+def cluster_storage_builder_fixture(
+    backend: str, storage_builder: StorageBuilder, tmp_path: Path, request: pytest.FixtureRequest
+) -> StorageBuilder:
+    """conftest's ``storage_builder``, or for Redis Cluster a storage on the session's
+    cluster under a key prefix of the test's own (so tests never see each other's data)."""
+    if backend != CLUSTER:
+        return storage_builder
+    url = request.getfixturevalue("redis_cluster").url
+
+    def build(clock: FakeClock, /, **options: Any) -> StorageInterface:
+        return create_redis_storage(url, key_prefix=f"test:{tmp_path.name}:", clock=clock, **options)
+
+    return build
