@@ -97,7 +97,28 @@ class Held:
             node = client.get_node_from_key(key)
             return cls(node.acquire_connection(), node=node)
         pool = client.connection_pool
-        return cls(await pool.get_connection(), pool=pool)
+        held = cls(await pool.get_connection(), pool=pool)
+        try:
+            await held._replace_if_closed()
+        except BaseException:
+            await held.release()
+            raise
+        return held
+
+    async def _replace_if_closed(self) -> None:
+        """Reconnect a pooled connection the server has closed (a restart, an idle timeout)
+        before anything is sent on it. redis-py's pool checks this itself only when push
+        notifications are off (RESP3 turns them on); a command it sends itself is retried
+        anyway, but a write sent on a dead connection could not be. Connecting again is
+        retried by the connection's Retry (max_retries)."""
+        connection = self.connection
+        try:
+            closed = await connection.can_read()  # EOF seen, or bytes nobody asked for
+        except Exception:  # ConnectionError, OSError: the socket is unusable
+            closed = True
+        if closed:
+            await connection.disconnect()
+            await connection.connect()
 
     async def send(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write and read every reply; an error reply comes back as
