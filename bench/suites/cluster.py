@@ -24,10 +24,11 @@ The clients are {workers} coroutines sharing one RedisStorage (one connection po
 cluster, one pool per node), as an asyncio service would use it. Coroutines rather than
 processes because every server runs on this same machine: {workers} Python processes would
 compete for its cores with the six cluster nodes, and the figure would measure the
-scheduler more than the storage. On one machine the cluster cannot be faster: every write
-goes to a master and on to its replica, all on the same cores, and the client routes each
-command by its hash slot. The ratio is therefore the price of Redis Cluster on one machine,
-not what it gains when its nodes have machines of their own. Each client writes
+scheduler more than the storage. On one machine the cluster can gain only by spreading the
+work of the single-threaded servers (the Lua scripts of each write) over three master
+processes, and it pays for it: every write also goes on to a replica on the same cores, and
+the client routes each command by its hash slot. The ratio is what Redis Cluster costs or
+gains on one machine, not what it gains when its nodes have machines of their own. Each client writes
 conversations of its own (store_conversation of a 2 KB document; append_raw_messages of
 one message), spread over the cluster's slots by their ids."""
 
