@@ -3,7 +3,7 @@
     python -m bench                  # the full run (minutes); needs pip install -e '.[bench]'
     python -m bench --smoke          # every benchmark at toy sizes, in seconds; peers optional
     python -m bench --only files     # some sections (files, append, sqlite, redis, scale, kv_*, adapters_*,
-                                     # transactions)
+                                     # transactions, cluster)
     python -m bench --json run.json  # also keep every figure; --render run.json rewrites the
                                      # report from it without running anything
 
@@ -37,6 +37,7 @@ from .suites import (
     adapters_langgraph,
     adapters_openai,
     append,
+    cluster,
     files,
     kv_file,
     kv_redis,
@@ -67,6 +68,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "adapters_langgraph": adapters_langgraph.run,
     "middleware": middleware.run,
     "transactions": transactions.run,
+    "cluster": cluster.run,
 }
 
 

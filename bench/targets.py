@@ -108,6 +108,11 @@ def _targets(sizes: Sizes) -> list[Target]:
                "[Middleware()]", 0.95, "at least"),
         Target("file: a 5-write transaction costs less than the 5 durable writes one by one (< 1x)",
                "transactions.file", "one transaction", 1.0, "at most"),
+        # On one machine a cluster gains little if anything (bench/suites/cluster.py): this bounds its price.
+        Target(f"Redis Cluster stores with {sizes.concurrency} clients >= 0.5x one redis-server (same machine)",
+               "cluster.store", "Redis Cluster, 3 masters + 3 replicas", 0.5, "at least"),
+        Target(f"Redis Cluster appends with {sizes.concurrency} clients >= 0.5x one redis-server (same machine)",
+               "cluster.append", "Redis Cluster, 3 masters + 3 replicas", 0.5, "at least"),
     ]  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(

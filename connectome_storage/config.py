@@ -85,6 +85,9 @@ class RedisSettings(CommonSettings):
     cluster: bool = False
     # Replicas that must acknowledge each write (WAIT) before it returns; 0: do not wait.
     wait_replicas: int = 0
+    # How often connecting and a read are tried again after a broken connection (exponential
+    # backoff); a write is never sent twice (docs/redis.md, "Retries").
+    max_retries: int = 3
 
 
 _SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;#]*")
@@ -296,6 +299,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "cluster": parse_bool,
     "wait_replicas": _parse_count,
     "dsn": _parse_dsn,
+    "max_retries": _parse_count,
     "encryption_key": _parse_encryption_key,
 }
 
@@ -315,6 +319,7 @@ ENV_VARIABLES: dict[str, str] = {
     "CONNECTOME_STORAGE_BACKUP_RETENTION": "backup_retention",
     "CONNECTOME_STORAGE_SERIALIZER": "serializer",
     "CONNECTOME_STORAGE_POSTGRES_DSN": "dsn",
+    "CONNECTOME_STORAGE_MAX_RETRIES": "max_retries",
     "CONNECTOME_STORAGE_REDIS_CLUSTER": "cluster",
     "CONNECTOME_STORAGE_REDIS_WAIT_REPLICAS": "wait_replicas",
     # Not a backend option: with_environment_middleware makes it an Encryption middleware.
