@@ -103,6 +103,8 @@ Body = Callable[[sqlite3.Connection], T]
 # Characters of stored text a point read parses on the event loop's thread (~0.3 ms for
 # orjson); a bigger value is parsed on a worker thread.
 _LOOP_PARSE_LIMIT = 256 * 1024
+# After an error or a slow read on the loop's thread, point reads use the worker for this long.
+_READER_PAUSE, _READER_SLOW = 1.0, 0.05
 
 # Primary result codes (extended codes carry them in the low byte).
 _PERM, _BUSY, _LOCKED, _READONLY, _CORRUPT, _FULL, _CANTOPEN, _TOOBIG, _AUTH, _NOTADB = (
@@ -176,6 +178,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         # see _point_read), which only that thread uses.
         self._reader: sqlite3.Connection | None = None
         self._reader_thread = 0
+        self._reader_paused_until = 0.0  # monotonic time before which point reads use the worker
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -392,15 +395,25 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         made before it, by this storage or any other. Any SQLite error there (SQLITE_BUSY
         while another connection recovers the WAL or rebuilds the -shm, an I/O error, a
         damaged page) sends the read to the worker thread, which waits, retries and names
-        the error exactly as before. A value over ``_LOOP_PARSE_LIMIT`` is parsed off the loop.
+        the error exactly as before, and the next second of point reads goes there too (so
+        does one after a read that took over 50 ms). A value over ``_LOOP_PARSE_LIMIT`` is
+        parsed off the loop.
         """
         reader = self._reader
-        if reader is not None and not self._tx_gate.locked() and threading.get_ident() == self._reader_thread:
+        if (
+            reader is not None and not self._tx_gate.locked() and threading.get_ident() == self._reader_thread
+            and time.monotonic() >= self._reader_paused_until
+        ):  # fmt: skip
+            started = time.monotonic()
             try:
                 row = fetch(reader)
             except sqlite3.Error:
-                pass
+                self._reader_paused_until = time.monotonic() + _READER_PAUSE
             else:
+                if time.monotonic() - started > _READER_SLOW:
+                    # SQLite's own retries made the loop wait (a process stopped inside a WAL
+                    # restart): the next reads go to the worker for a while.
+                    self._reader_paused_until = time.monotonic() + _READER_PAUSE
                 if _size(row) <= _LOOP_PARSE_LIMIT:
                     return finish(row)
                 return await asyncio.to_thread(finish, row)
