@@ -22,6 +22,15 @@ one thread hop and one transaction per operation. That thread runs one function 
 time, so coroutines sharing the connection never interleave statements inside each
 other's transaction.
 
+Point reads (one row by its key: a cache entry, a state, a document, one key-value entry,
+one message, a conversation's metadata) run on the event loop's thread instead, from a
+second connection that only reads (``_point_read``), with WAL only; anything that makes
+them wait or fail sends them to the worker thread.
+
+``get_storage_stats`` counts rows with COUNT(*) and finds the rows that would not parse
+among ``suspects``, which triggers keep in the writes' own transactions (schema version 6,
+``_sqlite_schema.STAT_TRIGGERS``).
+
 ``storage.transaction()`` (docs/sqlite.md, "Transactions") holds the connection in one
 ``BEGIN IMMEDIATE`` from the start of its block to its end: SQLite's write lock makes the
 writers of other connections wait (busy_timeout), and an asyncio gate makes the writers of
