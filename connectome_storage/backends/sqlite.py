@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import math
 import os
 import random
 import sqlite3
@@ -112,8 +113,9 @@ Body = Callable[[sqlite3.Connection], T]
 # Characters of stored text a point read parses on the event loop's thread (~0.3 ms for
 # orjson); a bigger value is parsed on a worker thread.
 _LOOP_PARSE_LIMIT = 256 * 1024
-# After an error or a slow read on the loop's thread, point reads use the worker for this long.
-_READER_PAUSE, _READER_SLOW = 1.0, 0.05
+# After an error or a slow read on the loop's thread, point reads use the worker for _READER_PAUSE
+# seconds; after one that held the loop over _READER_GIVE_UP, for good (_pause_reader).
+_READER_PAUSE, _READER_SLOW, _READER_GIVE_UP = 1.0, 0.05, 1.0
 
 # Primary result codes (extended codes carry them in the low byte).
 _PERM, _BUSY, _LOCKED, _READONLY, _CORRUPT, _FULL, _CANTOPEN, _TOOBIG, _AUTH, _NOTADB = (
@@ -417,16 +419,29 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             try:
                 row = fetch(reader)
             except sqlite3.Error:
-                self._reader_paused_until = time.monotonic() + _READER_PAUSE
+                self._pause_reader(time.monotonic() - started, failed=True)
             else:
-                if time.monotonic() - started > _READER_SLOW:
-                    # SQLite's own retries made the loop wait (a process stopped inside a WAL
-                    # restart): the next reads go to the worker for a while.
-                    self._reader_paused_until = time.monotonic() + _READER_PAUSE
+                self._pause_reader(time.monotonic() - started, failed=False)
                 if _size(row) <= _LOOP_PARSE_LIMIT:
                     return finish(row)
                 return await asyncio.to_thread(finish, row)
         return await self._read("reading", lambda conn: finish(fetch(conn)))
+
+    def _pause_reader(self, elapsed: float, *, failed: bool) -> None:
+        """After a loop read that failed or was slow, the next second of point reads goes to
+        the worker. One that made the loop wait over ``_READER_GIVE_UP`` (SQLite's own
+        retries while a process is stopped inside a WAL restart: about 10 s) ends loop reads
+        for good: such a process may stay stopped, and the loop must not stall again."""
+        if elapsed > _READER_GIVE_UP:
+            self._reader_paused_until = math.inf
+            logger.warning(
+                "a read of %s held the event loop for %.1f s (another process stopped while restarting the WAL?); "
+                "this storage's point reads run on its worker thread from now on",
+                self._path,
+                elapsed,
+            )
+        elif failed or elapsed > _READER_SLOW:
+            self._reader_paused_until = time.monotonic() + _READER_PAUSE
 
     async def _write(self, action: str, body: Body[T]) -> T:
         collecting = _collecting.get()
