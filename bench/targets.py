@@ -88,6 +88,11 @@ def _targets(sizes: Sizes) -> list[Target]:
                "at least"),
         Target("kv.get on SQLite >= 0.5x diskcache.Cache.get", "kv_sqlite.get.full", "kv.get (SQLite)", 0.5,
                "at least"),
+        *[Target(f"SqliteStorage.{name} >= 0.5x diskcache.Cache.get", "sqlite.diskcache.get.full",
+                 f"SqliteStorage.{name}", 0.5, "at least")
+          for name in ("load_cache", "load_system_state", "load_conversation")],
+        Target(f"SQLite get_storage_stats at {sizes.big_tree:,} conversations >= 0.5x a COUNT(*) per table",
+               "scale.stats.sqlite", "SqliteStorage.get_storage_stats", 0.5, "at least"),
         Target("kv.set on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.set", "kv.set", 0.8,
                "at least"),
         Target("kv.get on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.get", "kv.get", 0.8,
