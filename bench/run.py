@@ -3,7 +3,7 @@
     python -m bench                  # the full run (minutes); needs pip install -e '.[bench]'
     python -m bench --smoke          # every benchmark at toy sizes, in seconds; peers optional
     python -m bench --only files     # some sections (files, append, sqlite, redis, scale, kv_*, adapters_*,
-                                     # transactions, postgres)
+                                     # transactions, postgres, cluster)
     python -m bench --json run.json  # also keep every figure; --render run.json rewrites the
                                      # report from it without running anything
 
@@ -38,6 +38,7 @@ from .suites import (
     adapters_langgraph,
     adapters_openai,
     append,
+    cluster,
     files,
     kv_file,
     kv_redis,
@@ -70,6 +71,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "middleware": middleware.run,
     "transactions": transactions.run,
     "postgres": postgres.run,
+    "cluster": cluster.run,
 }
 
 

@@ -88,6 +88,11 @@ def _targets(sizes: Sizes) -> list[Target]:
                "at least"),
         Target("kv.get on SQLite >= 0.5x diskcache.Cache.get", "kv_sqlite.get.full", "kv.get (SQLite)", 0.5,
                "at least"),
+        *[Target(f"SqliteStorage.{name} >= 0.5x diskcache.Cache.get", "sqlite.diskcache.get.full",
+                 f"SqliteStorage.{name}", 0.5, "at least")
+          for name in ("load_cache", "load_system_state", "load_conversation")],
+        Target(f"SQLite get_storage_stats at {sizes.big_tree:,} conversations >= 0.5x a COUNT(*) per table",
+               "scale.stats.sqlite", "SqliteStorage.get_storage_stats", 0.5, "at least"),
         Target("kv.set on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.set", "kv.set", 0.8,
                "at least"),
         Target("kv.get on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.get", "kv.get", 0.8,
@@ -108,6 +113,11 @@ def _targets(sizes: Sizes) -> list[Target]:
                "[Middleware()]", 0.95, "at least"),
         Target("file: a 5-write transaction costs less than the 5 durable writes one by one (< 1x)",
                "transactions.file", "one transaction", 1.0, "at most"),
+        # On one machine a cluster gains little if anything (bench/suites/cluster.py): this bounds its price.
+        Target(f"Redis Cluster stores with {sizes.concurrency} clients >= 0.5x one redis-server (same machine)",
+               "cluster.store", "Redis Cluster, 3 masters + 3 replicas", 0.5, "at least"),
+        Target(f"Redis Cluster appends with {sizes.concurrency} clients >= 0.5x one redis-server (same machine)",
+               "cluster.append", "Redis Cluster, 3 masters + 3 replicas", 0.5, "at least"),
     ]  # fmt: skip
     for key, what in [("store", "store_conversation"), ("load", "load_conversation"),
                       ("append", "append_raw_messages"), ("kv_set", "kv.set"), ("kv_get", "kv.get")]:  # fmt: skip

@@ -86,6 +86,9 @@ class RedisSettings(CommonSettings):
     cluster: bool = False
     # Replicas that must acknowledge each write (WAIT) before it returns; 0: do not wait.
     wait_replicas: int = 0
+    # How often connecting and a read are tried again after a broken connection (exponential
+    # backoff); a write is never sent twice (docs/redis.md, "Retries").
+    max_retries: int = 3
 
 
 @dataclasses.dataclass(frozen=True)

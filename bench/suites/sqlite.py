@@ -25,7 +25,8 @@ worker-thread hop per operation) against the same SQL statements sent through
 aiosqlite's public API as a user would write them (one `await` per statement, so one
 thread hop each), against the OpenAI Agents SDK's `SQLiteSession` (thread-local
 sqlite3 connections via `asyncio.to_thread`, stdlib `json`), and against diskcache for
-the LLM cache (a synchronous library, called on the event loop's thread). The journal
+the LLM cache (a synchronous library, called on the event loop's thread; SqliteStorage's
+point reads run there too, from a second read-only connection, see docs/sqlite.md). The journal
 and synchronous modes each one ran with are read back from its own connection and
 listed below the tables."""
 
@@ -234,6 +235,12 @@ async def _against_diskcache(ctx: Context, section: Section, ours: SqliteStorage
         async def ours_get(i: int, storage: Any = storage) -> None:
             assert await storage.load_cache(keys[i % len(keys)]) is not None
 
+        async def ours_state(i: int, storage: Any = storage) -> None:
+            assert await storage.load_system_state(keys[i % len(keys)]) is not None
+
+        async def ours_document(i: int, storage: Any = storage) -> None:
+            assert await storage.load_conversation(keys[i % len(keys)]) is not None
+
         def disk_get(i: int, cache: Any = cache) -> None:
             assert cache.get(keys[i % len(keys)]) is not None
 
@@ -245,11 +252,16 @@ async def _against_diskcache(ctx: Context, section: Section, ours: SqliteStorage
                 ops=sizes.writes, repeats=sizes.repeats, warmup=len(keys),
             )
         )  # fmt: skip
+        for i, key in enumerate(keys):  # the same values as system states and documents
+            await storage.store_system_state(key, cache_value(i))
+            await storage.store_conversation(key, {"value": cache_value(i)})
         section.comparisons.append(
             await compare(
                 f"sqlite.diskcache.get.{mode.lower()}", f"cache get, synchronous={mode}",
                 [Variant("diskcache.Cache.get (sync)", each_sync(disk_get)),
-                 Variant("SqliteStorage.load_cache", each(ours_get))],
+                 Variant("SqliteStorage.load_cache", each(ours_get)),
+                 Variant("SqliteStorage.load_system_state", each(ours_state), "same value"),
+                 Variant("SqliteStorage.load_conversation", each(ours_document), "same value as a document")],
                 ops=sizes.reads, repeats=sizes.repeats, warmup=len(keys),
             )
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """What differs between one Redis server and Redis Cluster, apart from key names (_redis_layout.py).
 
 - ``make_client``: a ``redis.asyncio.Redis`` or ``RedisCluster`` from the URL, with the
-  storage's timeouts and no retries of its own (a resent RPUSH appends twice).
+  storage's timeouts; ``make_retry``: the retries of connecting and of reads (never of a
+  write whose bytes may have reached the server: a resent RPUSH appends twice).
 - ``Held``: one connection to the server (on a cluster: to the master serving a key's
   slot), held for commands that must share a connection: WATCH and the MULTI/EXEC it
   guards, or a write and the WAIT that counts the replicas that received it.
@@ -14,7 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Held", "cluster_health", "is_cluster_client", "make_client", "plain_url", "wait_command"]
+__all__ = [
+    "BACKOFF_BASE", "BACKOFF_CAP", "Held", "cluster_health", "is_cluster_client", "make_client", "make_retry",
+    "plain_url", "wait_command",
+]  # fmt: skip
 
 
 def wait_command(replicas: int, timeout: float) -> tuple[str, int, int]:
@@ -37,13 +41,40 @@ def is_cluster_client(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def make_client(redis: Any, url: str, timeout: float, *, cluster: bool) -> Any:
-    """A client the storage owns. No retries inside redis-py: the storage decides what
-    may be resent (reads), never a write whose bytes may have reached the server."""
+# Exponential backoff between tries (redis-py's ExponentialBackoff: min(cap, base * 2**n)
+# seconds after the n-th failure): 0.1, 0.2, 0.4, 0.8, then 1 s each. max_retries=3 waits
+# 0.7 s in all, long enough for a restarting server or a dropped connection to come back.
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 1.0
+
+
+def make_retry(redis: Any, retries: int, *, cluster: bool = False) -> Any:
+    """redis-py's Retry with our backoff, on a broken connection only (ConnectionError, which
+    covers a refused connect and a server still loading its data; on a cluster also
+    CLUSTERDOWN). Never on a timeout: a hung server costs one connection_timeout, not n."""
+    errors: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError,)
+    if cluster:
+        errors += (redis.exceptions.ClusterDownError,)
+    backoff = redis.backoff.ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE)
+    return redis.asyncio.retry.Retry(backoff, retries, supported_errors=errors)
+
+
+def make_client(redis: Any, url: str, timeout: float, *, cluster: bool, retries: int) -> Any:
+    """A client the storage owns.
+
+    One server: the pool's connections carry ``make_retry(retries)``, which redis-py applies
+    to connecting (pool.get_connection) and to every command it sends itself. The storage
+    sends reads that way; it sends writes on a connection it takes from the pool (``Held``),
+    once, so only their connecting is tried again (docs/redis.md, Retries).
+
+    Cluster: no retries inside redis-py. RedisCluster retries a command whole (connect,
+    send and read, with no way to tell which failed), which could apply a write twice; the
+    storage retries reads itself with ``make_retry(retries, cluster=True)``.
+    """
     options = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-    no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
     if not cluster:
-        return redis.asyncio.Redis.from_url(url, retry=no_retry, **options)
+        return redis.asyncio.Redis.from_url(url, retry=make_retry(redis, retries), **options)
+    no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
     # The URL's node is the startup node; the client learns the others from it. A command
     # sent to a node that is gone fails at once and makes the client read the cluster's
     # layout again before the next one.
@@ -66,7 +97,28 @@ class Held:
             node = client.get_node_from_key(key)
             return cls(node.acquire_connection(), node=node)
         pool = client.connection_pool
-        return cls(await pool.get_connection(), pool=pool)
+        held = cls(await pool.get_connection(), pool=pool)
+        try:
+            await held._replace_if_closed()
+        except BaseException:
+            await held.release()
+            raise
+        return held
+
+    async def _replace_if_closed(self) -> None:
+        """Reconnect a pooled connection the server has closed (a restart, an idle timeout)
+        before anything is sent on it. redis-py's pool checks this itself only when push
+        notifications are off (RESP3 turns them on); a command it sends itself is retried
+        anyway, but a write sent on a dead connection could not be. Connecting again is
+        retried by the connection's Retry (max_retries)."""
+        connection = self.connection
+        try:
+            closed = await connection.can_read()  # EOF seen, or bytes nobody asked for
+        except Exception:  # ConnectionError, OSError: the socket is unusable
+            closed = True
+        if closed:
+            await connection.disconnect()
+            await connection.connect()
 
     async def send(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write and read every reply; an error reply comes back as

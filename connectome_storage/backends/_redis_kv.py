@@ -98,7 +98,9 @@ class RedisKV(StorageInterface):
         async def _call(
             self, what: str, key: str | None, function: Callable[..., Awaitable[T]], *args: Any, read: bool = False
         ) -> T: ...
-        async def _script(self, name: str, key: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
+        async def _script(
+            self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], *, read: bool = False
+        ) -> Any: ...
         async def _run(self, command: Command, *, read: bool = False) -> Any: ...
         async def _pipelined(
             self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None,
@@ -176,7 +178,7 @@ class RedisKV(StorageInterface):
             replies = [await self._call(f"reading {name}", name, self.client.hmget, name, _FIELDS, read=True)]
         else:
             # One script rather than a pipeline: one command, and every entry read at one instant.
-            flat = await self._script("kv_get", names[0], names, [])
+            flat = await self._script("kv_get", names[0], names, [], read=True)  # read-only: retried
             replies = [flat[i : i + 5] for i in range(0, len(flat), 5)]
         found: dict[str, KVRecord] = {}
         for key, name, reply in zip(keys, names, replies, strict=True):

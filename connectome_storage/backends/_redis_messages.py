@@ -100,7 +100,7 @@ class RedisMessages(StorageInterface):
             size: int = 0,
         ) -> T: ...  # fmt: skip
         async def _script(
-            self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0
+            self, name: str, key: str, keys: Sequence[str], args: Sequence[Any], size: int = 0, *, read: bool = False
         ) -> Any: ...
         async def _pipelined(
             self, what: str, commands: Sequence[tuple[Any, ...]], *, key: str | None = None,
@@ -181,7 +181,7 @@ class RedisMessages(StorageInterface):
         everything = self._msg_all()
         if groups:
             keys = [everything, *(key for group in groups for key in group)]
-            flat = await self._script("msg_query", everything, keys, [len(group) for group in groups])
+            flat = await self._script("msg_query", everything, keys, [len(group) for group in groups], read=True)
             pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         else:
             found = await self._call(f"reading {everything}", everything, self.client.hgetall, everything, read=True)

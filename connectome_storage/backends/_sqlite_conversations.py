@@ -96,6 +96,9 @@ class SqliteConversations(StorageInterface):
         def _messages(self, conn: sqlite3.Connection, conversation_id: str, now_ms: int | None = None) -> list[Any]: ...
         async def _run(self, action: str, body: Callable[[sqlite3.Connection], T], begin: str | None = None) -> T: ...
         async def _read(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _point_read(
+            self, fetch: Callable[[sqlite3.Connection], list[Any]], finish: Callable[[list[Any]], T]
+        ) -> T: ...
         async def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _column(self, sql: str, *args: Any) -> list[Any]: ...
 
@@ -141,11 +144,13 @@ class SqliteConversations(StorageInterface):
         if not include_expired:
             sql, params = f"{sql} AND {LIVE}", (conversation_id, now_ms)
 
-        def body(conn: sqlite3.Connection) -> MetaRecord | None:
-            row = conn.execute(sql, params).fetchone()
-            return None if row is None else self._record(conversation_id, row)
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, params).fetchall()
 
-        return await self._read("reading", body)
+        def finish(rows: list[Any]) -> MetaRecord | None:
+            return self._record(conversation_id, rows[0]) if rows else None
+
+        return await self._point_read(fetch, finish)
 
     async def _meta_put(self, conversation_id: str, record: MetaRecord | None) -> None:
         now_ms = self._now_ms()

@@ -101,6 +101,9 @@ class SqliteKV(StorageInterface):
         def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any: ...
         async def _run(self, action: str, body: Callable[[sqlite3.Connection], T], begin: str | None = None) -> T: ...
         async def _read(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _point_read(
+            self, fetch: Callable[[sqlite3.Connection], list[Any]], finish: Callable[[list[Any]], T]
+        ) -> T: ...
         async def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _column(self, sql: str, *args: Any) -> list[Any]: ...
 
@@ -159,12 +162,15 @@ class SqliteKV(StorageInterface):
     async def _kv_get(self, namespace: str, keys: list[str]) -> dict[str, KVRecord]:
         if len(keys) == 1:  # the common case: one statement, no transaction
 
-            def one(conn: sqlite3.Connection) -> dict[str, KVRecord]:
-                sql = f"SELECT {_COLUMNS} FROM kv WHERE namespace = ? AND key = ?"
-                row = conn.execute(sql, (namespace, keys[0])).fetchone()
-                return {} if row is None else {keys[0]: self._kv_record(namespace, row)}
+            def fetch(conn: sqlite3.Connection) -> list[Any]:
+                return conn.execute(
+                    f"SELECT {_COLUMNS} FROM kv WHERE namespace = ? AND key = ?", (namespace, keys[0])
+                ).fetchall()
 
-            return await self._read("reading", one)
+            def finish(rows: list[Any]) -> dict[str, KVRecord]:
+                return {keys[0]: self._kv_record(namespace, rows[0])} if rows else {}
+
+            return await self._point_read(fetch, finish)
 
         def many(conn: sqlite3.Connection) -> dict[str, KVRecord]:
             found: dict[str, KVRecord] = {}

@@ -37,6 +37,11 @@ _REPLACE = (
     + """ ON CONFLICT (message_id) DO UPDATE SET sender = excluded.sender,
     recipient = excluded.recipient, timestamp = excluded.timestamp, data = excluded.data"""
 )
+_READERS = """WITH RECURSIVE r (agent) AS (
+        SELECT MIN(agent_id) FROM read_messages
+        UNION ALL SELECT (SELECT MIN(agent_id) FROM read_messages WHERE agent_id > r.agent)
+        FROM r WHERE r.agent IS NOT NULL)
+    SELECT COUNT(agent) FROM r"""
 # The rows addressed to :agent: sent to it, or broadcast by another agent.
 _ADDRESSED = "(recipient = :{name} OR (recipient = '*' AND sender != :{name}))"
 
@@ -74,6 +79,9 @@ class SqliteMessages(StorageInterface):
         def _dump(self, value: Any) -> str | bytes: ...
         def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any: ...
         async def _read(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _point_read(
+            self, fetch: Callable[[sqlite3.Connection], list[Any]], finish: Callable[[list[Any]], T]
+        ) -> T: ...
         async def _write(self, action: str, body: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _column(self, sql: str, *args: Any) -> list[Any]: ...
 
@@ -88,11 +96,13 @@ class SqliteMessages(StorageInterface):
         return await self._write("saving a message in", lambda conn: conn.execute(sql, row).rowcount > 0)
 
     async def _msg_get(self, message_id: str) -> dict[str, Any] | None:
-        def body(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            row = conn.execute("SELECT data FROM messages WHERE message_id = ?", (message_id,)).fetchone()
-            return None if row is None else self._msg_row(message_id, row[0])
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("SELECT data FROM messages WHERE message_id = ?", (message_id,)).fetchall()
 
-        return await self._read("reading", body)
+        def finish(rows: list[Any]) -> dict[str, Any] | None:
+            return self._msg_row(message_id, rows[0][0]) if rows else None
+
+        return await self._point_read(fetch, finish)
 
     async def _msg_ids(self) -> list[str]:
         return await self._column("SELECT message_id FROM messages")
@@ -134,16 +144,16 @@ class SqliteMessages(StorageInterface):
 
     async def _msg_census(self) -> tuple[int, int, list[Problem]]:
         """One read of every message row (each parsed, a bad one named) and the reader count."""
+        return await self._read("counting messages in", self._msg_count)
 
-        def body(conn: sqlite3.Connection) -> tuple[int, int, list[Problem]]:
-            count, problems = 0, []
-            for message_id, data in conn.execute("SELECT message_id, data FROM messages"):
-                try:
-                    self._msg_row(message_id, data)
-                    count += 1
-                except StorageError as e:
-                    problems.append(Problem(getattr(e, "path", None) or str(self._path), str(e)))
-            readers = conn.execute("SELECT COUNT(DISTINCT agent_id) FROM read_messages").fetchone()[0]
-            return count, int(readers), problems
-
-        return await self._read("counting messages in", body)
+    def _msg_count(self, conn: sqlite3.Connection) -> tuple[int, int, list[Problem]]:
+        count, problems = 0, []
+        for message_id, data in conn.execute("SELECT message_id, data FROM messages"):
+            try:
+                self._msg_row(message_id, data)
+                count += 1
+            except StorageError as e:
+                problems.append(Problem(getattr(e, "path", None) or str(self._path), str(e)))
+        # Distinct agents by skipping through the primary key: one probe per agent.
+        readers = conn.execute(_READERS).fetchone()[0]
+        return count, int(readers), problems

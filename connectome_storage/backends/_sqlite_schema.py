@@ -12,11 +12,14 @@ __all__ = [
     "CLAIM_SERIALIZER",
     "DROP_EXPIRED",
     "ENSURE_PARENT",
+    "FILL_STATS",
+    "FORGET_SUSPECTS",
     "MIGRATIONS",
     "PRUNE_CONVERSATION",
     "SCHEMA_VERSION",
     "SET_MESSAGE_COUNT",
     "STATS",
+    "STAT_TRIGGERS",
 ]
 
 # Written into the file header so that a database of another application is never mistaken
@@ -141,6 +144,95 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX conversations_expires ON conversations (expires_ms) WHERE expires_ms IS NOT NULL",
     ),
 ]
+
+# 6: what get_storage_stats cannot count fast (see STATS below). ``suspects`` names every row
+# that may not parse, as its key: triggers add one whenever a row that fails the statistics'
+# own check is inserted or updated, by anyone (the library, another process, a hand edit in
+# the sqlite3 shell), in the statement's own transaction. A name stays when its row is
+# repaired or deleted: the statistics check each named row again, and cleanup() forgets the
+# ones that are fine. ``counters`` holds one number, the total of chunk items over every
+# stored chunk list, which the triggers keep in step with every insert, update and delete.
+# Rows are never deleted through a trigger of their own (a DELETE trigger would load every
+# deleted row), so a bulk write pays one check per inserted row (~1 us for 500 bytes).
+_JSON_OBJECT = "CASE WHEN json_valid({0}) THEN json_type({0}) = 'object' ELSE 0 END"
+_JSON_ARRAY = "CASE WHEN json_valid({0}) THEN json_type({0}) = 'array' ELSE 0 END"
+_CHUNK_ITEMS = "CASE WHEN json_valid({0}) AND json_type({0}) = 'array' THEN json_array_length({0}) ELSE 0 END"
+_META_GOOD = """CASE WHEN json_valid({0}.metadata) THEN (typeof({0}.created_ms) = 'integer'
+    AND typeof({0}.updated_ms) = 'integer' AND typeof({0}.message_count) = 'integer' AND {0}.message_count >= 0
+    AND ({0}.ttl IS NULL OR (typeof({0}.ttl) IN ('integer', 'real') AND {0}.ttl > 0))
+    AND ({0}.expires_ms IS NULL OR typeof({0}.expires_ms) = 'integer') AND json_type({0}.metadata) = 'object')
+    ELSE 0 END"""
+# kv rows are judged by _sqlite_kv._ROW_OK (kept in step with it), written here on NEW.
+_KV_GOOD = """(typeof(NEW.namespace) = 'text' AND typeof(NEW.key) = 'text' AND json_valid(NEW.value)
+    AND typeof(NEW.created_ms) = 'integer' AND typeof(NEW.updated_ms) = 'integer'
+    AND (NEW.expires_ms IS NULL OR typeof(NEW.expires_ms) = 'integer')
+    AND CASE WHEN json_valid(NEW.tags) AND json_type(NEW.tags) = 'object'
+        THEN NOT EXISTS (SELECT 1 FROM json_each(NEW.tags) WHERE json_each.type != 'text') ELSE 0 END)"""
+_SUSPECT = "INSERT INTO suspects (tbl, key1, key2) VALUES ('{table}', {key1}, {key2}) ON CONFLICT DO NOTHING"
+_CONVERSATION_BAD = (
+    f"(NEW.document IS NOT NULL AND NOT {_JSON_OBJECT.format('NEW.document')})"
+    f" OR (NEW.chunks IS NOT NULL AND NOT {_JSON_ARRAY.format('NEW.chunks')})"
+    f" OR (NEW.metadata IS NOT NULL AND NOT {_META_GOOD.format('NEW')})"
+)
+_ROW_TRIGGERS = [  # (table, good row, key1, key2)
+    ("raw_messages", _JSON_OBJECT.format("NEW.data"), "NEW.id", "''"),
+    ("memories", _JSON_OBJECT.format("NEW.data"), "NEW.id", "''"),
+    ("reasoning_chains", _JSON_OBJECT.format("NEW.data"), "NEW.id", "''"),
+    ("cache", "json_valid(NEW.data)", "NEW.cache_key", "''"),
+    ("system_state", "json_valid(NEW.data)", "NEW.state_key", "''"),
+    ("kv", _KV_GOOD, "NEW.namespace", "NEW.key"),
+]
+STAT_TRIGGERS: list[tuple[str, str]] = [  # (name, CREATE TRIGGER statement)
+    *[
+        (f"{table}_suspect_{event.lower()}",
+         f"CREATE TRIGGER {table}_suspect_{event.lower()} AFTER {event} ON {table} WHEN NOT ({good}) BEGIN "
+         f"{_SUSPECT.format(table=table, key1=key1, key2=key2)}; END")
+        for table, good, key1, key2 in _ROW_TRIGGERS
+        for event in ("INSERT", "UPDATE")
+    ],
+    ("conversations_suspect_insert",
+     f"CREATE TRIGGER conversations_suspect_insert AFTER INSERT ON conversations WHEN {_CONVERSATION_BAD} BEGIN "
+     f"{_SUSPECT.format(table='conversations', key1='NEW.conversation_id', key2=chr(39) * 2)}; END"),
+    # Column lists: the message count each append sets must not re-check a 100 KB document.
+    ("conversations_suspect_update",
+     "CREATE TRIGGER conversations_suspect_update AFTER UPDATE OF conversation_id, document, chunks, created_ms, "
+     f"updated_ms, message_count, ttl, expires_ms, metadata ON conversations WHEN {_CONVERSATION_BAD} BEGIN "
+     f"{_SUSPECT.format(table='conversations', key1='NEW.conversation_id', key2=chr(39) * 2)}; END"),
+    ("conversations_chunks_insert",
+     "CREATE TRIGGER conversations_chunks_insert AFTER INSERT ON conversations WHEN NEW.chunks IS NOT NULL BEGIN "
+     f"UPDATE counters SET value = value + {_CHUNK_ITEMS.format('NEW.chunks')} WHERE name = 'chunk_items'; END"),
+    ("conversations_chunks_update",
+     "CREATE TRIGGER conversations_chunks_update AFTER UPDATE OF chunks ON conversations BEGIN "
+     f"UPDATE counters SET value = value + {_CHUNK_ITEMS.format('NEW.chunks')} - {_CHUNK_ITEMS.format('OLD.chunks')} "
+     "WHERE name = 'chunk_items'; END"),
+    ("conversations_chunks_delete",
+     "CREATE TRIGGER conversations_chunks_delete AFTER DELETE ON conversations WHEN OLD.chunks IS NOT NULL BEGIN "
+     f"UPDATE counters SET value = value - {_CHUNK_ITEMS.format('OLD.chunks')} WHERE name = 'chunk_items'; END"),
+]  # fmt: skip
+# Fills the tables for what a database held before version 6 (or before its triggers
+# came back, see SqliteStorage._check_serializer): the same checks over every row, once.
+FILL_STATS: tuple[str, ...] = (
+    "DELETE FROM suspects",
+    "INSERT OR REPLACE INTO counters (name, value) VALUES ('chunk_items', "
+    f"(SELECT COALESCE(SUM({_CHUNK_ITEMS.format('chunks')}), 0) FROM conversations WHERE chunks IS NOT NULL))",
+    *[
+        f"INSERT INTO suspects (tbl, key1, key2) SELECT '{table}', {key1[4:]}, {key2.replace('NEW.', '')} "
+        f"FROM {table} AS NEW WHERE NOT ({good})"
+        for table, good, key1, key2 in _ROW_TRIGGERS
+    ],
+    f"INSERT INTO suspects (tbl, key1, key2) SELECT 'conversations', conversation_id, '' FROM conversations AS NEW "
+    f"WHERE {_CONVERSATION_BAD}",
+)
+MIGRATIONS.append(
+    (
+        # key1, key2: the row's key (id, or namespace and key), not its rowid, which VACUUM may change.
+        "CREATE TABLE suspects (tbl TEXT NOT NULL, key1 NOT NULL, key2 NOT NULL, PRIMARY KEY (tbl, key1, key2))"
+        " WITHOUT ROWID",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
+        *(statement for _name, statement in STAT_TRIGGERS),
+        *FILL_STATS,
+    )
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # A conversation row lives exactly as long as one of its parts (its metadata among them),
@@ -167,42 +259,74 @@ ENSURE_PARENT = {
     "agents": "INSERT INTO agents (agent_id) VALUES (?) ON CONFLICT DO NOTHING",
 }
 
-# get_storage_stats in one pass per table. json_valid/json_type check each row in C, so a
-# row that would not parse is counted as unreadable instead of as data, and nothing is
-# decoded in Python. Each query returns (good, bad) or the columns named beside it. The
-# parts of a conversation expired at :now are absent, so they are not counted.
-_OBJECT_ROWS = """SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM (SELECT CASE
-    WHEN json_valid(data) AND json_type(data) = 'object' THEN 1 ELSE 0 END AS ok FROM {table}{where})"""
-_LIVE_PARTS = """ WHERE NOT EXISTS (SELECT 1 FROM conversations AS c
-    WHERE c.conversation_id = {table}.conversation_id AND c.expires_ms <= :now)"""
-# A metadata row that SqliteConversations._record decodes (keep the two in step).
-_META_OK = """(typeof(created_ms) = 'integer' AND typeof(updated_ms) = 'integer'
-    AND typeof(message_count) = 'integer' AND message_count >= 0
-    AND (ttl IS NULL OR (typeof(ttl) IN ('integer', 'real') AND ttl > 0))
-    AND (expires_ms IS NULL OR typeof(expires_ms) = 'integer')
-    AND json_valid(metadata) AND json_type(metadata) = 'object')"""
+# get_storage_stats without reading every row (SqliteStorage._collect_stats). Row counts are
+# COUNT(*), which SQLite answers from the pages of the table's smallest index; a row whose
+# value would not parse is found among ``suspects`` (checked again here with the same test
+# the triggers ran), and is counted as unreadable instead of as data. The parts of a
+# conversation expired at :now are absent: the expired conversations are found through
+# their expiry index and their parts subtracted, so the cost grows with what has expired
+# and not been cleaned up, never with what is live. Each query returns the columns named beside it.
+_EXPIRED_IDS = "SELECT conversation_id FROM conversations WHERE expires_ms <= :now"
+_LIVE_ROW = (
+    "NOT EXISTS (SELECT 1 FROM conversations AS c WHERE c.conversation_id = t.conversation_id AND c.expires_ms <= :now)"
+)
+
+
+def _part_stats(table: str, live: bool) -> str:
+    """(rows, unreadable rows) of a log or collection, live parts only when ``live``."""
+    rows = f"(SELECT COUNT(*) FROM {table})"
+    if live:
+        rows += f" - (SELECT COUNT(*) FROM {table} WHERE conversation_id IN ({_EXPIRED_IDS}))"
+    bad = (f"(SELECT COUNT(*) FROM suspects AS s JOIN {table} AS t ON t.id = s.key1 WHERE s.tbl = '{table}'"
+           f" AND NOT {_JSON_OBJECT.format('t.data')}{' AND ' + _LIVE_ROW if live else ''})")  # fmt: skip
+    return f"SELECT {rows}, {bad}"
+
+
 STATS = {
-    "raw_message_count": _OBJECT_ROWS.format(table="raw_messages", where=_LIVE_PARTS.format(table="raw_messages")),
-    "memory_count": _OBJECT_ROWS.format(table="memories", where=_LIVE_PARTS.format(table="memories")),
-    "reasoning_chain_count": _OBJECT_ROWS.format(table="reasoning_chains", where=""),
-    # (live, expired, bad) at :now
-    "cache": """SELECT COALESCE(SUM(ok AND live), 0), COALESCE(SUM(ok AND NOT live), 0),
-        COALESCE(SUM(NOT ok), 0) FROM (SELECT json_valid(data) AS ok,
-        (expires_ms IS NULL OR expires_ms > :now) AS live FROM cache)""",
-    # (live conversations, their chunks, expired conversations, bad documents + bad chunk
-    # lists of live ones + bad metadata of any) at :now
-    "conversations": f"""SELECT COALESCE(SUM(live), 0),
-        COALESCE(SUM(CASE WHEN live AND chunks_ok THEN json_array_length(chunks) END), 0),
-        COALESCE(SUM(NOT live), 0),
-        COALESCE(SUM(live AND document IS NOT NULL AND NOT document_ok), 0)
-            + COALESCE(SUM(live AND chunks IS NOT NULL AND NOT chunks_ok), 0)
-            + COALESCE(SUM(metadata IS NOT NULL AND NOT meta_ok), 0)
-        FROM (SELECT document, chunks, metadata,
-            NOT COALESCE(expires_ms <= :now, 0) AS live,
-            json_valid(document) AND json_type(document) = 'object' AS document_ok,
-            json_valid(chunks) AND json_type(chunks) = 'array' AS chunks_ok,
-            CASE WHEN json_valid(metadata) THEN {_META_OK} ELSE 0 END AS meta_ok FROM conversations)""",
-    # (states, bad)
-    "system_state": "SELECT COUNT(*), COALESCE(SUM(NOT json_valid(data)), 0) FROM system_state",
+    "raw_message_count": _part_stats("raw_messages", live=True),
+    "memory_count": _part_stats("memories", live=True),
+    "reasoning_chain_count": _part_stats("reasoning_chains", live=False),
+    # (rows, rows expired at :now, unreadable rows, unreadable rows expired at :now)
+    "cache": """SELECT (SELECT COUNT(*) FROM cache), (SELECT COUNT(*) FROM cache WHERE expires_ms <= :now),
+        COUNT(*), COALESCE(SUM(c.expires_ms <= :now), 0)
+        FROM suspects AS s JOIN cache AS c ON c.cache_key = s.key1 WHERE s.tbl = 'cache' AND NOT json_valid(c.data)""",
+    # (rows, expired rows, chunk items of every row, chunk items of expired rows, bad documents +
+    # bad chunk lists of live rows + bad metadata of any)
+    "conversations": f"""SELECT (SELECT COUNT(*) FROM conversations),
+        (SELECT COUNT(*) FROM conversations WHERE expires_ms <= :now),
+        (SELECT value FROM counters WHERE name = 'chunk_items'),
+        (SELECT COALESCE(SUM({_CHUNK_ITEMS.format("chunks")}), 0) FROM conversations WHERE expires_ms <= :now),
+        (SELECT COALESCE(SUM(NOT COALESCE(t.expires_ms <= :now, 0) AND t.document IS NOT NULL
+                                 AND NOT {_JSON_OBJECT.format("t.document")}), 0)
+              + COALESCE(SUM(NOT COALESCE(t.expires_ms <= :now, 0) AND t.chunks IS NOT NULL
+                                 AND NOT {_JSON_ARRAY.format("t.chunks")}), 0)
+              + COALESCE(SUM(t.metadata IS NOT NULL AND NOT {_META_GOOD.format("t")}), 0)
+         FROM suspects AS s JOIN conversations AS t ON t.conversation_id = s.key1 WHERE s.tbl = 'conversations')""",
+    # (rows, unreadable rows)
+    "system_state": """SELECT (SELECT COUNT(*) FROM system_state), (SELECT COUNT(*) FROM suspects AS s
+        JOIN system_state AS t ON t.state_key = s.key1 WHERE s.tbl = 'system_state' AND NOT json_valid(t.data))""",
     "agents": "SELECT COUNT(*) FROM agents",
+    # (namespaces with a live readable entry, rows, rows expired at :now, unreadable rows,
+    # unreadable rows expired at :now). A namespace without unreadable rows has a live
+    # readable entry when it has a live entry: one probe of the primary key per namespace.
+    "kv": f"""WITH RECURSIVE ns (name) AS (
+            SELECT MIN(namespace) FROM kv
+            UNION ALL SELECT (SELECT MIN(namespace) FROM kv WHERE namespace > ns.name)
+            FROM ns WHERE ns.name IS NOT NULL),
+        bad AS (SELECT t.namespace, t.expires_ms FROM suspects AS s JOIN kv AS t
+            ON t.namespace = s.key1 AND t.key = s.key2 WHERE s.tbl = 'kv' AND NOT {_KV_GOOD.replace("NEW.", "t.")})
+        SELECT (SELECT COUNT(*) FROM ns WHERE typeof(name) = 'text' AND EXISTS (SELECT 1 FROM kv AS NEW
+                    WHERE NEW.namespace = ns.name AND (NEW.expires_ms IS NULL OR NEW.expires_ms > :now)
+                    AND (NOT EXISTS (SELECT 1 FROM bad WHERE bad.namespace = ns.name) OR {_KV_GOOD}))),
+            (SELECT COUNT(*) FROM kv), (SELECT COUNT(*) FROM kv WHERE expires_ms <= :now),
+            (SELECT COUNT(*) FROM bad), (SELECT COUNT(*) FROM bad WHERE expires_ms <= :now)""",
 }
+# cleanup() forgets the suspects whose rows are gone or fine now.
+FORGET_SUSPECTS = [
+    f"DELETE FROM suspects WHERE tbl = '{table}' AND NOT EXISTS (SELECT 1 FROM {table} AS NEW WHERE "
+    f"NEW.{key1[4:]} = suspects.key1{'' if key2 == chr(39) * 2 else ' AND NEW.key = suspects.key2'} AND NOT ({good}))"
+    for table, good, key1, key2 in _ROW_TRIGGERS
+] + [
+    "DELETE FROM suspects WHERE tbl = 'conversations' AND NOT EXISTS (SELECT 1 FROM conversations AS NEW "
+    f"WHERE NEW.conversation_id = suspects.key1 AND ({_CONVERSATION_BAD}))"
+]

@@ -77,7 +77,7 @@ from ..errors import (
 from ..interface import CacheEntry, Kind, Problem, StorageInterface
 from ..naming import encode_name as _encode_name
 from ..serializer import Serializer, make_serializer
-from ._redis_cluster import Held, cluster_health, is_cluster_client, make_client, wait_command
+from ._redis_cluster import Held, cluster_health, is_cluster_client, make_client, make_retry, wait_command
 from ._redis_conv import RedisConversations
 from ._redis_kv import RedisKV
 from ._redis_kv_lua import KV_SCRIPTS
@@ -158,6 +158,9 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         # type-check with a cast at every call.
         self._client: Any = None
         self._owns_client = False
+        # On a cluster, the retries of reads (make_client says why they are not the client's);
+        # on one server redis-py retries them itself, and this stays None.
+        self._read_retry: Any = None
         self._scripts: dict[str, Any] = {}
         # Shown in messages, health and repr: never the password (docs/redis.md, Secrets).
         self._server = redact_url(self.settings.redis_url)
@@ -180,6 +183,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         else:
             self._server = _describe_client(client)
         self._client = client
+        if self._cluster:
+            self._read_retry = make_retry(self._redis, self.settings.max_retries, cluster=True)
         self._scripts = {
             name: client.register_script(source) for name, source in (SCRIPTS | KV_SCRIPTS | MSG_SCRIPTS).items()
         }
@@ -192,12 +197,13 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             raise
 
     def _make_client(self) -> Any:
-        # No retries inside redis-py (Redis(host=...) would retry three times by default):
-        # resending an RPUSH whose reply was lost appends it twice. _call retries reads, once.
+        # Connecting and reads are retried (max_retries), writes never resent: _call, _send_once.
+        settings = self.settings
         try:
             return make_client(
-                self._redis, self.settings.redis_url, self.settings.connection_timeout, cluster=self._cluster
-            )
+                self._redis, settings.redis_url, settings.connection_timeout,
+                cluster=self._cluster, retries=settings.max_retries,
+            )  # fmt: skip
         except (ValueError, self._redis.exceptions.RedisClusterException) as e:  # redis-py's own URL parsing
             raise ConfigError(
                 f"redis_url {self._server!r} is not usable: {self._scrub(str(e))}; use "
@@ -306,29 +312,49 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
     ) -> T:
         """Run one Redis call, turning engine errors into StorageError subclasses.
 
-        A read whose connection broke is tried once more, on a fresh connection (a pooled
-        one may have died with a restarted server). A timeout is not retried, so a hung
-        server costs one ``connection_timeout``; a write is never retried, since a lost
-        reply does not say whether it was applied. ``size`` is the longest value a write
-        sends: a connection the server closed on it may mean the value was over its limit.
+        A ``read`` whose connection broke is tried again, up to ``max_retries`` times with
+        exponential backoff: on one server by redis-py itself (the pool's connections carry
+        the Retry, make_client), on a cluster here, with redis-py's Retry. A timeout is not
+        retried, so a hung server costs one ``connection_timeout``. A write is never resent
+        (``_send_once``): a lost reply does not say whether it was applied. ``size`` is the
+        longest value a write sends: a connection the server closed on it may mean the value
+        was over its limit.
         """
         exceptions = self._redis.exceptions
-        for attempt in (1, 2):
-            try:
-                return await function(*args)
-            except (exceptions.RedisError, exceptions.RedisClusterException, OSError) as e:
-                broken = isinstance(e, exceptions.ConnectionError | OSError)
-                broken = broken and not isinstance(e, exceptions.AuthenticationError)
-                if read and attempt == 1 and broken and isinstance(e, exceptions.ConnectionError):
-                    continue
-                # Over the limit, Redis answers "invalid bulk length" and closes the
-                # connection; redis-py raises whichever it meets first.
-                if key is not None and size >= _MIN_BULK_LIMIT and (broken or _is_bulk_error(e)):
-                    too_large = await self._too_large_after_all(key, size)
-                    if too_large is not None:
-                        raise too_large from e
-                raise self._translate(e, what, key) from e
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            if read and self._read_retry is not None:
+                return await self._read_retry.call_with_retry(lambda: function(*args), _nothing_to_undo)  # type: ignore[no-any-return]
+            return await function(*args)
+        except (exceptions.RedisError, exceptions.RedisClusterException, OSError) as e:
+            broken = isinstance(e, exceptions.ConnectionError | OSError)
+            broken = broken and not isinstance(e, exceptions.AuthenticationError)
+            # Over the limit, Redis answers "invalid bulk length" and closes the
+            # connection; redis-py raises whichever it meets first.
+            if key is not None and size >= _MIN_BULK_LIMIT and (broken or _is_bulk_error(e)):
+                too_large = await self._too_large_after_all(key, size)
+                if too_large is not None:
+                    raise too_large from e
+            raise self._translate(e, what, key) from e
+
+    async def _send_once(self, key: str, *command: Any) -> Any:
+        """Send one write command once; its reply (an error reply raises).
+
+        On one server it goes on a connection taken from the pool: taking it is what is
+        retried (connecting, or replacing a pooled connection the server closed, as after a
+        restart), and nothing has been sent then. Once it is sent, a broken connection
+        raises: the server may have run it. On a cluster it goes through the cluster client,
+        which retries nothing (make_client) and follows MOVED and ASK, refusals that ran nothing.
+        """
+        if self._cluster:
+            return await self.client.execute_command(*command)
+        held = await Held.take(self.client, key)
+        try:
+            (reply,) = await held.send([command])
+        finally:
+            await held.release()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def _check_size(self, key: str, payloads: Sequence[bytes]) -> int:
         """Refuse, before sending anything, a value over the server's limit; the longest size."""
@@ -395,13 +421,19 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
         # EVALSHA directly rather than through redis-py's Script.__call__, which costs
         # about 4 us a call (measured; a local round trip is about 60 us) in argument
-        # copies and an import statement; the NOSCRIPT fallback is the same as its own.
+        # copies and an import statement; the NOSCRIPT fallback is the same as its own
+        # (NOSCRIPT: the script did not run, so sending it again applies it once).
+        async def send() -> Any:
+            if read:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._send_once(key, "EVALSHA", script.sha, len(keys), *keys, *args)
+
         async def run() -> Any:
             try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+                return await send()
             except no_script:
                 script.sha = await client.script_load(script.script)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+                return await send()
 
         return await self._call(f"running {name} on {key}", key, run, read=read, size=size)
 
@@ -611,7 +643,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             # than a plain SET, a sixth of a local round trip.
             name, data = command.key, command.args[1]
             if await self._call(
-                f"writing {name}", name, lambda: self.client.set(name, data, xx=True), size=command.size
+                f"writing {name}", name, self._send_once, name, "SET", name, data, "XX", size=command.size
             ):
                 return
         await self._run(command)
@@ -653,7 +685,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
             # _write_document); it answers 0, having written nothing, when the list is new.
             name, encoded = command.key, command.args[1:]
             length = await self._call(
-                f"appending to {name}", name, self.client.rpushx, name, *encoded, size=command.size
+                f"appending to {name}", name, self._send_once, name, "RPUSHX", name, *encoded, size=command.size
             )
             if length:
                 return int(length)
@@ -1017,6 +1049,10 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 # Every operation names its key, and the same ids come back again and again: an id that
 # needs percent-encoding (``llm:answer:42``) costs about 1.5 us to encode, a cache hit 0.1.
 _name = functools.lru_cache(maxsize=4096)(_encode_name)
+
+
+async def _nothing_to_undo(error: BaseException) -> None:
+    """Retry's failure hook: the cluster client already dropped the broken connection."""
 
 
 def _text(value: bytes | str) -> str:

@@ -22,6 +22,15 @@ one thread hop and one transaction per operation. That thread runs one function 
 time, so coroutines sharing the connection never interleave statements inside each
 other's transaction.
 
+Point reads (one row by its key: a cache entry, a state, a document, one key-value entry,
+one message, a conversation's metadata) run on the event loop's thread instead, from a
+second connection that only reads (``_point_read``), with WAL only; anything that makes
+them wait or fail sends them to the worker thread.
+
+``get_storage_stats`` counts rows with COUNT(*) and finds the rows that would not parse
+among ``suspects``, which triggers keep in the writes' own transactions (schema version 6,
+``_sqlite_schema.STAT_TRIGGERS``).
+
 ``storage.transaction()`` (docs/sqlite.md, "Transactions") holds the connection in one
 ``BEGIN IMMEDIATE`` from the start of its block to its end: SQLite's write lock makes the
 writers of other connections wait (busy_timeout), and an asyncio gate makes the writers of
@@ -40,10 +49,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import math
 import os
 import random
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -65,7 +76,7 @@ from ..errors import (
     UnsupportedFormatError,
     ValueTooLargeError,
 )
-from ..interface import CacheEntry, Kind, Problem, StorageInterface, logger
+from ..interface import STATS_KEYS, CacheEntry, Kind, Problem, StorageInterface, logger
 from ..serializer import Serializer, make_serializer
 from ..transaction import Op
 from . import _fs
@@ -77,10 +88,13 @@ from ._sqlite_schema import (
     CLAIM_SERIALIZER,
     DROP_EXPIRED,
     ENSURE_PARENT,
+    FILL_STATS,
+    FORGET_SUSPECTS,
     MIGRATIONS,
     PRUNE_CONVERSATION,
     SCHEMA_VERSION,
     SET_MESSAGE_COUNT,
+    STAT_TRIGGERS,
     STATS,
 )
 
@@ -94,7 +108,14 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 Body = Callable[[sqlite3.Connection], T]
+# Characters of stored text a point read parses on the event loop's thread (~0.3 ms for
+# orjson); a bigger value is parsed on a worker thread.
+_LOOP_PARSE_LIMIT = 256 * 1024
+# After an error or a slow read on the loop's thread, point reads use the worker for _READER_PAUSE
+# seconds; after one that held the loop over _READER_GIVE_UP, for good (_pause_reader).
+_READER_PAUSE, _READER_SLOW, _READER_GIVE_UP = 1.0, 0.05, 1.0
 
 # Primary result codes (extended codes carry them in the low byte).
 _PERM, _BUSY, _LOCKED, _READONLY, _CORRUPT, _FULL, _CANTOPEN, _TOOBIG, _AUTH, _NOTADB = (
@@ -163,6 +184,12 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         # other coroutines wait at it, and a second transaction too.
         self._tx_gate = asyncio.Lock()
         self._tx_owner: asyncio.Task[Any] | None = None  # the task whose block is open
+        self._journal_mode = ""
+        # Point reads run on the event loop's thread from this second connection (WAL only;
+        # see _point_read), which only that thread uses.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_thread = 0
+        self._reader_paused_until = 0.0  # monotonic time before which point reads use the worker
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -191,6 +218,32 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         except BaseException:
             await self._close()
             raise
+        self._open_reader()
+
+    def _open_reader(self) -> None:
+        """The loop thread's read-only connection, in WAL mode only (module docstring).
+
+        WAL readers never wait for the writer; with the rollback journal a read would take
+        the file's shared lock and could wait for a commit, so there reads stay on the
+        worker thread. ``mode=rw`` never creates a file (the database may have been deleted
+        meanwhile); busy timeout 0 and ``query_only``: it never waits and never writes.
+        Any failure here leaves reads on the worker thread, as they always worked.
+        """
+        if self._journal_mode != "wal":
+            return
+        reader: sqlite3.Connection | None = None
+        try:
+            reader = sqlite3.connect(
+                f"{self._path.as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None, cached_statements=256
+            )
+            reader.execute("PRAGMA query_only = ON")
+            reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()  # opens the WAL index once
+        except sqlite3.Error as e:
+            logger.info("%s: point reads stay on the worker thread (%s)", self._path, e)
+            if reader is not None:
+                reader.close()
+            return
+        self._reader, self._reader_thread = reader, threading.get_ident()
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         timeout_ms = round(self.settings.connection_timeout * 1000)
@@ -219,6 +272,33 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             self._json1 = self._serializer.text
         except sqlite3.OperationalError:
             self._json1 = False  # an SQLite built without JSON1: stats read every row instead
+        self._keep_stat_triggers(conn)
+
+    def _keep_stat_triggers(self, conn: sqlite3.Connection) -> None:
+        """The statistics' triggers (``STAT_TRIGGERS``) exist exactly when the stats count in SQL.
+
+        They judge rows with JSON1, so a msgpack database (whose BLOBs are not JSON) or an
+        SQLite without JSON1 has none: there the stats read every entity. Created, with the
+        counts filled from the rows already there, in the transaction that checks they are missing.
+        """
+        names = [name for name, _statement in STAT_TRIGGERS]
+        marks = ", ".join("?" * len(names))
+        present = f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name IN ({marks})"
+        wanted = len(names) if self._json1 else 0
+        if conn.execute(present, names).fetchone()[0] == wanted:
+            return
+
+        def body(conn: sqlite3.Connection) -> None:
+            if conn.execute(present, names).fetchone()[0] == wanted:
+                return  # another process did it
+            for name, statement in STAT_TRIGGERS:
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+                if self._json1:
+                    conn.execute(statement)
+            for statement in FILL_STATS if self._json1 else ("DELETE FROM suspects",):
+                conn.execute(statement)
+
+        self._transaction(conn, body, "BEGIN IMMEDIATE", "preparing the statistics of")
 
     def _check_serializer(self, conn: sqlite3.Connection) -> None:
         """Refuse a database written with another serializer; claim a new one for ours.
@@ -248,6 +328,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
     def _set_journal_mode(self, conn: sqlite3.Connection, timeout_ms: int) -> None:
         wanted = "wal" if self.settings.enable_wal_mode else "delete"
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        self._journal_mode = str(mode).lower()
         if mode == wanted:
             return
         # Leaving WAL fails with SQLITE_BUSY while any other connection has the file open,
@@ -261,6 +342,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
                 raise
         finally:
             conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+        self._journal_mode = str(mode).lower()
         if mode != wanted:
             logger.warning("%s stays in journal_mode %s (enable_wal_mode=%s): other connections "
                            "have it open", self._path, mode, self.settings.enable_wal_mode)  # fmt: skip
@@ -285,6 +367,10 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     async def _close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with suppress(sqlite3.Error):
+                reader.close()  # first: the writer's close is the last one, which checkpoints
         db, self._db = self._db, None
         if db is not None:
             try:
@@ -310,6 +396,52 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     async def _read(self, action: str, body: Body[T]) -> T:
         return await self._run(action, body)
+
+    async def _point_read(self, fetch: Body[R], finish: Callable[[R], T]) -> T:
+        """A read of one row: ``fetch`` (SQL only, every row fetched) then ``finish`` (parse).
+
+        On the event loop's thread from the reader connection when it can (no hop): WAL,
+        no transaction of this storage open (its reads join it on the worker), the loop's
+        own thread. Each statement is its own read transaction, so it sees every commit
+        made before it, by this storage or any other. Any SQLite error there (SQLITE_BUSY
+        while another connection recovers the WAL or rebuilds the -shm, an I/O error, a
+        damaged page) sends the read to the worker thread, which waits, retries and names
+        the error exactly as before, and the next second of point reads goes there too (so
+        does one after a read that took over 50 ms). A value over ``_LOOP_PARSE_LIMIT`` is
+        parsed off the loop.
+        """
+        reader = self._reader
+        if (
+            reader is not None and not self._tx_gate.locked() and threading.get_ident() == self._reader_thread
+            and time.monotonic() >= self._reader_paused_until
+        ):  # fmt: skip
+            started = time.monotonic()
+            try:
+                row = fetch(reader)
+            except sqlite3.Error:
+                self._pause_reader(time.monotonic() - started, failed=True)
+            else:
+                self._pause_reader(time.monotonic() - started, failed=False)
+                if _size(row) <= _LOOP_PARSE_LIMIT:
+                    return finish(row)
+                return await asyncio.to_thread(finish, row)
+        return await self._read("reading", lambda conn: finish(fetch(conn)))
+
+    def _pause_reader(self, elapsed: float, *, failed: bool) -> None:
+        """After a loop read that failed or was slow, the next second of point reads goes to
+        the worker. One that made the loop wait over ``_READER_GIVE_UP`` (SQLite's own
+        retries while a process is stopped inside a WAL restart: about 10 s) ends loop reads
+        for good: such a process may stay stopped, and the loop must not stall again."""
+        if elapsed > _READER_GIVE_UP:
+            self._reader_paused_until = math.inf
+            logger.warning(
+                "a read of %s held the event loop for %.1f s (another process stopped while restarting the WAL?); "
+                "this storage's point reads run on its worker thread from now on",
+                self._path,
+                elapsed,
+            )
+        elif failed or elapsed > _READER_SLOW:
+            self._reader_paused_until = time.monotonic() + _READER_PAUSE
 
     async def _write(self, action: str, body: Body[T]) -> T:
         collecting = _collecting.get()
@@ -550,11 +682,13 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             raise InvalidArgumentError(f"{kind} is not a document")
         params = (key,) if kind is Kind.SYSTEM else (key, self._now_ms())
 
-        def body(conn: sqlite3.Connection) -> Any:
-            row = conn.execute(sql, params).fetchone()
-            return None if row is None else self._document(kind, key, row[0])
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, params).fetchall()
 
-        return await self._read("reading", body)
+        def finish(rows: list[Any]) -> Any:
+            return self._document(kind, key, rows[0][0]) if rows else None
+
+        return await self._point_read(fetch, finish)
 
     def _document(self, kind: Kind, key: str, text: Any) -> Any:
         """A stored document (system state, conversation document or chunks), checked."""
@@ -837,19 +971,22 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         await self._write("writing", lambda conn: conn.execute(sql, row))
 
     async def _read_cache(self, cache_key: str) -> CacheEntry | None:
-        def body(conn: sqlite3.Connection) -> CacheEntry | None:
-            row = conn.execute(
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
                 "SELECT data, created_ms, expires_ms FROM cache WHERE cache_key = ?", (cache_key,)
-            ).fetchone()
-            if row is None:
+            ).fetchall()
+
+        def finish(rows: list[Any]) -> CacheEntry | None:
+            if not rows:
                 return None
+            row = rows[0]
             data = self._parse(row[0], "cache", f"cache_key {cache_key!r}")
             if type(row[1]) is not int or not (row[2] is None or type(row[2]) is int):
                 where = f"{self._path} (table cache, cache_key {cache_key!r})"
                 raise CorruptedDataError(where, "created_ms and expires_ms must be integers", hint=_HINT)
             return CacheEntry(cache_key, data, row[1], row[2])
 
-        return await self._read("reading", body)
+        return await self._point_read(fetch, finish)
 
     async def _list_cache_keys(self, now_ms: int) -> list[str]:
         return await self._column("SELECT cache_key FROM cache WHERE expires_ms IS NULL OR expires_ms > ?", now_ms)
@@ -890,58 +1027,69 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
                 total += path.stat().st_size
         return total
 
-    async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
-        """Counts from SQL in one read transaction (``STATS``), without decoding any value."""
-        if not self._json1:
-            # msgpack rows, or an SQLite built without JSON1: the base class reads every entity.
-            stats = await super()._collect_stats(now_ms)
-            stats["unreadable_count"] += len(await self._meta_problems())
-            return stats
-
-        def body(conn: sqlite3.Connection) -> dict[str, Any]:
-            damaged: list[str] = []
-
-            def row(name: str, **params: Any) -> tuple[int, ...]:
-                try:
-                    return tuple(int(value) for value in conn.execute(STATS[name], params).fetchone())
-                except sqlite3.DatabaseError as e:
-                    if _primary_code(e) not in (_CORRUPT, _NOTADB):
-                        raise
-                    # A damaged page: count this table as one unreadable entity and go on
-                    # with the others (verify() names the damage).
-                    damaged.append(name)
-                    width = {"cache": 3, "conversations": 4, "agents": 1}.get(name, 2)
-                    return (0,) * (width - 1) + (1,) if width > 1 else (0,)
-
-            stats: dict[str, Any] = {}
-            unreadable = 0
-            # One snapshot for every count (an open storage.transaction() is one already).
-            began = not conn.in_transaction
-            if began:
-                conn.execute("BEGIN")
-            for name in ("raw_message_count", "memory_count", "reasoning_chain_count"):
-                stats[name], bad = row(name, now=now_ms) if name != "reasoning_chain_count" else row(name)
-                unreadable += bad
-            stats["cache_entry_count"], stats["expired_cache_entry_count"], bad = row("cache", now=now_ms)
-            conversations = row("conversations", now=now_ms)
-            stats["conversation_count"], stats["chunk_count"], stats["expired_conversation_count"] = conversations[:3]
-            bad_documents = conversations[3]
-            stats["system_state_count"], bad_states = row("system_state")
-            (stats["agent_count"],) = row("agents")
-            stats["unreadable_count"] = unreadable + bad + bad_documents + bad_states + ("agents" in damaged)
-            if damaged:
-                stats["damaged_tables"] = damaged
-            if began:
-                # Ending a read transaction that met a damaged page fails too; it changed nothing.
-                with suppress(sqlite3.DatabaseError):
-                    conn.execute("COMMIT")
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            return stats
-
-        stats = await self._run("counting", body)
+    async def get_storage_stats(self) -> dict[str, Any]:
+        """Counts of every kind of data, from SQL in one read transaction and one hop (``STATS``)."""
+        if not self._json1:  # msgpack rows, or an SQLite built without JSON1: every entity is read
+            return await super().get_storage_stats()
+        self._require_initialized()
+        now_ms = self._now_ms()
+        counts = await self._run("counting", lambda conn: self._count(conn, now_ms), "BEGIN")
+        stats: dict[str, Any] = {"backend": self.backend_name, **counts}
         stats["total_bytes"] = await self._total_bytes()
+        # One key order on every backend, so two backends' reports compare line by line.
+        ordered = {key: stats.pop(key) for key in STATS_KEYS if key in stats}
+        return {**ordered, **stats}
+
+    def _count(self, conn: sqlite3.Connection, now_ms: int) -> dict[str, Any]:
+        """Every count of get_storage_stats at ``now_ms``, without decoding a value."""
+        now = {"now": now_ms}
+        damaged: list[str] = []
+
+        def row(name: str, width: int) -> tuple[int, ...]:
+            try:
+                return tuple(int(value or 0) for value in conn.execute(STATS[name], now).fetchone())
+            except sqlite3.DatabaseError as e:
+                if _primary_code(e) not in (_CORRUPT, _NOTADB):
+                    raise
+                # A damaged page: count this table as one unreadable entity and go on with
+                # the others (verify() names the damage).
+                damaged.append(name)
+                return (0,) * width
+
+        stats: dict[str, Any] = {}
+        unreadable = 0
+        for name in ("raw_message_count", "memory_count", "reasoning_chain_count"):
+            rows, bad = row(name, 2)
+            stats[name], unreadable = rows - bad, unreadable + bad
+        rows, expired, bad, bad_expired = row("cache", 4)
+        stats["cache_entry_count"] = rows - expired - (bad - bad_expired)
+        stats["expired_cache_entry_count"] = expired - bad_expired
+        unreadable += bad
+        rows, expired, items, expired_items, bad = row("conversations", 5)
+        stats["conversation_count"], stats["expired_conversation_count"] = rows - expired, expired
+        stats["chunk_count"] = items - expired_items
+        rows, bad_states = row("system_state", 2)
+        stats["system_state_count"] = rows - bad_states
+        (stats["agent_count"],) = row("agents", 1)
+        namespaces, rows, expired, bad_kv, bad_expired = row("kv", 5)
+        stats["kv_namespace_count"], stats["kv_entry_count"] = namespaces, rows - expired - (bad_kv - bad_expired)
+        stats["expired_kv_entry_count"] = expired - bad_expired
+        messages, readers, problems = self._msg_count(conn)
+        stats["message_count"], stats["message_read_state_count"] = messages, readers
+        stats["unreadable_count"] = unreadable + bad + bad_states + bad_kv + len(problems) + len(damaged)
+        if damaged:
+            stats["damaged_tables"] = damaged
         return stats
+
+    async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
+        """Forget the suspect rows (``_sqlite_schema.FORGET_SUSPECTS``) that are gone or fine now."""
+
+        def body(conn: sqlite3.Connection) -> None:
+            for statement in FORGET_SUSPECTS:
+                conn.execute(statement)
+
+        await self._write("cleaning up", body)
+        return {}
 
     async def verify(self) -> list[Problem]:
         """Rows that do not parse, plus what ``PRAGMA quick_check`` and the foreign key
@@ -1072,3 +1220,8 @@ def _is_busy(e: sqlite3.Error) -> bool:
     if code is not None:
         return code in (_BUSY, _LOCKED)
     return "locked" in str(e) or "busy" in str(e)
+
+
+def _size(rows: Any) -> int:
+    """Characters (or bytes) of the text and BLOB values in fetched rows."""
+    return sum(len(value) for row in rows for value in row if isinstance(value, str | bytes))

@@ -512,22 +512,24 @@ async def proxy(redis_server: RedisServer) -> AsyncIterator[ReplyDroppingProxy]:
     await faulty.close()
 
 
+@pytest.mark.parametrize("retries", [0, 2])
 async def test_a_lost_reply_is_retried_for_a_read_and_never_for_an_append(
-    proxy: ReplyDroppingProxy, make: Callable[..., RedisStorage]
+    proxy: ReplyDroppingProxy, make: Callable[..., RedisStorage], retries: int
 ) -> None:
-    async with make(url=proxy.url, connection_timeout=2) as storage:
+    async with make(url=proxy.url, connection_timeout=2, max_retries=retries) as storage:
         await storage.append_raw_messages("c1", [{"n": 0}])  # the server now caches the script
-        proxy.drop_replies = 1
-        assert await storage.load_raw_messages("c1") == [{"n": 0}]  # retried once, transparently
+        proxy.drop_replies = retries
+        assert await storage.load_raw_messages("c1") == [{"n": 0}]  # retried, transparently
         assert proxy.drop_replies == 0
         proxy.drop_replies = 1
         with pytest.raises(BackendUnavailableError):
             await storage.append_raw_messages("c1", [{"n": 1}])
         # The server did run it; only the reply was lost. It must be there exactly once.
         assert await storage.load_raw_messages("c1") == [{"n": 0}, {"n": 1}]
-        proxy.drop_replies = 2
+        proxy.drop_replies = retries + 1
         with pytest.raises(BackendUnavailableError):
-            await storage.load_raw_messages("c1")  # a read is tried twice, not more
+            await storage.load_raw_messages("c1")  # a read is tried max_retries + 1 times, not more
+        assert proxy.drop_replies == 0
 
 
 # ---------------------------------------------------------------------- health
