@@ -65,6 +65,7 @@ class Context:
     # Clients and connections to close before the run ends (an open aiosqlite connection
     # keeps its thread, and so the process, alive).
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    postgres_dsn: str | None = None  # the run's PostgreSQL server, once a section started it (bench/backends.py)
 
     def load_peers(self) -> None:
         """Import each peer; a real run needs them all, a smoke run goes on without."""

@@ -3,13 +3,14 @@
     python -m bench                  # the full run (minutes); needs pip install -e '.[bench]'
     python -m bench --smoke          # every benchmark at toy sizes, in seconds; peers optional
     python -m bench --only files     # some sections (files, append, sqlite, redis, scale, kv_*, adapters_*,
-                                     # transactions, cluster)
+                                     # transactions, postgres, cluster)
     python -m bench --json run.json  # also keep every figure; --render run.json rewrites the
                                      # report from it without running anything
 
 Scratch data goes to a temporary folder inside the project (so on the project's
 filesystem, never /dev/shm), removed at the end; the bench starts its own redis-server
-on 127.0.0.1 and a free port (tests/redis_server.py) and stops it at the end.
+on 127.0.0.1 and a free port (tests/redis_server.py) and stops it at the end, and a
+PostgreSQL server the same way (tests/postgres_server.py) when a section needs one.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .suites import (
     kv_redis,
     kv_sqlite,
     middleware,
+    postgres,
     redis,
     scale,
     serializer,
@@ -68,6 +70,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "adapters_langgraph": adapters_langgraph.run,
     "middleware": middleware.run,
     "transactions": transactions.run,
+    "postgres": postgres.run,
     "cluster": cluster.run,
 }
 

@@ -119,6 +119,12 @@ def _targets(sizes: Sizes) -> list[Target]:
         Target(f"Redis Cluster appends with {sizes.concurrency} clients >= 0.5x one redis-server (same machine)",
                "cluster.append", "Redis Cluster, 3 masters + 3 replicas", 0.5, "at least"),
     ]  # fmt: skip
+    for key, what in [("store", "store_conversation"), ("load", "load_conversation"),
+                      ("append", "append_raw_messages"), ("kv_set", "kv.set"), ("kv_get", "kv.get")]:  # fmt: skip
+        targets.append(
+            Target(f"PostgresStorage {what} >= 0.8x raw asyncpg sending the same statements", f"postgres.{key}",
+                   "PostgresStorage", 0.8, "at least")
+        )  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(
             Target(

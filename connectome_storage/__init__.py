@@ -1,6 +1,6 @@
 """connectome-storage: durable, human-readable storage for an AI agent's memory.
 
-One asyncio API over a JSON file tree (default), SQLite, Redis and memory; see README.md.
+One asyncio API over a JSON file tree (default), SQLite, Redis, PostgreSQL and memory; see README.md.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 
 from .backends.file import FileStorage
 from .backends.memory import MemoryStorage
+from .backends.postgres import PostgresStorage  # imports asyncpg only when built
 from .backends.redis import RedisStorage  # imports the redis package only when built
 from .backends.sqlite import SqliteStorage  # imports aiosqlite only when built
 from .conversations import Conversation, ConversationMetadata, ConversationStore
@@ -17,6 +18,7 @@ from .factory import (
     StorageFactory,
     create_file_storage,
     create_memory_storage,
+    create_postgres_storage,
     create_redis_storage,
     create_sqlite_storage,
     create_storage_from_env,
@@ -37,6 +39,7 @@ __all__ = [
     "MemoryStorage",
     "MessageStore",
     "MigrationReport",
+    "PostgresStorage",
     "RedisStorage",
     "SqliteStorage",
     "StorageError",
@@ -44,6 +47,7 @@ __all__ = [
     "StorageInterface",
     "create_file_storage",
     "create_memory_storage",
+    "create_postgres_storage",
     "create_redis_storage",
     "create_sqlite_storage",
     "create_storage_from_env",

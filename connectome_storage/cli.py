@@ -503,9 +503,11 @@ class _ProgressBar:
 
 
 def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) -> StorageInterface:
-    """The storage a migrate SPEC names: file:PATH, sqlite:PATH or a Redis URL."""
+    """The storage a migrate SPEC names: file:PATH, sqlite:PATH, a Redis URL or a PostgreSQL DSN."""
     config: dict[str, Any]
-    if spec.startswith(_REDIS_SCHEMES):
+    if spec.startswith(("postgresql://", "postgres://")):
+        backend, config = "postgres", {"dsn": spec}
+    elif spec.startswith(_REDIS_SCHEMES):
         backend, config = "redis", {"redis_url": spec}
         if key_prefix is not None:
             config["key_prefix"] = key_prefix
@@ -513,7 +515,8 @@ def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) 
         scheme, _, location = spec.partition(":")
         if scheme not in ("file", "sqlite") or not location:
             raise ConfigError(
-                f"{option} {redact_url(spec)!r} is not a storage: use file:PATH, sqlite:PATH or redis://HOST:PORT/DB"
+                f"{option} {redact_url(spec)!r} is not a storage: use file:PATH, sqlite:PATH, redis://HOST:PORT/DB "
+                "or postgresql://USER@HOST:PORT/DATABASE"
             )
         backend = scheme
         config = {"base_dir" if scheme == "file" else "db_path": location}
@@ -614,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db-path", help="SQLite database file (alone, it selects sqlite)")
     parser.add_argument("--redis-url", help="Redis URL (alone, it selects redis)")
     parser.add_argument("--key-prefix", help="Redis key prefix")
+    parser.add_argument(
+        "--dsn", help="PostgreSQL DSN, postgresql://USER:PASSWORD@HOST:PORT/DB (alone, it selects postgres)"
+    )
+    parser.add_argument("--schema", help="PostgreSQL schema that holds the storage's tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -724,9 +731,11 @@ def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
         "db_path": args.db_path,
         "redis_url": args.redis_url,
         "key_prefix": args.key_prefix,
+        "dsn": args.dsn,
+        "schema": args.schema,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    implied = {"base_dir": "file", "db_path": "sqlite", "redis_url": "redis"}
+    implied = {"base_dir": "file", "db_path": "sqlite", "redis_url": "redis", "dsn": "postgres"}
     locations = [implied[key] for key in overrides if key in implied]
     source = TYPE_VARIABLE
     if args.type:

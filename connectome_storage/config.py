@@ -28,6 +28,7 @@ __all__ = [
     "TYPE_VARIABLE",
     "CommonSettings",
     "FileSettings",
+    "PostgresSettings",
     "RedisSettings",
     "SqliteSettings",
     "parse_bool",
@@ -87,6 +88,21 @@ class RedisSettings(CommonSettings):
     wait_replicas: int = 0
     # How often connecting and a read are tried again after a broken connection (exponential
     # backoff); a write is never sent twice (docs/redis.md, "Retries").
+    max_retries: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresSettings(CommonSettings):
+    # Out of the repr: a DSN may carry a password (redact_url shows it safely).
+    dsn: str = dataclasses.field(default="postgresql://localhost/connectome", repr=False)
+    # The PostgreSQL schema (namespace) that holds this storage's tables; one database can
+    # hold several storages side by side.
+    schema: str = "connectome"
+    connection_timeout: float = 30.0
+    # Connections the pool keeps open at most (asyncpg.create_pool max_size).
+    pool_size: int = 10
+    # How often a failed connection attempt or a read is tried again (exponential backoff);
+    # a write is never sent twice (docs/postgres.md, "Retries").
     max_retries: int = 3
 
 
@@ -216,6 +232,26 @@ def _parse_dsn(value: Any, name: str) -> str:
     return text
 
 
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _parse_schema(value: Any, name: str) -> str:
+    schema = _parse_text(value, name)
+    if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
+        raise ConfigError(
+            f"{name}={value!r} is not a usable PostgreSQL schema name; use lower-case letters, digits and _ "
+            "(at most 63, not starting with a digit or pg_), e.g. connectome"
+        )
+    return schema
+
+
+def _parse_pool_size(value: Any, name: str) -> int:
+    size = _parse_count(value, name)
+    if size < 1:
+        raise ConfigError(f"{name}={value!r} must be 1 or more connections")
+    return size
+
+
 def _parse_serializer(value: Any, name: str) -> str:
     serializer = _parse_text(value, name).strip().lower()
     if serializer not in ("json", "msgpack"):
@@ -299,6 +335,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "cluster": parse_bool,
     "wait_replicas": _parse_count,
     "dsn": _parse_dsn,
+    "schema": _parse_schema,
+    "pool_size": _parse_pool_size,
     "max_retries": _parse_count,
     "encryption_key": _parse_encryption_key,
 }
@@ -319,6 +357,8 @@ ENV_VARIABLES: dict[str, str] = {
     "CONNECTOME_STORAGE_BACKUP_RETENTION": "backup_retention",
     "CONNECTOME_STORAGE_SERIALIZER": "serializer",
     "CONNECTOME_STORAGE_POSTGRES_DSN": "dsn",
+    "CONNECTOME_STORAGE_POSTGRES_SCHEMA": "schema",
+    "CONNECTOME_STORAGE_POOL_SIZE": "pool_size",
     "CONNECTOME_STORAGE_MAX_RETRIES": "max_retries",
     "CONNECTOME_STORAGE_REDIS_CLUSTER": "cluster",
     "CONNECTOME_STORAGE_REDIS_WAIT_REPLICAS": "wait_replicas",

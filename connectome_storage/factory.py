@@ -21,6 +21,7 @@ __all__ = [
     "StorageFactory",
     "create_file_storage",
     "create_memory_storage",
+    "create_postgres_storage",
     "create_redis_storage",
     "create_sqlite_storage",
     "create_storage_from_env",
@@ -28,13 +29,15 @@ __all__ = [
 
 
 class StorageFactory:
-    """Creates storages by backend name: ``file``, ``sqlite``, ``redis``, ``memory`` or a registered one."""
+    """Creates storages by backend name: ``file``, ``sqlite``, ``redis``, ``postgres``, ``memory`` or a
+    registered one."""
 
     _backends: ClassVar[dict[str, type[StorageInterface] | str]] = {
         "file": "connectome_storage.backends.file:FileStorage",
         "sqlite": "connectome_storage.backends.sqlite:SqliteStorage",
         "redis": "connectome_storage.backends.redis:RedisStorage",
         "memory": "connectome_storage.backends.memory:MemoryStorage",
+        "postgres": "connectome_storage.backends.postgres:PostgresStorage",
     }
 
     @classmethod
@@ -98,6 +101,17 @@ def create_redis_storage(url: str | None = None, *, client: Any = None, **option
     if client is not None:
         config["client"] = client
     return StorageFactory.create_storage("redis", config)
+
+
+def create_postgres_storage(dsn: str | None = None, **options: Any) -> StorageInterface:
+    """A PostgresStorage on the database ``dsn`` names (``postgresql://user:password@host:port/db``).
+
+    Needs ``pip install connectome-storage[postgres]``.
+    """
+    config = dict(options)
+    if dsn is not None:
+        config["dsn"] = dsn
+    return StorageFactory.create_storage("postgres", config)
 
 
 def create_memory_storage(**options: Any) -> StorageInterface:

@@ -20,6 +20,21 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
+# The PostgreSQL tests start a real server (initdb, pg_ctl) on 127.0.0.1; install it if missing.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1 \
+        && [ -z "${PG_BIN:-}" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing postgresql (Debian package)..." >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq postgresql >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+    else
+        echo "PostgreSQL's initdb is missing: install it (apt install postgresql, brew install postgresql)," >&2
+        echo "or point PG_BIN at the folder holding initdb and pg_ctl, then run this again." >&2
+        exit 2
+    fi
+fi
+
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
 # The quick checks first, so a lint, format or type error fails in seconds rather than

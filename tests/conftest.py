@@ -8,6 +8,7 @@ uninitialized storage from (tmp_path, clock, options).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,18 @@ from connectome_storage import (
     MemoryStorage,
     StorageInterface,
     create_file_storage,
+    create_postgres_storage,
     create_redis_storage,
     create_sqlite_storage,
 )
 from connectome_storage.testing import START, FakeClock, StorageBuilder, clock, make_storage, storage
 
+from .postgres_server import postgres_server
 from .redis_server import redis_server
 
-# Fixtures every test here gets: the suite's (over storage_builder below) and the Redis
-# server. START and FakeClock stay importable from here.
-__all__ = ["BACKENDS", "START", "FakeClock", "clock", "make_storage", "redis_server", "storage"]
+# Fixtures every test here gets: the suite's (over storage_builder below) and the Redis and
+# PostgreSQL servers. START and FakeClock stay importable from here.
+__all__ = ["BACKENDS", "START", "FakeClock", "clock", "make_storage", "postgres_server", "redis_server", "storage"]
 
 
 Builder = Callable[[Path, FakeClock, dict[str, Any]], StorageInterface]
@@ -48,6 +51,16 @@ def _redis(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> Storage
     return create_redis_storage(key_prefix=f"test:{tmp_path.name}:", clock=clock, **options)
 
 
+def _postgres(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageInterface:
+    # One shared server (make_storage passes its dsn); a schema per test, as a prefix for Redis.
+    return create_postgres_storage(schema=postgres_schema(tmp_path), clock=clock, **options)
+
+
+def postgres_schema(tmp_path: Path) -> str:
+    """The PostgreSQL schema of the test that owns ``tmp_path`` (unique in the session)."""
+    return "t_" + re.sub(r"[^a-z0-9_]", "_", tmp_path.name.lower())[:60]
+
+
 def _memory(tmp_path: Path, clock: FakeClock, options: dict[str, Any]) -> StorageInterface:
     # Every storage a test builds shares the first one's data, as a second process would
     # open the same tree or database.
@@ -66,7 +79,7 @@ def _msgpack(build: Builder) -> Builder:
 
 
 BACKENDS: dict[str, Builder] = {
-    "file": _file, "memory": _memory, "sqlite": _sqlite, "redis": _redis,
+    "file": _file, "memory": _memory, "sqlite": _sqlite, "redis": _redis, "postgres": _postgres,
     "sqlite-msgpack": _msgpack(_sqlite), "redis-msgpack": _msgpack(_redis),
 }  # fmt: skip
 
@@ -79,10 +92,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def storage_builder(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> StorageBuilder:
     """Build another storage of the current backend over the same data (what ``make_storage`` calls)."""
-    # Only Redis runs need a server, so file and sqlite runs never start one.
+    # Only Redis and PostgreSQL runs need a server, so file and sqlite runs never start one.
     server: dict[str, Any] = {}
     if backend.startswith("redis"):
         server["redis_url"] = request.getfixturevalue("redis_server").url
+    if backend == "postgres":
+        server["dsn"] = request.getfixturevalue("postgres_server").dsn
 
     def build(clock: FakeClock, /, **options: Any) -> StorageInterface:
         return BACKENDS[backend](tmp_path, clock, {**server, **options})

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = [
     "files", "append", "sqlite", "redis", "scale", "kv_file", "kv_sqlite", "kv_redis", "serializer",
-    "adapters_openai", "adapters_langgraph", "middleware", "transactions", "cluster",
+    "adapters_openai", "adapters_langgraph", "middleware", "transactions", "postgres", "cluster",
 ]  # fmt: skip
 # Our own benchmarks: they must run whether or not the bench extra's peers are installed.
 OURS = {
@@ -30,7 +30,9 @@ OURS = {
       for backend in ("file", "sqlite", "redis")),
     "scale.migrate",
     "kv_redis.set", "kv_redis.get", "middleware.load",
-    "transactions.file", "transactions.sqlite", "transactions.redis", "cluster.store", "cluster.append",
+    "transactions.file", "transactions.sqlite", "transactions.redis", "transactions.postgres",
+    *(f"postgres.{op}" for op in ("store", "load", "append", "kv_set", "kv_get")),
+    "cluster.store", "cluster.append",
     *(f"serializer.{backend}.{what}.{op}" for backend in ("sqlite", "redis")
       for what in ("history", "document") for op in ("store", "load")),
     *(f"scale.concurrency.{backend}.{op}" for backend in ("file", "sqlite", "redis")
@@ -45,6 +47,7 @@ PEER_COMPARISONS = {
     "adapters_openai.add_items", "adapters_openai.get_items",
     "adapters_openai.redis.add_items", "adapters_openai.redis.get_items",
     "adapters_langgraph.put", "adapters_langgraph.get_tuple",
+    "postgres.session.append", "postgres.session.load100",
 }  # fmt: skip
 PEER_MODULES = ("key_value", "agents", "diskcache", "langgraph.checkpoint.sqlite")
 # Runs the bench in a fresh interpreter in which the peer packages cannot be imported.

@@ -78,10 +78,10 @@ def test_every_set_variable_is_validated_whichever_backend(variable: str, value:
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"known backends: file, .*redis, sqlite"):
-        create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "postgres"})
-    with pytest.raises(ConfigError, match="'postgres'"):
-        StorageFactory.create_storage("postgres", {})
+    with pytest.raises(ConfigError, match=r"known backends: file, .*postgres, redis, sqlite"):
+        create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "mongo"})
+    with pytest.raises(ConfigError, match="'mongo'"):
+        StorageFactory.create_storage("mongo", {})
 
 
 def test_every_documented_variable_is_known() -> None:

@@ -20,6 +20,7 @@ async def test_capabilities_and_supports(storage: StorageInterface, request: pyt
     expected = {
         "file": {"watch", "backups", "persistent", "cross_process"},
         "sqlite": {"persistent", "cross_process"},
+        "postgres": {"persistent", "cross_process"},
         "redis": {"native_ttl", "cross_process"},  # plus "persistent" when the server persists, "sharded" on a cluster
         "memory": set(),  # plus "lru_eviction" when max_conversations is set
     }[storage.backend_name]

@@ -122,15 +122,18 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
     return expected
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory", "sqlite-msgpack", "redis-msgpack", "redis-cluster"])
+@pytest.fixture(params=["sqlite", "redis", "postgres", "memory", "sqlite-msgpack", "redis-msgpack", "redis-cluster"])
 def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Any:
     """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS,
     and a Redis Cluster)."""
     if request.param == "redis-cluster":
         url = request.getfixturevalue("redis_cluster").url
         return lambda: BACKENDS["redis"](tmp_path, clock, {"redis_url": url})
-    redis = request.param.startswith("redis")
-    options = {"redis_url": request.getfixturevalue("redis_server").url} if redis else {}
+    options: dict[str, Any] = {}
+    if request.param.startswith("redis"):
+        options["redis_url"] = request.getfixturevalue("redis_server").url
+    if request.param == "postgres":
+        options["dsn"] = request.getfixturevalue("postgres_server").dsn
     return lambda: BACKENDS[request.param](tmp_path, clock, options)
 
 

@@ -11,7 +11,7 @@ from ..harness import Section, Variant, compare, each
 __all__ = ["BACKENDS", "run"]
 
 # The backends this section measures (each backend's transaction work adds itself here).
-BACKENDS: tuple[str, ...] = ("file", "sqlite", "redis")
+BACKENDS: tuple[str, ...] = ("file", "sqlite", "redis", "postgres")
 
 INTRO = """\
 One agent turn written five times over: a conversation document, a one-message append to
@@ -20,7 +20,8 @@ bytes), default (durable) settings, turn after turn over 20 conversations (so ea
 history grows by one message every 20 turns). The baseline does the five writes one by one, each
 durable on its own; the variant does the same five inside `storage.transaction()`, which
 commits them all or none (on the file tree: five temp files, one intent journal, the
-renames; on SQLite one `BEGIN IMMEDIATE ... COMMIT`; on Redis one `MULTI/EXEC`). Figures
+renames; on SQLite one `BEGIN IMMEDIATE ... COMMIT`; on Redis one `MULTI/EXEC`; on
+PostgreSQL the transaction's connection locks each entity, then one `BEGIN ... COMMIT`). Figures
 are the median time of one whole turn; the ratio is the transaction's cost against the five
 separate writes (below 1: the transaction is cheaper). On the file tree a log appended to
 inside a transaction is rewritten whole (outside, an append goes in place), so the

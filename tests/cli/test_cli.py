@@ -181,7 +181,7 @@ def test_base_dir_alone_means_the_file_backend(tree: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
-        (["--type", "postgres", "stats"], {}, "known backends"),
+        (["--type", "mongo", "stats"], {}, "known backends"),
         (["stats"], {"CONNECTOME_STORAGE_TIMEOUT": "soon"}, "CONNECTOME_STORAGE_TIMEOUT"),
         (["stats"], {"CONNECTOME_STORAGE_PRETTY_JSON": "maybe"}, "CONNECTOME_STORAGE_PRETTY_JSON"),
         (["frobnicate"], {}, "invalid choice"),

@@ -226,7 +226,7 @@ def test_migrate_draws_a_bar_in_place_on_a_terminal(tree: Path, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("source", "destination", "needle"),
     [
-        ("postgres://db", "file:{tmp}/out", "is not a storage"),
+        ("mongodb://db", "file:{tmp}/out", "is not a storage"),
         ("file:", "file:{tmp}/out", "is not a storage"),
         ("file:{tmp}/missing", "file:{tmp}/out", "does not exist"),
         ("file:{tmp}/tree", "file:{tmp}/tree/", "same storage"),

@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from connectome_storage import StorageInterface
+from connectome_storage.config import redact_url
 from connectome_storage.errors import InvalidKeyError, StorageError
 from connectome_storage.middleware import Metrics
 from connectome_storage.middleware.metrics import DURATION_BUCKETS
@@ -25,6 +26,7 @@ SYSTEMS = {
     "memory": "connectome_storage.memory",
     "sqlite": "sqlite",
     "redis": "redis",
+    "postgres": "postgresql",
 }
 
 
@@ -106,6 +108,7 @@ async def test_opentelemetry_duration_histogram(make_storage: Make, reader: InMe
                 "file": str(getattr(storage.settings, "base_dir", "")),
                 "sqlite": str(getattr(storage.settings, "db_path", "")),
                 "redis": getattr(storage.settings, "key_prefix", None),
+                "postgres": redact_url(getattr(storage.settings, "dsn", "")),
             }.get(backend)
         points = {
             tuple(sorted((k, v) for k, v in p.attributes.items() if k != "db.system.name" and k != "db.namespace")): p

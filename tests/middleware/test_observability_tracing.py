@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from connectome_storage import StorageInterface
+from connectome_storage.config import redact_url
 from connectome_storage.errors import InvalidKeyError, StorageError
 from connectome_storage.middleware import Middleware, MiddlewareContext, Tracing
 
@@ -27,6 +28,7 @@ SYSTEMS = {
     "memory": "connectome_storage.memory",
     "sqlite": "sqlite",
     "redis": "redis",
+    "postgres": "postgresql",
 }
 
 
@@ -72,6 +74,7 @@ async def test_one_client_span_per_operation(
         "file": str(getattr(settings, "base_dir", "")),
         "sqlite": str(getattr(settings, "db_path", "")),
         "redis": getattr(settings, "key_prefix", None),
+        "postgres": redact_url(getattr(settings, "dsn", "")),
     }.get(backend)
     for span in finished:
         assert span.kind is trace.SpanKind.CLIENT

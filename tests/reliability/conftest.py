@@ -22,6 +22,7 @@ from connectome_storage import (
     StorageInterface,
     create_file_storage,
     create_memory_storage,
+    create_postgres_storage,
     create_redis_storage,
     create_sqlite_storage,
 )
@@ -32,13 +33,13 @@ T = TypeVar("T")
 
 
 class EveryBackend:
-    """One storage per backend (file pretty, file compact, SQLite, Redis, memory) over fresh data.
+    """One storage per backend (file pretty, file compact, SQLite, Redis, PostgreSQL, memory) over fresh data.
 
     The file trees and the database live deep below ``tmp_path`` (``outer``), so that a
     write escaping its folder would land somewhere ``stray_paths`` sees.
     """
 
-    def __init__(self, tmp_path: Path, redis_url: str) -> None:
+    def __init__(self, tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
         self.outer = tmp_path
         self.file_roots = {
             "file": tmp_path / "a" / "b" / "c" / "storage_data",
@@ -53,6 +54,7 @@ class EveryBackend:
             ),
             "sqlite": create_sqlite_storage(self.sqlite_dir / "connectome.db", clock=self.clock),
             "redis": create_redis_storage(redis_url, key_prefix=f"test:hostile:{uuid.uuid4().hex}:", clock=self.clock),
+            "postgres": create_postgres_storage(postgres_dsn, schema=f"t_hostile_{uuid.uuid4().hex}", clock=self.clock),
             "memory": create_memory_storage(clock=self.clock),
         }
         self._runner = asyncio.Runner()
@@ -96,8 +98,8 @@ class EveryBackend:
 
 
 @pytest.fixture
-def every_backend(tmp_path: Path, redis_server: Any) -> Iterator[EveryBackend]:
-    backends = EveryBackend(tmp_path, redis_server.url)
+def every_backend(tmp_path: Path, redis_server: Any, postgres_server: Any) -> Iterator[EveryBackend]:
+    backends = EveryBackend(tmp_path, redis_server.url, postgres_server.dsn)
     backends.open()
     try:
         yield backends

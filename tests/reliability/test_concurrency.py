@@ -18,6 +18,8 @@ from connectome_storage import create_file_storage, create_storage_from_env
 from connectome_storage.backends.file import FileStorage
 from connectome_storage.errors import LockTimeoutError
 
+from ..conftest import postgres_schema
+
 WRITER = Path(__file__).with_name("writer.py")
 READER = Path(__file__).with_name("reader.py")
 # Seconds after which a process is taken to hang: a guard against a deadlock blocking the
@@ -133,6 +135,12 @@ def backend_env(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
         return {"CONNECTOME_STORAGE_TYPE": "file", "CONNECTOME_STORAGE_BASE_DIR": str(tmp_path / "data")}
     if backend == "sqlite":
         return {"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_DB_PATH": str(tmp_path / "shared.db")}
+    if backend == "postgres":  # the session's server, a schema of this test's own
+        return {
+            "CONNECTOME_STORAGE_TYPE": "postgres",
+            "CONNECTOME_STORAGE_POSTGRES_DSN": request.getfixturevalue("postgres_server").dsn,
+            "CONNECTOME_STORAGE_POSTGRES_SCHEMA": postgres_schema(tmp_path),
+        }
     return {
         "CONNECTOME_STORAGE_TYPE": "redis",
         "CONNECTOME_STORAGE_REDIS_URL": request.getfixturevalue("redis_server").url,
@@ -174,7 +182,7 @@ async def hammer(env: dict[str, str], stop: Path, writers: int, workers: int, co
         )
 
 
-@pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["file", "sqlite", "redis", "postgres"])
 async def test_processes_with_several_coroutines_each(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -182,7 +190,7 @@ async def test_processes_with_several_coroutines_each(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["file", "sqlite", "redis", "postgres"])
 async def test_processes_long_form(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     writers, workers, count = (int(n) for n in request.config.getoption("--concurrency").split("x"))
     await hammer(backend_env(backend, tmp_path, request), tmp_path / "stop", writers, workers, count)

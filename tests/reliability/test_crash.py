@@ -25,12 +25,20 @@ import pytest
 
 from connectome_storage import FileStorage, create_storage_from_env
 
+from ..conftest import postgres_schema
+
 WRITER = Path(__file__).with_name("crash_writer.py")
 
 
-def backend_env(backend: str, tmp_path: Path) -> dict[str, str]:
+def backend_env(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
     if backend == "file":
         return {"CONNECTOME_STORAGE_TYPE": "file", "CONNECTOME_STORAGE_BASE_DIR": str(tmp_path / "data")}
+    if backend == "postgres":  # the session's server (only the writers are killed), a schema of this test's own
+        return {
+            "CONNECTOME_STORAGE_TYPE": "postgres",
+            "CONNECTOME_STORAGE_POSTGRES_DSN": request.getfixturevalue("postgres_server").dsn,
+            "CONNECTOME_STORAGE_POSTGRES_SCHEMA": postgres_schema(tmp_path),
+        }
     return {"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_DB_PATH": str(tmp_path / "crash.db")}
 
 
@@ -106,10 +114,10 @@ async def check(env: dict[str, str], acked: list[tuple[str, int, int]], extra_ba
 SHORT_ROUNDS = 12
 
 
-def torture(backend: str, tmp_path: Path, rounds: int) -> tuple[int, int]:
+def torture(backend: str, tmp_path: Path, rounds: int, request: pytest.FixtureRequest) -> tuple[int, int]:
     """Kill a writer ``rounds`` times, checking everything after each kill; (kills, acks)."""
     rng = random.Random(rounds * 7919 + len(backend))
-    env = backend_env(backend, tmp_path)
+    env = backend_env(backend, tmp_path, request)
     acked: list[tuple[str, int, int]] = []
     extra_backups = 0  # kills since the last round that completed a document store, plus one
     for round_ in range(rounds):
@@ -123,15 +131,15 @@ def torture(backend: str, tmp_path: Path, rounds: int) -> tuple[int, int]:
     return rounds, len(acked)
 
 
-@pytest.mark.parametrize("backend", ["file", "sqlite"])
-def test_sigkill_at_random_instants(backend: str, tmp_path: Path) -> None:
-    kills, operations = torture(backend, tmp_path, SHORT_ROUNDS)
+@pytest.mark.parametrize("backend", ["file", "sqlite", "postgres"])
+def test_sigkill_at_random_instants(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    kills, operations = torture(backend, tmp_path, SHORT_ROUNDS, request)
     print(f"{backend}: {kills} kills survived, {operations} acknowledged operations checked")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["file", "sqlite"])
+@pytest.mark.parametrize("backend", ["file", "sqlite", "postgres"])
 def test_sigkill_long_form(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     rounds = int(request.config.getoption("--crash-rounds"))
-    kills, operations = torture(backend, tmp_path, rounds)
+    kills, operations = torture(backend, tmp_path, rounds, request)
     print(f"{backend}: {kills} kills survived, {operations} acknowledged operations checked")

@@ -1,7 +1,7 @@
 """``set(if_not_exists=True)`` racing across processes: exactly one winner per key.
 
 4 processes x 3 coroutines each try to claim the same 20 keys, writing their own id; on
-every backend (file, SQLite, Redis through tests/conftest.py's builders) each key must be
+every backend (file, SQLite, Redis, PostgreSQL through tests/conftest.py's builders) each key must be
 won by exactly one of the 12 writers, and hold that writer's id afterwards. Half the keys
 hold an expired entry before the race, which counts as absent: it is replaced by exactly
 one writer too. The processes are real; they start the race together from a go file.
@@ -61,13 +61,15 @@ async def race(backend: str, tmp_path: Path, options: dict[str, Any], process: i
 
 
 # Processes sharing data: the backends that persist outside one process.
-@pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["file", "sqlite", "redis", "postgres"])
 async def test_one_winner_per_key_across_processes(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     options: dict[str, Any] = {}
     if backend == "redis":
         options["redis_url"] = request.getfixturevalue("redis_server").url
+    if backend == "postgres":  # the session's server; a schema of this test's own (tests/conftest.py)
+        options["dsn"] = request.getfixturevalue("postgres_server").dsn
     seed_clock = FakeClock(START)
     async with BACKENDS[backend](tmp_path, seed_clock, options) as seeder:
         for key in keys()[::2]:  # expired by RACE_TIME: absent for if_not_exists

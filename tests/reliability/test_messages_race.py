@@ -1,7 +1,7 @@
 """The message store across processes: one winner per saved id, no lost ``mark_read``.
 
 4 processes x 3 coroutines each try to save the same 20 message ids, each message naming
-its writer; on every persistent backend (file, SQLite, Redis through tests/conftest.py's
+its writer; on every persistent backend (file, SQLite, Redis, PostgreSQL through tests/conftest.py's
 builders) each id must be won by exactly one of the 12 writers (the others get
 InvalidKeyError), and hold that writer's message afterwards. At the same time every writer
 marks its own 5 ids read for one shared agent: the read set must hold all 60 afterwards
@@ -68,13 +68,15 @@ async def race(backend: str, tmp_path: Path, options: dict[str, Any], process: i
     sys.stdout.write(json.dumps({f"p{process}-c{c}": won for c, won in enumerate(results)}))
 
 
-@pytest.mark.parametrize("backend", ["file", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["file", "sqlite", "redis", "postgres"])
 async def test_one_winner_per_id_and_no_lost_read_marks_across_processes(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     options: dict[str, Any] = {}
     if backend == "redis":
         options["redis_url"] = request.getfixturevalue("redis_server").url
+    if backend == "postgres":  # the session's server; a schema of this test's own (tests/conftest.py)
+        options["dsn"] = request.getfixturevalue("postgres_server").dsn
     async with BACKENDS[backend](tmp_path, FakeClock(START), options):
         pass  # created once, before the race
 

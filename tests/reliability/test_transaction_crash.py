@@ -27,11 +27,12 @@ import pytest
 
 from connectome_storage import create_storage_from_env
 
+from ..conftest import postgres_schema
 from ..redis_server import RedisServer
 
 WRITER = Path(__file__).with_name("transaction_writer.py")
 SHORT_ROUNDS = 12
-BACKENDS = ["file", "sqlite", "redis"]
+BACKENDS = ["file", "sqlite", "redis", "postgres"]
 
 
 @pytest.fixture
@@ -41,6 +42,12 @@ def environment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
         yield {"CONNECTOME_STORAGE_TYPE": "file", "CONNECTOME_STORAGE_BASE_DIR": str(tmp_path / "data")}
     elif backend == "sqlite":
         yield {"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_DB_PATH": str(tmp_path / "tx.db")}
+    elif backend == "postgres":  # the session's server (only the writers are killed), a schema of this test's own
+        yield {
+            "CONNECTOME_STORAGE_TYPE": "postgres",
+            "CONNECTOME_STORAGE_POSTGRES_DSN": request.getfixturevalue("postgres_server").dsn,
+            "CONNECTOME_STORAGE_POSTGRES_SCHEMA": postgres_schema(tmp_path),
+        }
     else:
         # A server of its own that persists every write before answering it.
         server = RedisServer(tmp_path / "redis", extra=["--appendonly", "yes", "--appendfsync", "always"])
