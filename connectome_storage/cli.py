@@ -447,6 +447,7 @@ async def _watch(storage: StorageInterface, args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ migrate
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _REPORT_LINES = [
     ("conversations", "conversations"),
@@ -502,11 +503,13 @@ class _ProgressBar:
             self._stream.flush()
 
 
-def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) -> StorageInterface:
+def _endpoint(spec: str, option: str, key_prefix: str | None, schema: str | None, must_exist: bool) -> StorageInterface:
     """The storage a migrate SPEC names: file:PATH, sqlite:PATH, a Redis URL or a PostgreSQL DSN."""
     config: dict[str, Any]
-    if spec.startswith(("postgresql://", "postgres://")):
+    if spec.startswith(_POSTGRES_SCHEMES):
         backend, config = "postgres", {"dsn": spec}
+        if schema is not None:
+            config["schema"] = schema
     elif spec.startswith(_REDIS_SCHEMES):
         backend, config = "redis", {"redis_url": spec}
         if key_prefix is not None:
@@ -529,9 +532,10 @@ def _endpoint(spec: str, option: str, key_prefix: str | None, must_exist: bool) 
     return _build_storage(backend, settings | config)
 
 
-def _same_place(source: str, destination: str, source_prefix: Any, destination_prefix: Any) -> bool:
-    if source.startswith(_REDIS_SCHEMES):
-        return (source, source_prefix) == (destination, destination_prefix)
+def _same_place(source: str, destination: str, source_within: Any, destination_within: Any) -> bool:
+    """Whether two SPECs name one storage (``*_within``: the Redis key prefix or PostgreSQL schema)."""
+    if source.startswith((*_REDIS_SCHEMES, *_POSTGRES_SCHEMES)):
+        return (source, source_within) == (destination, destination_within)
     scheme, _, location = source.partition(":")
     other_scheme, _, other = destination.partition(":")
     return scheme == other_scheme and Path(location).resolve() == Path(other).resolve()
@@ -542,10 +546,14 @@ async def _migrate(args: argparse.Namespace) -> int:
 
     source_prefix = args.from_key_prefix or args.migrate_key_prefix
     destination_prefix = args.to_key_prefix or args.migrate_key_prefix
-    if _same_place(args.source, args.destination, source_prefix, destination_prefix):
+    source_schema = args.from_schema or args.migrate_schema
+    destination_schema = args.to_schema or args.migrate_schema
+    if _same_place(
+        args.source, args.destination, (source_prefix, source_schema), (destination_prefix, destination_schema)
+    ):
         raise ConfigError(f"--from and --to name the same storage ({redact_url(args.source)}); nothing to do")
-    source = _endpoint(args.source, "--from", source_prefix, must_exist=True)
-    destination = _endpoint(args.destination, "--to", destination_prefix, must_exist=False)
+    source = _endpoint(args.source, "--from", source_prefix, source_schema, must_exist=True)
+    destination = _endpoint(args.destination, "--to", destination_prefix, destination_schema, must_exist=False)
     bar = _ProgressBar(sys.stderr, "migrating")
     started = time.perf_counter()
     async with source, destination:
@@ -702,13 +710,18 @@ def build_parser() -> argparse.ArgumentParser:
         json=True, standalone=True,
     )  # fmt: skip
     migrate.add_argument("--from", dest="source", required=True, metavar="SPEC",
-                         help="source: file:PATH, sqlite:PATH or redis://HOST:PORT/DB")  # fmt: skip
+                         help="source: file:PATH, sqlite:PATH, redis://HOST:PORT/DB (redis+cluster://HOST:PORT) "
+                              "or postgresql://USER:PASSWORD@HOST:PORT/DB")  # fmt: skip
     migrate.add_argument("--to", dest="destination", required=True, metavar="SPEC",
                          help="destination, same forms; created if missing")  # fmt: skip
     migrate.add_argument("--key-prefix", dest="migrate_key_prefix", metavar="PREFIX",
                          help="Redis key prefix for a redis:// source or destination")  # fmt: skip
     migrate.add_argument("--from-key-prefix", metavar="PREFIX", help="key prefix of a Redis source")
     migrate.add_argument("--to-key-prefix", metavar="PREFIX", help="key prefix of a Redis target")
+    migrate.add_argument("--schema", dest="migrate_schema", metavar="SCHEMA",
+                         help="PostgreSQL schema for a postgresql:// source or destination")  # fmt: skip
+    migrate.add_argument("--from-schema", metavar="SCHEMA", help="schema of a PostgreSQL source")
+    migrate.add_argument("--to-schema", metavar="SCHEMA", help="schema of a PostgreSQL target")
     rotate = command(
         "rotate-key",
         _rotate_key,

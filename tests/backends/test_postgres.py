@@ -18,7 +18,7 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 
-from connectome_storage import PostgresStorage, create_postgres_storage
+from connectome_storage import PostgresStorage, create_file_storage, create_postgres_storage
 from connectome_storage.errors import AccessDeniedError, BackendUnavailableError, CorruptedDataError
 from connectome_storage.interface import Kind
 
@@ -394,3 +394,23 @@ async def test_cli_dsn_alone_selects_postgres(
     assert dead.returncode == 1
     assert "unhealthy" in dead.stdout
     assert PASSWORD not in dead.stdout + dead.stderr
+
+
+async def test_cli_migrate_moves_a_tree_into_a_schema_and_back(
+    tmp_path: Path, postgres_server: PostgresServer, schema: str
+) -> None:
+    """The one command that moves the data: tree -> postgres (--to-schema) -> tree, same bytes."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    async with create_file_storage(original) as tree:
+        await tree.store_conversation("c1", {"title": "trip"})
+        await tree.append_raw_messages("c1", [{"role": "user", "content": "hi"}])
+        await tree.kv("sessions").set("s1", {"turn": 4})
+    moved = _cli("migrate", "--from", f"file:{original}", "--to", postgres_server.dsn, "--to-schema", schema)
+    assert moved.returncode == 0, moved.stderr
+    assert PASSWORD not in moved.stdout + moved.stderr
+    same = _cli("migrate", "--from", postgres_server.dsn, "--to", postgres_server.dsn, "--schema", schema)
+    assert same.returncode == 2 and "same storage" in same.stderr
+    back = _cli("migrate", "--from", postgres_server.dsn, "--from-schema", schema, "--to", f"file:{copy}")
+    assert back.returncode == 0, back.stderr
+    for name in ("conversations/c1/current.json", "conversations/c1/raw_messages.json", "kv/sessions/s1.json"):
+        assert (copy / name).read_bytes() == (original / name).read_bytes()
