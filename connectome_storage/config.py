@@ -104,6 +104,9 @@ class PostgresSettings(CommonSettings):
     # How often a failed connection attempt or a read is tried again (exponential backoff);
     # a write is never sent twice (docs/postgres.md, "Retries").
     max_retries: int = 3
+    # How stored values are kept: json (text columns) or msgpack (bytea); a schema keeps the
+    # one it was created with (docs/postgres.md, "Serializer").
+    serializer: str = "json"
 
 
 _SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;#]*")

@@ -80,7 +80,7 @@ def _msgpack(build: Builder) -> Builder:
 
 BACKENDS: dict[str, Builder] = {
     "file": _file, "memory": _memory, "sqlite": _sqlite, "redis": _redis, "postgres": _postgres,
-    "sqlite-msgpack": _msgpack(_sqlite), "redis-msgpack": _msgpack(_redis),
+    "sqlite-msgpack": _msgpack(_sqlite), "redis-msgpack": _msgpack(_redis), "postgres-msgpack": _msgpack(_postgres),
 }  # fmt: skip
 
 
@@ -96,7 +96,7 @@ def storage_builder(backend: str, tmp_path: Path, request: pytest.FixtureRequest
     server: dict[str, Any] = {}
     if backend.startswith("redis"):
         server["redis_url"] = request.getfixturevalue("redis_server").url
-    if backend == "postgres":
+    if backend.startswith("postgres"):
         server["dsn"] = request.getfixturevalue("postgres_server").dsn
 
     def build(clock: FakeClock, /, **options: Any) -> StorageInterface:

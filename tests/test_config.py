@@ -180,14 +180,15 @@ def test_backup_retention_belongs_to_the_file_tree_only() -> None:
     assert not hasattr(storage.settings, "backup_retention")
 
 
-def test_serializer_json_and_msgpack_are_accepted_on_sqlite_and_redis_only() -> None:
+def test_serializer_json_and_msgpack_are_accepted_on_sqlite_redis_and_postgres_only() -> None:
     storage = create_storage_from_env({"CONNECTOME_STORAGE_TYPE": "sqlite", "CONNECTOME_STORAGE_SERIALIZER": "JSON"})
     assert storage.settings.serializer == "json"  # type: ignore[attr-defined]
-    for backend in ("sqlite", "redis"):
+    for backend in ("sqlite", "redis", "postgres"):
         built = StorageFactory.create_storage(backend, {"serializer": "msgpack"})
         assert built.settings.serializer == "msgpack"  # type: ignore[attr-defined]
-    environ = {"CONNECTOME_STORAGE_TYPE": "redis", "CONNECTOME_STORAGE_SERIALIZER": " MsgPack "}
-    assert create_storage_from_env(environ).settings.serializer == "msgpack"  # type: ignore[attr-defined]
+    for backend in ("redis", "postgres"):
+        environ = {"CONNECTOME_STORAGE_TYPE": backend, "CONNECTOME_STORAGE_SERIALIZER": " MsgPack "}
+        assert create_storage_from_env(environ).settings.serializer == "msgpack"  # type: ignore[attr-defined]
     # The file tree is always JSON: the variable is validated, then ignored; the key is refused.
     assert not hasattr(create_storage_from_env({"CONNECTOME_STORAGE_SERIALIZER": "msgpack"}).settings, "serializer")
     with pytest.raises(ConfigError, match="CONNECTOME_STORAGE_SERIALIZER='pickle' is not a serializer"):

@@ -122,7 +122,18 @@ async def populate(storage: StorageInterface, clock: FakeClock | None = None) ->
     return expected
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres", "memory", "sqlite-msgpack", "redis-msgpack", "redis-cluster"])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "redis",
+        "postgres",
+        "memory",
+        "sqlite-msgpack",
+        "redis-msgpack",
+        "postgres-msgpack",
+        "redis-cluster",
+    ]
+)
 def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Any:
     """Builds the storage a file tree goes through and comes back from (conftest.BACKENDS,
     and a Redis Cluster)."""
@@ -132,7 +143,7 @@ def make_middle(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
     options: dict[str, Any] = {}
     if request.param.startswith("redis"):
         options["redis_url"] = request.getfixturevalue("redis_server").url
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         options["dsn"] = request.getfixturevalue("postgres_server").dsn
     return lambda: BACKENDS[request.param](tmp_path, clock, options)
 

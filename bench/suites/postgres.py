@@ -14,6 +14,7 @@ from connectome_storage import PostgresStorage
 from connectome_storage.backends import _postgres_kv as pg_kv
 from connectome_storage.backends import postgres as pg
 from connectome_storage.backends._postgres_schema import (
+    CREATE_STORED,
     DROP_EXPIRED,
     LOCK_CONVERSATION,
     MIGRATIONS,
@@ -182,6 +183,7 @@ async def _raw_schema(pool: Any) -> None:
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {RAW_SCHEMA} CASCADE")
         await conn.execute(f"CREATE SCHEMA {RAW_SCHEMA}")
+        await conn.execute(CREATE_STORED["json"])  # the value columns' type, as the storage makes it
         for migration in MIGRATIONS:
             for statement in migration:
                 await conn.execute(statement)

@@ -60,7 +60,7 @@ _CLEAR_META = """UPDATE conversations SET created_ms = NULL, updated_ms = NULL, 
     expires_ms = NULL, metadata = NULL WHERE conversation_id = $1"""
 _LENGTH = "SELECT COALESCE(MAX(seq) + 1, 0) FROM raw_messages WHERE conversation_id = $1"
 _INSERT_MESSAGES = """INSERT INTO raw_messages (conversation_id, seq, data)
-    SELECT $1, $2 + m.n - 1, m.data FROM unnest($3::text[]) WITH ORDINALITY AS m (data, n)"""
+    SELECT $1, $2 + m.n - 1, m.data FROM unnest($3::stored[]) WITH ORDINALITY AS m (data, n)"""
 _LOAD = f"""SELECT {META_COLUMNS}, expires_ms IS NULL OR expires_ms > $2 AS live,
     ARRAY(SELECT data FROM raw_messages AS r WHERE r.conversation_id = $1 ORDER BY seq) AS messages
     FROM conversations WHERE conversation_id = $1"""
@@ -102,7 +102,7 @@ class PostgresConversations(StorageInterface):
         _schema: str
         _asyncpg: Any
 
-        def _dump(self, value: Any) -> str: ...
+        def _dump(self, value: Any) -> str | bytes: ...
         def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any: ...
         async def _read(self, action: str, body: Callable[[Any], Awaitable[T]]) -> T: ...
         async def _write(

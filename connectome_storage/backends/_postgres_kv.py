@@ -11,8 +11,9 @@ Tables (``_postgres_schema.KV_TABLES``)::
 Every text column that is ordered or compared with ``<`` is declared ``COLLATE "C"``:
 whatever collation the database was created with, keys then sort by their UTF-8 bytes,
 which is the code point order of Python's ``str`` (what ``KVSelect.apply`` sorts by), and
-the primary key index serves those orders and ranges. ``kv.value`` is canonical JSON text,
-``kv.tags`` the entry's tags as a canonical JSON object (what ``get_entry`` returns);
+the primary key index serves those orders and ranges. ``kv.value`` goes through the storage's serializer
+(JSON text, or msgpack bytes in a msgpack schema), ``kv.tags`` is the entry's tags as a
+canonical JSON object whatever the serializer (what ``get_entry`` returns);
 ``kv_tags`` holds one row per tag so that tag filters are index lookups. Every query,
 count, key listing and scan page is one SQL statement built from a ``KVSelect``
 (``select_sql``) and must return exactly what ``KVSelect.apply`` returns over all records.
@@ -46,7 +47,7 @@ _ORDER = {"created_at": "kv.created_ms", "updated_at": "kv.updated_ms"}
 # created_ms; an expired one is replaced whole. RETURNING names the keys written.
 _UPSERT = """INSERT INTO kv AS kv (namespace, key, value, tags, created_ms, updated_ms, expires_ms)
     SELECT $1, r.key, r.value, r.tags, r.created_ms, r.updated_ms, r.expires_ms
-        FROM unnest($2::text[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::bigint[])
+        FROM unnest($2::text[], $3::stored[], $4::text[], $6::bigint[], $7::bigint[], $8::bigint[])
             AS r (key, value, tags, created_ms, updated_ms, expires_ms)
     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, tags = excluded.tags,
         created_ms = CASE WHEN kv.expires_ms IS NULL OR kv.expires_ms > $5 THEN kv.created_ms
@@ -57,7 +58,7 @@ _UPSERT = """INSERT INTO kv AS kv (namespace, key, value, tags, created_ms, upda
 # statement return no row. The row lock of ON CONFLICT makes check and write one step.
 _INSERT_IF_ABSENT = """INSERT INTO kv AS kv (namespace, key, value, tags, created_ms, updated_ms, expires_ms)
     SELECT $1, r.key, r.value, r.tags, r.created_ms, r.updated_ms, r.expires_ms
-        FROM unnest($2::text[], $3::text[], $4::text[], $6::bigint[], $7::bigint[], $8::bigint[])
+        FROM unnest($2::text[], $3::stored[], $4::text[], $6::bigint[], $7::bigint[], $8::bigint[])
             AS r (key, value, tags, created_ms, updated_ms, expires_ms)
     ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, tags = excluded.tags,
         created_ms = excluded.created_ms, updated_ms = excluded.updated_ms, expires_ms = excluded.expires_ms
@@ -110,8 +111,10 @@ class PostgresKV(StorageInterface):
     if TYPE_CHECKING:  # what PostgresStorage provides (postgres.py); declared here for the type checker
         _server: str
         _schema: str
+        _text: bool  # JSON values (SQL can judge them), or msgpack
+        _loads: Callable[[Any], Any]
 
-        def _dump(self, value: Any) -> str: ...
+        def _dump(self, value: Any) -> str | bytes: ...
         def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any: ...
         def _lock_key(self, *entity: str) -> int: ...
         async def _read(self, action: str, body: Callable[[Any], Awaitable[T]]) -> T: ...
@@ -125,8 +128,8 @@ class PostgresKV(StorageInterface):
         """Decode one row; a bad one raises CorruptedDataError naming the namespace and key."""
         key, value, tags, created, updated, expires = row
         try:
-            decoded, labels = orjson.loads(value), orjson.loads(tags)
-        except (ValueError, TypeError):
+            decoded, labels = self._loads(value), orjson.loads(tags)
+        except (ValueError, TypeError):  # every serializer's errors (orjson's among them)
             self._kv_damage(namespace, row)
         if type(labels) is dict and (not labels or all(type(v) is str for v in labels.values())):
             return KVRecord(key, decoded, labels, created, updated, expires)
@@ -283,6 +286,12 @@ class PostgresKV(StorageInterface):
     # ------------------------------------------------------------ stats, verify
 
     async def _kv_stats(self, now_ms: int) -> tuple[int, int, int, int]:
+        if not self._text:  # msgpack: SQL cannot judge a value, every row is decoded
+            census = await self._kv_census()
+            good = [found for found in census if not isinstance(found, Problem)]
+            live = [namespace for namespace, expires in good if expires is None or expires > now_ms]
+            return len(set(live)), len(live), len(good) - len(live), len(census) - len(good)
+
         async def body(conn: Any) -> tuple[int, int, int, int]:
             async with snapshot(conn):  # one snapshot for both statements
                 _, live, expired, bad, names = await conn.fetchrow(STATS_SQL, now_ms)
@@ -305,19 +314,25 @@ class PostgresKV(StorageInterface):
     async def verify(self) -> list[Problem]:
         """Everything the other checks find, plus every key-value row that would not decode."""
         problems = await super().verify()
+        problems.extend(found for found in await self._kv_census() if isinstance(found, Problem))
+        return problems
 
-        async def body(conn: Any) -> list[Problem]:
-            found = []
+    async def _kv_census(self) -> list[tuple[str, int | None] | Problem]:
+        """Every row decoded: (namespace, expires_ms) of a good one, a Problem for a bad one."""
+
+        async def body(conn: Any) -> list[tuple[str, int | None] | Problem]:
+            found: list[tuple[str, int | None] | Problem] = []
             sql = "SELECT namespace, key, value, tags, created_ms, updated_ms, expires_ms FROM kv"
             for namespace, *row in await conn.fetch(sql):
                 try:
-                    self._kv_record(namespace, tuple(row))
+                    record = self._kv_record(namespace, tuple(row))
                 except CorruptedDataError as e:
                     found.append(Problem(e.path, str(e)))
+                    continue
+                found.append((namespace, record.expires_ms))
             return found
 
-        problems.extend(await self._read("checking", body))
-        return problems
+        return await self._read("checking", body)
 
 
 # --------------------------------------------------------------------- SQL

@@ -5,33 +5,52 @@ applies ``MIGRATIONS[n]`` for every step from there to ``SCHEMA_VERSION`` in one
 transaction, under an advisory lock, and refuses a schema whose version is newer.
 docs/postgres.md draws the tables.
 
-Values are canonical JSON ``text`` (never ``jsonb``: it does not give every value back
-exactly); times are epoch milliseconds in ``bigint``. Each part of the backend keeps its
-tables in its own tuple below; version 1 is all of them.
+Stored values are of the domain ``stored``, which a schema's creation makes ``text`` (canonical
+JSON, never ``jsonb``: it does not give every value back exactly) or ``bytea`` (msgpack),
+after the storage's serializer, recorded in table ``meta`` (row ``serializer``); the SQL is
+the same either way. Conversation metadata and kv tags are JSON ``text`` whatever the
+serializer (queries read them). Times are epoch milliseconds in ``bigint``. Each part of the
+backend keeps its tables in its own tuple below; version 1 is all of them.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CLAIM_SERIALIZER",
     "CORE_TABLES",
+    "CREATE_STORED",
     "DROP_EXPIRED",
     "KV_TABLES",
     "LOCK_AGENT",
     "LOCK_CONVERSATION",
     "MESSAGE_TABLES",
+    "META_TABLE",
     "MIGRATIONS",
     "PRUNE_CONVERSATION",
     "SCHEMA_VERSION",
     "SET_MESSAGE_COUNT",
+    "STORED_SERIALIZER",
 ]
+
+# Facts about the schema itself, created before any migration (version 0 included): row
+# ``serializer`` says how stored values are kept (json or msgpack); the first storage that
+# opens a new schema writes it, and a schema is only ever opened with that serializer.
+META_TABLE = "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value text NOT NULL)"
+STORED_SERIALIZER = "SELECT value FROM meta WHERE name = 'serializer'"
+CLAIM_SERIALIZER = "INSERT INTO meta (name, value) VALUES ('serializer', $1)"
+# The type of every stored value, made once with the schema, before migration 1 names it.
+# JSON stays text, so that psql shows it and SQL reads it (``value::json``, json_kind);
+# msgpack is bytes, which text cannot hold (a NUL byte, invalid UTF-8). Statements cast
+# parameters to ``stored[]``, so one SQL text serves both.
+CREATE_STORED = {"json": "CREATE DOMAIN stored AS text", "msgpack": "CREATE DOMAIN stored AS bytea"}
 
 # Conversations and their parts, reasoning chains, cache, system state (postgres.py), and
 # the conversation store's metadata columns (_postgres_conversations.py).
 CORE_TABLES: tuple[str, ...] = (
     """CREATE TABLE conversations (
         conversation_id text PRIMARY KEY,
-        document text,          -- store_conversation value; NULL when not stored
-        chunks text,            -- store_chunks value; NULL when not stored
+        document stored,        -- store_conversation value; NULL when not stored
+        chunks stored,          -- store_chunks value; NULL when not stored
         created_ms bigint,      -- conversation store metadata: all NULL when it has none
         updated_ms bigint,
         message_count bigint,   -- follows every raw history write
@@ -42,14 +61,14 @@ CORE_TABLES: tuple[str, ...] = (
     """CREATE TABLE raw_messages (
         conversation_id text NOT NULL REFERENCES conversations ON DELETE CASCADE,
         seq bigint NOT NULL,    -- 0-based position in the history
-        data text NOT NULL,
+        data stored NOT NULL,
         PRIMARY KEY (conversation_id, seq)
     )""",
     """CREATE TABLE memories (
         conversation_id text NOT NULL REFERENCES conversations ON DELETE CASCADE,
         memory_id text NOT NULL,
         position bigint NOT NULL,  -- first-stored order; a replace keeps it
-        data text NOT NULL,
+        data stored NOT NULL,
         PRIMARY KEY (conversation_id, memory_id),
         UNIQUE (conversation_id, position)
     )""",
@@ -57,17 +76,17 @@ CORE_TABLES: tuple[str, ...] = (
     """CREATE TABLE reasoning_chains (
         agent_id text NOT NULL REFERENCES agents ON DELETE CASCADE,
         seq bigint NOT NULL,
-        data text NOT NULL,
+        data stored NOT NULL,
         PRIMARY KEY (agent_id, seq)
     )""",
     """CREATE TABLE cache (
         cache_key text PRIMARY KEY,
-        data text NOT NULL,
+        data stored NOT NULL,
         created_ms bigint NOT NULL,
         expires_ms bigint        -- NULL: never expires
     )""",
     "CREATE INDEX cache_expires ON cache (expires_ms, cache_key)",
-    "CREATE TABLE system_state (state_key text PRIMARY KEY, data text NOT NULL)",
+    "CREATE TABLE system_state (state_key text PRIMARY KEY, data stored NOT NULL)",
     # get_storage_stats() and verify() judge stored text in SQL: the JSON type of ``value``
     # ('object', 'array', 'string', 'number', 'boolean', 'null'); NULL when it is not JSON;
     # 'unsure' when PostgreSQL's parser and the reader's (orjson) may disagree on it: numbers
@@ -129,7 +148,7 @@ KV_TABLES: tuple[str, ...] = (
     """CREATE TABLE kv (
         namespace text COLLATE "C" NOT NULL,
         key text COLLATE "C" NOT NULL,
-        value text NOT NULL,        -- canonical compact JSON
+        value stored NOT NULL,      -- canonical compact JSON, or msgpack
         tags text NOT NULL,         -- canonical JSON object of str to str; '{}' when none
         created_ms bigint NOT NULL, -- epoch milliseconds
         updated_ms bigint NOT NULL,
@@ -165,7 +184,7 @@ MESSAGE_TABLES: tuple[str, ...] = (
         sender text COLLATE "C" NOT NULL,
         recipient text COLLATE "C" NOT NULL,
         timestamp bytea NOT NULL,
-        data text NOT NULL          -- the whole message, canonical JSON
+        data stored NOT NULL        -- the whole message, canonical JSON or msgpack
     )""",
     "CREATE INDEX messages_recipient ON messages (recipient, timestamp, message_id)",
     "CREATE INDEX messages_sender ON messages (sender, timestamp, message_id)",

@@ -5,11 +5,14 @@ so one database can hold several storages; every pooled connection has that sche
 its ``search_path``, so the SQL names tables without qualifying them. docs/postgres.md
 draws the tables (``_postgres_schema.py`` creates and upgrades them).
 
-Values are kept as their canonical JSON text (``text`` columns), never as ``jsonb``:
-jsonb rewrites numbers (``1e300`` becomes a 301-digit integer, ``-0.0`` becomes ``0``)
-and refuses ``\\u0000`` in strings, so a value would not come back equal. Queries that
-need a field of a value read it with ``value::jsonb`` where that is exact, or fall back
-to the reference implementation in Python where it is not.
+Values go through the serializer chosen by the ``serializer`` option (``serializer.py``):
+canonical JSON text by default, never ``jsonb`` (jsonb rewrites numbers, ``1e300``
+becomes a 301-digit integer and ``-0.0`` becomes ``0``, and refuses ``\\u0000`` in
+strings, so a value would not come back equal), or msgpack bytes. Value columns are of
+the domain ``stored``, ``text`` or ``bytea`` after the serializer that created the schema
+(row ``serializer`` of table ``meta``); a schema is only ever opened with that one.
+Queries that need a field of a value read it with ``value::jsonb`` where that is exact,
+or fall back to the reference implementation in Python where it is not.
 
 How every operation runs (``_read`` and ``_write``):
 
@@ -38,6 +41,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import orjson
+
 from ..config import PostgresSettings, redact_url
 from ..errors import (
     AccessDeniedError,
@@ -58,13 +63,17 @@ from ._postgres_conversations import PostgresConversations
 from ._postgres_kv import PostgresKV
 from ._postgres_messages import PostgresMessages
 from ._postgres_schema import (
+    CLAIM_SERIALIZER,
+    CREATE_STORED,
     DROP_EXPIRED,
     LOCK_AGENT,
     LOCK_CONVERSATION,
+    META_TABLE,
     MIGRATIONS,
     PRUNE_CONVERSATION,
     SCHEMA_VERSION,
     SET_MESSAGE_COUNT,
+    STORED_SERIALIZER,
 )
 from ._postgres_tx import PostgresTransactions
 
@@ -108,8 +117,9 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
 
     Options: ``dsn`` (``postgresql://user:password@host:port/database``), ``schema``,
     ``connection_timeout`` (seconds to connect, and to wait for a lock), ``pool_size``,
-    ``max_retries``, ``clock``, ``default_cache_ttl``. Raises ImportError naming the extra
-    when asyncpg is missing.
+    ``max_retries``, ``serializer`` (``json`` or ``msgpack``), ``clock``,
+    ``default_cache_ttl``. Raises ImportError naming the extra when asyncpg (or msgpack,
+    for that serializer) is missing.
     """
 
     backend_name: ClassVar[str] = "postgres"
@@ -119,7 +129,11 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
         self._asyncpg = _import_asyncpg()
-        self._serializer = make_serializer("json")
+        self._serializer = make_serializer(self.settings.serializer)
+        # JSON goes to text columns, msgpack to bytea (the domain ``stored`` of the schema).
+        self._text = self._serializer.text
+        # The JSON path calls orjson itself, as before the option existed (the kv reads).
+        self._loads: Callable[[Any], Any] = orjson.loads if self._text else self._serializer.loads
         self._schema = self.settings.schema
         self._server = redact_url(self.settings.dsn)  # for messages: never the password
         self._pool: Any = None  # asyncpg.Pool while initialized
@@ -171,6 +185,7 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
                     f"schema {self._schema!r} on {self._server} holds version {version}, written by a newer "
                     f"connectome-storage; this one reads up to {SCHEMA_VERSION}: upgrade the package"
                 )
+            await self._check_serializer(conn, version)
             for step in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[step]:
                     await conn.execute(statement)
@@ -183,6 +198,26 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
                 await body(conn)
 
         await self._on_connection("preparing the schema of", locked, write=True)
+
+    async def _check_serializer(self, conn: Any, version: int) -> None:
+        """Refuse a schema written with another serializer; claim a new one for ours (under
+        the schema's advisory lock: two storages opening a new schema with different
+        serializers at once, the second finds the first one's row and is refused)."""
+        wanted = self._serializer.name
+        await conn.execute(META_TABLE)
+        stored = await conn.fetchval(STORED_SERIALIZER)
+        if stored is None:
+            # A schema whose tables exist already but has no row is one written before the
+            # option existed: its values are JSON text.
+            stored = "json" if version > 0 else wanted
+            await conn.execute(CLAIM_SERIALIZER, stored)
+            await conn.execute(CREATE_STORED[stored])  # before migration 1 names it
+        if stored != wanted:
+            raise ConfigError(
+                f"schema {self._schema!r} on {self._server} was written with serializer={stored!r}, but this "
+                f"storage was opened with serializer={wanted!r}; open it with serializer={stored!r} (or use "
+                f"another schema, or copy the data across with migrate)"
+            )
 
     async def _close(self) -> None:
         pool, self._pool = self._pool, None
@@ -344,9 +379,10 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
 
     # -------------------------------------------------------------------- values
 
-    def _dump(self, value: Any) -> str:
-        """A checked value as stored: its canonical compact JSON text."""
-        return self._serializer.dumps(value).decode()
+    def _dump(self, value: Any) -> str | bytes:
+        """A checked value as stored: canonical compact JSON text, or msgpack bytes (bytea)."""
+        data = self._serializer.dumps(value)
+        return data.decode() if self._text else data
 
     def _parse(self, text: Any, table: str, key: str, shape: type | None = None) -> Any:
         """Decode one stored value; a bad one raises CorruptedDataError naming schema, table, key."""
@@ -667,6 +703,7 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
         return {
             "server": self._server,
             "schema": self._schema,
+            "serializer": self._serializer.name,
             "round_trip_ms": round((time.perf_counter() - started) * 1000, 3),
             "server_version": row["server_version"],
             "schema_version": row["schema_version"],
@@ -684,10 +721,11 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
 
     async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
         """Every count in one statement (one snapshot), judged in SQL by json_kind(); rows it
-        calls 'unsure' come back whole and are decoded here, so the counts are the reader's."""
+        calls 'unsure' come back whole and are decoded here, so the counts are the reader's.
+        On a msgpack schema every value comes back whole (``_STATS_DECODED``)."""
 
         async def body(conn: Any) -> Any:
-            return await conn.fetchrow(_STATS, now_ms)
+            return await conn.fetchrow(_STATS if self._text else _STATS_DECODED, now_ms)
 
         row = await self._read("counting", body)
         loads, errors = self._serializer.loads, self._serializer.errors
@@ -765,11 +803,13 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
         """verify()'s walk (StorageInterface.verify drains it): on PostgreSQL it yields nothing
         and only finds the problems. One read-only snapshot; SQL (json_kind) picks the rows
         that are not plainly what their reader wants, and only those are decoded here, by
-        the very readers a load uses, so each Problem is the error that load raises."""
+        the very readers a load uses, so each Problem is the error that load raises. On a
+        msgpack schema, which SQL cannot read, every row is decoded (``_EVERY_ROW``)."""
 
         async def body(conn: Any) -> list[Any]:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return [await conn.fetch(sql, *([self._now_ms()] if "$1" in sql else [])) for sql in _SUSPECTS]
+                statements = _SUSPECTS if self._text else _EVERY_ROW
+                return [await conn.fetch(sql, *([self._now_ms()] if "$1" in sql else [])) for sql in statements]
 
         documents, messages, memories, chains, caches, states = await self._read("verifying", body)
         found: dict[tuple[str, str], Problem] = {}  # (part, key) -> the first error: a load stops there
@@ -856,7 +896,7 @@ _READ_CHAINS = "SELECT seq, data FROM reasoning_chains WHERE agent_id = $1 ORDER
 _APPEND = {
     kind: f"""WITH last AS (SELECT COALESCE(MAX(seq), -1) AS seq FROM {table} WHERE {column} = $1),
         added AS (INSERT INTO {table} ({column}, seq, data)
-            SELECT $1, last.seq + item.n, item.data FROM last, unnest($2::text[]) WITH ORDINALITY AS item(data, n)
+            SELECT $1, last.seq + item.n, item.data FROM last, unnest($2::stored[]) WITH ORDINALITY AS item(data, n)
             RETURNING seq)
         SELECT MAX(seq) + 1 FROM added"""
     for kind, (table, column, _lock) in _LOGS.items()
@@ -864,7 +904,7 @@ _APPEND = {
 _CLEAR_LOG = {kind: f"DELETE FROM {table} WHERE {column} = $1" for kind, (table, column, _lock) in _LOGS.items()}
 _INSERT_LOG = {
     kind: f"""INSERT INTO {table} ({column}, seq, data)
-        SELECT $1, item.n - 1, item.data FROM unnest($2::text[]) WITH ORDINALITY AS item(data, n)"""
+        SELECT $1, item.n - 1, item.data FROM unnest($2::stored[]) WITH ORDINALITY AS item(data, n)"""
     for kind, (table, column, _lock) in _LOGS.items()
 }
 _NEWEST = {
@@ -919,6 +959,15 @@ _BAD = "(k IS NULL OR k NOT IN ({want}, 'unsure'))"
 _LIVE_PART = (
     "NOT EXISTS (SELECT 1 FROM conversations AS c WHERE c.conversation_id = t.conversation_id AND c.expires_ms <= $1)"
 )
+_META_KIND = """json_kind(metadata) AS mk, created_ms IS NOT NULL AND updated_ms IS NOT NULL AND message_count >= 0
+                    AND (ttl IS NULL OR (ttl > 0 AND ttl < 'Infinity')) AS columns_ok"""
+_META_COUNTS = """count(*) FILTER (WHERE metadata IS NOT NULL AND NOT (columns_ok AND mk IS NOT DISTINCT FROM 'object')
+            AND NOT (columns_ok AND mk = 'unsure')) AS meta_bad,
+        array_agg(metadata) FILTER (WHERE metadata IS NOT NULL AND columns_ok AND mk = 'unsure') AS meta_unsure"""
+_AGENTS_AND_SIZE = """(SELECT count(*) AS agent_count FROM agents) AS agents,
+    (SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS total_bytes FROM pg_class AS c
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind = 'r') AS size"""
 _STATS = f"""SELECT * FROM
     (SELECT count(*) FILTER (WHERE k = 'object') AS raw_good,
         count(*) FILTER (WHERE {_BAD.format(want="'object'")}) AS raw_bad,
@@ -946,13 +995,9 @@ _STATS = f"""SELECT * FROM
         count(*) FILTER (WHERE live AND chunks IS NOT NULL
             AND (ck IS NULL OR ck NOT IN ('array', 'unsure') OR (ck = 'array' AND stray > 0))) AS chunks_bad,
         array_agg(chunks) FILTER (WHERE live AND ck = 'unsure') AS chunks_unsure,
-        count(*) FILTER (WHERE metadata IS NOT NULL AND NOT (columns_ok AND mk IS NOT DISTINCT FROM 'object')
-            AND NOT (columns_ok AND mk = 'unsure')) AS meta_bad,
-        array_agg(metadata) FILTER (WHERE metadata IS NOT NULL AND columns_ok AND mk = 'unsure') AS meta_unsure
+        {_META_COUNTS}
         FROM (SELECT document, chunks, metadata, expires_ms IS NULL OR expires_ms > $1 AS live,
-                json_kind(document) AS dk, json_kind(chunks) AS ck, json_kind(metadata) AS mk,
-                created_ms IS NOT NULL AND updated_ms IS NOT NULL AND message_count >= 0
-                    AND (ttl IS NULL OR (ttl > 0 AND ttl < 'Infinity')) AS columns_ok,
+                json_kind(document) AS dk, json_kind(chunks) AS ck, {_META_KIND},
                 (SELECT count(*) FROM json_array_elements(CASE WHEN json_kind(chunks) = 'array' THEN chunks::json END))
                     AS items,
                 (SELECT count(*) FROM json_array_elements(CASE WHEN json_kind(chunks) = 'array' THEN chunks::json END)
@@ -968,10 +1013,31 @@ _STATS = f"""SELECT * FROM
     (SELECT count(*) AS state_count, count(*) FILTER (WHERE k IS NULL) AS state_bad,
         array_agg(data) FILTER (WHERE k = 'unsure') AS state_unsure
         FROM (SELECT json_kind(data) AS k, data FROM system_state) AS s) AS states,
-    (SELECT count(*) AS agent_count FROM agents) AS agents,
-    (SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS total_bytes FROM pg_class AS c
-        JOIN pg_namespace AS n ON n.oid = c.relnamespace
-        WHERE n.nspname = current_schema() AND c.relkind = 'r') AS size"""
+    {_AGENTS_AND_SIZE}"""
+# The same columns for a msgpack schema: SQL cannot read msgpack, so every stored value
+# comes back whole ('unsure' to the caller) and Python decodes it, as a load would; the
+# metadata, JSON whatever the serializer, is still judged in SQL. Reads every value: a
+# msgpack schema's stats cost a scan of all its data (docs/postgres.md, "Serializer").
+_STATS_DECODED = f"""SELECT * FROM
+    (SELECT 0 AS raw_good, 0 AS raw_bad, array_agg(data) AS raw_unsure
+        FROM raw_messages AS t WHERE {_LIVE_PART}) AS raw,
+    (SELECT 0 AS memory_good, 0 AS memory_bad, array_agg(data) AS memory_unsure,
+        array_agg(memory_id) AS memory_unsure_ids FROM memories AS t WHERE {_LIVE_PART}) AS mem,
+    (SELECT 0 AS chain_good, 0 AS chain_bad, array_agg(data) AS chain_unsure FROM reasoning_chains) AS chains,
+    (SELECT count(*) FILTER (WHERE live) AS conversation_count,
+        count(*) FILTER (WHERE NOT live) AS expired_conversation_count,
+        0 AS document_bad, array_agg(document) FILTER (WHERE live AND document IS NOT NULL) AS document_unsure,
+        0 AS chunk_count, 0 AS chunks_bad,
+        array_agg(chunks) FILTER (WHERE live AND chunks IS NOT NULL) AS chunks_unsure,
+        {_META_COUNTS}
+        FROM (SELECT document, chunks, metadata, expires_ms IS NULL OR expires_ms > $1 AS live, {_META_KIND}
+            FROM conversations) AS s) AS conv,
+    (SELECT 0 AS cache_live, 0 AS cache_expired, 0 AS cache_bad,
+        array_agg(data) FILTER (WHERE live) AS cache_live_unsure,
+        array_agg(data) FILTER (WHERE NOT live) AS cache_expired_unsure
+        FROM (SELECT data, expires_ms IS NULL OR expires_ms > $1 AS live FROM cache) AS s) AS cache,
+    (SELECT count(*) AS state_count, 0 AS state_bad, array_agg(data) AS state_unsure FROM system_state) AS states,
+    {_AGENTS_AND_SIZE}"""
 _UNSURE = (
     "raw_unsure", "memory_unsure", "chain_unsure", "document_unsure", "chunks_unsure", "meta_unsure",
     "cache_live_unsure", "cache_expired_unsure", "state_unsure",
@@ -998,6 +1064,20 @@ _SUSPECTS = (
         ORDER BY agent_id, seq""",
     "SELECT cache_key, data FROM cache WHERE json_kind(data) IS NULL OR json_kind(data) = 'unsure' ORDER BY cache_key",
     "SELECT state_key, data FROM system_state WHERE json_kind(data) IS NULL OR json_kind(data) = 'unsure'",
+)
+
+
+# verify() on a msgpack schema: the same columns, every row (SQL cannot judge msgpack).
+_EVERY_ROW = (
+    """SELECT conversation_id, part, text FROM conversations,
+        LATERAL (VALUES ('document', document), ('chunks', chunks)) AS p(part, text)
+        WHERE (expires_ms IS NULL OR expires_ms > $1) AND text IS NOT NULL ORDER BY conversation_id, part""",
+    f"SELECT conversation_id, seq, data FROM raw_messages AS t WHERE {_LIVE_PART} ORDER BY conversation_id, seq",
+    f"""SELECT conversation_id, memory_id, data FROM memories AS t WHERE {_LIVE_PART}
+        ORDER BY conversation_id, position""",
+    "SELECT agent_id, seq, data FROM reasoning_chains ORDER BY agent_id, seq",
+    "SELECT cache_key, data FROM cache ORDER BY cache_key",
+    "SELECT state_key, data FROM system_state",
 )
 
 
