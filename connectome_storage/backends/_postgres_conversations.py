@@ -35,7 +35,7 @@ import orjson
 from ..conversation_query import MetaQuery, aggregate, type_class
 from ..conversations import MetaRecord
 from ..errors import CorruptedDataError
-from ..interface import StorageInterface
+from ..interface import Problem, StorageInterface
 from ._postgres_schema import DROP_EXPIRED, LOCK_CONVERSATION, PRUNE_CONVERSATION
 
 T = TypeVar("T")
@@ -384,6 +384,24 @@ class PostgresConversations(StorageInterface):
             return reference(await self._scan(conn, now_ms))
 
         return await self._read(action, body)
+
+    # ------------------------------------------------------------------- verify
+
+    async def verify(self) -> list[Problem]:
+        """Everything the other checks find, plus every conversation whose metadata does not decode."""
+        problems = await super().verify()
+
+        async def body(conn: Any) -> list[Problem]:
+            found = []
+            sql = f"SELECT conversation_id, {META_COLUMNS} FROM conversations WHERE metadata IS NOT NULL"
+            for conversation_id, *row in await conn.fetch(sql):
+                try:
+                    self._record(conversation_id, tuple(row))
+                except CorruptedDataError as e:
+                    found.append(Problem(e.path, str(e)))
+            return found
+
+        return problems + await self._read("verifying the metadata of", body)
 
 
 # --------------------------------------------------------------------- SQL

@@ -962,7 +962,7 @@ _LIVE_PART = (
 _META_KIND = """json_kind(metadata) AS mk, created_ms IS NOT NULL AND updated_ms IS NOT NULL AND message_count >= 0
                     AND (ttl IS NULL OR (ttl > 0 AND ttl < 'Infinity')) AS columns_ok"""
 _META_COUNTS = """count(*) FILTER (WHERE metadata IS NOT NULL AND NOT (columns_ok AND mk IS NOT DISTINCT FROM 'object')
-            AND NOT (columns_ok AND mk = 'unsure')) AS meta_bad,
+            AND NOT (columns_ok AND mk IS NOT DISTINCT FROM 'unsure')) AS meta_bad,
         array_agg(metadata) FILTER (WHERE metadata IS NOT NULL AND columns_ok AND mk = 'unsure') AS meta_unsure"""
 _AGENTS_AND_SIZE = """(SELECT count(*) AS agent_count FROM agents) AS agents,
     (SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS total_bytes FROM pg_class AS c

@@ -314,5 +314,11 @@ async def test_damaged_metadata_is_named(
         with pytest.raises(CorruptedDataError, match="conversation_id 'bad'"):
             await store.load("bad")
         assert (await store.load("good")) is not None
+        problems = await storage.verify()
+        assert [p.location for p in problems] == [
+            f"{storage._server} (schema {schema}, table conversations, conversation_id 'bad', metadata columns)"
+        ]
+        assert (await storage.get_storage_stats())["unreadable_count"] == 1
         await store.save("bad", MSGS, metadata={"v": 3})  # saving again repairs it
         assert await store.query().where("metadata.v", ">", 0).count() == 2
+        assert await storage.verify() == []
