@@ -11,14 +11,15 @@ becomes a 301-digit integer and ``-0.0`` becomes ``0``, and refuses ``\\u0000`` 
 strings, so a value would not come back equal), or msgpack bytes. Value columns are of
 the domain ``stored``, ``text`` or ``bytea`` after the serializer that created the schema
 (row ``serializer`` of table ``meta``); a schema is only ever opened with that one.
-Queries that need a field of a value read it with ``value::jsonb`` where that is exact,
-or fall back to the reference implementation in Python where it is not.
+Queries that need a field of the conversation metadata read it as ``json`` (which keeps
+numbers as written), or fall back to the reference implementation in Python where SQL
+cannot answer exactly.
 
 How every operation runs (``_read`` and ``_write``):
 
 - a read takes a pooled connection and runs its statement(s) in autocommit;
 - a write runs in one transaction on a pooled connection, which first takes a shared
-  transaction-scoped advisory lock on each entity it writes (``_entity_lock``), so that
+  transaction-scoped advisory lock on each entity it writes (``_shared_locks``), so that
   a ``storage.transaction()`` holding that entity's lock exclusively makes it wait
   (``lock_timeout`` = ``connection_timeout``, then LockTimeoutError);
 - inside a transaction's commit, ``_write`` does not run the body: it hands it to the
