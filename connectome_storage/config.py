@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -89,6 +89,17 @@ class RedisSettings(CommonSettings):
     # How often connecting and a read are tried again after a broken connection (exponential
     # backoff); a write is never sent twice (docs/redis.md, "Retries").
     max_retries: int = 3
+    # The parts of the server's address, as an alternative to the URL: each one given
+    # replaces that part of redis_url (whose default is redis://localhost:6379/0).
+    host: str | None = None
+    port: int | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    db: int | None = None
+
+    def __post_init__(self) -> None:
+        path = None if self.db is None else str(self.db)
+        url = with_url_parts(self.redis_url, "redis_url", self.host, self.port, None, self.password, path)
+        object.__setattr__(self, "redis_url", url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +118,47 @@ class PostgresSettings(CommonSettings):
     # How stored values are kept: json (text columns) or msgpack (bytea); a schema keeps the
     # one it was created with (docs/postgres.md, "Serializer").
     serializer: str = "json"
+    # The parts of the server's address, as an alternative to the DSN: each one given
+    # replaces that part of dsn.
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    database: str | None = None
+
+    def __post_init__(self) -> None:
+        dsn = with_url_parts(self.dsn, "dsn", self.host, self.port, self.user, self.password, self.database)
+        object.__setattr__(self, "dsn", dsn)
+
+
+def with_url_parts(
+    url: str, name: str, host: str | None, port: int | None, user: str | None, password: str | None, path: str | None
+) -> str:
+    """``url`` with each given part replaced (the others kept as written); the new user and
+    password are percent-encoded, so any character works in them."""
+    if host is None and port is None and user is None and password is None and path is None:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "unix":
+        raise ConfigError(f"{name} is a unix socket URL: host, port, password and db do not apply; give a URL instead")
+    old_info, at, old_address = parts.netloc.rpartition("@")
+    old_user, colon, old_password = old_info.partition(":") if at else ("", "", "")
+    info = quote(user, safe="") if user is not None else old_user
+    if password is not None:
+        info += ":" + quote(password, safe="")
+    elif colon:
+        info += ":" + old_password
+    address = old_address
+    if host is not None or port is not None:
+        old_host = parts.hostname or ""
+        new_host = host if host is not None else old_host
+        if ":" in new_host:  # an IPv6 address
+            new_host = f"[{new_host}]"
+        new_port = port if port is not None else parts.port
+        address = new_host + ("" if new_port is None else f":{new_port}")
+    netloc = f"{info}@{address}" if info else address
+    new_path = parts.path if path is None else "/" + quote(path, safe="")
+    return urlunsplit((parts.scheme, netloc, new_path, parts.query, parts.fragment))
 
 
 _SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;#]*")
@@ -255,6 +307,26 @@ def _parse_pool_size(value: Any, name: str) -> int:
     return size
 
 
+def _parse_host(value: Any, name: str) -> str:
+    host = _parse_text(value, name).strip()
+    if not host or any(char in host for char in "/@?#"):
+        raise ConfigError(f"{name}={value!r} is not a host name or address; use e.g. db.internal or 10.0.0.5")
+    return host
+
+
+def _parse_port(value: Any, name: str) -> int:
+    port = _parse_count(value, name)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}={value!r} is not a TCP port; use a whole number from 1 to 65535")
+    return port
+
+
+def _parse_password(value: Any, name: str) -> str:
+    if isinstance(value, str) and "\x00" not in value:
+        return value
+    raise ConfigError(f"{name} must be a string (value not shown)")
+
+
 def _parse_serializer(value: Any, name: str) -> str:
     serializer = _parse_text(value, name).strip().lower()
     if serializer not in ("json", "msgpack"):
@@ -338,6 +410,12 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "cluster": parse_bool,
     "wait_replicas": _parse_count,
     "dsn": _parse_dsn,
+    "host": _parse_host,
+    "port": _parse_port,
+    "user": _parse_text,
+    "password": _parse_password,
+    "db": _parse_count,
+    "database": _parse_text,
     "schema": _parse_schema,
     "pool_size": _parse_pool_size,
     "max_retries": _parse_count,

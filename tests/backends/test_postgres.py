@@ -414,3 +414,22 @@ async def test_cli_migrate_moves_a_tree_into_a_schema_and_back(
     assert back.returncode == 0, back.stderr
     for name in ("conversations/c1/current.json", "conversations/c1/raw_messages.json", "kv/sessions/s1.json"):
         assert (copy / name).read_bytes() == (original / name).read_bytes()
+
+
+async def test_host_port_user_password_and_database_options_stand_in_for_the_dsn(
+    postgres_server: PostgresServer, schema: str
+) -> None:
+    """The address in parts, each replacing that part of dsn (whose default names no
+    server of the tests); the password is never shown."""
+    parts = {"host": "127.0.0.1", "port": postgres_server.port, "user": "postgres", "database": "postgres"}
+    async with create_postgres_storage(schema=schema, password=PASSWORD, **parts) as storage:
+        await storage.store_system_state("s", {"v": 1})
+        health = await storage.health_check()
+        assert health["status"] == "healthy"
+        assert PASSWORD not in repr(storage) + str(health) + repr(storage.settings)
+    async with create_postgres_storage(postgres_server.dsn, schema=schema) as same:
+        assert await same.load_system_state("s") == {"v": 1}
+    wrong = create_postgres_storage(schema=schema, password="wrong-password", connection_timeout=5, **parts)
+    with pytest.raises(AccessDeniedError) as caught:
+        await wrong.initialize()
+    assert "wrong-password" not in str(caught.value)

@@ -881,3 +881,26 @@ async def test_an_index_member_that_is_not_utf8_is_corrupted_data(storage: Redis
     await raw.zadd(storage.index_of(Kind.CACHE), {b"\xff": 1})
     with pytest.raises(CorruptedDataError, match="not UTF-8"):
         await storage.list_cache_keys()
+
+
+async def test_host_port_password_and_db_options_stand_in_for_the_url(
+    locked_server: RedisServer, make: Callable[..., RedisStorage], prefix: str
+) -> None:
+    """The address in parts (seed 002's host/port/password), each replacing that part of
+    redis_url; the password, percent-encoded into the URL, is never shown."""
+    parts = {"host": "127.0.0.1", "port": locked_server.port, "db": 3}
+    async with make(url="redis://localhost:6379/0", password=PASSWORD, **parts) as storage:
+        await storage.store_system_state("s", {"v": 1})
+        health = await storage.health_check()
+        assert health["status"] == "healthy"
+        assert PASSWORD not in repr(storage) + str(health) + repr(storage.settings)
+        key = storage.key_of(Kind.SYSTEM, "s")
+    raw = redis.asyncio.Redis(host="127.0.0.1", port=locked_server.port, password=PASSWORD, db=3)
+    try:
+        assert await raw.exists(key) == 1  # in database 3 of that server, not localhost:6379/0
+    finally:
+        await raw.aclose()
+    wrong = make(password="wrong-password", connection_timeout=5, **parts)
+    with pytest.raises(AccessDeniedError) as caught:
+        await wrong.initialize()
+    assert "wrong-password" not in str(caught.value)
