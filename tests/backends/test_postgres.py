@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
 
@@ -22,15 +21,11 @@ from connectome_storage import PostgresStorage, create_file_storage, create_post
 from connectome_storage.errors import AccessDeniedError, BackendUnavailableError, CorruptedDataError
 from connectome_storage.interface import Kind
 
-from ..conftest import FakeClock, postgres_schema
+from ..conftest import FakeClock
 from ..postgres_server import PASSWORD, PostgresServer
+from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
 
 # ------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def schema(tmp_path: Path) -> str:
-    return postgres_schema(tmp_path)
 
 
 @pytest.fixture
@@ -39,16 +34,6 @@ async def storage(postgres_server: PostgresServer, schema: str, clock: FakeClock
     assert isinstance(store, PostgresStorage)
     async with store:
         yield store
-
-
-@pytest.fixture
-async def raw(postgres_server: PostgresServer, schema: str) -> AsyncIterator[Any]:
-    """A plain asyncpg connection to the test's schema: what a person with psql would do."""
-    conn = await asyncpg.connect(postgres_server.dsn, server_settings={"search_path": schema})
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,9 @@ tampered with through asyncpg directly.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from connectome_storage import create_postgres_storage
@@ -24,8 +21,9 @@ from connectome_storage.backends.postgres import PostgresStorage
 from connectome_storage.conversation_query import MetaQuery, aggregate
 from connectome_storage.errors import CorruptedDataError, InvalidArgumentError
 
-from ..conftest import START, FakeClock, postgres_schema
+from ..conftest import START, FakeClock
 from ..postgres_server import PostgresServer
+from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
 
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -35,24 +33,10 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def schema(tmp_path: Path) -> str:
-    return postgres_schema(tmp_path)
-
-
 def open_storage(server: PostgresServer, schema: str, clock: FakeClock, dsn: str | None = None) -> PostgresStorage:
     storage = create_postgres_storage(dsn or server.dsn, schema=schema, clock=clock)
     assert isinstance(storage, PostgresStorage)
     return storage
-
-
-@pytest.fixture
-async def raw(postgres_server: PostgresServer, schema: str) -> AsyncIterator[Any]:
-    conn = await asyncpg.connect(postgres_server.dsn, server_settings={"search_path": schema})
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 # ------------------------------------------------------------------ the layout

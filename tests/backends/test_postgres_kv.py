@@ -10,11 +10,8 @@ tampered with through asyncpg directly.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from connectome_storage import create_postgres_storage
@@ -23,8 +20,9 @@ from connectome_storage.backends.postgres import PostgresStorage
 from connectome_storage.errors import CorruptedDataError, InvalidArgumentError, StorageError
 from connectome_storage.kv import KVRecord, KVSelect, compile_pattern
 
-from ..conftest import START, FakeClock, postgres_schema
+from ..conftest import START, FakeClock
 from ..postgres_server import PostgresServer
+from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
 
 NOW_MS = int(START * 1000)
 
@@ -34,25 +32,10 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def schema(tmp_path: Path) -> str:
-    return postgres_schema(tmp_path)
-
-
 def open_storage(server: PostgresServer, schema: str, clock: FakeClock, dsn: str | None = None) -> PostgresStorage:
     storage = create_postgres_storage(dsn or server.dsn, schema=schema, clock=clock)
     assert isinstance(storage, PostgresStorage)
     return storage
-
-
-@pytest.fixture
-async def raw(postgres_server: PostgresServer, schema: str) -> AsyncIterator[Any]:
-    """A plain asyncpg connection on the test's schema, to look at (or tamper with) rows."""
-    conn = await asyncpg.connect(postgres_server.dsn, server_settings={"search_path": schema})
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 # ------------------------------------------------------------------ the tables

@@ -8,40 +8,22 @@ A real PostgreSQL server (tests/postgres_server.py), a schema per test.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import asyncpg  # type: ignore[import-untyped]
-import pytest
 
 from connectome_storage import create_postgres_storage
 from connectome_storage.backends._postgres_messages import select_sql
 from connectome_storage.backends.postgres import PostgresStorage
 from connectome_storage.messages import MessageSelect
 
-from ..conftest import FakeClock, postgres_schema
+from ..conftest import FakeClock
 from ..postgres_server import PostgresServer
-
-
-@pytest.fixture
-def schema(tmp_path: Path) -> str:
-    return postgres_schema(tmp_path)
+from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
 
 
 def open_storage(server: PostgresServer, schema: str, dsn: str | None = None) -> PostgresStorage:
     storage = create_postgres_storage(dsn or server.dsn, schema=schema, clock=FakeClock())
     assert isinstance(storage, PostgresStorage)
     return storage
-
-
-@pytest.fixture
-async def raw(postgres_server: PostgresServer, schema: str) -> AsyncIterator[Any]:
-    conn = await asyncpg.connect(postgres_server.dsn, server_settings={"search_path": schema})
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def test_messages_are_rows_with_their_addressing_in_columns(

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import msgpack
 import pytest
 
@@ -23,20 +21,16 @@ from connectome_storage import PostgresStorage, create_postgres_storage
 from connectome_storage.backends._postgres_schema import MIGRATIONS
 from connectome_storage.errors import ConfigError, CorruptedDataError
 
-from ..conftest import START, FakeClock, postgres_schema
+from ..conftest import START, FakeClock
 from ..postgres_server import PostgresServer
 from ..test_migrate import populate
+from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
 
 VALUE = {"text": "héllo", "n": 2**64 - 1, "neg": -(2**63), "z": -0.0, "f": 0.1, "nul": "\x00", "list": [1, [2]]}
 _VALUE_COLUMNS = {
     ("conversations", "document"), ("conversations", "chunks"), ("raw_messages", "data"), ("memories", "data"),
     ("reasoning_chains", "data"), ("cache", "data"), ("system_state", "data"), ("kv", "value"), ("messages", "data"),
 }  # fmt: skip
-
-
-@pytest.fixture
-def schema(tmp_path: Path) -> str:
-    return postgres_schema(tmp_path)
 
 
 @pytest.fixture
@@ -49,16 +43,6 @@ def make(postgres_server: PostgresServer, schema: str, clock: FakeClock) -> Call
         return store
 
     return build
-
-
-@pytest.fixture
-async def raw(postgres_server: PostgresServer, schema: str) -> AsyncIterator[Any]:
-    """A plain asyncpg connection to the test's schema: what a person with psql would do."""
-    conn = await asyncpg.connect(postgres_server.dsn, server_settings={"search_path": schema})
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def column_types(raw: Any) -> dict[tuple[str, str], tuple[str, str | None]]:

@@ -12,19 +12,16 @@ sessions idle in a transaction) is read from ``pg_locks`` and ``pg_stat_activity
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from connectome_storage import StorageInterface, create_postgres_storage
 from connectome_storage.backends.postgres import PostgresStorage
 from connectome_storage.errors import BackendUnavailableError, LockTimeoutError, StorageIOError, TransactionError
 
-from ..conftest import postgres_schema
 from ..postgres_server import PostgresServer
+from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
 
 TABLES = ("conversations", "raw_messages", "memories", "system_state", "kv")
 NOTHING = dict.fromkeys(TABLES, 0)
@@ -35,25 +32,10 @@ def server(postgres_server: PostgresServer) -> PostgresServer:
     return postgres_server
 
 
-@pytest.fixture
-def schema(tmp_path: Path) -> str:
-    return postgres_schema(tmp_path)
-
-
 def make(server: PostgresServer, schema: str, **options: Any) -> PostgresStorage:
     storage = create_postgres_storage(server.dsn, schema=schema, **options)
     assert isinstance(storage, PostgresStorage)
     return storage
-
-
-@pytest.fixture
-async def raw(server: PostgresServer, schema: str) -> AsyncIterator[Any]:
-    """A plain asyncpg connection beside the storages, on the test's schema."""
-    conn = await asyncpg.connect(server.dsn, server_settings={"search_path": schema})
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def five_writes(tx: StorageInterface, round_number: int, *, state: Any = None) -> None:
