@@ -125,6 +125,21 @@ def _targets(sizes: Sizes) -> list[Target]:
             Target(f"PostgresStorage {what} >= 0.8x raw asyncpg sending the same statements", f"postgres.{key}",
                    "PostgresStorage", 0.8, "at least")
         )  # fmt: skip
+    big_tree, workers = f"{sizes.big_tree:,}", sizes.concurrency
+    targets += [
+        Target(f"file: list_conversations at {big_tree} conversations >= 0.5x os.scandir + sorted", "scale.list.file",
+               "FileStorage.list_conversations", 0.5, "at least"),
+        Target(f"file: get_storage_stats at {big_tree} conversations >= 0.8x walk + read + parse", "scale.stats.file",
+               "FileStorage.get_storage_stats", 0.8, "at least"),
+        Target(f"redis: get_storage_stats at {big_tree} conversations >= 0.8x pipelined counts", "scale.stats.redis",
+               "RedisStorage.get_storage_stats", 0.8, "at least"),
+        Target(f"file: {workers} coroutines storing to their own conversations >= 2x one coroutine",
+               "scale.concurrency.file.store_conversation", f"{workers} coroutines", 2.0, "at least"),
+        Target(f"sqlite: {workers} coroutines appending to {workers} conversations >= 3x {workers} SQLiteSessions "
+               "on one file", "sqlite.sessions.concurrent", f"SqliteStorage, {workers} coroutines", 3.0, "at least"),
+        Target(f"migrate file -> SQLite of {sizes.migrate:,} conversations >= 0.5x read every file + one executemany "
+               "transaction", "scale.migrate", "migrate(FileStorage, SqliteStorage)", 0.5, "at least"),
+    ]  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(
             Target(
