@@ -189,9 +189,14 @@ class RedisConversations(StorageInterface):
         """(listed ids, or expired ids whose keys remain; how many expired remain), pruning
         the index entries of conversations expired on the storage clock on the way. Every
         bucket's script goes in one pipeline (on a cluster: to every master at once)."""
+        by_bucket, expired = await self._conversation_buckets(mode, now_ms)
+        return [conversation_id for ids in by_bucket for conversation_id in ids], expired
+
+    async def _conversation_buckets(self, mode: str, now_ms: int) -> tuple[list[list[str]], int]:
+        """``_conversation_index``, its ids grouped by bucket (``conv_buckets()``'s order)."""
         buckets = self._layout.conv_buckets()
         offsets = dict.fromkeys(range(len(buckets)), 0)
-        ids: list[str] = []
+        ids: list[list[str]] = [[] for _ in buckets]
         expired = 0
         while offsets:
             pending = list(offsets.items())
@@ -202,7 +207,7 @@ class RedisConversations(StorageInterface):
                     continue
                 del offsets[bucket]
                 try:
-                    ids += [_text(member) for member in reply[1]]
+                    ids[bucket] = [_text(member) for member in reply[1]]
                 except UnicodeDecodeError as e:
                     raise CorruptedDataError(
                         buckets[bucket][0], f"a member is not UTF-8 text ({e})", hint="remove it from the index"

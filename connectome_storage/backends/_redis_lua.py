@@ -118,6 +118,11 @@ for i = 2, #KEYS do
   end
 end
 return removed""",
+    # KEYS: keys of one hash slot. Their MEMORY USAGE summed (a missing key counts 0).
+    "memory_usage": """
+local bytes = 0
+for _, key in ipairs(KEYS) do bytes = bytes + (redis.call('MEMORY', 'USAGE', key) or 0) end
+return bytes""",
     # KEYS: serializer marker, the index keys (none on a cluster). ARGV: the serializer this storage uses.
     # Returns the serializer that wrote the prefix, recording it first when none is: a
     # prefix that already holds data from before the marker existed was written as JSON.
@@ -442,6 +447,25 @@ if #batch == budget then return {offset + kept} end
 local expired = redis.call('ZRANGEBYSCORE', EXPZ, '-inf', NOW)
 if ARGV[4] == 'list' then return {-1, redis.call('SMEMBERS', IDX), #expired} end
 return {-1, expired, #expired}""",
+    # KEYS: idx:conversations, idx:conversation-expiry (they name the bucket's slot). ARGV: head,
+    # tail, now (unused), then the ids of one batch. get_storage_stats' counts of those
+    # conversations, on the server: {raw messages, memories, keys of the wrong type, bytes
+    # (MEMORY USAGE of every key, as the MEMORY USAGE command reports it), then each chunk
+    # document, for the caller to parse and count}. A batch of 1,000 runs a few milliseconds.
+    "conv_stats": _CONVERSATIONS
+    + """
+local raw, mem, bad, bytes, chunks = 0, 0, 0, 0, {}
+for i = 4, #ARGV do
+  local keys = keys_of(ARGV[i])
+  local n = redis.pcall('LLEN', keys[3])
+  if type(n) == 'number' then raw = raw + n else bad = bad + 1 end
+  n = redis.pcall('HLEN', keys[5])
+  if type(n) == 'number' then mem = mem + n else bad = bad + 1 end
+  local c = redis.pcall('GET', keys[4])
+  if type(c) == 'string' then chunks[#chunks + 1] = c elseif type(c) == 'table' then bad = bad + 1 end
+  for _, key in ipairs(keys) do bytes = bytes + (redis.call('MEMORY', 'USAGE', key) or 0) end
+end
+return {raw, mem, bad, bytes, chunks}""",
     # KEYS: idx:conversations, idx:conversation-expiry. ARGV: head, tail, now, budget. Removes
     # up to ``budget`` conversations expired on the storage clock, whole (those whose keys
     # Redis removed already count too); returns how many.

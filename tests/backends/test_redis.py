@@ -311,6 +311,31 @@ async def test_listing_stats_and_cleanup_never_use_keys_or_scan(
         assert await calls(counter) > before[counter]
 
 
+async def test_stats_total_bytes_is_memory_usage_of_every_key_of_the_prefix(
+    storage: RedisStorage, raw: Any, prefix: str
+) -> None:
+    # The counts and bytes of conversations are taken on the server by one script per batch;
+    # the figure must stay what docs/redis.md defines: MEMORY USAGE summed over every key of
+    # the prefix (here found by SCAN, which the storage itself never runs).
+    for n in range(1200):  # more than one script's batch
+        await storage.store_raw_messages(f"c{n}", [{"n": n}] * (n % 3))
+    await storage.store_conversation("c1", {"t": 1})
+    await storage.store_memory("c2", "m", {"x": 1})
+    await storage.store_chunks("c3", [{"a": 1}, {"b": 2}])
+    await storage.conversation_store().save("c4", [{"n": 1}], ttl=600, metadata={"k": 1})
+    await storage.store_reasoning_chain("a", {"s": 1})
+    await storage.store_cache("k", 1, ttl=60)
+    await storage.store_system_state("s", 1)
+    await storage.kv("ns").set("key", {"v": 1}, tags={"t": "x"})
+    await raw.set(storage.key_of(Kind.MEMORIES, "c5"), b"a string where a hash belongs")
+    await raw.sadd(storage.index_of(Kind.CONVERSATION), "c5")
+    stats = await storage.get_storage_stats()
+    keys = [key async for key in raw.scan_iter(match=f"{prefix}*", count=1000)]
+    assert stats["total_bytes"] == sum([await raw.memory_usage(key) for key in keys])
+    assert (stats["conversation_count"], stats["raw_message_count"]) == (801, 1200)  # c3 added, c5 listed
+    assert (stats["memory_count"], stats["chunk_count"], stats["unreadable_count"]) == (1, 2, 1)
+
+
 # ---------------------------------------------------------------- corrupt data
 
 
