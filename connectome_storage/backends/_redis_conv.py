@@ -29,6 +29,7 @@ says so, whatever the server has done yet. Every hook here is one script or one 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -134,6 +135,10 @@ class RedisConversations(StorageInterface):
         layout = self._layout
         indexes = [layout.index("conversation", conversation_id), layout.expiry_index(conversation_id)]
         return [*self._conversation_keys(conversation_id), *indexes]
+
+    def _lean_keys(self, conversation_id: str, part: str) -> tuple[str, str, str]:
+        """KEYS of the lean scripts (conv_set, conv_append): meta, ``part``, the listing index."""
+        return _lean_keys(self._layout, conversation_id, part)
 
     # --------------------------------------------------------------- records
 
@@ -339,6 +344,13 @@ class RedisConversations(StorageInterface):
                 except CorruptedDataError as e:
                     problems.append(Problem(e.path, str(e)))
         return problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _lean_keys(layout: KeyLayout, conversation_id: str, part: str) -> tuple[str, str, str]:
+    # Cached: the same conversations are written again and again, and naming three keys
+    # costs about a microsecond.
+    return layout.conv_base(conversation_id) + "meta", part, layout.index("conversation", conversation_id)
 
 
 def _batches(items: list[str]) -> Iterator[list[str]]:

@@ -236,6 +236,34 @@ end
 """
 )
 
+# The lean scripts (conv_set, conv_append): KEYS meta, the part, idx:conversations; ARGV id,
+# now_ms. The other keys of the conversation are needed only to remove an expired one, and
+# are named from these two (meta is <base>meta, the expiry index is the listing index with
+# "conversations" replaced by "conversation-expiry": _redis_layout.py), in the same slot.
+_LEAN = """
+local META, PART, IDX = KEYS[1], KEYS[2], KEYS[3]
+local ID, NOW = ARGV[1], tonumber(ARGV[2])
+local HAS_META = false
+-- As begin(): an expired conversation is removed whole first. The milliseconds left (nil: never expires).
+local function lean_begin()
+  local fields = redis.pcall('HLEN', META)
+  if type(fields) == 'table' then
+    error({err = 'WRONGTYPE ' .. META .. ' (conversation metadata) is not a hash'})
+  end
+  if fields == 0 then return nil end
+  HAS_META = true
+  local e = tonumber(redis.call('HGET', META, 'expires_ms') or '')
+  if e == nil then return nil end
+  if e > NOW then return string.format('%d', math.max(1, e - NOW)) end
+  local base = string.sub(META, 1, -5)
+  redis.call('DEL', META, base .. 'current', base .. 'raw', base .. 'chunks', base .. 'mem', base .. 'order')
+  redis.call('SREM', IDX, ID)
+  redis.call('ZREM', string.sub(IDX, 1, -14) .. 'conversation-expiry', ID)
+  HAS_META = false
+  return nil
+end
+"""
+
 # A read of one part: KEYS meta, the part; ARGV now_ms. Nothing (nil, [] or two empty
 # lists) when the conversation has expired on the storage clock.
 _READ = """
@@ -263,24 +291,26 @@ return redis.call('LRANGE', KEYS[2], 0, -1)""",
     + """
 if expired then return {{}, {}} end
 return {redis.call('ZRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[2])}""",
-    # ARGV: id, now, slot of the key in KEYS (2: current, 4: chunks), value. KEEPTTL and
-    # expire(): a replaced document keeps the conversation's expiry, a new one gets it.
-    "conv_set": _CONVERSATION
+    # The two hottest writes take three keys, not eight (fewer arguments to pack and send):
+    # KEYS: meta, the part, idx:conversations. ARGV: id, now, then the value or the items.
+    # An existing key is replaced or appended to keeping its TTL; a new one gets the time
+    # the conversation has left. Returns 1 (conv_set) or the new length (conv_append).
+    "conv_set": _LEAN
     + """
-local left = begin()
-local key = KEYS[tonumber(ARGV[3])]
-redis.call('SET', key, ARGV[4], 'KEEPTTL')
-expire(left, key)
+local left = lean_begin()
+if not redis.call('SET', PART, ARGV[3], 'XX', 'KEEPTTL') then
+  redis.call('SET', PART, ARGV[3])
+  if left then redis.call('PEXPIRE', PART, left) end
+end
 redis.call('SADD', IDX, ID)
 return 1""",
-    # ARGV: id, now, items... Returns the new length.
     "conv_append": _with_push(
-        _CONVERSATION
+        _LEAN
         + """
-local left = begin()
-local n = push(RAW, 3)
-if redis.call('EXISTS', META) == 1 then redis.call('HSET', META, 'message_count', n) end
-expire(left, RAW)
+local left = lean_begin()
+local n = push(PART, 3)
+if n == #ARGV - 2 and left then redis.call('PEXPIRE', PART, left) end
+if HAS_META then redis.call('HSET', META, 'message_count', n) end
 redis.call('SADD', IDX, ID)
 return n"""
     ),

@@ -642,7 +642,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         data = self._serializer.dumps(value)
         size = self._check_size(name, [data])
         if kind in _SUFFIX:
-            return [Command("conv_set", name, self._script_keys(key), [key, self._now_ms(), _SLOT[kind], data], size)]
+            return [Command("conv_set", name, self._lean_keys(key, name), [key, self._now_ms(), data], size)]
         return [Command("write", name, [name, self.index_of(kind, key)], [key, data], size)]
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
@@ -693,7 +693,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
         if kind in _SUFFIX:
-            return [Command("conv_append", name, self._script_keys(key), [key, self._now_ms(), *encoded], size)]
+            return [Command("conv_append", name, self._lean_keys(key, name), [key, self._now_ms(), *encoded], size)]
         return [Command("append", name, [name, self.index_of(kind, key)], [key, *encoded], size)]
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:

@@ -190,17 +190,21 @@ async def test_the_storage_clock_decides_while_the_keys_are_still_there(
     assert await raw.zcard(storage.expiry_index) == 0
 
 
+@pytest.mark.parametrize("write", ["store_chunks", "append_raw_messages", "store_conversation"])
 async def test_a_write_to_an_expired_conversation_removes_it_whole_in_the_same_script(
-    storage: RedisStorage, raw: Any, clock: FakeClock
+    storage: RedisStorage, raw: Any, clock: FakeClock, write: str
 ) -> None:
-    await _fill(storage, "c", ttl=10)
+    await _fill(storage, HOSTILE, ttl=10)
+    await storage.list_conversations()  # not expired yet: still listed
     clock.advance(10)
-    await storage.store_chunks("c", [{"new": 1}])
-    keys = storage._part_keys("c")
-    assert [await raw.exists(key) for key in keys] == [0, 0, 0, 1, 0, 0]
-    assert await raw.pttl(keys[3]) == -1  # the new conversation has no expiry
+    await getattr(storage, write)(HOSTILE, [{"new": 1}] if write != "store_conversation" else {"new": 1})
+    keys = storage._part_keys(HOSTILE)
+    slot = {"store_chunks": 3, "append_raw_messages": 2, "store_conversation": 1}[write]
+    assert [await raw.exists(key) for key in keys] == [int(i == slot) for i in range(6)]
+    assert await raw.pttl(keys[slot]) == -1  # the new conversation has no expiry
     assert await raw.zcard(storage.expiry_index) == 0
-    assert await storage.list_conversations() == ["c"]
+    assert await storage.list_conversations() == [HOSTILE]
+    assert await storage.conversation_store().load(HOSTILE) is not None
 
 
 async def test_on_the_default_clock_every_key_carries_the_expiry_and_reads_are_plain_commands(
