@@ -179,7 +179,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         # included), so a conversation part is read with a plain GET or LRANGE; an injected
         # clock may be far from the server's, so its reads check expires_ms in a script
         # (docs/redis.md, "Conversation expiry").
-        self._native_reads = self.settings.clock is time.time
+        self._native_expiry = self.settings.clock is time.time
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(server={self._server!r}, key_prefix={self._prefix!r})"
@@ -625,7 +625,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _read_document(self, kind: Kind, key: str) -> Any:
         name = self.key_of(kind, key)
-        if kind in _SUFFIX and not self._native_reads:
+        if kind in _SUFFIX and not self._native_expiry:
             keys = [self.meta_key_of(key), name]
             raw = await self._script("conv_get", name, keys, [self._now_ms()], read=True)
         else:
@@ -674,7 +674,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _read_log(self, kind: Kind, key: str) -> list[Any]:
         name = self.key_of(kind, key)
-        if kind in _SUFFIX and not self._native_reads:
+        if kind in _SUFFIX and not self._native_expiry:
             keys = [self.meta_key_of(key), name]
             items = await self._script("conv_lrange", name, keys, [self._now_ms()], read=True)
         else:
@@ -852,8 +852,11 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _delete_expired_cache(self, now_ms: int) -> int:
         # Entries Redis already expired count as removed too: they were expired entries,
-        # and the file backend would have removed them here.
-        removed = (await self._cache_index())[1]
+        # and the file backend would have removed them here. On the default clock Redis
+        # removes an entry at its expires_ms or a little after, never before, so those are
+        # among the members scored up to now and expire_cache counts them; only an injected
+        # clock (which may be behind the server's) needs every member checked first.
+        removed = 0 if self._native_expiry else (await self._cache_index())[1]
         expired = await self._read_indexes("cache", "zrangebyscore", "-inf", now_ms)
         calls = [
             ([index, *(self.key_of(Kind.CACHE, key) for key in batch)], [now_ms, *batch])
@@ -864,7 +867,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Drop index entries whose keys are all gone: evicted under a maxmemory policy, or
-        deleted by hand. (The cache index is reconciled by the expired-cache step.)"""
+        deleted by hand. (On an injected clock the expired-cache step has reconciled the
+        cache index already; on the default clock it looked at expired members only.)"""
         groups: list[tuple[Kind, Callable[[str], list[str]]]] = [
             (Kind.CONVERSATION, self._part_keys),
             (Kind.REASONING_CHAINS, lambda agent_id: [self.key_of(Kind.REASONING_CHAINS, agent_id)]),
@@ -878,6 +882,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
                 for batch in _batches(ids)
             ]
             removed += sum(len(gone) for gone in await self._scripts_over("prune_index", calls))
+        if self._native_expiry:
+            removed += (await self._cache_index())[1]
         return {"stale_index_entries": removed}
 
     # ------------------------------------------------------------- health, stats

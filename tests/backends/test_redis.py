@@ -9,6 +9,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -896,6 +897,36 @@ async def test_cleanup_leaves_no_stale_member_in_any_index(storage: RedisStorage
         "expired_kv_entries": 0,
         "stale_index_entries": 0,
     }
+
+
+async def test_on_the_default_clock_cleanup_expired_cache_looks_at_expired_members_only(
+    make: Callable[..., RedisStorage], raw: Any
+) -> None:
+    async with make(clock=time.time) as storage:
+        await storage.store_cache("short", 1, ttl=0.05)
+        for n in range(20):
+            await storage.store_cache(f"live{n}", n, ttl=600)
+        await storage.store_cache("evicted", 2, ttl=600)
+        await raw.delete(storage.key_of(Kind.CACHE, "evicted"))  # as maxmemory eviction would
+
+        async def expired_natively() -> bool:
+            return int(await raw.exists(storage.key_of(Kind.CACHE, "short"))) == 0
+
+        assert await eventually(expired_natively)
+        counts: list[int] = []
+
+        async def sweep() -> None:
+            counts.append(await storage.cleanup_expired_cache())
+
+        seen = await commands_of(raw, storage, sweep)
+        # Redis removed it natively, and it is counted; the 21 members scored later are not
+        # looked at one by one (no EXISTS of each), since Redis never expires a key early.
+        assert counts == [1]
+        assert not [c for c in seen if c["command"].upper().startswith("EXISTS")]
+        assert await raw.zscore(storage.index_of(Kind.CACHE), "short") is None
+        # The evicted entry's member goes with cleanup()'s housekeeping, and with any listing.
+        assert (await storage.cleanup())["stale_index_entries"] == 1
+        assert len(await raw.zrange(storage.index_of(Kind.CACHE), 0, -1)) == 20
 
 
 async def test_an_index_member_that_is_not_utf8_is_corrupted_data(storage: RedisStorage, raw: Any) -> None:
