@@ -22,9 +22,11 @@ Expiry is native and decided by the storage clock at once: whenever metadata wit
 expiry is written, every key of the conversation gets PEXPIRE of the time left on the
 storage clock (relative, so a storage on an injected clock days away from the server's
 still expires its keys after the right duration), and keys created later get the
-remaining time in the same script. Every read and write compares ``expires_ms`` with the
-storage clock in its own script too, so the conversation is absent exactly when that clock
-says so, whatever the server has done yet. Every hook here is one script or one pipeline.
+remaining time in the same script. Every write, and every read on an injected clock,
+compares ``expires_ms`` with the storage clock in its own script too, so the conversation
+is absent exactly when that clock says so, whatever the server has done yet; on the default
+clock a plain read of a part relies on the keys' PEXPIRE (redis.py, docs/redis.md). Every
+hook here is one script or one pipeline.
 """
 
 from __future__ import annotations
