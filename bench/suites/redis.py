@@ -20,16 +20,17 @@ from ..harness import Section, Variant, compare, each
 __all__ = ["run"]
 
 INTRO = """\
-RedisStorage (values checked and encoded with orjson; a plain SET XX or RPUSHX when the
-key exists, else one Lua script that also lists the id in its index; a Lua script for
-every cache write, which keeps the expiry index in step; plain GET/LRANGE for reads)
-against a `redis.asyncio.Redis` with its defaults, used two ways: the plain command a
-user would send for the same data (SET, GET + `orjson.loads`, RPUSH, LRANGE +
-`orjson.loads` per item, SET PX), which is the baseline of each table, and, where
-RedisStorage sends something else, the very commands RedisStorage sends (SET XX, RPUSHX,
-EVALSHA of the same cache script), so that the table shows what the commands cost and
-what the library's Python costs. Both talk to the same redis-server on 127.0.0.1 (no
-persistence), started by the bench."""
+RedisStorage (values checked and encoded with orjson; a write of a conversation part is
+one Lua script of three keys, which checks the conversation's expiry on the storage clock,
+lists the id and keeps the message count; a Lua script for every cache write, which keeps
+the expiry index in step; plain GET/LRANGE for reads, on the default clock) against a
+`redis.asyncio.Redis` with its defaults, used two ways: the plain command a user would
+send for the same data (SET, GET + `orjson.loads`, RPUSH, LRANGE + `orjson.loads` per
+item, SET PX), which is the baseline of each table, and, where RedisStorage sends
+something else, the very commands RedisStorage sends (EVALSHA of the same scripts with the
+same keys and arguments), so that the table shows what the commands cost and what the
+library's Python costs. Both talk to the same redis-server on 127.0.0.1 (no persistence),
+started by the bench."""
 
 SAME = "raw redis-py, same commands"
 
@@ -51,6 +52,15 @@ async def run(ctx: Context) -> Section:
     await raw.rpush(f"{prefix}history", *[_dumps(m) for m in messages(history)])
     write_cache = raw.register_script(SCRIPTS["write_cache"])
     cache_index = f"{prefix}idx:cache"
+    # What RedisStorage sends for a conversation part: its lean scripts, with the same three
+    # keys (metadata, the part, the listing index) and arguments (id, the clock's now, values).
+    # Sent with EVALSHA directly, as RedisStorage sends them (not through redis-py's Script).
+    conv_set, conv_append = [await raw.script_load(SCRIPTS[name]) for name in ("conv_set", "conv_append")]
+    conv_index = f"{prefix}idx:conversations"
+
+    def conv_keys(conversation_id: str, part: str) -> list[str]:
+        base = f"{prefix}conv:{{{conversation_id}}}:"
+        return [base + "meta", base + part, conv_index]
 
     async def ours_store(i: int) -> None:
         await ours.store_conversation(ids[i % len(ids)], document(i))
@@ -59,7 +69,11 @@ async def run(ctx: Context) -> Section:
         await raw.set(f"{prefix}conv:{ids[i % len(ids)]}", _dumps(document(i)))
 
     async def same_store(i: int) -> None:
-        await raw.set(f"{prefix}conv:{ids[i % len(ids)]}", _dumps(document(i)), xx=True)
+        conversation_id = ids[i % len(ids)]
+        now = round(time.time() * 1000)
+        await raw.evalsha(
+            conv_set, 3, *conv_keys(conversation_id, "current"), conversation_id, now, _dumps(document(i))
+        )
 
     async def ours_load(i: int) -> None:
         assert await ours.load_conversation(ids[i % len(ids)]) is not None
@@ -74,7 +88,8 @@ async def run(ctx: Context) -> Section:
         await raw.rpush(f"{prefix}appended", _dumps(message(i)))
 
     async def same_append(i: int) -> None:
-        await raw.rpushx(f"{prefix}appended", _dumps(message(i)))
+        now = round(time.time() * 1000)
+        await raw.evalsha(conv_append, 3, *conv_keys("appended", "raw"), "appended", now, _dumps(message(i)))
 
     async def ours_history(i: int) -> None:
         assert len(await ours.load_raw_messages("history")) == history

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,16 @@ def plain_url(url: str) -> str:
 
 
 def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, _cluster_class())
+
+
+@functools.cache
+def _cluster_class() -> type:
+    # Imported once, not on every call: Held.take asks on every write (an import statement
+    # costs about a microsecond even when the module is loaded).
     from redis.asyncio.cluster import RedisCluster
 
-    return isinstance(client, RedisCluster)
+    return RedisCluster
 
 
 # Exponential backoff between tries (redis-py's ExponentialBackoff: min(cap, base * 2**n)

@@ -22,13 +22,16 @@ Expiry is native and decided by the storage clock at once: whenever metadata wit
 expiry is written, every key of the conversation gets PEXPIRE of the time left on the
 storage clock (relative, so a storage on an injected clock days away from the server's
 still expires its keys after the right duration), and keys created later get the
-remaining time in the same script. Every read and write compares ``expires_ms`` with the
-storage clock in its own script too, so the conversation is absent exactly when that clock
-says so, whatever the server has done yet. Every hook here is one script or one pipeline.
+remaining time in the same script. Every write, and every read on an injected clock,
+compares ``expires_ms`` with the storage clock in its own script too, so the conversation
+is absent exactly when that clock says so, whatever the server has done yet; on the default
+clock a plain read of a part relies on the keys' PEXPIRE (redis.py, docs/redis.md). Every
+hook here is one script or one pipeline.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -135,6 +138,10 @@ class RedisConversations(StorageInterface):
         indexes = [layout.index("conversation", conversation_id), layout.expiry_index(conversation_id)]
         return [*self._conversation_keys(conversation_id), *indexes]
 
+    def _lean_keys(self, conversation_id: str, part: str) -> tuple[str, str, str]:
+        """KEYS of the lean scripts (conv_set, conv_append): meta, ``part``, the listing index."""
+        return _lean_keys(self._layout, conversation_id, part)
+
     # --------------------------------------------------------------- records
 
     def _meta_args(self, record: MetaRecord) -> list[Any]:
@@ -189,9 +196,14 @@ class RedisConversations(StorageInterface):
         """(listed ids, or expired ids whose keys remain; how many expired remain), pruning
         the index entries of conversations expired on the storage clock on the way. Every
         bucket's script goes in one pipeline (on a cluster: to every master at once)."""
+        by_bucket, expired = await self._conversation_buckets(mode, now_ms)
+        return [conversation_id for ids in by_bucket for conversation_id in ids], expired
+
+    async def _conversation_buckets(self, mode: str, now_ms: int) -> tuple[list[list[str]], int]:
+        """``_conversation_index``, its ids grouped by bucket (``conv_buckets()``'s order)."""
         buckets = self._layout.conv_buckets()
         offsets = dict.fromkeys(range(len(buckets)), 0)
-        ids: list[str] = []
+        ids: list[list[str]] = [[] for _ in buckets]
         expired = 0
         while offsets:
             pending = list(offsets.items())
@@ -202,7 +214,7 @@ class RedisConversations(StorageInterface):
                     continue
                 del offsets[bucket]
                 try:
-                    ids += [_text(member) for member in reply[1]]
+                    ids[bucket] = [_text(member) for member in reply[1]]
                 except UnicodeDecodeError as e:
                     raise CorruptedDataError(
                         buckets[bucket][0], f"a member is not UTF-8 text ({e})", hint="remove it from the index"
@@ -334,6 +346,13 @@ class RedisConversations(StorageInterface):
                 except CorruptedDataError as e:
                     problems.append(Problem(e.path, str(e)))
         return problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _lean_keys(layout: KeyLayout, conversation_id: str, part: str) -> tuple[str, str, str]:
+    # Cached: the same conversations are written again and again, and naming three keys
+    # costs about a microsecond.
+    return layout.conv_base(conversation_id) + "meta", part, layout.index("conversation", conversation_id)
 
 
 def _batches(items: list[str]) -> Iterator[list[str]]:

@@ -118,6 +118,11 @@ for i = 2, #KEYS do
   end
 end
 return removed""",
+    # KEYS: keys of one hash slot. Their MEMORY USAGE summed (a missing key counts 0).
+    "memory_usage": """
+local bytes = 0
+for _, key in ipairs(KEYS) do bytes = bytes + (redis.call('MEMORY', 'USAGE', key) or 0) end
+return bytes""",
     # KEYS: serializer marker, the index keys (none on a cluster). ARGV: the serializer this storage uses.
     # Returns the serializer that wrote the prefix, recording it first when none is: a
     # prefix that already holds data from before the marker existed was written as JSON.
@@ -231,6 +236,34 @@ end
 """
 )
 
+# The lean scripts (conv_set, conv_append): KEYS meta, the part, idx:conversations; ARGV id,
+# now_ms. The other keys of the conversation are needed only to remove an expired one, and
+# are named from these two (meta is <base>meta, the expiry index is the listing index with
+# "conversations" replaced by "conversation-expiry": _redis_layout.py), in the same slot.
+_LEAN = """
+local META, PART, IDX = KEYS[1], KEYS[2], KEYS[3]
+local ID, NOW = ARGV[1], tonumber(ARGV[2])
+local HAS_META = false
+-- As begin(): an expired conversation is removed whole first. The milliseconds left (nil: never expires).
+local function lean_begin()
+  local fields = redis.pcall('HLEN', META)
+  if type(fields) == 'table' then
+    error({err = 'WRONGTYPE ' .. META .. ' (conversation metadata) is not a hash'})
+  end
+  if fields == 0 then return nil end
+  HAS_META = true
+  local e = tonumber(redis.call('HGET', META, 'expires_ms') or '')
+  if e == nil then return nil end
+  if e > NOW then return string.format('%d', math.max(1, e - NOW)) end
+  local base = string.sub(META, 1, -5)
+  redis.call('DEL', META, base .. 'current', base .. 'raw', base .. 'chunks', base .. 'mem', base .. 'order')
+  redis.call('SREM', IDX, ID)
+  redis.call('ZREM', string.sub(IDX, 1, -14) .. 'conversation-expiry', ID)
+  HAS_META = false
+  return nil
+end
+"""
+
 # A read of one part: KEYS meta, the part; ARGV now_ms. Nothing (nil, [] or two empty
 # lists) when the conversation has expired on the storage clock.
 _READ = """
@@ -258,24 +291,26 @@ return redis.call('LRANGE', KEYS[2], 0, -1)""",
     + """
 if expired then return {{}, {}} end
 return {redis.call('ZRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[2])}""",
-    # ARGV: id, now, slot of the key in KEYS (2: current, 4: chunks), value. KEEPTTL and
-    # expire(): a replaced document keeps the conversation's expiry, a new one gets it.
-    "conv_set": _CONVERSATION
+    # The two hottest writes take three keys, not eight (fewer arguments to pack and send):
+    # KEYS: meta, the part, idx:conversations. ARGV: id, now, then the value or the items.
+    # An existing key is replaced or appended to keeping its TTL; a new one gets the time
+    # the conversation has left. Returns 1 (conv_set) or the new length (conv_append).
+    "conv_set": _LEAN
     + """
-local left = begin()
-local key = KEYS[tonumber(ARGV[3])]
-redis.call('SET', key, ARGV[4], 'KEEPTTL')
-expire(left, key)
+local left = lean_begin()
+if not redis.call('SET', PART, ARGV[3], 'XX', 'KEEPTTL') then
+  redis.call('SET', PART, ARGV[3])
+  if left then redis.call('PEXPIRE', PART, left) end
+end
 redis.call('SADD', IDX, ID)
 return 1""",
-    # ARGV: id, now, items... Returns the new length.
     "conv_append": _with_push(
-        _CONVERSATION
+        _LEAN
         + """
-local left = begin()
-local n = push(RAW, 3)
-if redis.call('EXISTS', META) == 1 then redis.call('HSET', META, 'message_count', n) end
-expire(left, RAW)
+local left = lean_begin()
+local n = push(PART, 3)
+if n == #ARGV - 2 and left then redis.call('PEXPIRE', PART, left) end
+if HAS_META then redis.call('HSET', META, 'message_count', n) end
 redis.call('SADD', IDX, ID)
 return n"""
     ),
@@ -442,6 +477,25 @@ if #batch == budget then return {offset + kept} end
 local expired = redis.call('ZRANGEBYSCORE', EXPZ, '-inf', NOW)
 if ARGV[4] == 'list' then return {-1, redis.call('SMEMBERS', IDX), #expired} end
 return {-1, expired, #expired}""",
+    # KEYS: idx:conversations, idx:conversation-expiry (they name the bucket's slot). ARGV: head,
+    # tail, now (unused), then the ids of one batch. get_storage_stats' counts of those
+    # conversations, on the server: {raw messages, memories, keys of the wrong type, bytes
+    # (MEMORY USAGE of every key, as the MEMORY USAGE command reports it), then each chunk
+    # document, for the caller to parse and count}. A batch of 1,000 runs a few milliseconds.
+    "conv_stats": _CONVERSATIONS
+    + """
+local raw, mem, bad, bytes, chunks = 0, 0, 0, 0, {}
+for i = 4, #ARGV do
+  local keys = keys_of(ARGV[i])
+  local n = redis.pcall('LLEN', keys[3])
+  if type(n) == 'number' then raw = raw + n else bad = bad + 1 end
+  n = redis.pcall('HLEN', keys[5])
+  if type(n) == 'number' then mem = mem + n else bad = bad + 1 end
+  local c = redis.pcall('GET', keys[4])
+  if type(c) == 'string' then chunks[#chunks + 1] = c elseif type(c) == 'table' then bad = bad + 1 end
+  for _, key in ipairs(keys) do bytes = bytes + (redis.call('MEMORY', 'USAGE', key) or 0) end
+end
+return {raw, mem, bad, bytes, chunks}""",
     # KEYS: idx:conversations, idx:conversation-expiry. ARGV: head, tail, now, budget. Removes
     # up to ``budget`` conversations expired on the storage clock, whole (those whose keys
     # Redis removed already count too); returns how many.

@@ -46,14 +46,16 @@ Every operation that touches several keys is one Lua script (_redis_lua.py), so 
 atomic and one round trip. Replacing a system state or appending to a reasoning chain
 whose key already exists is one plain command instead (SET XX, RPUSHX): an existing key
 is always listed in its index already, so there is nothing else to touch, and Redis runs
-a plain command faster than a script. Every read and write of a conversation part is a
-script, because it also checks the conversation's expiry on the storage clock (and a
-write removes an expired conversation first): _redis_conv.py. docs/redis.md explains
-expiry, faults and retries.
+a plain command faster than a script. Every write of a conversation part is a script,
+because it also checks the conversation's expiry on the storage clock (and removes an
+expired conversation first): _redis_conv.py. Reads of a part are a script too on an
+injected clock; on the default clock (time.time) every key of the conversation carries its
+PEXPIRE, so they are a plain GET or LRANGE. docs/redis.md explains expiry, faults and retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -99,6 +101,9 @@ _HINT = "store the entity again to replace it, or delete the key"
 # Ids per pipeline or script call: big enough to amortise round trips, small enough that
 # one call never blocks the server for long.
 _BATCH = 500
+# Conversations (or keys) per stats script: about 10 commands each on the server, so a
+# script of 1,000 runs a few milliseconds.
+_STATS_BATCH = 1000
 # Redis refuses one bulk argument (a string value, a list element, a hash field) longer than
 # proto-max-bulk-len: 512 MiB unless the server is configured otherwise, and never below
 # 1 MiB. Over it, the server closes the connection mid-request instead of answering.
@@ -169,6 +174,12 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         # when CONFIG is not permitted.
         self._bulk_limit = _DEFAULT_BULK_LIMIT
         self._persistent: bool | None = None
+        # On the default clock (time.time) the server's own expiry gives every read the answer
+        # the clock would (every key of a conversation carries its PEXPIRE, keys created later
+        # included), so a conversation part is read with a plain GET or LRANGE; an injected
+        # clock may be far from the server's, so its reads check expires_ms in a script
+        # (docs/redis.md, "Conversation expiry").
+        self._native_expiry = self.settings.clock is time.time
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(server={self._server!r}, key_prefix={self._prefix!r})"
@@ -614,7 +625,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _read_document(self, kind: Kind, key: str) -> Any:
         name = self.key_of(kind, key)
-        if kind in _SUFFIX:
+        if kind in _SUFFIX and not self._native_expiry:
             keys = [self.meta_key_of(key), name]
             raw = await self._script("conv_get", name, keys, [self._now_ms()], read=True)
         else:
@@ -631,7 +642,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         data = self._serializer.dumps(value)
         size = self._check_size(name, [data])
         if kind in _SUFFIX:
-            return [Command("conv_set", name, self._script_keys(key), [key, self._now_ms(), _SLOT[kind], data], size)]
+            return [Command("conv_set", name, self._lean_keys(key, name), [key, self._now_ms(), data], size)]
         return [Command("write", name, [name, self.index_of(kind, key)], [key, data], size)]
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
@@ -663,19 +674,26 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _read_log(self, kind: Kind, key: str) -> list[Any]:
         name = self.key_of(kind, key)
-        if kind in _SUFFIX:
+        if kind in _SUFFIX and not self._native_expiry:
             keys = [self.meta_key_of(key), name]
             items = await self._script("conv_lrange", name, keys, [self._now_ms()], read=True)
         else:
             items = await self._call(f"reading {name}", name, self.client.lrange, name, 0, -1, read=True)
-        return [_check_item(self._decode(raw, f"{name}[{i}]"), f"{name}[{i}]") for i, raw in enumerate(items)]
+        # Parsed in one comprehension and checked in one pass; only a history with a bad item
+        # is read again item by item, to name it (a source string per item costs ~10% of a load).
+        loads, values = self._serializer.loads, None
+        with contextlib.suppress(*self._serializer.errors):
+            values = [loads(raw) for raw in items]
+        if values is None or not all(type(value) is dict for value in values):
+            return [_check_item(self._decode(raw, f"{name}[{i}]"), f"{name}[{i}]") for i, raw in enumerate(items)]
+        return values
 
     def _append_log_commands(self, kind: Kind, key: str, items: list[Any]) -> list[Command]:
         name = self.key_of(kind, key)
         encoded = [self._serializer.dumps(item) for item in items]
         size = self._check_size(name, encoded)
         if kind in _SUFFIX:
-            return [Command("conv_append", name, self._script_keys(key), [key, self._now_ms(), *encoded], size)]
+            return [Command("conv_append", name, self._lean_keys(key, name), [key, self._now_ms(), *encoded], size)]
         return [Command("append", name, [name, self.index_of(kind, key)], [key, *encoded], size)]
 
     async def _append_log(self, kind: Kind, key: str, items: list[Any]) -> int:
@@ -834,8 +852,11 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _delete_expired_cache(self, now_ms: int) -> int:
         # Entries Redis already expired count as removed too: they were expired entries,
-        # and the file backend would have removed them here.
-        removed = (await self._cache_index())[1]
+        # and the file backend would have removed them here. On the default clock Redis
+        # removes an entry at its expires_ms or a little after, never before, so those are
+        # among the members scored up to now and expire_cache counts them; only an injected
+        # clock (which may be behind the server's) needs every member checked first.
+        removed = 0 if self._native_expiry else (await self._cache_index())[1]
         expired = await self._read_indexes("cache", "zrangebyscore", "-inf", now_ms)
         calls = [
             ([index, *(self.key_of(Kind.CACHE, key) for key in batch)], [now_ms, *batch])
@@ -846,7 +867,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Drop index entries whose keys are all gone: evicted under a maxmemory policy, or
-        deleted by hand. (The cache index is reconciled by the expired-cache step.)"""
+        deleted by hand. (On an injected clock the expired-cache step has reconciled the
+        cache index already; on the default clock it looked at expired members only.)"""
         groups: list[tuple[Kind, Callable[[str], list[str]]]] = [
             (Kind.CONVERSATION, self._part_keys),
             (Kind.REASONING_CHAINS, lambda agent_id: [self.key_of(Kind.REASONING_CHAINS, agent_id)]),
@@ -860,6 +882,8 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
                 for batch in _batches(ids)
             ]
             removed += sum(len(gone) for gone in await self._scripts_over("prune_index", calls))
+        if self._native_expiry:
+            removed += (await self._cache_index())[1]
         return {"stale_index_entries": removed}
 
     # ------------------------------------------------------------- health, stats
@@ -952,14 +976,15 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         return replies
 
     async def _collect_stats(self, now_ms: int) -> dict[str, Any]:
-        """Counts from cardinalities and lengths (SCARD, ZCOUNT, LLEN, HLEN), never KEYS/SCAN.
+        """Counts from cardinalities and lengths, never KEYS/SCAN; every conversation's counts
+        and bytes are taken on the server, by one script per batch of ids (``conv_stats``).
 
         Only chunk documents are parsed (a chunk count needs it); ``unreadable_count``
         covers them and keys of the wrong type. ``verify()`` parses everything.
         """
-        await self._cache_index()
+        cache_keys, _ = await self._cache_index()
         # Prunes the entries of expired conversations, so the counts below leave them out.
-        conversations, expired_conversations = await self._conversation_index("list", now_ms)
+        by_bucket, expired_conversations = await self._conversation_buckets("list", now_ms)
         # One pipeline over every index (every bucket of each, on a cluster).
         layout = self._layout
         caches, systems = layout.indexes("cache"), layout.indexes("system")
@@ -974,45 +999,62 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
         expired = sum(replies[len(systems) + len(caches) :])
         agents = await self._listed("agent")
         stats = {
-            "conversation_count": len(conversations), "expired_conversation_count": expired_conversations,
+            "conversation_count": sum(map(len, by_bucket)), "expired_conversation_count": expired_conversations,
             "raw_message_count": 0, "memory_count": 0,
             "chunk_count": 0, "agent_count": len(agents), "reasoning_chain_count": 0,
             "cache_entry_count": live, "expired_cache_entry_count": expired,
             "system_state_count": states, "unreadable_count": 0,
         }  # fmt: skip
-
-        def count(counter: str, value: Any) -> None:
-            if isinstance(value, Exception):
-                stats["unreadable_count"] += 1
-            else:
-                stats[counter] += value
-
-        for batch in _batches(conversations):
-            commands = []
-            for c in batch:
-                commands += [
-                    ("llen", self.key_of(Kind.RAW_MESSAGES, c)),
-                    ("hlen", self.key_of(Kind.MEMORIES, c)),
-                    ("get", self.key_of(Kind.CHUNKS, c)),
-                ]
-            results = await self._pipelined("counting conversation parts", commands)
-            for index, conversation_id in enumerate(batch):
-                raw, memories, chunks = results[3 * index : 3 * index + 3]
-                count("raw_message_count", raw)
-                count("memory_count", memories)
-                if chunks is not None and not isinstance(chunks, Exception):
-                    name = self.key_of(Kind.CHUNKS, conversation_id)
-                    try:
-                        chunks = len(_check_shape(Kind.CHUNKS, self._decode(chunks, name), name))
-                    except CorruptedDataError as e:
-                        chunks = e
-                count("chunk_count", chunks or 0)
+        total_bytes = 0
+        # Each script gets the ids of one bucket (one slot on a cluster) and names their keys
+        # itself, as the listing does: MEMORY USAGE, LLEN, HLEN and GET of 500,000 keys sent
+        # one by one cost redis-py more than the server's work (docs/redis.md, stats).
+        calls = [
+            (bucket[:2], [*bucket[2:], now_ms, *batch])
+            for bucket, ids in zip(layout.conv_buckets(), by_bucket, strict=True)
+            for batch in _batches(ids, _STATS_BATCH)
+        ]
+        source = "a chunks key"
+        for raw, memories, wrong_type, size, chunk_documents in await self._scripts_over("conv_stats", calls):
+            stats["raw_message_count"] += int(raw)
+            stats["memory_count"] += int(memories)
+            stats["unreadable_count"] += int(wrong_type)
+            total_bytes += int(size)
+            for document in chunk_documents:
+                try:
+                    stats["chunk_count"] += len(_check_shape(Kind.CHUNKS, self._decode(document, source), source))
+                except CorruptedDataError:
+                    stats["unreadable_count"] += 1
         for batch in _batches(agents):
             commands = [("llen", self.key_of(Kind.REASONING_CHAINS, a)) for a in batch]
             for length in await self._pipelined("counting reasoning chains", commands):
-                count("reasoning_chain_count", length)
-        stats["total_bytes"] = await self._total_bytes()
+                if isinstance(length, Exception):
+                    stats["unreadable_count"] += 1
+                else:
+                    stats["reasoning_chain_count"] += length
+        # Every other key: the indexes, the marker, chains, cache entries, states, key-value
+        # namespaces and the message store.
+        keys = [index for kind in ("conversation", "agent", "cache", "system") for index in layout.indexes(kind)]
+        keys += [bucket[1] for bucket in layout.conv_buckets()] + [layout.serializer_marker]
+        keys += [self.key_of(Kind.REASONING_CHAINS, a) for a in agents]
+        keys += [self.key_of(Kind.CACHE, c) for c in cache_keys]
+        keys += [self.key_of(Kind.SYSTEM, s) for s in await self._list_system_states()]
+        keys += await self._kv_all_keys() + await self._msg_all_keys()
+        stats["total_bytes"] = total_bytes + await self._memory_usage(keys)
         return stats
+
+    async def _memory_usage(self, keys: list[str]) -> int:
+        """The sum of MEMORY USAGE over ``keys`` (0 for a missing one), one script per batch
+        of keys of one slot (every key of a script must be in one slot, on a cluster)."""
+        if self._cluster:
+            by_slot: dict[int, list[str]] = {}
+            for key in keys:
+                by_slot.setdefault(self.client.keyslot(key), []).append(key)
+            groups = list(by_slot.values())
+        else:
+            groups = [keys]
+        calls = [(batch, ()) for group in groups for batch in _batches(group, _STATS_BATCH)]
+        return sum(int(size) for size in await self._scripts_over("memory_usage", calls))
 
     async def _all_keys(self) -> list[str]:
         """Every key this storage owns, found through the index sets (no KEYS, no SCAN)."""
@@ -1036,11 +1078,7 @@ class RedisStorage(RedisTransactions, RedisConversations, RedisKV, RedisMessages
 
     async def _total_bytes(self) -> int:
         """Bytes Redis reports for this prefix's keys (MEMORY USAGE; big lists are sampled)."""
-        total = 0
-        for batch in _batches(await self._all_keys()):
-            sizes = await self._pipelined("measuring memory", [("memory_usage", k) for k in batch])
-            total += sum(size for size in sizes if isinstance(size, int))
-        return total
+        return await self._memory_usage(await self._all_keys())
 
 
 # ------------------------------------------------------------------- helpers
@@ -1068,9 +1106,9 @@ def _ids(members: Any, index: str) -> list[str]:
         raise CorruptedDataError(index, f"a member is not UTF-8 text ({e})", hint="remove it from the index") from e
 
 
-def _batches(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _BATCH):
-        yield items[start : start + _BATCH]
+def _batches(items: list[str], size: int = _BATCH) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _url_secrets(url: str) -> list[str]:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,31 @@ async def test_listing_stats_and_cleanup_never_use_keys_or_scan(
     assert await calls("scan") == before["scan"]
     for counter in ("scard", "llen", "hlen"):  # proof that commandstats saw the stats run
         assert await calls(counter) > before[counter]
+
+
+async def test_stats_total_bytes_is_memory_usage_of_every_key_of_the_prefix(
+    storage: RedisStorage, raw: Any, prefix: str
+) -> None:
+    # The counts and bytes of conversations are taken on the server by one script per batch;
+    # the figure must stay what docs/redis.md defines: MEMORY USAGE summed over every key of
+    # the prefix (here found by SCAN, which the storage itself never runs).
+    for n in range(1200):  # more than one script's batch
+        await storage.store_raw_messages(f"c{n}", [{"n": n}] * (n % 3))
+    await storage.store_conversation("c1", {"t": 1})
+    await storage.store_memory("c2", "m", {"x": 1})
+    await storage.store_chunks("c3", [{"a": 1}, {"b": 2}])
+    await storage.conversation_store().save("c4", [{"n": 1}], ttl=600, metadata={"k": 1})
+    await storage.store_reasoning_chain("a", {"s": 1})
+    await storage.store_cache("k", 1, ttl=60)
+    await storage.store_system_state("s", 1)
+    await storage.kv("ns").set("key", {"v": 1}, tags={"t": "x"})
+    await raw.set(storage.key_of(Kind.MEMORIES, "c5"), b"a string where a hash belongs")
+    await raw.sadd(storage.index_of(Kind.CONVERSATION), "c5")
+    stats = await storage.get_storage_stats()
+    keys = [key async for key in raw.scan_iter(match=f"{prefix}*", count=1000)]
+    assert stats["total_bytes"] == sum([await raw.memory_usage(key) for key in keys])
+    assert (stats["conversation_count"], stats["raw_message_count"]) == (801, 1200)  # c3 added, c5 listed
+    assert (stats["memory_count"], stats["chunk_count"], stats["unreadable_count"]) == (1, 2, 1)
 
 
 # ---------------------------------------------------------------- corrupt data
@@ -871,6 +897,36 @@ async def test_cleanup_leaves_no_stale_member_in_any_index(storage: RedisStorage
         "expired_kv_entries": 0,
         "stale_index_entries": 0,
     }
+
+
+async def test_on_the_default_clock_cleanup_expired_cache_looks_at_expired_members_only(
+    make: Callable[..., RedisStorage], raw: Any
+) -> None:
+    async with make(clock=time.time) as storage:
+        await storage.store_cache("short", 1, ttl=0.05)
+        for n in range(20):
+            await storage.store_cache(f"live{n}", n, ttl=600)
+        await storage.store_cache("evicted", 2, ttl=600)
+        await raw.delete(storage.key_of(Kind.CACHE, "evicted"))  # as maxmemory eviction would
+
+        async def expired_natively() -> bool:
+            return int(await raw.exists(storage.key_of(Kind.CACHE, "short"))) == 0
+
+        assert await eventually(expired_natively)
+        counts: list[int] = []
+
+        async def sweep() -> None:
+            counts.append(await storage.cleanup_expired_cache())
+
+        seen = await commands_of(raw, storage, sweep)
+        # Redis removed it natively, and it is counted; the 21 members scored later are not
+        # looked at one by one (no EXISTS of each), since Redis never expires a key early.
+        assert counts == [1]
+        assert not [c for c in seen if c["command"].upper().startswith("EXISTS")]
+        assert await raw.zscore(storage.index_of(Kind.CACHE), "short") is None
+        # The evicted entry's member goes with cleanup()'s housekeeping, and with any listing.
+        assert (await storage.cleanup())["stale_index_entries"] == 1
+        assert len(await raw.zrange(storage.index_of(Kind.CACHE), 0, -1)) == 20
 
 
 async def test_an_index_member_that_is_not_utf8_is_corrupted_data(storage: RedisStorage, raw: Any) -> None:

@@ -126,14 +126,20 @@ async def test_the_data_of_200_conversations_is_spread_over_every_master(
         for conversation_id in ids:
             await storage.append_raw_messages(conversation_id, [{"n": conversation_id}])
         assert sorted(await storage.list_conversations()) == sorted(ids)
-        assert (await storage.get_storage_stats())["conversation_count"] == 200
+        await storage.store_cache("k", 1, ttl=60)
+        await storage.store_system_state("s", 1)
+        stats = await storage.get_storage_stats()
+        assert (stats["conversation_count"], stats["raw_message_count"]) == (200, 200)
     masters = redis_cluster.masters()
     assert len(masters) == 3
-    per_master = []
+    per_master, total_bytes = [], 0
     for master in masters:  # what each master holds of this prefix (SCAN on that node alone)
         client = redis.asyncio.Redis(port=master.port)
         per_master.append(len([key async for key in client.scan_iter(match=f"{prefix}conv:*:raw", count=1000)]))
+        total_bytes += sum([await client.memory_usage(k) async for k in client.scan_iter(match=f"{prefix}*")])
         await client.aclose()
+    # The stats' scripts measured every key of the prefix, each on the master of its slot.
+    assert stats["total_bytes"] == total_bytes
     assert sum(per_master) == 200
     assert all(count > 20 for count in per_master), per_master
 

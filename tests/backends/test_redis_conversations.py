@@ -180,23 +180,72 @@ async def test_the_storage_clock_decides_while_the_keys_are_still_there(
     assert await raw.smembers(storage.index_of(Kind.CONVERSATION)) == {b"keep"}
     assert await raw.zrange(storage.expiry_index, 0, -1) == [HOSTILE.encode()]
     assert (await store.get_stats())["expired_conversations"] == 1
+    # An injected clock may be anywhere relative to the server's: every read of a part checks
+    # expires_ms in its script, so the keys still there read as missing.
+    assert await storage.load_conversation(HOSTILE) is None and await storage.load_chunks(HOSTILE) == []
+    assert await storage.load_raw_messages(HOSTILE) == [] and await storage.load_memories(HOSTILE) == []
     assert (await store.load(HOSTILE, include_expired=True)) is not None
     assert await store.cleanup() == 1
     assert await raw.exists(*keys) == 0
     assert await raw.zcard(storage.expiry_index) == 0
 
 
+@pytest.mark.parametrize("write", ["store_chunks", "append_raw_messages", "store_conversation"])
 async def test_a_write_to_an_expired_conversation_removes_it_whole_in_the_same_script(
-    storage: RedisStorage, raw: Any, clock: FakeClock
+    storage: RedisStorage, raw: Any, clock: FakeClock, write: str
 ) -> None:
-    await _fill(storage, "c", ttl=10)
+    await _fill(storage, HOSTILE, ttl=10)
+    await storage.list_conversations()  # not expired yet: still listed
     clock.advance(10)
-    await storage.store_chunks("c", [{"new": 1}])
-    keys = storage._part_keys("c")
-    assert [await raw.exists(key) for key in keys] == [0, 0, 0, 1, 0, 0]
-    assert await raw.pttl(keys[3]) == -1  # the new conversation has no expiry
+    await getattr(storage, write)(HOSTILE, [{"new": 1}] if write != "store_conversation" else {"new": 1})
+    keys = storage._part_keys(HOSTILE)
+    slot = {"store_chunks": 3, "append_raw_messages": 2, "store_conversation": 1}[write]
+    assert [await raw.exists(key) for key in keys] == [int(i == slot) for i in range(6)]
+    assert await raw.pttl(keys[slot]) == -1  # the new conversation has no expiry
     assert await raw.zcard(storage.expiry_index) == 0
-    assert await storage.list_conversations() == ["c"]
+    assert await storage.list_conversations() == [HOSTILE]
+    assert await storage.conversation_store().load(HOSTILE) is not None
+
+
+async def test_on_the_default_clock_every_key_carries_the_expiry_and_reads_are_plain_commands(
+    make: Callable[..., RedisStorage], raw: Any
+) -> None:
+    async with make(clock=time.time) as storage:
+        store = storage.conversation_store()
+        await store.save("c", MSGS, ttl=60)
+        # Every key created after the expiry was set gets the time left, in the script that
+        # creates it: a document, chunks, a memory (hash and order), a history emptied and
+        # written again.
+        await storage.store_conversation("c", {"title": "t"})
+        await storage.store_chunks("c", [{"chunk": 1}])
+        await storage.store_memory("c", "m", {"text": "x"})
+        await storage.store_raw_messages("c", [])
+        await storage.append_raw_messages("c", [{"n": 1}])
+        await storage.store_conversation("c", {"title": "replaced"})  # keeps its TTL
+        ttls = await _ttls(raw, storage, "c")
+        assert all(0 < ttl <= 60_000 for ttl in ttls), ttls
+        # So the server's own expiry answers as the clock would: a part is one plain command.
+        for read, command in [
+            (lambda: storage.load_conversation("c"), "GET"),
+            (lambda: storage.load_chunks("c"), "GET"),
+            (lambda: storage.load_raw_messages("c"), "LRANGE"),
+        ]:
+            await read()
+            assert _sent(await commands_of(raw, storage, read)) == [command]
+        assert await storage.load_raw_messages("c") == [{"n": 1}]
+        assert await store.set_ttl("c", 0.05)
+        keys = storage._part_keys("c")
+
+        async def gone() -> bool:
+            return int(await raw.exists(*keys)) == 0
+
+        assert await eventually(gone)
+        assert await storage.load_conversation("c") is None and await storage.load_chunks("c") == []
+        assert await storage.load_raw_messages("c") == [] and await storage.load_memories("c") == []
+        # A key of the wrong type is still named on the plain path.
+        await raw.hset(storage.key_of(Kind.CONVERSATION, "d"), "not", "a string")
+        with pytest.raises(CorruptedDataError, match="wrong Redis type"):
+            await storage.load_conversation("d")
 
 
 @pytest.mark.parametrize("sweep", ["listing", "cleanup"])
