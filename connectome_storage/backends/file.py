@@ -63,6 +63,7 @@ from . import _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
+from ._file_scan import scan_conversations
 from ._file_tx import TREE_LOCK, FileTransactions
 from ._layout import (
     CHAINS_FILE,
@@ -281,6 +282,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         except CorruptedDataError:
             return False
         return record.expired(self._now_ms() if now_ms is None else now_ms)
+
+    def _meta_expired(self, raw: bytes, path: Path, conversation_id: str, now_ms: int) -> bool:
+        """Whether metadata bytes say the conversation has expired; CorruptedDataError when damaged."""
+        value = check_shape(Kind.METADATA, decode(raw, str(path)), path)
+        return self._meta_record(value, path, conversation_id).expired(now_ms)
 
     def _expired_at(self, path: Path, conversation_id: str, now_ms: int) -> bool:
         """``_expired_bytes`` of the file at ``path``; False when it is absent or unreadable."""
@@ -900,21 +906,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
                 stats["unreadable_count"] += 1
             return True
 
-        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
-            if names is None:
-                stats["unreadable_count"] += 1  # a link or the like: refused, never followed
-                continue
-            if META_FILE in names:
-                try:
-                    record = self._read_meta_sync(identifier, folder / META_FILE)
-                except (StorageError, OSError):
-                    stats["unreadable_count"] += 1  # its conversation counts as live
-                    record = None
-                if record is not None and record.expired(now_ms):
-                    stats["expired_conversation_count"] += 1  # its parts are left out too
-                    continue
-            found = [count(kind, folder / PART_FILES[kind]) for kind in CONVERSATION_PARTS]
-            stats["conversation_count"] += any(found) or META_FILE in names
+        # Conversations: one listing per folder, one open + read per file present (_file_scan).
+        scan = scan_conversations(self._root / "conversations", now_ms, self._meta_expired, self._read_log_settled)
+        for name in ("conversation_count", "expired_conversation_count", "raw_message_count", "memory_count",
+                     "chunk_count", "unreadable_count"):  # fmt: skip
+            stats[name] += getattr(scan, name)
         for entry in _fs.scandir(self._root / "agents"):
             if decode_name(entry.name) is None or entry.is_file(follow_symlinks=False):
                 continue
@@ -926,7 +922,9 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             count(Kind.CACHE, self.path_of(Kind.CACHE, key))
         for key in self._list_json_files("system"):
             stats["system_state_count"] += count(Kind.SYSTEM, self.path_of(Kind.SYSTEM, key))
-        stats["total_bytes"] = self._total_bytes_sync()
+        # The scan summed conversations/ already: the other folders are walked.
+        others = (folder for folder in FOLDERS if folder != "conversations")
+        stats["total_bytes"] = scan.total_bytes + sum(_housekeeping.file_bytes(self._root / f) for f in others)
         stats["backup_bytes"] = _housekeeping.backup_bytes(self._root)
         return stats
 

@@ -1,0 +1,226 @@
+"""Whole-tree scans of FileStorage's conversations folder, in one worker thread.
+
+``get_storage_stats`` reads every conversation file once. The plain way (walk the tree,
+open and parse every file) costs one folder scan per conversation and one open + read
+per file; this scan costs the same and no more: each conversation folder is listed once
+(the entry types come from the listing, no ``lstat`` per name), only the files present
+are opened (``os.open`` + ``fstat`` + ``os.read`` + ``close``, string paths), and the
+sizes that ``total_bytes`` needs come from the same ``fstat`` instead of a second walk.
+
+Nothing is followed or opened but a regular file: the listing's entry type decides, the
+open refuses a link (``O_NOFOLLOW``) and never waits on a FIFO (``O_NONBLOCK``), and the
+``fstat`` after it refuses anything swapped in since the listing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..codec import decode
+from ..errors import StorageError
+from ..interface import CONVERSATION_PARTS, Kind
+from ..naming import decode_name
+from . import _housekeeping
+from ._layout import CONVERSATION_FILES, META_FILE, PART_FILES, check_shape
+
+__all__ = ["ConversationScan", "scan_conversations"]
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_PART_KINDS = {PART_FILES[kind]: kind for kind in CONVERSATION_PARTS}
+_COUNTED = {Kind.RAW_MESSAGES: "raw_message_count", Kind.MEMORIES: "memory_count", Kind.CHUNKS: "chunk_count"}
+
+
+class _Unreadable(Exception):
+    """A file that is there but cannot be read as a regular file (a folder, a link...)."""
+
+
+@dataclass
+class ConversationScan:
+    """What one pass over ``conversations/`` counted."""
+
+    conversation_count: int = 0
+    expired_conversation_count: int = 0
+    raw_message_count: int = 0
+    memory_count: int = 0
+    chunk_count: int = 0
+    unreadable_count: int = 0
+    total_bytes: int = 0  # every regular file below conversations/, as a walk would sum them
+
+    def add(self, name: str, amount: int) -> None:
+        setattr(self, name, getattr(self, name) + amount)
+
+
+def _read(entry: os.DirEntry[str]) -> tuple[bytes, int] | None:
+    """(bytes, size) of the regular file ``entry``; None if it is gone; _Unreadable if it
+    is not a regular file (never opened when the listing already says so: a device or FIFO
+    stays closed). The size is the file's size as a walk would add it."""
+    path = entry.path
+    if not entry.is_file(follow_symlinks=False):
+        raise _Unreadable(path)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise _Unreadable(path) from e  # a link (ELOOP), permission denied...
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unreadable(path)
+        # A regular file's read returns all it asked for unless the end came first: one
+        # read of size + 1 bytes is the whole file unless it grew in between.
+        chunks = [os.read(fd, st.st_size + 1)]
+        while len(chunks[-1]) and sum(map(len, chunks)) > st.st_size:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks), st.st_size
+    finally:
+        os.close(fd)
+
+
+def _parse(kind: Kind, raw: bytes, path: str) -> Any:
+    """The file's value, checked as a load checks it; CorruptedDataError naming ``path``."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = decode(raw, path)  # raises, naming the file and where
+    if kind is Kind.CONVERSATION and type(value) is dict:
+        return value  # the common case, without building a Path
+    return check_shape(kind, value, Path(path))
+
+
+def _lsize(entry: os.DirEntry[str]) -> int:
+    """The size a walk adds for ``entry`` (regular files only, links not followed)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return _housekeeping.file_bytes(Path(entry.path))
+        if entry.is_file(follow_symlinks=False):
+            return entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        pass
+    return 0
+
+
+def scan_conversations(
+    folder: Path,
+    now_ms: int,
+    expired: Callable[[bytes, Path, str, int], bool],
+    read_log: Callable[[Kind, Path], list[Any]],
+) -> ConversationScan:
+    """Count the conversations below ``folder`` as ``get_storage_stats`` defines them.
+
+    ``expired(raw, path, id, now_ms)`` decides from a metadata file's bytes (raising
+    StorageError when it is damaged); ``read_log(kind, path)`` is the slow, settled read of
+    a log that did not parse (an append in place may be half-way in another process).
+    """
+    scan = ConversationScan()
+    try:
+        with os.scandir(folder) as top:
+            entries = list(top)
+    except (FileNotFoundError, NotADirectoryError):
+        return scan
+    for entry in entries:
+        identifier = decode_name(entry.name)
+        if identifier is None or entry.is_file(follow_symlinks=False):
+            scan.total_bytes += _lsize(entry)  # strays and temp files count in total_bytes
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            scan.unreadable_count += 1  # a link or the like: refused, never followed
+            continue
+        _scan_one(scan, entry.path, identifier, now_ms, expired, read_log)
+    return scan
+
+
+def _scan_one(
+    scan: ConversationScan,
+    folder: str,
+    identifier: str,
+    now_ms: int,
+    expired: Callable[[bytes, Path, str, int], bool],
+    read_log: Callable[[Kind, Path], list[Any]],
+) -> None:
+    parts: list[os.DirEntry[str]] = []
+    meta: os.DirEntry[str] | None = None
+    try:
+        with os.scandir(folder) as inner:
+            for entry in inner:
+                name = entry.name
+                if name == META_FILE:
+                    meta = entry
+                elif name in CONVERSATION_FILES:
+                    parts.append(entry)
+                else:
+                    scan.total_bytes += _lsize(entry)  # temp files, strays
+    except OSError:
+        scan.unreadable_count += 1  # a folder this process may not list
+        return
+    if meta is not None:
+        live = _meta_live(scan, meta, identifier, now_ms, expired)
+        if not live:
+            scan.expired_conversation_count += 1  # its parts are left out of the counts
+            scan.total_bytes += sum(_lsize(entry) for entry in parts)
+            return
+    if not parts and meta is None:
+        return  # an empty folder (or only temp files) is no conversation
+    scan.conversation_count += 1
+    for entry in parts:
+        _count_part(scan, entry, _PART_KINDS[entry.name], identifier, read_log)
+
+
+def _meta_live(
+    scan: ConversationScan,
+    entry: os.DirEntry[str],
+    identifier: str,
+    now_ms: int,
+    expired: Callable[[bytes, Path, str, int], bool],
+) -> bool:
+    """Whether the conversation whose metadata is ``entry`` is live; a damaged or unreadable
+    file counts as unreadable and leaves its conversation live."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            scan.total_bytes += _lsize(entry)
+            raise _Unreadable(entry.path)  # a folder where the file belongs
+        read = _read(entry)
+        if read is None:
+            return True  # removed since the listing
+        raw, size = read
+        scan.total_bytes += size
+        return not expired(raw, Path(entry.path), identifier, now_ms)
+    except (_Unreadable, StorageError, OSError):
+        scan.unreadable_count += 1
+        return True
+
+
+def _count_part(
+    scan: ConversationScan,
+    entry: os.DirEntry[str],
+    kind: Kind,
+    identifier: str,
+    read_log: Callable[[Kind, Path], list[Any]],
+) -> None:
+    path = entry.path
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            scan.total_bytes += _lsize(entry)
+            raise _Unreadable(path)  # a folder where a file belongs
+        read = _read(entry)
+        if read is None:
+            return  # removed since the listing
+        raw, size = read
+        scan.total_bytes += size
+        try:
+            value = _parse(kind, raw, path)
+        except StorageError:
+            if kind is not Kind.RAW_MESSAGES:
+                raise
+            value = read_log(kind, Path(path))  # maybe an append half-way: its version before
+        if kind in _COUNTED:
+            scan.add(_COUNTED[kind], len(value))
+    except (_Unreadable, StorageError, OSError):
+        scan.unreadable_count += 1
