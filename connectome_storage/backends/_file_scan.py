@@ -14,6 +14,7 @@ open refuses a link (``O_NOFOLLOW``) and never waits on a FIFO (``O_NONBLOCK``),
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -27,12 +28,21 @@ from ..codec import decode
 from ..errors import StorageError
 from ..interface import CONVERSATION_PARTS, Kind
 from ..naming import decode_name
-from . import _housekeeping
-from ._layout import CONVERSATION_FILES, META_FILE, PART_FILES, check_shape
+from . import _fs, _housekeeping
+from ._layout import _READ_IN_LOOP_LIMIT, CONVERSATION_FILES, META_FILE, PART_FILES, check_shape
 
-__all__ = ["ConversationScan", "scan_conversations"]
+__all__ = [
+    "READ_IN_LOOP_LIMIT",
+    "ConversationScan",
+    "MetaAbsence",
+    "entity_folder",
+    "parse_part",
+    "read_small_at",
+    "scan_conversations",
+]
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+READ_IN_LOOP_LIMIT = _READ_IN_LOOP_LIMIT  # larger files are read in a worker thread
 _PART_KINDS = {PART_FILES[kind]: kind for kind in CONVERSATION_PARTS}
 _COUNTED = {Kind.RAW_MESSAGES: "raw_message_count", Kind.MEMORIES: "memory_count", Kind.CHUNKS: "chunk_count"}
 
@@ -84,14 +94,14 @@ def _read(entry: os.DirEntry[str]) -> tuple[bytes, int] | None:
         os.close(fd)
 
 
-def _parse(kind: Kind, raw: bytes, path: str) -> Any:
+def parse_part(kind: Kind, raw: bytes, path: str) -> Any:
     """The file's value, checked as a load checks it; CorruptedDataError naming ``path``."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         value = decode(raw, path)  # raises, naming the file and where
     if kind is Kind.CONVERSATION and type(value) is dict:
-        return value  # the common case, without building a Path
+        return value  # the common case, without building a Path (check_shape asks no more)
     return check_shape(kind, value, Path(path))
 
 
@@ -215,7 +225,7 @@ def _count_part(
         raw, size = read
         scan.total_bytes += size
         try:
-            value = _parse(kind, raw, path)
+            value = parse_part(kind, raw, path)
         except StorageError:
             if kind is not Kind.RAW_MESSAGES:
                 raise
@@ -224,3 +234,95 @@ def _count_part(
             scan.add(_COUNTED[kind], len(value))
     except (_Unreadable, StorageError, OSError):
         scan.unreadable_count += 1
+
+
+# --------------------------------------------------------------- point reads
+
+
+class MetaAbsence:
+    """Conversation folders this process knows hold no ``metadata.json``, so that a read of
+    a part of a conversation without metadata costs no failed ``access()``.
+
+    A folder is known by its identity as an ``lstat`` shows it (inode, mtime, ctime); every
+    entry created, renamed or removed in it, by any process, changes its mtime and ctime,
+    so an unchanged identity means no ``metadata.json`` appeared. Timestamps are coarse
+    (a kernel tick; two seconds on FAT): a folder changed within the same tick as the one
+    remembered would keep its identity, so a folder is remembered only when both of its
+    times are older than ``MARGIN_NS`` before the check that found no metadata began; any
+    later change then carries a later time.
+    """
+
+    MARGIN_NS = 3_000_000_000
+    LIMIT = 65536  # remembered folders; past it the memory starts over
+
+    def __init__(self) -> None:
+        self._absent: dict[str, tuple[int, int, int]] = {}
+
+    def known(self, folder: str, st: os.stat_result) -> bool:
+        return self._absent.get(folder) == (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def remember(self, folder: str, st: os.stat_result, checked_ns: int) -> None:
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= checked_ns - self.MARGIN_NS:
+            return  # changed too recently for its times to tell a later change apart
+        if len(self._absent) >= self.LIMIT:
+            self._absent.clear()
+        self._absent[folder] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def forget(self, folder: str) -> None:
+        self._absent.pop(folder, None)
+
+
+def entity_folder(root: Path, top: str, folder: str) -> os.stat_result | None:
+    """The ``lstat`` of an entity's folder (``top`` is its data folder, both as strings),
+    None if it does not exist; StorageIOError for a link or anything but a folder at
+    either level, as ``_fs.missing_dirs`` refuses them."""
+    try:
+        top_mode = os.lstat(top).st_mode
+        st = os.lstat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        _fs.missing_dirs(Path(folder), root)  # raises for what stands in the way
+        return None
+    if not stat.S_ISDIR(top_mode) or not stat.S_ISDIR(st.st_mode):
+        _fs.missing_dirs(Path(folder), root)  # raises, naming the entry
+    return st
+
+
+def read_small_at(path: str, limit: int) -> bytes | bool | None:
+    """The bytes of the regular file ``path``, None if absent, False if larger than
+    ``limit`` or a folder (the caller reads it in a thread, which reports a folder). As
+    ``_layout.read_small``, with string paths and one read for a file that does not grow:
+    a link, FIFO, socket or device is refused unopened, and checked again after the open."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(mode):
+        return False
+    what = _fs.special_kind(mode)
+    if what is not None:
+        raise _fs.refuse_special(path, what)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a link since the lstat
+            raise _fs.refuse_special(path, "a symbolic link") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                return False
+            raise _fs.refuse_special(path, _fs.special_kind(st.st_mode) or "not a regular file")
+        if st.st_size > limit:
+            return False
+        data = os.read(fd, st.st_size + 1)
+        if len(data) <= st.st_size:
+            return data  # a short read of a regular file is its end
+        chunks = [data]
+        while chunk := os.read(fd, 65536):  # it grew since the fstat
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

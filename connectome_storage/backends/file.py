@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, suppress
 from functools import partial
@@ -63,7 +64,7 @@ from . import _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
-from ._file_scan import scan_conversations
+from ._file_scan import READ_IN_LOOP_LIMIT, MetaAbsence, entity_folder, parse_part, read_small_at, scan_conversations
 from ._file_tx import TREE_LOCK, FileTransactions
 from ._layout import (
     CHAINS_FILE,
@@ -121,6 +122,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         self._logs = AppendLog(self._root, self.settings.pretty_print_json)
         self._own = OwnWrites()  # lets watch() tell this object's writes from others'
         self._case = CaseGuard()
+        self._conversations_dir = str(self._root / "conversations")
+        self._meta_absent = MetaAbsence()  # folders known to hold no metadata.json (reads)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -218,6 +221,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     async def _load(self, kind: Kind, key: str) -> Any:
         """The parsed file, or None when absent; a part of an expired conversation is absent."""
+        if kind in CONVERSATION_PARTS:
+            return await self._load_part(kind, key)
         path = self.path_of(kind, key)
         try:
             if self._case.active:
@@ -225,24 +230,47 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             _fs.missing_dirs(path.parent, self._root)  # refuses a link in place of a folder
             raw = read_small(path)
             if raw is None:
-                return None  # a missing part costs no look at the metadata
-            if kind in CONVERSATION_PARTS:
-                # In the same step (on the event loop, like the part): a conversation without
-                # metadata costs one failed access() more, nothing else.
-                meta_name = str(path)[: -len(PART_FILES[kind])] + META_FILE
-                if _fs.present(meta_name):
-                    meta_path = Path(meta_name)
-                    meta = read_small(meta_path)
-                    if meta is TOO_BIG:
-                        raw = TOO_BIG  # the thread reads both
-                    elif isinstance(meta, bytes) and self._expired_bytes(meta, meta_path, key):
-                        return None
+                return None
             if raw is TOO_BIG:
-                live = key if kind in CONVERSATION_PARTS else None
-                return await asyncio.to_thread(self._load_sync, kind, path, live)
+                return await asyncio.to_thread(self._load_sync, kind, path)
         except OSError as e:
             raise _fs.os_error(e, "reading", path) from e
         return check_shape(kind, decode(raw, str(path)), path)  # type: ignore[arg-type]
+
+    async def _load_part(self, kind: Kind, key: str) -> Any:
+        """A part of a conversation, read on the event loop with string paths: the folder's
+        ``lstat`` (refusing a link) is also what tells whether its metadata must be looked
+        at (``_file_scan.MetaAbsence``), so a conversation without metadata costs no
+        failed ``access()``; one with metadata has it read in the same step."""
+        folder = f"{self._conversations_dir}{os.sep}{encode_name(key)}"
+        path = f"{folder}{os.sep}{PART_FILES[kind]}"
+        try:
+            if self._case.active:
+                self._case.check(Path(folder), key)
+            st = entity_folder(self._root, self._conversations_dir, folder)
+            if st is None:
+                return None
+            raw = read_small_at(path, READ_IN_LOOP_LIMIT)
+            if raw is None:
+                return None  # a missing part costs no look at the metadata
+            if raw is not False and not self._meta_absent.known(folder, st):
+                checked_ns = time.time_ns()  # before the look: see MetaAbsence
+                meta_name = f"{folder}{os.sep}{META_FILE}"
+                if not _fs.present(meta_name):
+                    self._meta_absent.remember(folder, st, checked_ns)
+                else:
+                    meta_path = Path(meta_name)
+                    meta = read_small(meta_path)
+                    if meta is TOO_BIG:
+                        raw = False  # the thread reads both
+                    elif isinstance(meta, bytes) and self._expired_bytes(meta, meta_path, key):
+                        return None
+            if raw is False:
+                return await asyncio.to_thread(self._load_sync, kind, Path(path), key)
+        except OSError as e:
+            raise _fs.os_error(e, "reading", path) from e
+        assert isinstance(raw, bytes)
+        return parse_part(kind, raw, path)
 
     def _load_sync(self, kind: Kind, path: Path, live: str | None = None) -> Any:
         """The parsed file, or None when absent; with ``live`` (the conversation id), None too

@@ -8,17 +8,24 @@ and that ``total_bytes`` is exactly what a walk of the data folders sums.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from connectome_storage import FileStorage, create_file_storage
+from connectome_storage.backends._file_scan import MetaAbsence
 from connectome_storage.codec import encode
+from connectome_storage.errors import StorageIOError
 
 from ..conftest import FakeClock
 
+ROOT = Path(__file__).resolve().parents[2]
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 DATA_FOLDERS = ("conversations", "cache", "agents", "system", "messages", "kv")
 
@@ -108,3 +115,67 @@ async def test_stats_read_the_log_as_it_was_before_a_cut_append(storage: FileSto
     path.write_bytes(path.read_bytes()[:-3])  # cut, with no journal record: unreadable
     stats = await storage.get_storage_stats()
     assert stats["unreadable_count"] == 1 and stats["conversation_count"] == 1
+
+
+# ------------------------------------------------------- loads without access()
+
+OTHER_PROCESS = """
+import asyncio, sys
+from connectome_storage import create_file_storage
+
+async def main() -> None:
+    async with create_file_storage(sys.argv[1]) as storage:
+        assert await storage.conversation_store().set_ttl(sys.argv[2], 0.001)
+
+asyncio.run(main())
+"""
+
+
+async def remembered(storage: FileStorage, conversation_id: str) -> None:
+    """Wait until the conversation's folder is old enough to be remembered as holding no
+    metadata (MetaAbsence.MARGIN_NS), then load it once so that it is."""
+    folder = storage.base_dir / "conversations" / conversation_id
+    while True:
+        st = os.lstat(folder)
+        if max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - MetaAbsence.MARGIN_NS - 100_000_000:
+            break
+        await asyncio.sleep(0.25)
+    assert await storage.load_conversation(conversation_id) == {"title": conversation_id}
+    assert storage._meta_absent.known(str(folder), os.lstat(folder))  # the read path under test is the fast one
+
+
+async def test_a_ttl_set_by_another_process_is_seen_by_a_remembered_folder(tmp_path: Path) -> None:
+    async with create_file_storage(tmp_path / "tree") as storage:  # the real clock, as the other process
+        assert isinstance(storage, FileStorage)
+        await storage.store_conversation("c", {"title": "c"})
+        await remembered(storage, "c")
+        done = subprocess.run(
+            [sys.executable, "-c", OTHER_PROCESS, str(storage.base_dir), "c"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        await asyncio.sleep(0.01)  # past the 1 ms TTL
+        assert await storage.load_conversation("c") is None
+        assert "c" not in await storage.list_conversations()
+
+
+async def test_a_ttl_set_by_this_process_is_seen_by_a_remembered_folder(storage: FileStorage, clock: FakeClock) -> None:
+    await storage.store_conversation("c", {"title": "c"})
+    await remembered(storage, "c")
+    assert await storage.conversation_store().set_ttl("c", 10)
+    assert await storage.load_conversation("c") == {"title": "c"}
+    clock.advance(11)
+    assert await storage.load_conversation("c") is None
+
+
+async def test_a_remembered_folder_replaced_by_a_link_is_refused(storage: FileStorage, tmp_path: Path) -> None:
+    await storage.store_conversation("c", {"title": "c"})
+    await remembered(storage, "c")
+    folder = storage.base_dir / "conversations" / "c"
+    elsewhere = tmp_path / "elsewhere"
+    folder.rename(elsewhere)
+    os.symlink(elsewhere, folder)
+    with pytest.raises(StorageIOError, match="symbolic link"):
+        await storage.load_conversation("c")
