@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "READ_IN_LOOP_LIMIT",
     "ConversationScan",
     "MetaAbsence",
+    "conversation_folders",
     "entity_folder",
     "parse_part",
     "read_small_at",
@@ -326,3 +327,33 @@ def read_small_at(path: str, limit: int) -> bytes | bool | None:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------- listing
+
+
+def conversation_folders(top: str) -> Iterator[tuple[str, str, bool | None]]:
+    """(id, folder, whether it holds ``metadata.json``) of each conversation folder of
+    ``top`` that holds a part file; a link (or FIFO...) in place of a folder comes with
+    None, so that reading it fails loudly, naming it, instead of it silently vanishing.
+    String paths throughout: at 100,000 folders, building Paths cost 40% of a listing."""
+    try:
+        with os.scandir(top) as entries:
+            found = [(entry.name, entry.path, entry.is_file(follow_symlinks=False), entry.is_dir(follow_symlinks=False))
+                     for entry in entries]  # fmt: skip
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name, path, is_file, is_dir in found:
+        identifier = decode_name(name)
+        if identifier is None or is_file:
+            continue
+        if not is_dir:
+            yield identifier, path, None
+            continue
+        try:
+            with os.scandir(path) as inner:
+                names = {entry.name for entry in inner}
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed since the listing
+        if not names.isdisjoint(CONVERSATION_FILES):
+            yield identifier, path, META_FILE in names

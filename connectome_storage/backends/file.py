@@ -64,7 +64,15 @@ from . import _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
-from ._file_scan import READ_IN_LOOP_LIMIT, MetaAbsence, entity_folder, parse_part, read_small_at, scan_conversations
+from ._file_scan import (
+    READ_IN_LOOP_LIMIT,
+    MetaAbsence,
+    conversation_folders,
+    entity_folder,
+    parse_part,
+    read_small_at,
+    scan_conversations,
+)
 from ._file_tx import TREE_LOCK, FileTransactions
 from ._layout import (
     CHAINS_FILE,
@@ -601,8 +609,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         """(live ids, expired ids). Only folders whose listing shows a metadata.json have
         it read; a damaged one leaves its conversation live (verify() names it)."""
         live, expired = [], []
-        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
-            if names and META_FILE in names and self._expired_at(folder / META_FILE, identifier, now_ms):
+        for identifier, folder, has_meta in conversation_folders(self._conversations_dir):
+            if has_meta and self._expired_at(Path(folder, META_FILE), identifier, now_ms):
                 expired.append(identifier)
             else:
                 live.append(identifier)
@@ -789,16 +797,16 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
     def _meta_scan_sync(self, now_ms: int) -> list[MetaRecord]:
         """The metadata of every live conversation in one pass; never reads messages."""
         records = []
-        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
-            if names is None:
+        for identifier, folder, has_meta in conversation_folders(self._conversations_dir):
+            if has_meta is None:
                 logger.warning("%s is not a folder; queries leave conversation %r out", folder, identifier)
                 continue
-            if META_FILE not in names:
+            if not has_meta:
                 records.append(MetaRecord(identifier, None, None, None, None, None, None))
                 continue
             # Damaged metadata stops the query with CorruptedDataError naming the file, as on
             # every backend: skipping it would answer wrong without saying so.
-            record = self._read_meta_sync(identifier, folder / META_FILE)
+            record = self._read_meta_sync(identifier, Path(folder, META_FILE))
             if record is None:  # removed since the listing
                 continue
             if not record.expired(now_ms):
