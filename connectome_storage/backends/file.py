@@ -20,7 +20,8 @@ replaces the file atomically. Nothing but regular files and folders is ever open
 followed: a link, FIFO, socket or device in the tree is refused with StorageIOError.
 
 A conversation whose ``metadata.json`` has expired is absent: each read of a part checks
-the metadata file next to it in the same step (one failed ``lstat`` when there is none),
+the metadata file next to it in the same step (one failed ``access()`` when there is none,
+and none at all for a folder this process knows holds none: ``_file_scan.MetaAbsence``),
 and each write of a part, under the conversation's one lock, first removes an expired
 conversation whole, then keeps ``message_count`` in step with the raw history.
 """

@@ -179,3 +179,11 @@ async def test_a_remembered_folder_replaced_by_a_link_is_refused(storage: FileSt
     os.symlink(elsewhere, folder)
     with pytest.raises(StorageIOError, match="symbolic link"):
         await storage.load_conversation("c")
+
+
+async def test_a_folder_changed_within_the_margin_is_not_remembered(storage: FileStorage) -> None:
+    """Its times could not tell a change in the same clock tick apart: every read looks."""
+    await storage.store_conversation("fresh", {"title": "fresh"})
+    folder = storage.base_dir / "conversations" / "fresh"
+    assert await storage.load_conversation("fresh") == {"title": "fresh"}
+    assert not storage._meta_absent.known(str(folder), os.lstat(folder))
