@@ -168,6 +168,8 @@ def _scan_one(
                     parts.append(entry)
                 else:
                     scan.total_bytes += _lsize(entry)  # temp files, strays
+    except (FileNotFoundError, NotADirectoryError):
+        return  # removed (or replaced) since the listing
     except OSError:
         scan.unreadable_count += 1  # a folder this process may not list
         return
