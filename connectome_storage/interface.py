@@ -527,7 +527,8 @@ class StorageInterface(ABC):
         self._require_initialized()
         now_ms = self._now_ms()
         stats = {"backend": self.backend_name, **await self._collect_stats(now_ms)}
-        stats.setdefault("expired_conversation_count", await self._count_expired_conversations(now_ms))
+        if "expired_conversation_count" not in stats:  # not setdefault: its argument is awaited either way
+            stats["expired_conversation_count"] = await self._count_expired_conversations(now_ms)
         namespaces, live, expired, unreadable = await self._kv_stats(now_ms)
         stats.update(kv_namespace_count=namespaces, kv_entry_count=live, expired_kv_entry_count=expired)
         stats["unreadable_count"] = stats.get("unreadable_count", 0) + unreadable

@@ -463,14 +463,14 @@ class FileTransactions:
 
     def _journals_busy(self) -> bool:
         """Whether the journal folder holds anything: one ``stat`` while it stays unchanged."""
-        folder = self._root / TX_DIR
+        folder = os.path.join(self._root, TX_DIR)  # a string: this runs before every read
         try:
             mtime = os.stat(folder).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
             return False
         if mtime == self._quiet_mtime:
             return False
-        names = [e.name for e in _fs.scandir(folder) if not e.name.endswith(DAMAGED)]
+        names = [e.name for e in _fs.scandir(Path(folder)) if not e.name.endswith(DAMAGED)]
         if not names and time.time_ns() - mtime > _QUIET_NS:
             self._quiet_mtime = mtime
         return bool(names)

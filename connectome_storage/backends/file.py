@@ -20,7 +20,8 @@ replaces the file atomically. Nothing but regular files and folders is ever open
 followed: a link, FIFO, socket or device in the tree is refused with StorageIOError.
 
 A conversation whose ``metadata.json`` has expired is absent: each read of a part checks
-the metadata file next to it in the same step (one failed ``lstat`` when there is none),
+the metadata file next to it in the same step (one failed ``access()`` when there is none,
+and none at all for a folder this process knows holds none: ``_file_scan.MetaAbsence``),
 and each write of a part, under the conversation's one lock, first removes an expired
 conversation whole, then keeps ``message_count`` in step with the raw history.
 """
@@ -32,6 +33,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, suppress
 from functools import partial
@@ -63,6 +65,15 @@ from . import _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
+from ._file_scan import (
+    READ_IN_LOOP_LIMIT,
+    MetaAbsence,
+    conversation_folders,
+    entity_folder,
+    parse_part,
+    read_small_at,
+    scan_conversations,
+)
 from ._file_tx import TREE_LOCK, FileTransactions
 from ._layout import (
     CHAINS_FILE,
@@ -120,6 +131,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         self._logs = AppendLog(self._root, self.settings.pretty_print_json)
         self._own = OwnWrites()  # lets watch() tell this object's writes from others'
         self._case = CaseGuard()
+        self._conversations_dir = str(self._root / "conversations")
+        self._meta_absent = MetaAbsence()  # folders known to hold no metadata.json (reads)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -217,6 +230,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     async def _load(self, kind: Kind, key: str) -> Any:
         """The parsed file, or None when absent; a part of an expired conversation is absent."""
+        if kind in CONVERSATION_PARTS:
+            return await self._load_part(kind, key)
         path = self.path_of(kind, key)
         try:
             if self._case.active:
@@ -224,24 +239,47 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             _fs.missing_dirs(path.parent, self._root)  # refuses a link in place of a folder
             raw = read_small(path)
             if raw is None:
-                return None  # a missing part costs no look at the metadata
-            if kind in CONVERSATION_PARTS:
-                # In the same step (on the event loop, like the part): a conversation without
-                # metadata costs one failed access() more, nothing else.
-                meta_name = str(path)[: -len(PART_FILES[kind])] + META_FILE
-                if _fs.present(meta_name):
-                    meta_path = Path(meta_name)
-                    meta = read_small(meta_path)
-                    if meta is TOO_BIG:
-                        raw = TOO_BIG  # the thread reads both
-                    elif isinstance(meta, bytes) and self._expired_bytes(meta, meta_path, key):
-                        return None
+                return None
             if raw is TOO_BIG:
-                live = key if kind in CONVERSATION_PARTS else None
-                return await asyncio.to_thread(self._load_sync, kind, path, live)
+                return await asyncio.to_thread(self._load_sync, kind, path)
         except OSError as e:
             raise _fs.os_error(e, "reading", path) from e
         return check_shape(kind, decode(raw, str(path)), path)  # type: ignore[arg-type]
+
+    async def _load_part(self, kind: Kind, key: str) -> Any:
+        """A part of a conversation, read on the event loop with string paths: the folder's
+        ``lstat`` (refusing a link) is also what tells whether its metadata must be looked
+        at (``_file_scan.MetaAbsence``), so a conversation without metadata costs no
+        failed ``access()``; one with metadata has it read in the same step."""
+        folder = f"{self._conversations_dir}{os.sep}{encode_name(key)}"
+        path = f"{folder}{os.sep}{PART_FILES[kind]}"
+        try:
+            if self._case.active:
+                self._case.check(Path(folder), key)
+            st = entity_folder(self._root, self._conversations_dir, folder)
+            if st is None:
+                return None
+            raw = read_small_at(path, READ_IN_LOOP_LIMIT)
+            if raw is None:
+                return None  # a missing part costs no look at the metadata
+            if raw is not False and not self._meta_absent.known(folder, st):
+                checked_ns = time.time_ns()  # before the look: see MetaAbsence
+                meta_name = f"{folder}{os.sep}{META_FILE}"
+                if not _fs.present(meta_name):
+                    self._meta_absent.remember(folder, st, checked_ns)
+                else:
+                    meta_path = Path(meta_name)
+                    meta = read_small(meta_path)
+                    if meta is TOO_BIG:
+                        raw = False  # the thread reads both
+                    elif isinstance(meta, bytes) and self._expired_bytes(meta, meta_path, key):
+                        return None
+            if raw is False:
+                return await asyncio.to_thread(self._load_sync, kind, Path(path), key)
+        except OSError as e:
+            raise _fs.os_error(e, "reading", path) from e
+        assert isinstance(raw, bytes)
+        return parse_part(kind, raw, path)
 
     def _load_sync(self, kind: Kind, path: Path, live: str | None = None) -> Any:
         """The parsed file, or None when absent; with ``live`` (the conversation id), None too
@@ -281,6 +319,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         except CorruptedDataError:
             return False
         return record.expired(self._now_ms() if now_ms is None else now_ms)
+
+    def _meta_expired(self, raw: bytes, path: Path, conversation_id: str, now_ms: int) -> bool:
+        """Whether metadata bytes say the conversation has expired; CorruptedDataError when damaged."""
+        value = check_shape(Kind.METADATA, decode(raw, str(path)), path)
+        return self._meta_record(value, path, conversation_id).expired(now_ms)
 
     def _expired_at(self, path: Path, conversation_id: str, now_ms: int) -> bool:
         """``_expired_bytes`` of the file at ``path``; False when it is absent or unreadable."""
@@ -567,8 +610,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         """(live ids, expired ids). Only folders whose listing shows a metadata.json have
         it read; a damaged one leaves its conversation live (verify() names it)."""
         live, expired = [], []
-        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
-            if names and META_FILE in names and self._expired_at(folder / META_FILE, identifier, now_ms):
+        for identifier, folder, has_meta in conversation_folders(self._conversations_dir):
+            if has_meta and self._expired_at(Path(folder, META_FILE), identifier, now_ms):
                 expired.append(identifier)
             else:
                 live.append(identifier)
@@ -755,16 +798,16 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
     def _meta_scan_sync(self, now_ms: int) -> list[MetaRecord]:
         """The metadata of every live conversation in one pass; never reads messages."""
         records = []
-        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
-            if names is None:
+        for identifier, folder, has_meta in conversation_folders(self._conversations_dir):
+            if has_meta is None:
                 logger.warning("%s is not a folder; queries leave conversation %r out", folder, identifier)
                 continue
-            if META_FILE not in names:
+            if not has_meta:
                 records.append(MetaRecord(identifier, None, None, None, None, None, None))
                 continue
             # Damaged metadata stops the query with CorruptedDataError naming the file, as on
             # every backend: skipping it would answer wrong without saying so.
-            record = self._read_meta_sync(identifier, folder / META_FILE)
+            record = self._read_meta_sync(identifier, Path(folder, META_FILE))
             if record is None:  # removed since the listing
                 continue
             if not record.expired(now_ms):
@@ -900,21 +943,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
                 stats["unreadable_count"] += 1
             return True
 
-        for identifier, folder, names in self._entity_dirs("conversations", CONVERSATION_FILES):
-            if names is None:
-                stats["unreadable_count"] += 1  # a link or the like: refused, never followed
-                continue
-            if META_FILE in names:
-                try:
-                    record = self._read_meta_sync(identifier, folder / META_FILE)
-                except (StorageError, OSError):
-                    stats["unreadable_count"] += 1  # its conversation counts as live
-                    record = None
-                if record is not None and record.expired(now_ms):
-                    stats["expired_conversation_count"] += 1  # its parts are left out too
-                    continue
-            found = [count(kind, folder / PART_FILES[kind]) for kind in CONVERSATION_PARTS]
-            stats["conversation_count"] += any(found) or META_FILE in names
+        # Conversations: one listing per folder, one open + read per file present (_file_scan).
+        scan = scan_conversations(self._root / "conversations", now_ms, self._meta_expired, self._read_log_settled)
+        for name in ("conversation_count", "expired_conversation_count", "raw_message_count", "memory_count",
+                     "chunk_count", "unreadable_count"):  # fmt: skip
+            stats[name] += getattr(scan, name)
         for entry in _fs.scandir(self._root / "agents"):
             if decode_name(entry.name) is None or entry.is_file(follow_symlinks=False):
                 continue
@@ -926,7 +959,9 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             count(Kind.CACHE, self.path_of(Kind.CACHE, key))
         for key in self._list_json_files("system"):
             stats["system_state_count"] += count(Kind.SYSTEM, self.path_of(Kind.SYSTEM, key))
-        stats["total_bytes"] = self._total_bytes_sync()
+        # The scan summed conversations/ already: the other folders are walked.
+        others = (folder for folder in FOLDERS if folder != "conversations")
+        stats["total_bytes"] = scan.total_bytes + sum(_housekeeping.file_bytes(self._root / f) for f in others)
         stats["backup_bytes"] = _housekeeping.backup_bytes(self._root)
         return stats
 
