@@ -25,8 +25,9 @@ from .redis_fixtures import make_fixture, prefix_fixture
 __all__ = ["make_fixture", "prefix_fixture"]
 
 # Enough tries that the backoff (0.1, 0.2, 0.4, 0.8, then 1 s each) outlasts a server
-# start by far (about 9 s in all): the read or write is still waiting when it is back.
-_PATIENT = 12
+# start by far (about 37 s in all, for a machine so busy that a start takes seconds): the
+# read or write is still waiting when it is back. A working retry ends as soon as it is.
+_PATIENT = 40
 # How long the test lets a waiting call run against the stopped server before starting it
 # again: an ordering aid, no assertion is made on time. A call that was not retried has
 # failed long before (a refused connection fails in well under a millisecond).
