@@ -513,13 +513,11 @@ async def _migrate(ctx: Context, section: Section) -> None:
 
 
 def _plain_migrate(base_dir: Path, db_path: Path) -> None:
-    """Copy every conversation's document, messages and memories into the SQLite schema,
-    one durable transaction (WAL, synchronous=FULL) per conversation."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    """What a user would write: read and parse every conversation's document, messages and
+    memories, then insert them all in ONE transaction of ``executemany`` INSERTs into the
+    SQLite schema (WAL, synchronous=FULL), durable at its commit."""
 
-    def read(path: Path) -> Any:
+    def read(path: str) -> Any:
         try:
             with open(path, "rb") as f:
                 return orjson.loads(f.read())
@@ -529,28 +527,32 @@ def _plain_migrate(base_dir: Path, db_path: Path) -> None:
     def text(value: Any) -> str:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
+    conversations: list[tuple[str, str | None]] = []
+    history_rows: list[tuple[str, int, str]] = []
+    memory_rows: list[tuple[str, str, int, str]] = []
     with os.scandir(base_dir / "conversations") as entries:
         folders = sorted(e.path for e in entries if e.is_dir())
     for folder in folders:
         conversation_id = os.path.basename(folder)
-        document_value = read(Path(folder) / "current.json")
-        history = read(Path(folder) / "raw_messages.json") or []
-        memories = read(Path(folder) / "memories.json") or []
+        document_value = read(os.path.join(folder, "current.json"))
+        conversations.append((conversation_id, None if document_value is None else text(document_value)))
+        history = read(os.path.join(folder, "raw_messages.json")) or []
+        history_rows += [(conversation_id, seq, text(m)) for seq, m in enumerate(history)]
+        memories = read(os.path.join(folder, "memories.json")) or []
+        memory_rows += [(conversation_id, m["memory_id"], position, text(m)) for position, m in enumerate(memories)]
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO conversations (conversation_id, document) VALUES (?, ?)",
-            (conversation_id, None if document_value is None else text(document_value)),
-        )
+        conn.executemany("INSERT INTO conversations (conversation_id, document) VALUES (?, ?)", conversations)
+        conn.executemany("INSERT INTO raw_messages (conversation_id, seq, data) VALUES (?, ?, ?)", history_rows)
         conn.executemany(
-            "INSERT INTO raw_messages (conversation_id, seq, data) VALUES (?, ?, ?)",
-            [(conversation_id, seq, text(m)) for seq, m in enumerate(history)],
-        )
-        conn.executemany(
-            "INSERT INTO memories (conversation_id, memory_id, position, data) VALUES (?, ?, ?, ?)",
-            [(conversation_id, m["memory_id"], position, text(m)) for position, m in enumerate(memories)],
+            "INSERT INTO memories (conversation_id, memory_id, position, data) VALUES (?, ?, ?, ?)", memory_rows
         )
         conn.execute("COMMIT")
-    conn.close()
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------- concurrency
