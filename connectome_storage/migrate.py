@@ -208,19 +208,42 @@ async def _write_batch(
     report: MigrationReport,
     tick: Callable[[], None],
 ) -> None:
+    present = [copy for copy in batch if copy is not None]
+    if not await _write_in_one_transaction(destination, present):
+        # The destination holds damaged data under one of these ids, which a transaction
+        # must read first: copy them one by one, as without batches, which replaces it.
+        for copy in present:
+            await _write_conversation(destination, copy)
+    for counted in batch:  # counted once durable
+        if counted is not None:
+            counted.count(report)
+        tick()
+
+
+async def _write_in_one_transaction(destination: StorageInterface, batch: list[_Conversation]) -> bool:
+    """Write ``batch`` in one transaction; False, with nothing written, when what the
+    destination holds of one of them does not parse."""
     # The transaction machinery of docs/transactions.md, driven through the backend's hooks
     # rather than ``transaction()``: the destination's middleware sees the whole migration
     # as one call, and values pass it untouched (bare view).
     state = await destination._tx_begin()
     view = TransactionView(destination, state)
     writer = bare(view)
-    present = [copy for copy in batch if copy is not None]
     try:
         # The transaction reads what the destination holds of each conversation at its first
         # touch: all of them at once here, so those reads queue up instead of taking turns
         # with the writes (one round trip to SQLite's thread each otherwise).
-        await asyncio.gather(*(writer.load_memories(copy.conversation_id) for copy in present))
-        for copy in present:
+        held = await asyncio.gather(
+            *(writer.load_memories(copy.conversation_id) for copy in batch), return_exceptions=True
+        )
+        failed = [outcome for outcome in held if isinstance(outcome, BaseException)]
+        if failed:
+            if all(isinstance(error, CorruptedDataError) for error in failed):
+                view._closed = True
+                await destination._tx_abort(state)
+                return False
+            raise failed[0]
+        for copy in batch:
             await _write_conversation(writer, copy)
     except BaseException:
         view._closed = True
@@ -228,10 +251,7 @@ async def _write_batch(
         raise
     view._closed = True
     await destination._tx_commit(state, view.ops)
-    for counted in batch:  # counted once durable
-        if counted is not None:
-            counted.count(report)
-        tick()
+    return True
 
 
 async def _read_conversation(source: StorageInterface, conversation_id: str) -> _Conversation | None:
