@@ -183,23 +183,40 @@ async def _copy_conversations(
     are cheap (``_migrate_batch``), batches of them read first, then written in one
     transaction: all of a batch or none of it is in the destination, even after a kill."""
     limit = destination._migrate_batch
-    batch: list[_Conversation | None] = []
-    items = 0
-    for conversation_id in ids:
-        conversation = await _read_conversation(source, conversation_id)
-        if limit <= 0:
+    if limit <= 0:
+        for conversation_id in ids:
+            conversation = await _read_conversation(source, conversation_id)
             if conversation is not None:
                 await _write_conversation(destination, conversation)
                 conversation.count(report)
             tick()
-            continue
-        batch.append(conversation)
-        items += conversation.items() if conversation is not None else 0
-        if len(batch) >= limit or items >= BATCH_ITEMS:
+        return
+    # While one batch is written (its commit waits on the destination's thread and disk),
+    # the next one is read: at most two batches in memory, one writer at a time.
+    writing: asyncio.Task[None] | None = None
+    try:
+        batch: list[_Conversation | None] = []
+        items = 0
+        for conversation_id in ids:
+            conversation = await _read_conversation(source, conversation_id)
+            batch.append(conversation)
+            items += conversation.items() if conversation is not None else 0
+            if len(batch) >= limit or items >= BATCH_ITEMS:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(_write_batch(destination, batch, report, tick))
+                batch, items = [], 0
+        if writing is not None:
+            await writing
+        if batch:
             await _write_batch(destination, batch, report, tick)
-            batch, items = [], 0
-    if batch:
-        await _write_batch(destination, batch, report, tick)
+    finally:
+        if writing is not None and not writing.done():
+            # A read failed (or this was cancelled) while a batch was being written: the
+            # batch ends first, committed or rolled back, before the error goes on.
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # retrieved: the read's error is the one that propagates
 
 
 async def _write_batch(
