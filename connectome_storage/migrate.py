@@ -4,7 +4,8 @@ Works between any two backends through the public API plus four hooks that carry
 the public API cannot: ``_replace_log`` (a chain history in one write, so a re-run does
 not append it twice), ``_list_all_cache_keys``/``_read_cache``/``_write_cache`` (cache
 entries with their own creation and expiry times) and ``_delete`` (a conversation part
-the source does not have). Every copy replaces what the destination holds under the same
+the source does not have). A destination with ``_migrate_batch`` set gets its
+conversations in batches through its transaction hooks (``_tx_begin``, ``_tx_commit``). Every copy replaces what the destination holds under the same
 id, so running it again changes nothing, and a file tree migrated to another backend and
 back is byte-identical to the original.
 """
@@ -79,6 +80,12 @@ async def migrate(
     Raises StorageNotInitializedError if either storage is not initialized, and whatever
     StorageError a read or write raises (CorruptedDataError for a source entity that does
     not parse: nothing is skipped silently).
+
+    Only ids are listed up front; values are read one conversation at a time, so memory
+    stays flat however large the source. Into a destination whose transactions cost one
+    durable commit each (SQLite), conversations are written in batches, one transaction
+    per batch: a migration killed half-way leaves whole batches there, and running it
+    again finishes it (elsewhere each part is its own write, and a re-run completes it too).
 
     Values are copied as they are stored, past both storages' middleware: encrypted or
     compressed values stay so, byte for byte (open the destination with the same
