@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from bench.suites.scale import build_migrate_source, migrate_conversation
 from connectome_storage import SqliteStorage, create_file_storage, create_sqlite_storage, migrate
 
@@ -64,11 +66,20 @@ def killed_migration(source: Path, database: Path, after: int) -> int:
 
 
 async def test_a_killed_migration_leaves_whole_batches_and_a_rerun_finishes_it(tmp_path: Path) -> None:
+    await kill_and_check(tmp_path, rounds=3, seed=18)
+
+
+@pytest.mark.slow
+async def test_a_killed_migration_leaves_whole_batches_long_form(tmp_path: Path) -> None:
+    await kill_and_check(tmp_path, rounds=30, seed=1818)
+
+
+async def kill_and_check(tmp_path: Path, rounds: int, seed: int) -> None:
     source = tmp_path / "source"
     async with create_file_storage(source):
         build_migrate_source(source, COUNT)
-    rng = random.Random(18)
-    for round_number in range(3):
+    rng = random.Random(seed)
+    for round_number in range(rounds):
         database = tmp_path / f"copy-{round_number}.db"
         seen = killed_migration(source, database, rng.randrange(1, COUNT - BATCH))
         async with create_sqlite_storage(database) as copy:
