@@ -5,9 +5,10 @@ the public API cannot: ``_replace_log`` (a chain history in one write, so a re-r
 not append it twice), ``_list_all_cache_keys``/``_read_cache``/``_write_cache`` (cache
 entries with their own creation and expiry times) and ``_delete`` (a conversation part
 the source does not have). A destination with ``_migrate_batch`` set gets its
-conversations in batches through its transaction hooks (``_tx_begin``, ``_tx_commit``). Every copy replaces what the destination holds under the same
-id, so running it again changes nothing, and a file tree migrated to another backend and
-back is byte-identical to the original.
+conversations in batches through its transaction hooks (``_tx_begin``, ``_tx_commit``).
+Every copy replaces what the destination holds under the same id, so running it again
+changes nothing, and a file tree migrated to another backend and back is byte-identical
+to the original.
 """
 
 from __future__ import annotations
