@@ -82,9 +82,10 @@ async def migrate(
     StorageError a read or write raises (CorruptedDataError for a source entity that does
     not parse: nothing is skipped silently).
 
-    Only ids are listed up front; values are read one conversation at a time, so memory
-    stays flat however large the source. Into a destination whose transactions cost one
-    durable commit each (SQLite), conversations are written in batches, one transaction
+    Only ids are listed up front; values are read one conversation (or one batch) at a
+    time, so memory does not grow with the source's values, only with its ids. Into a
+    destination whose transactions cost one durable commit each (SQLite), conversations
+    are written in batches, one transaction
     per batch: a migration killed half-way leaves whole batches there, and running it
     again finishes it (elsewhere each part is its own write, and a re-run completes it too).
 
