@@ -85,9 +85,9 @@ async def migrate(
     Only ids are listed up front; values are read one conversation (or one batch) at a
     time, so memory does not grow with the source's values, only with its ids. Into a
     destination whose transactions cost one durable commit each (SQLite), conversations
-    are written in batches, one transaction
-    per batch: a migration killed half-way leaves whole batches there, and running it
-    again finishes it (elsewhere each part is its own write, and a re-run completes it too).
+    are written in batches, one transaction per batch: a migration killed half-way
+    leaves whole batches there, and running it again finishes it (elsewhere each part is
+    its own write, and a re-run completes it too).
 
     Values are copied as they are stored, past both storages' middleware: encrypted or
     compressed values stay so, byte for byte (open the destination with the same
