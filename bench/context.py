@@ -29,13 +29,16 @@ class Sizes:
     migrate: int  # conversations migrated per round
     concurrency: int  # coroutines of the concurrent variant
     per_coroutine: int  # operations each of them does
+    memory_history: int  # messages in the history whose loading is measured for memory
+    memory_migrate: tuple[int, int]  # conversations of the two migrations measured for memory
 
 
 FULL = Sizes(
     repeats=7, writes=150, reads=1000, appends=40, keys=20,
     histories=(100, 1_000, 10_000), session_histories=(1_000, 10_000),
     small_tree=100, big_tree=100_000, expired=1_000, scale_repeats=5,
-    migrate=200, concurrency=16, per_coroutine=20,
+    migrate=10_000, concurrency=16, per_coroutine=20,
+    memory_history=10_000, memory_migrate=(10_000, 100_000),
 )  # fmt: skip
 
 SMOKE = Sizes(
@@ -43,6 +46,7 @@ SMOKE = Sizes(
     histories=(10, 100, 1_000), session_histories=(100, 1_000),
     small_tree=10, big_tree=300, expired=20, scale_repeats=2,
     migrate=5, concurrency=4, per_coroutine=2,
+    memory_history=100, memory_migrate=(20, 200),
 )  # fmt: skip
 
 # Peer packages of the ``bench`` extra: (import name, distribution name).

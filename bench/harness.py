@@ -36,7 +36,7 @@ __all__ = [
 # (index of the first operation, number of operations) -> seconds taken by each one.
 Runner = Callable[[int, int], Awaitable[list[float]]]
 RatioKind = Literal["speed", "cost"]
-Unit = Literal["time", "rate"]
+Unit = Literal["time", "rate", "bytes"]  # bytes: a runner returns peak bytes, not seconds
 
 
 async def time_each(op: Callable[[int], Awaitable[Any]], first: int, count: int) -> list[float]:

@@ -36,6 +36,8 @@ def format_seconds(seconds: float) -> str:
 
 
 def _value(comparison: Comparison, seconds: float) -> str:
+    if comparison.unit == "bytes":  # the figure is a byte count (bench/suites/memory.py)
+        return f"{seconds / 1e6:,.1f} MB"
     if comparison.unit == "rate":
         return f"{1 / seconds:,.0f} {comparison.rate_label}" if seconds else "inf"
     return format_seconds(seconds)
@@ -56,7 +58,7 @@ def _ratio(figure: Figure, baseline: bool) -> str:
 
 def _table(comparison: Comparison) -> list[str]:
     kind = "speed" if comparison.ratio_kind == "speed" else "cost"
-    figure_name = "per op" if comparison.unit == "time" else "rate"
+    figure_name = {"time": "per op", "rate": "rate", "bytes": "peak"}[comparison.unit]
     lines = [
         f"#### {comparison.title}",
         "",

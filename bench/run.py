@@ -43,6 +43,7 @@ from .suites import (
     kv_file,
     kv_redis,
     kv_sqlite,
+    memory,
     middleware,
     postgres,
     redis,
@@ -72,6 +73,7 @@ SECTIONS: dict[str, Callable[[Context], Awaitable[Section]]] = {
     "transactions": transactions.run,
     "postgres": postgres.run,
     "cluster": cluster.run,
+    "memory": memory.run,
 }
 
 
@@ -97,7 +99,8 @@ def _progress(comparison: Comparison) -> None:
     parts = []
     for figure in comparison.figures:
         ratio = "" if figure.name == comparison.baseline else f" ({figure.ratio:.2f}x)"
-        parts.append(f"{figure.name} {format_seconds(figure.median)}{ratio}")
+        value = f"{figure.median / 1e6:.1f} MB" if comparison.unit == "bytes" else format_seconds(figure.median)
+        parts.append(f"{figure.name} {value}{ratio}")
     print(f"  {comparison.key}: " + "; ".join(parts), file=sys.stderr, flush=True)
 
 

@@ -166,6 +166,11 @@ class StorageInterface(ABC):
 
     # The middleware chain (docs/middleware.md), when the ``middleware`` option is non-empty.
     _chain: Chain | None = None
+    # ``migrate`` into this storage writes up to this many conversations per transaction
+    # (``_tx_begin`` .. ``_tx_commit``: one all-or-nothing commit each); 0 (the default):
+    # each part by its own write, as the public methods do. For a backend whose
+    # transactions cost one durable commit whatever they hold, and may hold many entities.
+    _migrate_batch: ClassVar[int] = 0
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.settings = resolve_settings(self.settings_class, config, self.backend_name)

@@ -4,22 +4,27 @@ Works between any two backends through the public API plus four hooks that carry
 the public API cannot: ``_replace_log`` (a chain history in one write, so a re-run does
 not append it twice), ``_list_all_cache_keys``/``_read_cache``/``_write_cache`` (cache
 entries with their own creation and expiry times) and ``_delete`` (a conversation part
-the source does not have). Every copy replaces what the destination holds under the same
-id, so running it again changes nothing, and a file tree migrated to another backend and
-back is byte-identical to the original.
+the source does not have). A destination with ``_migrate_batch`` set gets its
+conversations in batches through its transaction hooks (``_tx_begin``, ``_tx_commit``).
+Every copy replaces what the destination holds under the same id, so running it again
+changes nothing, and a file tree migrated to another backend and back is byte-identical
+to the original.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .codec import encode
+from .conversations import MetaRecord
 from .errors import CorruptedDataError
 from .interface import Kind, StorageInterface
 from .kv import KVRecord, KVSelect
 from .middleware._chain import bare, whole_store
+from .transaction import TransactionView
 
 __all__ = ["MigrationReport", "migrate"]
 
@@ -77,6 +82,13 @@ async def migrate(
     StorageError a read or write raises (CorruptedDataError for a source entity that does
     not parse: nothing is skipped silently).
 
+    Only ids are listed up front; values are read one conversation (or one batch) at a
+    time, so memory does not grow with the source's values, only with its ids. Into a
+    destination whose transactions cost one durable commit each (SQLite), conversations
+    are written in batches, one transaction per batch: a migration killed half-way
+    leaves whole batches there, and running it again finishes it (elsewhere each part is
+    its own write, and a re-run completes it too).
+
     Values are copied as they are stored, past both storages' middleware: encrypted or
     compressed values stay so, byte for byte (open the destination with the same
     ``Encryption`` keys to read them), and a plain value stays plain.
@@ -98,11 +110,12 @@ async def _migrate(
     source: StorageInterface, destination: StorageInterface, progress: Progress | None
 ) -> MigrationReport:
     # Every listing goes through public methods, so an uninitialized storage is refused
-    # before anything is written.
+    # before anything is written. Only ids are listed up front (small even at 100,000
+    # conversations); values are read one entity, or one batch of conversations, at a time.
     await destination.list_conversations()
     report = MigrationReport()
+    conversations = await source.list_conversations()
     sections = [
-        _Section(await source.list_conversations(), _copy_conversation),
         _Section(await source.list_agents(), _copy_reasoning_chains),
         _Section(sorted(await source._list_all_cache_keys()), _copy_cache_entry),
         _Section(await source.list_system_states(), _copy_system_state),
@@ -111,16 +124,22 @@ async def _migrate(
         _Section(sorted(await source._msg_readers()), _copy_read_state),
     ]
     report.skipped_expired += len(await source._expired_conversations(source._now_ms()))
-    total = sum(len(section.ids) for section in sections)
+    total = len(conversations) + sum(len(section.ids) for section in sections)
     done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     if progress is not None:
         progress(0, total)
+    await _copy_conversations(source, destination, conversations, report, tick)
     for section in sections:
         for identifier in section.ids:
             await section.copy(source, destination, identifier, report)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            tick()
     return report
 
 
@@ -135,26 +154,155 @@ class _Section:
     copy: Copier
 
 
-async def _copy_conversation(
-    source: StorageInterface, destination: StorageInterface, conversation_id: str, report: MigrationReport
+# A batch of conversations is also cut once it holds this many items (messages, memories,
+# chunk lists, documents), so that a batch of long histories stays small in memory.
+BATCH_ITEMS = 5_000
+
+
+@dataclasses.dataclass
+class _Conversation:
+    """Every part of one source conversation, as stored."""
+
+    conversation_id: str
+    document: dict[str, Any] | None
+    messages: list[dict[str, Any]]
+    chunks: list[dict[str, Any]]
+    memories: list[dict[str, Any]]
+    metadata: MetaRecord | None
+
+    def items(self) -> int:
+        return 1 + len(self.messages) + len(self.memories) + (1 if self.chunks else 0)
+
+    def count(self, report: MigrationReport) -> None:
+        report.conversations += 1
+        report.conversation_metadata += self.metadata is not None
+        report.raw_messages += len(self.messages)
+        report.chunks += 1 if self.chunks else 0
+        report.memories += len(self.memories)
+
+
+async def _copy_conversations(
+    source: StorageInterface,
+    destination: StorageInterface,
+    ids: list[str],
+    report: MigrationReport,
+    tick: Callable[[], None],
 ) -> None:
+    """Each conversation by its own writes, or, where the destination says its transactions
+    are cheap (``_migrate_batch``), batches of them read first, then written in one
+    transaction: all of a batch or none of it is in the destination, even after a kill."""
+    limit = destination._migrate_batch
+    if limit <= 0:
+        for conversation_id in ids:
+            conversation = await _read_conversation(source, conversation_id)
+            if conversation is not None:
+                await _write_conversation(destination, conversation)
+                conversation.count(report)
+            tick()
+        return
+    # While one batch is written (its commit waits on the destination's thread and disk),
+    # the next one is read: at most two batches in memory, one writer at a time.
+    writing: asyncio.Task[None] | None = None
+    try:
+        batch: list[_Conversation | None] = []
+        items = 0
+        for conversation_id in ids:
+            conversation = await _read_conversation(source, conversation_id)
+            batch.append(conversation)
+            items += conversation.items() if conversation is not None else 0
+            if len(batch) >= limit or items >= BATCH_ITEMS:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(_write_batch(destination, batch, report, tick))
+                batch, items = [], 0
+        if writing is not None:
+            await writing
+        if batch:
+            await _write_batch(destination, batch, report, tick)
+    finally:
+        if writing is not None and not writing.done():
+            # A read failed (or this was cancelled) while a batch was being written: the
+            # batch ends first, committed or rolled back, before the error goes on.
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # retrieved: the read's error is the one that propagates
+
+
+async def _write_batch(
+    destination: StorageInterface,
+    batch: list[_Conversation | None],
+    report: MigrationReport,
+    tick: Callable[[], None],
+) -> None:
+    present = [copy for copy in batch if copy is not None]
+    if not await _write_in_one_transaction(destination, present):
+        # The destination holds damaged data under one of these ids, which a transaction
+        # must read first: copy them one by one, as without batches, which replaces it.
+        for copy in present:
+            await _write_conversation(destination, copy)
+    for counted in batch:  # counted once durable
+        if counted is not None:
+            counted.count(report)
+        tick()
+
+
+async def _write_in_one_transaction(destination: StorageInterface, batch: list[_Conversation]) -> bool:
+    """Write ``batch`` in one transaction; False, with nothing written, when what the
+    destination holds of one of them does not parse."""
+    # The transaction machinery of docs/transactions.md, driven through the backend's hooks
+    # rather than ``transaction()``: the destination's middleware sees the whole migration
+    # as one call, and values pass it untouched (bare view).
+    state = await destination._tx_begin()
+    view = TransactionView(destination, state)
+    writer = bare(view)
+    try:
+        # The transaction reads what the destination holds of each conversation at its first
+        # touch: all of them at once here, so those reads queue up instead of taking turns
+        # with the writes (one round trip to SQLite's thread each otherwise).
+        held = await asyncio.gather(
+            *(writer.load_memories(copy.conversation_id) for copy in batch), return_exceptions=True
+        )
+        failed = [outcome for outcome in held if isinstance(outcome, BaseException)]
+        if failed:
+            if all(isinstance(error, CorruptedDataError) for error in failed):
+                view._closed = True
+                await destination._tx_abort(state)
+                return False
+            raise failed[0]
+        for copy in batch:
+            await _write_conversation(writer, copy)
+    except BaseException:
+        view._closed = True
+        await destination._tx_abort(state)
+        raise
+    view._closed = True
+    await destination._tx_commit(state, view.ops)
+    return True
+
+
+async def _read_conversation(source: StorageInterface, conversation_id: str) -> _Conversation | None:
     document = await source.load_conversation(conversation_id)
     messages = await source.load_raw_messages(conversation_id)
     chunks = await source.load_chunks(conversation_id)
     memories = await source.load_memories(conversation_id)
     metadata = await source._meta_read(conversation_id, source._now_ms())
     if document is None and metadata is None and not (messages or chunks or memories):
-        return  # deleted since it was listed: a conversation exists while any part is stored
+        return None  # deleted since it was listed: a conversation exists while any part is stored
+    return _Conversation(conversation_id, document, messages, chunks, memories, metadata)
 
-    if document is not None:
-        await destination.store_conversation(conversation_id, document)
+
+async def _write_conversation(destination: StorageInterface, conversation: _Conversation) -> None:
+    conversation_id = conversation.conversation_id
+    if conversation.document is not None:
+        await destination.store_conversation(conversation_id, conversation.document)
     else:
         await destination._delete(Kind.CONVERSATION, conversation_id)
-    await destination.store_raw_messages(conversation_id, messages)  # [] removes the part
-    await destination.store_chunks(conversation_id, chunks)
+    await destination.store_raw_messages(conversation_id, conversation.messages)  # [] removes the part
+    await destination.store_chunks(conversation_id, conversation.chunks)
 
     # store_memory keeps an existing memory's place, so when the destination already holds
     # these memories in another order (or others besides), start it over.
+    memories = conversation.memories
     wanted = [memory["memory_id"] for memory in memories]
     present = [memory["memory_id"] for memory in await destination.load_memories(conversation_id)]
     if present != wanted:
@@ -163,14 +311,9 @@ async def _copy_conversation(
     for memory in memories:
         await destination.store_memory(conversation_id, memory["memory_id"], memory)
     # Last: on Redis, writing the metadata gives every key of the conversation its expiry.
+    metadata = conversation.metadata
     if metadata is not None or await destination._meta_read(conversation_id, destination._now_ms()) is not None:
         await destination._meta_put(conversation_id, metadata)
-    report.conversation_metadata += metadata is not None
-
-    report.conversations += 1
-    report.raw_messages += len(messages)
-    report.chunks += 1 if chunks else 0
-    report.memories += len(memories)
 
 
 async def _copy_reasoning_chains(

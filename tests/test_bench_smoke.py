@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = [
     "files", "append", "sqlite", "redis", "scale", "kv_file", "kv_sqlite", "kv_redis", "serializer",
-    "adapters_openai", "adapters_langgraph", "middleware", "transactions", "postgres", "cluster",
+    "adapters_openai", "adapters_langgraph", "middleware", "transactions", "postgres", "cluster", "memory",
 ]  # fmt: skip
 # Our own benchmarks: they must run whether or not the bench extra's peers are installed.
 OURS = {
@@ -33,6 +33,7 @@ OURS = {
     "transactions.file", "transactions.sqlite", "transactions.redis", "transactions.postgres",
     *(f"postgres.{op}" for op in ("store", "load", "append", "kv_set", "kv_get")),
     "cluster.store", "cluster.append",
+    "memory.history", "memory.migrate",
     *(f"serializer.{backend}.{what}.{op}" for backend in ("sqlite", "redis")
       for what in ("history", "document") for op in ("store", "load")),
     *(f"scale.concurrency.{backend}.{op}" for backend in ("file", "sqlite", "redis")

@@ -229,9 +229,12 @@ async def test_expired_cache_entries_are_skipped_and_times_kept(tmp_path: Path, 
             assert await destination.load_cache("forever") == 1
 
 
-async def test_replace_semantics_fix_order_and_drop_parts_the_source_lacks(tmp_path: Path, clock: FakeClock) -> None:
-    async with create_sqlite_storage(tmp_path / "src.db", clock=clock) as source, \
-            create_file_storage(tmp_path / "dst", clock=clock) as destination:  # fmt: skip
+@pytest.mark.parametrize("into", ["file", "sqlite"])  # one write per part; batches of one transaction
+async def test_replace_semantics_fix_order_and_drop_parts_the_source_lacks(
+    tmp_path: Path, clock: FakeClock, into: str
+) -> None:
+    destination_storage = BACKENDS[into](tmp_path / "dst", clock, {})
+    async with create_sqlite_storage(tmp_path / "src.db", clock=clock) as source, destination_storage as destination:
         await source.store_memory("c", "m2", {"v": 2})
         await source.store_memory("c", "m1", {"v": 1})
         await source.append_raw_messages("c", [{"n": 1}])

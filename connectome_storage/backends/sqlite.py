@@ -169,6 +169,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
     backend_name: ClassVar[str] = "sqlite"
     settings_class: ClassVar[type[SqliteSettings]] = SqliteSettings
     settings: SqliteSettings
+    _migrate_batch: ClassVar[int] = 128  # one durable commit per batch (migrate.py)
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__(config)
