@@ -20,7 +20,9 @@ database (row ``serializer``), and a database is only ever opened with that one.
 Each operation is one function run on aiosqlite's worker thread:
 one thread hop and one transaction per operation. That thread runs one function at a
 time, so coroutines sharing the connection never interleave statements inside each
-other's transaction.
+other's transaction. Writes that queue up while that thread is busy (the previous
+commit's fsync) commit together in one transaction, a SAVEPOINT each (``_queue_write``:
+group commit); a lone write runs alone at once.
 
 Point reads (one row by its key: a cache entry, a state, a document, one key-value entry,
 one message, a conversation's metadata) run on the event loop's thread instead, from a
