@@ -127,12 +127,14 @@ def torture(tmp_path: Path, rounds: int) -> tuple[int, int]:
     return rounds, operations
 
 
-def test_sigkill_while_coroutines_commit_in_groups(tmp_path: Path) -> None:
+def test_sqlite_sigkill_while_coroutines_commit_in_groups(tmp_path: Path) -> None:
     kills, operations = torture(tmp_path, SHORT_ROUNDS)
     print(f"group commit: {kills} rounds of {PROCESSES} kills survived, {operations} acknowledged appends checked")
 
 
 @pytest.mark.slow
-def test_sigkill_while_coroutines_commit_in_groups_long_form(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_sqlite_sigkill_while_coroutines_commit_in_groups_long_form(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     kills, operations = torture(tmp_path, int(request.config.getoption("--crash-rounds")))
     print(f"group commit: {kills} rounds of {PROCESSES} kills survived, {operations} acknowledged appends checked")
