@@ -15,7 +15,7 @@ from connectome_storage.backends._sqlite_schema import ENSURE_PARENT
 
 from ..context import Context
 from ..data import cache_value, document, message, messages
-from ..harness import Section, Variant, compare, each, each_sync
+from ..harness import Section, Variant, compare, each, each_sync, throughput
 
 __all__ = ["run"]
 
@@ -186,6 +186,7 @@ async def _against_session(ctx: Context, section: Section, ours: SqliteStorage, 
         )
     )  # fmt: skip
     floor.close()
+    await _concurrent_sessions(ctx, section, ours, root, module)
     for size in sizes.session_histories:
         loaded = module.SQLiteSession(f"load{size}", root / "session.db")
         await loaded.add_items(messages(size))
@@ -210,6 +211,58 @@ async def _against_session(ctx: Context, section: Section, ours: SqliteStorage, 
         f"SQLiteSession: {_pragmas(session._get_connection())} (sqlite3 defaults, its own WAL pragma)."
     )
     session.close()
+
+
+async def _concurrent_sessions(ctx: Context, section: Section, ours: SqliteStorage, root: Path, module: Any) -> None:
+    """16 coroutines, each appending a few messages at a time to its own conversation.
+
+    SQLiteSession: one session per conversation, all on one database file (each commit is
+    its own transaction, on the threads of ``asyncio.to_thread``, WAL and sqlite3's default
+    ``synchronous=FULL``: the durability of SqliteStorage's defaults, as in
+    ``sqlite.session.append``). SqliteStorage: one storage, whose writes that arrive while
+    a commit is in flight commit together in the next transaction (group commit).
+    """
+    sizes = ctx.sizes
+    workers, per_call = sizes.concurrency, 3
+    total = workers * sizes.per_coroutine
+    sessions = [module.SQLiteSession(f"concurrent{w}", root / "sessions.db") for w in range(workers)]
+    ids = [f"concurrent{w}" for w in range(workers)]
+
+    def batch(i: int) -> list[dict[str, Any]]:
+        return [message(per_call * i + k) for k in range(per_call)]
+
+    async def session_add(worker: int, i: int) -> None:
+        await sessions[worker].add_items(batch(i))
+
+    async def ours_append(worker: int, i: int) -> None:
+        await ours.append_raw_messages(ids[worker], batch(i))
+
+    def concurrently(op: Any) -> Any:
+        async def many(first: int, count: int) -> None:
+            async def worker(w: int) -> None:
+                for i in range(first + w, first + count, workers):
+                    await op(w, i)
+
+            await asyncio.gather(*(worker(w) for w in range(workers)))
+
+        return throughput(many)
+
+    section.comparisons.append(
+        await compare(
+            "sqlite.sessions.concurrent",
+            f"{workers} coroutines appending {per_call} messages at a time to their own conversations "
+            "(equal durability)",
+            [Variant(f"{workers} SQLiteSessions on one file", concurrently(session_add)),
+             Variant(f"SqliteStorage, {workers} coroutines", concurrently(ours_append))],
+            ops=total, repeats=sizes.repeats, warmup=total, unit="rate", rate_label="calls/s",
+        )
+    )  # fmt: skip
+    section.notes.append(
+        f"{workers} SQLiteSessions: {_pragmas(sessions[0]._get_connection())}, one file, a connection per "
+        "thread of asyncio.to_thread's pool."
+    )
+    for session in sessions:
+        session.close()
 
 
 async def _against_diskcache(ctx: Context, section: Section, ours: SqliteStorage, root: Path) -> None:

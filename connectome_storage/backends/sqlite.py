@@ -20,7 +20,9 @@ database (row ``serializer``), and a database is only ever opened with that one.
 Each operation is one function run on aiosqlite's worker thread:
 one thread hop and one transaction per operation. That thread runs one function at a
 time, so coroutines sharing the connection never interleave statements inside each
-other's transaction.
+other's transaction. Writes that queue up while that thread is busy (the previous
+commit's fsync) commit together in one transaction, a SAVEPOINT each (``_queue_write``:
+group commit); a lone write runs alone at once.
 
 Point reads (one row by its key: a cache entry, a state, a document, one key-value entry,
 one message, a conversation's metadata) run on the event loop's thread instead, from a
@@ -59,6 +61,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -113,6 +116,12 @@ Body = Callable[[sqlite3.Connection], T]
 # Characters of stored text a point read parses on the event loop's thread (~0.3 ms for
 # orjson); a bigger value is parsed on a worker thread.
 _LOOP_PARSE_LIMIT = 256 * 1024
+# Page cache of the loop's reader, in KiB (SQLite's default is 2,000): the pages of the
+# conversations read recently stay in the process, so a point read among 100,000 rows
+# does not copy its two leaf pages from the OS for every read. It fills only as pages
+# are read, and empties whenever another connection commits (SQLite's rule in WAL).
+# Not mmap_size: a file truncated by another process would kill this one with SIGBUS.
+_READER_CACHE_KIB = 64 * 1024
 # After an error or a slow read on the loop's thread, point reads use the worker for _READER_PAUSE
 # seconds; after one that held the loop over _READER_GIVE_UP, for good (_pause_reader).
 _READER_PAUSE, _READER_SLOW, _READER_GIVE_UP = 1.0, 0.05, 1.0
@@ -191,6 +200,12 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
         self._reader: sqlite3.Connection | None = None
         self._reader_thread = 0
         self._reader_paused_until = 0.0  # monotonic time before which point reads use the worker
+        # Group commit (_write): writes waiting for the next group transaction, and whether a
+        # hop that will take them is queued on the connection's thread and not started yet.
+        # The lock is shared by the loop's thread (which adds) and the worker (which takes).
+        self._group: list[_Queued] = []
+        self._group_queued = False
+        self._group_lock = threading.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -204,6 +219,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise self._os_error(e, "creating the folder of", self._path) from e
+        self._group, self._group_queued = [], False
         # isolation_level=None: the module never opens transactions on its own; each
         # operation says BEGIN / BEGIN IMMEDIATE itself.
         connection = self._aiosqlite.connect(self._path, timeout=self.settings.connection_timeout, isolation_level=None)
@@ -238,6 +254,7 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
                 f"{self._path.as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None, cached_statements=256
             )
             reader.execute("PRAGMA query_only = ON")
+            reader.execute(f"PRAGMA cache_size = -{_READER_CACHE_KIB}")
             reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()  # opens the WAL index once
         except sqlite3.Error as e:
             logger.info("%s: point reads stay on the worker thread (%s)", self._path, e)
@@ -451,9 +468,97 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
             return cast(T, None)
         if self._tx_gate.locked():
             await self._wait_for_transaction(action)
-        # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
-        # then writes can hit SQLITE_BUSY in the middle, where waiting cannot help.
-        return await self._run(action, body, "BEGIN IMMEDIATE")
+        # No await from the gate's check to the queueing below: a transaction that takes the
+        # gate later queues its BEGIN behind the hop that will run this write.
+        return await self._queue_write(action, body)
+
+    async def _queue_write(self, action: str, body: Body[T]) -> T:
+        """Group commit: the write joins the next group transaction, and returns once it committed.
+
+        A write that finds no group hop waiting in the connection's queue queues one (so a
+        lone write runs at once, as it always did); the writes that arrive while that hop
+        waits or the previous group commits join it, and commit together in its one
+        transaction, one fsync for all. The hop takes its writes when it starts (``_commit_group``).
+        """
+        db = self._db
+        if db is None or not db._running:
+            raise StorageIOError(f"the connection to {self._path} is closed")
+        queued = _Queued(action, body, asyncio.get_running_loop().create_future())
+        with self._group_lock:
+            self._group.append(queued)
+            start, self._group_queued = not self._group_queued, True
+        if start:
+            # aiosqlite's own queue, as _hop, but without a future of its own: _commit_group
+            # settles each write's future itself, and never raises.
+            db._tx.put_nowait((None, partial(self._commit_group, db._conn, queued.future.get_loop())))
+        return cast(T, await queued.future)
+
+    def _commit_group(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """On the connection's thread: commit every queued write, then settle their futures."""
+        with self._group_lock:
+            group, self._group, self._group_queued = self._group, [], False
+        try:
+            outcomes = self._run_group(conn, group)
+        except BaseException as e:  # every caller must hear of it
+            outcomes = [(False, e)] * len(group)
+        with suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(_settle, group, outcomes)
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Queued]) -> list[tuple[bool, Any]]:
+        """Each write's (succeeded, result or exception), all committed in one transaction.
+
+        A lone write runs exactly as before. In a group, each write runs in its own
+        SAVEPOINT, so one that fails (a constraint, a value over SQLite's limit, a bad
+        row) is undone alone and gets its own exception while the others commit. If the
+        group's transaction fails as a whole (its COMMIT, an I/O error or a full disk that
+        made SQLite end the transaction), nothing of it was stored, and each write runs
+        again in a transaction of its own, so each caller gets exactly what it would have
+        got alone. A lock timeout is every caller's: it is not run again.
+        """
+        if len(group) == 1:
+            return [self._alone(conn, group[0])]
+        try:
+            return self._transaction(
+                conn, lambda conn: self._savepoints(conn, group), "BEGIN IMMEDIATE", "committing writes to"
+            )
+        except LockTimeoutError as e:
+            return [(False, e)] * len(group)
+        except Exception:
+            logger.info("a group commit on %s failed as a whole; its %d writes run one by one", self._path, len(group))
+            return [self._alone(conn, queued) for queued in group]
+
+    def _alone(self, conn: sqlite3.Connection, queued: _Queued) -> tuple[bool, Any]:
+        try:
+            # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+            # then writes can hit SQLITE_BUSY in the middle, where waiting cannot help.
+            return True, self._transaction(conn, queued.body, "BEGIN IMMEDIATE", queued.action)
+        except Exception as e:
+            return False, e
+
+    def _savepoints(self, conn: sqlite3.Connection, group: list[_Queued]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        for queued in group:
+            conn.execute("SAVEPOINT one_write")
+            try:
+                result = queued.body(conn)
+            except sqlite3.Error as e:
+                if _is_busy(e) or not conn.in_transaction:
+                    raise  # the whole transaction: _transaction retries it, or _run_group runs each alone
+                failure: BaseException = self._engine_error(e, queued.action)
+                failure.__cause__ = e
+            except OverflowError as e:
+                failure = self._overflow_error(e, queued.action)
+                failure.__cause__ = e
+            except Exception as e:
+                failure = e
+            else:
+                conn.execute("RELEASE one_write")
+                outcomes.append((True, result))
+                continue
+            conn.execute("ROLLBACK TO one_write")
+            conn.execute("RELEASE one_write")
+            outcomes.append((False, failure))
+        return outcomes
 
     def _transaction(
         self, conn: sqlite3.Connection, body: Body[T], begin: str | None, action: str, keep_open: bool = False
@@ -1175,6 +1280,26 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
 
 _SHAPES: dict[Kind, type] = {Kind.CONVERSATION: dict, Kind.CHUNKS: list}
+
+
+class _Queued:
+    """A write waiting for its group transaction (``SqliteStorage._queue_write``)."""
+
+    __slots__ = ("action", "body", "future")
+
+    def __init__(self, action: str, body: Body[Any], future: asyncio.Future[Any]) -> None:
+        self.action, self.body, self.future = action, body, future
+
+
+def _settle(group: list[_Queued], outcomes: list[tuple[bool, Any]]) -> None:
+    """On the loop's thread: hand each write of a group its own result or exception."""
+    for queued, (succeeded, value) in zip(group, outcomes, strict=True):
+        if queued.future.done():  # its caller was cancelled; the write itself ran
+            continue
+        if succeeded:
+            queued.future.set_result(value)
+        else:
+            queued.future.set_exception(value)
 
 
 def _nothing(conn: sqlite3.Connection) -> None:

@@ -486,3 +486,63 @@ async def test_a_read_that_held_the_loop_over_a_second_ends_loop_reads_for_good(
         for _ in range(3):
             assert await storage.load_system_state("s") == 1
         assert storage.hops == ["reading"] * 3
+
+
+_TRUNCATED_READER = """
+import asyncio, os, sys, threading, time
+from connectome_storage import StorageError, create_sqlite_storage
+
+async def main(db, original):
+    async with create_sqlite_storage(db) as storage:
+        print(await storage.load_conversation("c0") is not None, flush=True)  # the reader's pages are in use
+        # Something else cuts the file to two pages and writes it back, again and again, while
+        # this one reads (a thread: for the kernel, a truncation is one whoever makes it): each
+        # read must return or raise, never end the process.
+        stop = threading.Event()
+        def chaos():
+            while not stop.is_set():
+                os.truncate(db, 8192)
+                time.sleep(0.0005)
+                with open(db, "r+b") as f:
+                    f.write(original)
+                time.sleep(0.0005)
+        thread = threading.Thread(target=chaos)
+        thread.start()
+        reads = failures = 0
+        try:
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                storage._reader_paused_until = 0.0  # every read on the loop's reader, even after a failure
+                try:
+                    await storage.load_conversation(f"c{reads % 50}")
+                    reads += 1
+                except StorageError:
+                    failures += 1
+        finally:
+            stop.set()
+            thread.join()
+        print(reads, failures, flush=True)
+
+asyncio.run(main(sys.argv[1], open(sys.argv[2], "rb").read()))
+"""
+
+
+async def test_a_file_truncated_by_another_process_never_crashes_a_reader(tmp_path: Path) -> None:
+    """The loop's reader uses a page cache, not ``mmap_size``: with the file mapped, a read
+    of a page that another process truncated away is a SIGBUS, which ends the process
+    (this test with ``mmap_size`` set: exit -7, SIGBUS, within seconds). Here the reads
+    raise or return instead."""
+    db = tmp_path / "t.db"
+    async with create_sqlite_storage(db) as storage:
+        for i in range(50):
+            await storage.store_conversation(f"c{i}", {"text": "x" * 3000, "i": i})
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())  # closed: every page is in the main file, none in a WAL
+    result = subprocess.run(
+        [sys.executable, "-c", _TRUNCATED_READER, str(db), str(copy)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    first, counts = result.stdout.split("\n")[:2]
+    reads, failures = map(int, counts.split())
+    assert first == "True" and reads + failures > 1000, (reads, failures)
