@@ -12,6 +12,7 @@ a link could lead a read or a write outside the tree).
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -31,6 +32,7 @@ __all__ = [
     "check_folders",
     "ensure_dir",
     "fsync_dir",
+    "holds",
     "keep_backup",
     "list_backups",
     "missing_dirs",
@@ -223,8 +225,7 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
     """
     folder = path.parent
     ensure_dir(folder, root)
-    temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    temp, fd = _create_temp(folder)
     try:
         try:
             view = memoryview(data)
@@ -239,6 +240,48 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
             os.unlink(temp)
         raise
     fsync_dir(folder)
+
+
+# Temp file names: the writer's pid (remove_stale_temp_files reads it), then a random
+# part drawn once per process and a counter, so that a store costs no getrandom call; a
+# name left by an earlier process with the same pid is skipped (O_EXCL).
+_TEMP_COUNTER = itertools.count()
+_TEMP_TAG = ["", -1]  # [random part, pid it was drawn in]: drawn again after a fork
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _create_temp(folder: Path) -> tuple[Path, int]:
+    """A new temp file in ``folder`` (never an existing entry): its path and a write descriptor."""
+    pid = os.getpid()
+    if _TEMP_TAG[1] != pid:
+        _TEMP_TAG[:] = [secrets.token_hex(4), pid]
+    while True:
+        temp = folder / f"{TEMP_PREFIX}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
+        try:
+            return temp, os.open(temp, _TEMP_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+
+
+def holds(path: Path, data: bytes) -> bool:
+    """Whether the regular file ``path`` holds exactly ``data`` (checked by the writer,
+    which has refused a link or FIFO there with ``regular_size`` already): one open, one
+    fstat and one read, where ``read_bytes`` would lstat again and read to the end twice."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # gone since: written anew
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a link since the writer's lstat
+            raise refuse_special(path, "a symbolic link") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        # One read of one byte more than expected: a regular file returns all it holds
+        # up to that count, so a longer file shows here without a second read.
+        return stat.S_ISREG(st.st_mode) and st.st_size == len(data) and os.read(fd, len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 def unlink(path: Path) -> bool:

@@ -187,7 +187,7 @@ class os_lock:
             return
         wait = _FIRST_WAIT
         while True:
-            self._fd = _open_lock_file(self._path)
+            self._fd, inode = _open_lock_file(self._path)
             try:
                 while True:
                     try:
@@ -199,7 +199,7 @@ class os_lock:
                             raise _Timeout from None
                         time.sleep(min(wait, remaining))
                         wait = min(wait * 2, _LONGEST_WAIT)
-                if _still_named(self._path, self._fd):
+                if _still_named(self._path, inode):
                     return
             except BaseException:
                 os.close(self._fd)
@@ -250,7 +250,8 @@ def _check_folder(folder: Path) -> None:
         raise StorageIOError(f"{folder} is a file where the lock folder belongs; move it away")
 
 
-def _open_lock_file(path: Path) -> int:
+def _open_lock_file(path: Path) -> tuple[int, int]:
+    """The lock file opened (created if missing): its descriptor and inode number."""
     _check_folder(path.parent)
     try:
         fd = os.open(path, _LOCK_FLAGS, 0o666)
@@ -258,17 +259,18 @@ def _open_lock_file(path: Path) -> int:
         if e.errno == errno.ELOOP:
             raise _fs.refuse_special(path, "a symbolic link") from e
         raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise _fs.refuse_special(path, _fs.special_kind(mode) or "not a regular file")
-    return fd
+        raise _fs.refuse_special(path, _fs.special_kind(st.st_mode) or "not a regular file")
+    return fd, st.st_ino
 
 
-def _still_named(path: Path, fd: int) -> bool:
-    """Whether ``path`` still names the inode open as ``fd`` (see the module docstring)."""
+def _still_named(path: Path, inode: int) -> bool:
+    """Whether ``path`` still names ``inode``, the one locked (see the module docstring);
+    an open descriptor keeps its inode number, so the fstat made at open time serves."""
     try:
-        return os.lstat(path).st_ino == os.fstat(fd).st_ino
+        return os.lstat(path).st_ino == inode
     except FileNotFoundError:
         return False
 
@@ -282,13 +284,14 @@ def remove_unused(path: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # held right now: its entity is in use
-        if not _still_named(path, fd):
+        if not _still_named(path, st.st_ino):
             return False
         os.unlink(path)  # while holding it: a locker that got this inode retries
         return True
