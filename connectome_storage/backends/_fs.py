@@ -364,11 +364,15 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
     """
     if keep <= 0:
         return Kept(None)
-    folder = root / BACKUP_DIR / path.relative_to(root)
-    ensure_dir(folder, root)  # also refuses a link anywhere on the way
-    kept = _scan_backups(folder)
+    top = str(root)
+    relative = path.relative_to(root)
+    folder_name = os.path.join(top, BACKUP_DIR, relative)
+    folder = Path(folder_name)
+    if not _folders_in_place(folder_name, top):
+        ensure_dir(folder, root)  # creates what is missing; refuses a link anywhere on the way
+    kept = _scan_backup_names(folder_name)
     target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
-    expired = tuple(old for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)])
+    expired = tuple(Path(old) for _number, old in kept[: max(0, len(kept) + 1 - keep)])
     try:
         os.link(path, target, follow_symlinks=False)
     except FileNotFoundError:
@@ -381,6 +385,38 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
             return Kept(None, expired)
         atomic_write(target, data, root)
     return Kept(target, expired)
+
+
+def _folders_in_place(folder: str, top: str) -> bool:
+    """Whether every level from ``folder`` up to ``top`` (excluded) is a folder: the lstat
+    walk of ``missing_dirs``, on strings, since it runs before every backup (pathlib's
+    parsing cost more than the system calls). False sends the caller to ``ensure_dir``,
+    which creates what is missing and refuses a link or a file on the way."""
+    current = folder
+    while len(current) > len(top):
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+        current = os.path.dirname(current)
+    return current == top
+
+
+def _scan_backup_names(folder: str) -> list[tuple[int, str]]:
+    """(number, path) of the kept versions in ``folder``, oldest first: ``_scan_backups``
+    without a Path per version (only the expired ones become Paths)."""
+    kept = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                number, _, rest = entry.name.partition("-")
+                if number.isdigit() and rest.endswith(".json"):
+                    kept.append((int(number), entry.path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    kept.sort()
+    return kept
 
 
 def prune_backups(kept: Kept) -> None:
