@@ -99,6 +99,8 @@ class Workers:
 
     def run(self, function: Callable[..., T], *args: object) -> asyncio.Future[T]:
         """A future of ``function(*args)`` run in a worker thread."""
+        if self._stopping:
+            raise RuntimeError("cannot run storage work after interpreter shutdown began")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if not self._idle.acquire(blocking=False):
@@ -156,7 +158,7 @@ _workers = _new_workers()
 def _forked() -> None:  # pragma: no cover - runs in a forked child
     """A forked child has none of its parent's threads: it starts a pool of its own."""
     global _workers
-    _workers = Workers(WORKER_THREADS)
+    _workers = _new_workers()  # registered for exit too: the child's threads must end with it
 
 
 if hasattr(os, "register_at_fork"):

@@ -62,6 +62,37 @@ async def test_a_forked_child_stores_with_threads_of_its_own(tmp_path: Path) -> 
     await storage.shutdown()
 
 
+_FORKER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from connectome_storage import create_file_storage
+
+    async def store(name):
+        storage = create_file_storage(sys.argv[1])
+        await storage.initialize()
+        await storage.store_conversation(name, {"messages": []})
+        await storage.shutdown()
+
+    asyncio.run(store("parent"))
+    pid = os.fork()
+    if pid == 0:
+        asyncio.run(store("child"))  # then an ordinary exit, which waits for non-daemon threads
+    else:
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+    """
+)
+
+
+def test_a_forked_child_exits_normally_after_storing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(_locks.__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKER, str(tmp_path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.stdout == "child exit 0\n", done.stderr
+    assert (tmp_path / "conversations" / "child" / "current.json").is_file()
+
+
 async def test_hand_placed_temp_names_are_skipped_never_opened(tmp_path: Path) -> None:
     storage = create_file_storage(tmp_path)
     await storage.initialize()
