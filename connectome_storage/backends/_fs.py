@@ -12,6 +12,7 @@ a link could lead a read or a write outside the tree).
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -31,6 +32,7 @@ __all__ = [
     "check_folders",
     "ensure_dir",
     "fsync_dir",
+    "holds",
     "keep_backup",
     "list_backups",
     "missing_dirs",
@@ -223,8 +225,7 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
     """
     folder = path.parent
     ensure_dir(folder, root)
-    temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    temp, fd = _create_temp(folder)
     try:
         try:
             view = memoryview(data)
@@ -239,6 +240,48 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
             os.unlink(temp)
         raise
     fsync_dir(folder)
+
+
+# Temp file names: the writer's pid (remove_stale_temp_files reads it), then a random
+# part drawn once per process and a counter, so that a store costs no getrandom call; a
+# name left by an earlier process with the same pid is skipped (O_EXCL).
+_TEMP_COUNTER = itertools.count()
+_TEMP_TAG = ["", -1]  # [random part, pid it was drawn in]: drawn again after a fork
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _create_temp(folder: Path) -> tuple[Path, int]:
+    """A new temp file in ``folder`` (never an existing entry): its path and a write descriptor."""
+    pid = os.getpid()
+    if _TEMP_TAG[1] != pid:
+        _TEMP_TAG[:] = [secrets.token_hex(4), pid]
+    while True:
+        temp = folder / f"{TEMP_PREFIX}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
+        try:
+            return temp, os.open(temp, _TEMP_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+
+
+def holds(path: Path, data: bytes) -> bool:
+    """Whether the regular file ``path`` holds exactly ``data`` (checked by the writer,
+    which has refused a link or FIFO there with ``regular_size`` already): one open, one
+    fstat and one read, where ``read_bytes`` would lstat again and read to the end twice."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # gone since: written anew
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a link since the writer's lstat
+            raise refuse_special(path, "a symbolic link") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        # One read of one byte more than expected: a regular file returns all it holds
+        # up to that count, so a longer file shows here without a second read.
+        return stat.S_ISREG(st.st_mode) and st.st_size == len(data) and os.read(fd, len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 def unlink(path: Path) -> bool:
@@ -321,11 +364,15 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
     """
     if keep <= 0:
         return Kept(None)
-    folder = root / BACKUP_DIR / path.relative_to(root)
-    ensure_dir(folder, root)  # also refuses a link anywhere on the way
-    kept = _scan_backups(folder)
+    top = str(root)
+    relative = path.relative_to(root)
+    folder_name = os.path.join(top, BACKUP_DIR, relative)
+    folder = Path(folder_name)
+    if not _folders_in_place(folder_name, top):
+        ensure_dir(folder, root)  # creates what is missing; refuses a link anywhere on the way
+    kept = _scan_backup_names(folder_name)
     target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
-    expired = tuple(old for _number, _name, old in kept[: max(0, len(kept) + 1 - keep)])
+    expired = tuple(Path(old) for _number, old in kept[: max(0, len(kept) + 1 - keep)])
     try:
         os.link(path, target, follow_symlinks=False)
     except FileNotFoundError:
@@ -338,6 +385,38 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
             return Kept(None, expired)
         atomic_write(target, data, root)
     return Kept(target, expired)
+
+
+def _folders_in_place(folder: str, top: str) -> bool:
+    """Whether every level from ``folder`` up to ``top`` (excluded) is a folder: the lstat
+    walk of ``missing_dirs``, on strings, since it runs before every backup (pathlib's
+    parsing cost more than the system calls). False sends the caller to ``ensure_dir``,
+    which creates what is missing and refuses a link or a file on the way."""
+    current = folder
+    while len(current) > len(top):
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+        current = os.path.dirname(current)
+    return current == top
+
+
+def _scan_backup_names(folder: str) -> list[tuple[int, str]]:
+    """(number, path) of the kept versions in ``folder``, oldest first: ``_scan_backups``
+    without a Path per version (only the expired ones become Paths)."""
+    kept = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                number, _, rest = entry.name.partition("-")
+                if number.isdigit() and rest.endswith(".json"):
+                    kept.append((int(number), entry.path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    kept.sort()
+    return kept
 
 
 def prune_backups(kept: Kept) -> None:

@@ -408,7 +408,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         try:
             size = _fs.regular_size(path)  # refuses a link, FIFO, socket or device
             # Only a file of the same size can hold the same bytes: most stores skip the read.
-            if size == len(data) and _fs.read_bytes(path) == data:
+            if size == len(data) and _fs.holds(path, data):
                 return
             if path.name in LOG_FILES:
                 self._logs.forget(path)
