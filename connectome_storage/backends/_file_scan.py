@@ -14,7 +14,6 @@ open refuses a link (``O_NOFOLLOW``) and never waits on a FIFO (``O_NONBLOCK``),
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ __all__ = [
     "scan_conversations",
 ]
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_READ_FLAGS = _fs._READ_FLAGS  # never follows a link, never waits on a FIFO
 READ_IN_LOOP_LIMIT = _READ_IN_LOOP_LIMIT  # larger files are read in a worker thread
 _PART_KINDS = {PART_FILES[kind]: kind for kind in CONVERSATION_PARTS}
 _COUNTED = {Kind.RAW_MESSAGES: "raw_message_count", Kind.MEMORIES: "memory_count", Kind.CHUNKS: "chunk_count"}
@@ -307,14 +306,9 @@ def read_small_at(path: str, limit: int) -> bytes | bool | None:
     what = _fs.special_kind(mode)
     if what is not None:
         raise _fs.refuse_special(path, what)
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
+    fd = _fs.open_checked(path)
+    if fd is None:
         return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # became a link since the lstat
-            raise _fs.refuse_special(path, "a symbolic link") from e
-        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

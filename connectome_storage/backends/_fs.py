@@ -175,6 +175,19 @@ def regular_size(path: Path) -> int | None:
     return st.st_size
 
 
+def open_checked(path: str | Path) -> int | None:
+    """A read-only descriptor of ``path``, whose lstat showed a regular file; None if it is
+    gone. The open never follows a link: one swapped in since the lstat is refused."""
+    try:
+        return os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a link since the lstat
+            raise refuse_special(path, "a symbolic link") from e
+        raise
+
+
 def open_regular(path: Path) -> tuple[int, int] | None:
     """``(descriptor, size)`` of the regular file ``path`` opened read-only; None if absent.
 
@@ -184,14 +197,9 @@ def open_regular(path: Path) -> tuple[int, int] | None:
     """
     if regular_size(path) is None:
         return None
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
+    fd = open_checked(path)
+    if fd is None:
         return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # became a link since the lstat
-            raise refuse_special(path, "a symbolic link") from e
-        raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
