@@ -23,9 +23,10 @@ from connectome_storage import SqliteStorage, create_sqlite_storage
 from connectome_storage.backends._sqlite_conversations import Fallback, compile_where, order_sql
 from connectome_storage.backends._sqlite_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from connectome_storage.conversation_query import MetaQuery, aggregate
-from connectome_storage.errors import CorruptedDataError, InvalidArgumentError
+from connectome_storage.errors import CorruptedDataError
 
 from ..conftest import START, FakeClock
+from .random_queries import RandomQueries
 
 NOW_MS = int(START * 1000)
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -259,93 +260,14 @@ async def test_an_updated_at_range_uses_the_index(db: Path, clock: FakeClock) ->
 
 # ------------------------------------------------ SQL agrees with the reference
 
-_KEYS = ["a", "b", "user Id", "it's", "x[0]", "$k", "ünï", "%_", "nested"]
-_STRINGS = [
-    "",
-    "a",
-    "A",
-    "ab",
-    "abc",
-    "b",
-    "%",
-    "_",
-    "a%c",
-    "it's",
-    "ünï",
-    "Ünï",
-    "é",
-    "[1]",
-    "1",
-    "true",
-    "a\tb",
-    "\U0001f600",
-]
-_NUMBERS = [0, 1, -1, 2, 3, 1.0, 1.5, -0.0, 0.1, 1e300, -2.5, 2**53 + 1, 2**62, -(2**63), 7]
-
-
-def _scalar(rng: random.Random) -> Any:
-    pick = rng.random()
-    if pick < 0.1:
-        return None
-    if pick < 0.2:
-        return rng.choice([True, False])
-    if pick < 0.55:
-        return rng.choice(_NUMBERS)
-    return rng.choice(_STRINGS)
-
-
-def _value(rng: random.Random, depth: int = 0) -> Any:
-    pick = rng.random()
-    if depth < 2 and pick < 0.15:
-        return [_value(rng, depth + 1) for _ in range(rng.randrange(4))]
-    if depth < 2 and pick < 0.25:
-        return {rng.choice(_KEYS): _value(rng, depth + 1) for _ in range(rng.randrange(3))}
-    return _scalar(rng)
-
-
-def _metadata(rng: random.Random) -> dict[str, Any]:
-    metadata = {key: _value(rng) for key in rng.sample(_KEYS, rng.randrange(len(_KEYS)))}
-    if rng.random() < 0.3:
-        metadata["nested"] = {rng.choice(_KEYS): _value(rng) for _ in range(3)}
-    return metadata
-
-
-def _fields(rng: random.Random) -> str:
-    pick = rng.random()
-    if pick < 0.25:
-        return rng.choice(["conversation_id", "created_at", "updated_at", "message_count", "expires_at"])
-    if pick < 0.4:
-        return f"metadata.nested.{rng.choice(_KEYS)}"
-    return f"metadata.{rng.choice(_KEYS)}"
-
-
-def _operand(rng: random.Random, field: str, op: str) -> Any:
-    if field in ("created_at", "updated_at", "expires_at"):
-        return datetime.fromtimestamp(START + rng.randrange(-5, 40), tz=UTC)
-    if field == "conversation_id" and rng.random() < 0.7:
-        return rng.choice(["c005", "c010", "c0", "1", "c03", "zz"])
-    if field == "message_count" and rng.random() < 0.7:
-        return rng.randrange(-1, 8)
-    return _scalar(rng)
-
-
-def _query(store: Any, rng: random.Random) -> Any:
-    query = store.query()
-    for _ in range(rng.randrange(4)):
-        field = _fields(rng)
-        op = rng.choice(["==", "!=", "<", "<=", ">", ">=", "in", "contains"])
-        operand = [_operand(rng, field, "==") for _ in range(rng.randrange(4))] if op == "in" else None
-        try:
-            query.where(field, op, operand if op == "in" else _operand(rng, field, op))
-        except InvalidArgumentError:
-            continue  # an operand the builder refuses (e.g. < None): not a query
-    for _ in range(rng.randrange(3)):
-        query.order_by(_fields(rng), descending=rng.random() < 0.5)
-    if rng.random() < 0.3:
-        query.limit(rng.randrange(6))
-    if rng.random() < 0.3:
-        query.offset(rng.randrange(6))
-    return query
+_RANDOM = RandomQueries(
+    keys=["a", "b", "user Id", "it's", "x[0]", "$k", "ünï", "%_", "nested"],
+    strings=["", "a", "A", "ab", "abc", "b", "%", "_", "a%c", "it's", "ünï", "Ünï", "é", "[1]", "1", "true", "a\tb",
+             "\U0001f600"],
+    numbers=[0, 1, -1, 2, 3, 1.0, 1.5, -0.0, 0.1, 1e300, -2.5, 2**53 + 1, 2**62, -(2**63), 7],
+    conversation_ids=["c005", "c010", "c0", "1", "c03", "zz"],
+    message_count=lambda rng: rng.randrange(-1, 8),
+)  # fmt: skip
 
 
 async def test_sql_agrees_with_the_reference_on_random_queries(db: Path, clock: FakeClock) -> None:
@@ -360,7 +282,7 @@ async def test_sql_agrees_with_the_reference_on_random_queries(db: Path, clock: 
             else:
                 ttl = rng.choice([None, None, 5, 30, 300])
                 messages = [{"n": n} for n in range(rng.randrange(6))]
-                await store.save(conversation_id, messages, ttl=ttl, metadata=_metadata(rng))
+                await store.save(conversation_id, messages, ttl=ttl, metadata=_RANDOM.metadata(rng))
             clock.advance(rng.choice([0, 0.5, 1]))
         clock.advance(10)  # some have expired
         now = storage._now_ms()
@@ -368,7 +290,7 @@ async def test_sql_agrees_with_the_reference_on_random_queries(db: Path, clock: 
         assert 40 < len(scan) < 60
         in_sql = 0
         for _ in range(1500):
-            built = _query(store, rng).build()
+            built = _RANDOM.query(store, rng).build()
             try:
                 compile_where(built, now)
                 order_sql(built)
@@ -378,11 +300,11 @@ async def test_sql_agrees_with_the_reference_on_random_queries(db: Path, clock: 
             expected = built.apply(scan)
             assert await storage._meta_query(built, now) == expected, built
             assert await storage._meta_count(built.unpaged(), now) == len(built.unpaged().apply(scan)), built
-            group_by = rng.choice([None, *(_fields(rng) for _ in range(3))])
+            group_by = rng.choice([None, *(_RANDOM.field(rng) for _ in range(3))])
             measures: dict[str, tuple[str, str | None]] = {"n": ("count", None)}
             for name in ("s", "a", "lo", "hi")[: rng.randrange(5)]:
                 op = {"s": "sum", "a": "avg", "lo": "min", "hi": "max"}[name]
-                measures[name] = (op, _fields(rng))
+                measures[name] = (op, _RANDOM.field(rng))
             got = await storage._meta_aggregate(built.unpaged(), group_by, measures, now)
             want = aggregate(built.unpaged().apply(scan), group_by, measures)
             assert repr(list(got.items())) == repr(list(want.items())), (built, group_by, measures)
