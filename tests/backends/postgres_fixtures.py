@@ -1,5 +1,6 @@
-"""Fixtures of the PostgreSQL backend's own tests: a schema per test, and a plain asyncpg
-connection to it (what a person with psql would do: look at rows, or tamper with them).
+"""Fixtures of the PostgreSQL backend's own tests: a schema per test, a plain asyncpg
+connection to it (what a person with psql would do: look at rows, or tamper with them),
+and a storage on that schema reading the test's clock.
 
 Test modules import the functions (pytest finds fixtures among a module's globals); each is
 registered under its short name (``schema``, ``raw``), so the imported names never clash
@@ -15,10 +16,12 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from ..conftest import postgres_schema
+from connectome_storage import PostgresStorage, create_postgres_storage
+
+from ..conftest import FakeClock, postgres_schema
 from ..postgres_server import PostgresServer
 
-__all__ = ["raw_fixture", "schema_fixture"]
+__all__ = ["open_storage", "raw_fixture", "schema_fixture"]
 
 
 @pytest.fixture(name="schema")
@@ -33,3 +36,9 @@ async def raw_fixture(postgres_server: PostgresServer, schema: str) -> AsyncIter
         yield conn
     finally:
         await conn.close()
+
+
+def open_storage(server: PostgresServer, schema: str, clock: FakeClock, dsn: str | None = None) -> PostgresStorage:
+    storage = create_postgres_storage(dsn or server.dsn, schema=schema, clock=clock)
+    assert isinstance(storage, PostgresStorage)
+    return storage

@@ -44,11 +44,6 @@ def files(storage: FileStorage, clock: FakeClock | None = None, **options: Any) 
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def storage(tmp_path: Path, clock: FakeClock) -> Any:
     built = create_file_storage(tmp_path / "data", clock=clock)
     assert isinstance(built, FileStorage)

@@ -28,11 +28,6 @@ from ..conftest import FakeClock
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[FileStorage]:
     storage = create_file_storage(tmp_path / "data", clock=clock)
     assert isinstance(storage, FileStorage)

@@ -15,29 +15,16 @@ from typing import Any
 
 import pytest
 
-from connectome_storage import create_postgres_storage
 from connectome_storage.backends._postgres_conversations import Fallback, compile_where, order_sql
-from connectome_storage.backends.postgres import PostgresStorage
 from connectome_storage.conversation_query import MetaQuery, aggregate
 from connectome_storage.errors import CorruptedDataError
 
 from ..conftest import START, FakeClock
 from ..postgres_server import PostgresServer
-from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
+from .postgres_fixtures import open_storage, raw_fixture, schema_fixture  # noqa: F401
 from .random_queries import RandomQueries
 
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-def open_storage(server: PostgresServer, schema: str, clock: FakeClock, dsn: str | None = None) -> PostgresStorage:
-    storage = create_postgres_storage(dsn or server.dsn, schema=schema, clock=clock)
-    assert isinstance(storage, PostgresStorage)
-    return storage
 
 
 # ------------------------------------------------------------------ the layout

@@ -14,28 +14,15 @@ from typing import Any
 
 import pytest
 
-from connectome_storage import create_postgres_storage
 from connectome_storage.backends._postgres_kv import regex_of, select_sql
-from connectome_storage.backends.postgres import PostgresStorage
 from connectome_storage.errors import CorruptedDataError, InvalidArgumentError, StorageError
 from connectome_storage.kv import KVRecord, KVSelect, compile_pattern
 
 from ..conftest import START, FakeClock
 from ..postgres_server import PostgresServer
-from .postgres_fixtures import raw_fixture, schema_fixture  # noqa: F401
+from .postgres_fixtures import open_storage, raw_fixture, schema_fixture  # noqa: F401
 
 NOW_MS = int(START * 1000)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-def open_storage(server: PostgresServer, schema: str, clock: FakeClock, dsn: str | None = None) -> PostgresStorage:
-    storage = create_postgres_storage(dsn or server.dsn, schema=schema, clock=clock)
-    assert isinstance(storage, PostgresStorage)
-    return storage
 
 
 # ------------------------------------------------------------------ the tables

@@ -45,11 +45,6 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "connectome.db"
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def open_storage(db: Path, clock: FakeClock, **options: Any) -> SqliteStorage:
     storage = create_sqlite_storage(db, clock=clock, **options)
     assert isinstance(storage, SqliteStorage)
