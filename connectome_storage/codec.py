@@ -18,9 +18,11 @@ from .errors import CorruptedDataError, SerializationError
 __all__ = [
     "MAX_DEPTH",
     "check_value",
+    "compact_text",
     "decode",
     "encode",
     "format_time",
+    "is_utf8",
     "parse_time",
 ]
 
@@ -134,6 +136,23 @@ def encode(value: Any, *, pretty: bool = True) -> bytes:
         return orjson.dumps(value, option=_PRETTY if pretty else _COMPACT)
     except orjson.JSONEncodeError as e:  # pragma: no cover - check_value catches these first
         raise SerializationError(f"value cannot be encoded as JSON: {e}") from e
+
+
+def compact_text(value: Any) -> str:
+    """Canonical compact JSON as a str, without the trailing newline (a database column)."""
+    return encode(value, pretty=False)[:-1].decode()
+
+
+def is_utf8(text: str) -> bool:
+    """False for a str holding a lone surrogate, which no UTF-8 text (a statement, a
+    database value) can carry."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode(data: bytes | str, source: str) -> Any:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from ..codec import is_utf8
 from ..conversation_query import MetaQuery, aggregate, type_class
 from ..conversations import MetaRecord
 from ..errors import CorruptedDataError
@@ -427,13 +428,8 @@ def number_key(value: int | float) -> Decimal:
 
 def _text(value: str) -> str:
     """A string operand or field name SQL can carry, or Fallback."""
-    if "\x00" in value:
+    if "\x00" in value or not is_utf8(value):
         raise Fallback(value)
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Fallback(value) from None
     return value
 
 

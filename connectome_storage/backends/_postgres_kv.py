@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 
-from ..codec import encode
+from ..codec import compact_text, is_utf8
 from ..errors import CorruptedDataError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect
@@ -214,7 +214,7 @@ class PostgresKV(StorageInterface):
         # Everything is encoded before the transaction starts: a value that fails writes nothing.
         keys = [r.key for r in records]
         values = [self._dump(r.value) for r in records]
-        tags = [_text(r.tags) for r in records]
+        tags = [compact_text(r.tags) for r in records]
         created = [r.created_ms for r in records]
         updated = [r.updated_ms for r in records]
         expires = [r.expires_ms for r in records]
@@ -365,7 +365,7 @@ def select_sql(
     where = [f"kv.namespace = {p.add(namespace)}", f"(kv.expires_ms IS NULL OR kv.expires_ms > {p.add(now_ms)})"]
     key = "kv.key"
     if select.tags:
-        if not all(_utf8(name) and _utf8(value) for name, value in select.tags):
+        if not all(is_utf8(name) and is_utf8(value) for name, value in select.tags):
             return None  # no stored tag holds a lone surrogate
         tables = "kv_tags AS t0 JOIN kv ON kv.namespace = t0.namespace AND kv.key = t0.key"
         key = "t0.key"  # equal to kv.key; named so that ranges and order may use kv_tags' key
@@ -382,14 +382,14 @@ def select_sql(
             starts.append(literal)
         where.append(f"{key} ~ {p.add(regex_of(select.pattern))}")
     for start in starts:
-        if not _utf8(start):
+        if not is_utf8(start):
             return None  # no stored key holds a lone surrogate
         where.append(f"{key} >= {p.add(start)}")
         upper = prefix_upper_bound(start)
         if upper is not None:
             where.append(f"{key} < {p.add(upper)}")
     if select.after_key is not None:
-        if not _utf8(select.after_key):
+        if not is_utf8(select.after_key):
             return None
         where.append(f"{key} > {p.add(select.after_key)}")
     if select.since_ms is not None:
@@ -424,7 +424,7 @@ def regex_of(pattern: str) -> str:
     with no closing bracket is a literal. Raises Fallback for a lone surrogate, which no
     statement can carry (the reference regex answers then).
     """
-    if not _utf8(pattern):
+    if not is_utf8(pattern):
         raise Fallback(pattern)
     out: list[str] = ["^"]
     i, n = 0, len(pattern)
@@ -457,21 +457,7 @@ def regex_of(pattern: str) -> str:
 def _needs_reference(select: KVSelect) -> bool:
     """A pattern holding a lone surrogate: it may still match stored keys (a negated set),
     but no statement can carry it, so the reference regex filters every live entry."""
-    return select.pattern is not None and select.pattern != "*" and not _utf8(select.pattern)
-
-
-def _utf8(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text(value: Any) -> str:
-    return encode(value, pretty=False)[:-1].decode()  # canonical compact JSON, no newline
+    return select.pattern is not None and select.pattern != "*" and not is_utf8(select.pattern)
 
 
 def snapshot(conn: Any) -> AbstractAsyncContextManager[Any]:

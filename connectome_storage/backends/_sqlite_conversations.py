@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 
+from ..codec import is_utf8
 from ..conversation_query import MetaQuery, aggregate, order_value, type_class
 from ..conversations import MetaRecord
 from ..errors import CorruptedDataError
@@ -443,7 +444,7 @@ def _field(name: str) -> _Field:
         # key as it is written in the JSON text, escapes included; a key the encoder writes
         # unchanged (no '"', '\' or control character) is therefore addressed exactly. The
         # others are left to the reference.
-        if any(char in '"\\' or char < " " for char in key) or not _utf8(key):
+        if any(char in '"\\' or char < " " for char in key) or not is_utf8(key):
             raise Fallback(name)
         labels.append(f'."{key}"')
     path = "$" + "".join(labels)
@@ -452,7 +453,7 @@ def _field(name: str) -> _Field:
 
 def _operand(value: Any) -> Any:
     """An operand SQLite compares exactly as Python does, or Fallback."""
-    if isinstance(value, str) and ("\x00" in value or not _utf8(value)):
+    if isinstance(value, str) and ("\x00" in value or not is_utf8(value)):
         raise Fallback(value)  # a lone surrogate SQLite cannot take, or U+0000 json_extract cuts at
     if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
         raise Fallback(value)  # the sqlite3 module cannot bind it
@@ -651,13 +652,3 @@ def _install_aggregates(conn: sqlite3.Connection) -> None:
     }  # fmt: skip
     for name, factory in factories.items():
         conn.create_aggregate(name, 3, cast(Any, factory))  # typeshed knows one-argument steps only
-
-
-def _utf8(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

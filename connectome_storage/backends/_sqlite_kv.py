@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 
-from ..codec import decode, encode
+from ..codec import compact_text, decode, is_utf8
 from ..errors import CorruptedDataError
 from ..interface import Problem, StorageInterface
 from ..kv import KVRecord, KVSelect, compile_pattern
@@ -226,7 +226,16 @@ class SqliteKV(StorageInterface):
     async def _kv_put(self, namespace: str, records: list[KVRecord], now_ms: int, *, if_not_exists: bool) -> bool:
         # Everything is encoded before the transaction starts: a value that fails writes nothing.
         rows = [
-            (namespace, r.key, self._dump(r.value), _text(r.tags), r.created_ms, r.updated_ms, r.expires_ms, now_ms)
+            (
+                namespace,
+                r.key,
+                self._dump(r.value),
+                compact_text(r.tags),
+                r.created_ms,
+                r.updated_ms,
+                r.expires_ms,
+                now_ms,
+            )
             for r in records
         ]
         tags = [[(namespace, name, value, r.key) for name, value in r.tags.items()] for r in records]
@@ -345,7 +354,7 @@ def select_sql(
     params: list[Any] = [namespace, now_ms]
     key = "kv.key"
     if select.tags:
-        if not all(_utf8(name) and _utf8(value) for name, value in select.tags):
+        if not all(is_utf8(name) and is_utf8(value) for name, value in select.tags):
             return None  # no stored tag holds a lone surrogate
         # CROSS JOIN keeps kv_tags outside in key order and counts; in time order the
         # planner may walk the time index instead and probe kv_tags (docs/kv.md).
@@ -370,7 +379,7 @@ def select_sql(
             where.append(f"{key} GLOB ?")
             params.append(glob)
     for start in starts:
-        if not _utf8(start):
+        if not is_utf8(start):
             return None  # no stored key holds a lone surrogate
         where.append(f"{key} >= ?")
         params.append(start)
@@ -379,7 +388,7 @@ def select_sql(
             where.append(f"{key} < ?")
             params.append(upper)
     if select.after_key is not None:
-        if not _utf8(select.after_key):
+        if not is_utf8(select.after_key):
             return None
         where.append(f"{key} > ?")
         params.append(select.after_key)
@@ -416,7 +425,7 @@ def glob_of(pattern: str) -> tuple[str | None, str]:
     out: list[str] = []
     literal: list[str] = []
     fixed = True  # still inside the literal start
-    exact = _utf8(pattern)
+    exact = is_utf8(pattern)
     i, n = 0, len(pattern)
     while i < n:
         char = pattern[i]
@@ -466,20 +475,6 @@ def _install_matcher(conn: sqlite3.Connection, select: KVSelect) -> None:
         return
     regex = compile_pattern(select.pattern)
     conn.create_function("kv_match", 1, lambda key: isinstance(key, str) and regex.fullmatch(key) is not None)
-
-
-def _utf8(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text(value: Any) -> str:
-    return encode(value, pretty=False)[:-1].decode()  # canonical compact JSON, no newline
 
 
 def _chunks(keys: list[str]) -> Iterator[list[str]]:

@@ -14,7 +14,7 @@ from langchain_core.load import dumpd, load
 from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from ...codec import _INT_MAX, _INT_MIN, MAX_DEPTH
+from ...codec import _INT_MAX, _INT_MIN, MAX_DEPTH, is_utf8
 from ...errors import InvalidKeyError, SerializationError
 from ...naming import check_id
 
@@ -44,7 +44,7 @@ def _json_ready(value: Any, depth: int = 0) -> bool:
     """
     kind = type(value)
     if kind is str:
-        return bool(value.isascii()) or _utf8(value)
+        return is_utf8(value)
     if kind is int:
         return bool(_INT_MIN <= value <= _INT_MAX)
     if kind is float:
@@ -60,18 +60,10 @@ def _json_ready(value: Any, depth: int = 0) -> bool:
         return True
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str or not (key.isascii() or _utf8(key)) or not _json_ready(item, depth + 1):
+            if type(key) is not str or not is_utf8(key) or not _json_ready(item, depth + 1):
                 return False
         return True
     return False
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def _lc_form(value: Any) -> Any | None:
