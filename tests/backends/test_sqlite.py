@@ -36,25 +36,14 @@ from connectome_storage.errors import (
 )
 
 from ..conftest import FakeClock
+from .sqlite_fixtures import db_fixture, raw  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to look at (or tamper with) the file directly."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        yield conn
 
 
 def scalar(path: Path, sql: str, *args: Any) -> Any:
     with raw(path) as conn:
         return conn.execute(sql, args).fetchone()[0]
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "connectome.db"
 
 
 def _env() -> dict[str, str]:

@@ -10,9 +10,6 @@ library's sqlite3 module.
 from __future__ import annotations
 
 import random
-import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,22 +24,10 @@ from connectome_storage.errors import CorruptedDataError
 
 from ..conftest import START, FakeClock
 from .random_queries import RandomQueries
+from .sqlite_fixtures import db_fixture, raw  # noqa: F401
 
 NOW_MS = int(START * 1000)
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to look at (or tamper with) the file directly."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute("PRAGMA foreign_keys = ON")
-        yield conn
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "connectome.db"
 
 
 def open_storage(db: Path, clock: FakeClock, **options: Any) -> SqliteStorage:
@@ -60,7 +45,7 @@ async def test_metadata_is_columns_of_the_row_and_json_text_whatever_the_seriali
 ) -> None:
     async with open_storage(db, clock, serializer=serializer) as storage:
         await storage.conversation_store().save("c", MSGS, ttl=60, metadata={"userId": "u1", "n": {"k": [1]}})
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         row = conn.execute(
             "SELECT created_ms, updated_ms, message_count, ttl, expires_ms, metadata, "
             "json_extract(metadata, '$.n.k[0]') FROM conversations WHERE conversation_id = 'c'"
@@ -78,7 +63,7 @@ async def test_the_row_stays_while_metadata_is_its_only_part_and_goes_with_it(db
         assert await storage.list_conversations() == ["c"]
         await storage._meta_put("c", None)
         assert await storage.list_conversations() == []
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         assert conn.execute("SELECT COUNT(*) FROM conversations").fetchone() == (0,)
 
 
@@ -88,10 +73,10 @@ async def test_message_count_follows_section_2_writes_in_the_row(db: Path, clock
         await storage.append_raw_messages("c", [{"n": 3}])
         await storage.pop_raw_message("c")
         await storage.append_raw_messages("c", [{"n": 3}, {"n": 4}])
-        with raw(db) as conn:
+        with raw(db, foreign_keys=True) as conn:
             assert conn.execute("SELECT message_count FROM conversations").fetchone() == (4,)
         await storage.store_raw_messages("c", [])
-        with raw(db) as conn:
+        with raw(db, foreign_keys=True) as conn:
             assert conn.execute("SELECT message_count FROM conversations").fetchone() == (0,)
 
 
@@ -107,13 +92,13 @@ async def test_an_expired_conversation_stays_stored_until_cleanup_but_reads_as_m
         await storage.store_memory("c", "m", {"x": 1})
         clock.advance(10)
         assert await storage.load_raw_messages("c") == []
-        with raw(db) as conn:  # still there: nothing was written
+        with raw(db, foreign_keys=True) as conn:  # still there: nothing was written
             assert conn.execute("SELECT COUNT(*) FROM raw_messages").fetchone() == (2,)
         stats = await storage.get_storage_stats()
         assert (stats["raw_message_count"], stats["memory_count"], stats["conversation_count"]) == (0, 0, 0)
         assert stats["expired_conversation_count"] == 1
         assert await storage.cleanup() == {"expired_cache": 0, "expired_conversations": 1, "expired_kv_entries": 0}
-        with raw(db) as conn:  # the cascade took every child row
+        with raw(db, foreign_keys=True) as conn:  # the cascade took every child row
             counts = conn.execute(
                 "SELECT (SELECT COUNT(*) FROM conversations), (SELECT COUNT(*) FROM raw_messages), "
                 "(SELECT COUNT(*) FROM memories)"
@@ -129,7 +114,7 @@ async def test_a_write_to_an_expired_conversation_removes_it_in_the_same_transac
         await storage.store_memory("c", "m", {"x": 1})
         clock.advance(10)
         await storage.store_chunks("c", [{"chunk": 1}])
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         row = conn.execute("SELECT chunks, metadata, expires_ms FROM conversations").fetchone()
         children = conn.execute("SELECT (SELECT COUNT(*) FROM raw_messages), (SELECT COUNT(*) FROM memories)")
         assert row == ('[{"chunk":1}]', None, None)
@@ -177,7 +162,7 @@ async def test_damaged_metadata_is_named_counted_and_listed(db: Path, clock: Fak
         store = storage.conversation_store()
         await store.save("bad", MSGS, metadata={"k": 1})
         await store.save("good", MSGS, metadata={"k": 2})
-        with raw(db) as conn:
+        with raw(db, foreign_keys=True) as conn:
             conn.execute("UPDATE conversations SET metadata = '{not json' WHERE conversation_id = 'bad'")
         with pytest.raises(CorruptedDataError, match="conversation_id 'bad'"):
             await store.load("bad")
@@ -198,7 +183,7 @@ async def test_damaged_metadata_is_named_counted_and_listed(db: Path, clock: Fak
 async def test_a_count_of_the_wrong_type_is_damage(db: Path, clock: FakeClock) -> None:
     async with open_storage(db, clock) as storage:
         await storage.conversation_store().save("c", MSGS)
-        with raw(db) as conn:
+        with raw(db, foreign_keys=True) as conn:
             conn.execute("UPDATE conversations SET message_count = 'two'")
         with pytest.raises(CorruptedDataError, match="message_count='two'"):
             await storage.conversation_store().load("c")
@@ -208,7 +193,7 @@ async def test_a_count_of_the_wrong_type_is_damage(db: Path, clock: FakeClock) -
 
 
 async def test_a_version_3_database_is_upgraded_with_its_conversations(db: Path, clock: FakeClock) -> None:
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         for step in MIGRATIONS[:3]:
             for statement in step:
                 conn.execute(statement)
@@ -223,7 +208,7 @@ async def test_a_version_3_database_is_upgraded_with_its_conversations(db: Path,
         await store.set_ttl("old", 5)
         clock.advance(5)
         assert await storage.list_conversations() == []
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
@@ -233,7 +218,7 @@ async def test_a_version_3_database_is_upgraded_with_its_conversations(db: Path,
 def explain(db: Path, query: MetaQuery) -> list[str]:
     where, params = compile_where(query, NOW_MS)
     sql = f"SELECT conversation_id FROM conversations WHERE {where} ORDER BY {order_sql(query)}"
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 

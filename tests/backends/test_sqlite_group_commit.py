@@ -14,26 +14,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from contextlib import asynccontextmanager, closing, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from connectome_storage import SqliteStorage, create_sqlite_storage
 from connectome_storage.errors import CorruptedDataError, StorageError, StorageIOError, ValueTooLargeError
 
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        yield conn
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "connectome.db"
+from .sqlite_fixtures import db_fixture, raw  # noqa: F401
 
 
 @asynccontextmanager

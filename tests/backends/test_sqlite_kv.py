@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,9 @@ from connectome_storage.errors import CorruptedDataError, InvalidArgumentError, 
 from connectome_storage.kv import KVRecord, KVSelect, compile_pattern
 
 from ..conftest import START, FakeClock
+from .sqlite_fixtures import db_fixture, raw  # noqa: F401
 
 NOW_MS = int(START * 1000)
-
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to look at (or tamper with) the file directly."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute("PRAGMA foreign_keys = ON")
-        yield conn
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "connectome.db"
 
 
 def open_storage(db: Path, clock: FakeClock) -> SqliteStorage:
@@ -56,7 +43,7 @@ async def test_entries_are_rows_and_tags_are_index_rows(db: Path, clock: FakeClo
         kv = storage.kv("sessions")
         await kv.set("user:1", {"name": "Ada", "n": 1}, ttl=60, tags={"type": "web", "user": "1"})
         await kv.set("user:2", [1, 2.5, None])
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         rows = conn.execute("SELECT * FROM kv ORDER BY key").fetchall()
         tags = conn.execute("SELECT namespace, name, value, key FROM kv_tags ORDER BY name").fetchall()
         # Canonical compact JSON text: readable with json_extract from the sqlite3 shell.
@@ -71,7 +58,7 @@ async def test_entries_are_rows_and_tags_are_index_rows(db: Path, clock: FakeClo
 
 async def test_tag_rows_follow_every_change_of_their_entry(db: Path, clock: FakeClock) -> None:
     def tag_rows() -> list[tuple[str, str, str]]:
-        with raw(db) as conn:
+        with raw(db, foreign_keys=True) as conn:
             return conn.execute("SELECT key, name, value FROM kv_tags ORDER BY key, name").fetchall()
 
     async with open_storage(db, clock) as storage:
@@ -103,7 +90,7 @@ def plan(db: Path, namespace: str, select: KVSelect, *, columns: str = "kv.key")
     query = select_sql(columns, namespace, select, NOW_MS)
     assert query is not None
     sql, params = query
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
@@ -158,7 +145,7 @@ def test_created_at_order_prefix_and_pattern_use_indexes(filled: Path) -> None:
 
 
 def test_expired_entries_are_found_through_the_expiry_index(filled: Path) -> None:
-    with raw(filled) as conn:
+    with raw(filled, foreign_keys=True) as conn:
         for sql in (
             "SELECT COUNT(*) FROM kv WHERE expires_ms <= ?",
             "DELETE FROM kv WHERE expires_ms <= ? AND +namespace = 'n'",
@@ -313,7 +300,8 @@ async def test_set_many_is_one_transaction(db: Path, clock: FakeClock) -> None:
     async with open_storage(db, clock) as storage:
         kv = storage.kv()
         await kv.set("keep", "before")
-        with raw(db) as conn:  # a real SQLite trigger that refuses one key, standing in for a full disk
+        # A real SQLite trigger that refuses one key, standing in for a full disk.
+        with raw(db, foreign_keys=True) as conn:
             conn.execute("""CREATE TRIGGER refuse AFTER INSERT ON kv WHEN new.key = 'k9'
                             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END""")
         with pytest.raises(StorageError, match="refused by the test"):
@@ -327,7 +315,7 @@ async def test_set_many_is_one_transaction(db: Path, clock: FakeClock) -> None:
 
 async def test_a_version_1_database_is_upgraded_in_place(db: Path, clock: FakeClock) -> None:
     assert SCHEMA_VERSION >= 2
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         conn.execute("BEGIN")
         for statement in MIGRATIONS[0]:
             conn.execute(statement)
@@ -339,7 +327,7 @@ async def test_a_version_1_database_is_upgraded_in_place(db: Path, clock: FakeCl
         assert await storage.load_system_state("s") == {"v": 1}
         await storage.kv().set("k", "v", tags={"t": "1"})
         assert await storage.kv().find_by_tag("t", "1") == ["k"]
-    with raw(db) as conn:
+    with raw(db, foreign_keys=True) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"kv_updated", "kv_created", "kv_expires", "kv_tags_entry"} <= indexes
@@ -365,7 +353,7 @@ async def test_a_damaged_row_is_named_counted_and_repaired(db: Path, clock: Fake
         kv = storage.kv("ns")
         await kv.set("bad", 1, tags={"t": "1"})
         await kv.set("good", 2)
-        with raw(db) as conn:
+        with raw(db, foreign_keys=True) as conn:
             conn.execute("PRAGMA foreign_keys = OFF")  # the tag row points at the key being damaged
             conn.execute(f"UPDATE kv SET {column} = ? WHERE key = 'bad'", (bad,))
         if column != "key":

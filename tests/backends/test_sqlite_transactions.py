@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +19,7 @@ import pytest
 from connectome_storage import SqliteStorage, StorageInterface, create_sqlite_storage
 from connectome_storage.errors import LockTimeoutError, StorageIOError, TransactionError, ValueTooLargeError
 
-
-@contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the file, beside the storage's own."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        yield conn
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "connectome.db"
+from .sqlite_fixtures import db_fixture, raw  # noqa: F401
 
 
 async def five_writes(tx: StorageInterface, round_number: int, *, state: Any = None) -> None:
