@@ -11,7 +11,7 @@ queries (SQL, Redis indexes) must agree with.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -24,7 +24,7 @@ from .naming import check_id
 if TYPE_CHECKING:
     from .interface import StorageInterface
 
-__all__ = ["DEFAULT_NAMESPACE", "Entry", "KVRecord", "KVSelect", "KeyValueStore", "compile_pattern"]
+__all__ = ["DEFAULT_NAMESPACE", "Entry", "KVRecord", "KVSelect", "KeyValueStore", "compile_pattern", "glob_regex"]
 
 DEFAULT_NAMESPACE = "default"
 # How many entries scan() asks a backend for at a time, unless the backend says otherwise
@@ -131,9 +131,11 @@ class KVSelect:
         return KVSelect(self.pattern, self.prefix, self.tags, self.since_ms, self.until_ms, self.order_by)
 
 
-@lru_cache(maxsize=256)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """The regular expression (for ``fullmatch``) of a key glob; see KVSelect."""
+def glob_regex(pattern: str, literal: Callable[[str], str]) -> str:
+    """The regular expression (unanchored) of a key glob; see KVSelect. ``*`` and ``?``
+    become ``.*`` and ``.``, a set keeps its body with ``\\``, ``^``, ``[`` and ``]``
+    escaped, a ``[`` with no closing bracket is a literal, and ``literal`` escapes any other
+    character for the regex dialect at hand (Python's here, PostgreSQL's in its backend)."""
     out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
@@ -148,7 +150,7 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
             first = i + 1 if i < n and pattern[i] in "^!" else i
             end = pattern.find("]", first + 1)
             if end < 0:  # no closing bracket: a literal "["
-                out.append(re.escape(char))
+                out.append(literal(char))
                 continue
             body = pattern[i:end]
             i = end + 1
@@ -159,9 +161,15 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
                 body = body.replace(special, "\\" + special)
             out.append(f"[{'^' if negate else ''}{body}]")
         else:
-            out.append(re.escape(char))
+            out.append(literal(char))
+    return "".join(out)
+
+
+@lru_cache(maxsize=256)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression (for ``fullmatch``) of a key glob; see KVSelect."""
     try:
-        return re.compile("".join(out), re.DOTALL)
+        return re.compile(glob_regex(pattern, re.escape), re.DOTALL)
     except re.error as e:  # a set such as [b-a]
         raise InvalidArgumentError(f"pattern {pattern!r} is not a usable glob: {e}") from e
 

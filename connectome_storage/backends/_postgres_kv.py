@@ -21,7 +21,6 @@ count, key listing and scan page is one SQL statement built from a ``KVSelect``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -31,7 +30,7 @@ import orjson
 from ..codec import compact_text, is_utf8
 from ..errors import CorruptedDataError
 from ..interface import Problem, StorageInterface
-from ..kv import KVRecord, KVSelect
+from ..kv import KVRecord, KVSelect, glob_regex
 from ._sqlite_kv import glob_of, prefix_upper_bound
 
 T = TypeVar("T")
@@ -416,42 +415,17 @@ _SPECIAL = frozenset(".^$*+?()[]{}|\\")
 
 
 def regex_of(pattern: str) -> str:
-    """The anchored PostgreSQL regular expression equal to ``compile_pattern(pattern)``.
-
-    Walks the pattern as ``compile_pattern`` does: ``*`` and ``?`` become ``.*`` and ``.``
-    (``.`` matches a newline in PostgreSQL, as with re.DOTALL), a set keeps its body with
-    ``\\``, ``^``, ``[`` and ``]`` escaped (escapes work inside brackets in AREs), a ``[``
-    with no closing bracket is a literal. Raises Fallback for a lone surrogate, which no
-    statement can carry (the reference regex answers then).
-    """
+    """The anchored PostgreSQL regular expression equal to ``compile_pattern(pattern)``:
+    the same translation (``kv.glob_regex``; ``.`` matches a newline in PostgreSQL, as with
+    re.DOTALL, and escapes work inside brackets in AREs). Raises Fallback for a lone
+    surrogate, which no statement can carry (the reference regex answers then)."""
     if not is_utf8(pattern):
         raise Fallback(pattern)
-    out: list[str] = ["^"]
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        i += 1
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        elif char == "[":
-            first = i + 1 if i < n and pattern[i] in "^!" else i
-            end = pattern.find("]", first + 1)
-            if end < 0:
-                out.append("\\[")
-                continue
-            body = pattern[i:end]
-            i = end + 1
-            negate = body[:1] in ("^", "!")
-            if negate:
-                body = body[1:]
-            body = re.sub(r"([\\^\[\]])", r"\\\1", body)
-            out.append(f"[{'^' if negate else ''}{body}]")
-        else:
-            out.append("\\" + char if char in _SPECIAL else char)
-    out.append("$")
-    return "".join(out)
+    return f"^{glob_regex(pattern, _are_literal)}$"
+
+
+def _are_literal(char: str) -> str:
+    return "\\" + char if char in _SPECIAL else char
 
 
 def _needs_reference(select: KVSelect) -> bool:
