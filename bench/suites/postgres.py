@@ -20,6 +20,7 @@ from connectome_storage.backends._postgres_schema import (
     MIGRATIONS,
     SET_MESSAGE_COUNT,
 )
+from connectome_storage.codec import compact_text
 from connectome_storage.interface import Kind
 
 from ..backends import open_storage, postgres_dsn
@@ -77,7 +78,7 @@ async def run(ctx: Context) -> Section:
     write_doc, read_doc = pg._WRITE_COLUMN[Kind.CONVERSATION], pg._READ_COLUMN[Kind.CONVERSATION]
     append_sql = pg._APPEND[Kind.RAW_MESSAGES]
     kv_get_sql = f"SELECT {pg_kv._COLUMNS} FROM kv WHERE namespace = $1 AND key = $2"
-    empty = pg_kv._text({})
+    empty = compact_text({})
 
     def now_ms() -> int:
         return round(time.time() * 1000)
