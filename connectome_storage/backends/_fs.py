@@ -1,7 +1,9 @@
 """Synchronous file primitives for FileStorage: durable atomic writes, backups, refusals.
 
 Everything here runs inside one worker thread per storage operation (one thread hop per
-whole operation, not one per system call), except ``read_bytes`` of small files.
+whole operation, not one per system call), except ``read_bytes`` of small files. Each
+call that waits for the device goes through ``_turns.blocking``, so that writers run in
+turns (see ``_turns``) and wait for the disk side by side.
 
 Nothing here follows a symbolic link or opens anything but a regular file inside the
 tree: a link, FIFO, socket or device where a data or housekeeping file belongs is refused
@@ -18,10 +20,12 @@ import secrets
 import stat
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import AccessDeniedError, StorageError, StorageFullError, StorageIOError
+from . import _turns
 
 __all__ = [
     "BACKUP_DIR",
@@ -56,6 +60,8 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 # O_NONBLOCK: even if a FIFO slipped in between the check and the open, opening it does
 # not wait for a writer. O_NOFOLLOW: a link put in place of the file is never followed.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+# A read or write of more bytes than this may wait for the device: done without the turn.
+_LONG_IO = 1 << 18
 
 
 def os_error(e: OSError, action: str, path: Path | str) -> StorageError:
@@ -105,7 +111,7 @@ def fsync_dir(path: Path) -> None:
     except OSError:
         return  # Windows cannot open directories; NTFS journals metadata itself
     try:
-        os.fsync(fd)
+        _turns.blocking(os.fsync, fd)
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.EBADF):  # some filesystems refuse dir fsync
             raise
@@ -216,9 +222,10 @@ def read_bytes(path: Path) -> bytes | None:
     if opened is None:
         return None
     fd, size = opened
+    read = os.read if size < _LONG_IO else partial(_turns.blocking, os.read)
     try:
         chunks = []
-        while chunk := os.read(fd, max(size + 1, 65536)):
+        while chunk := read(fd, max(size + 1, 65536)):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
@@ -236,13 +243,16 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
     temp, fd = _create_temp(folder)
     try:
         try:
+            write = os.write if len(data) < _LONG_IO else partial(_turns.blocking, os.write)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+                view = view[write(fd, view) :]
+            _turns.blocking(os.fsync, fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)  # closed first: Windows cannot rename an open file
+        # Closed first: Windows cannot rename an open file. Without the turn: replacing a
+        # file no backup links frees its inode, which some mounts discard synchronously.
+        _turns.blocking(os.replace, temp, path)
     except BaseException:
         with suppress(OSError):
             os.unlink(temp)
@@ -287,7 +297,10 @@ def holds(path: Path, data: bytes) -> bool:
         st = os.fstat(fd)
         # One read of one byte more than expected: a regular file returns all it holds
         # up to that count, so a longer file shows here without a second read.
-        return stat.S_ISREG(st.st_mode) and st.st_size == len(data) and os.read(fd, len(data) + 1) == data
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        read = os.read if len(data) < _LONG_IO else partial(_turns.blocking, os.read)
+        return read(fd, len(data) + 1) == data
     finally:
         os.close(fd)
 
@@ -295,7 +308,7 @@ def holds(path: Path, data: bytes) -> bool:
 def unlink(path: Path) -> bool:
     """Remove a file durably; False if it was not there."""
     try:
-        os.unlink(path)
+        _turns.blocking(os.unlink, path)  # frees the inode: may discard its blocks
     except (FileNotFoundError, NotADirectoryError):
         return False
     fsync_dir(path.parent)
@@ -431,7 +444,7 @@ def prune_backups(kept: Kept) -> None:
     """Remove the versions keep_backup found past the limit (after the new write)."""
     for old in kept.expired:
         with suppress(FileNotFoundError):
-            os.unlink(old)
+            _turns.blocking(os.unlink, old)  # frees the inode: may discard its blocks
 
 
 # ------------------------------------------------------------------- temp files

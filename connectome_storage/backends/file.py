@@ -396,9 +396,15 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         return result
 
     async def _write_part(
-        self, kind: Kind, key: str, counted: Callable[[Any], int] | None, function: Callable[..., Any], *args: Any
+        self,
+        kind: Kind,
+        key: str,
+        counted: Callable[[Any], int] | None,
+        function: Callable[..., Any],
+        *args: Any,
+        in_turn: bool = False,
     ) -> Any:
-        return await self._locked(kind, key, self._part_step, key, counted, function, *args)
+        return await self._locked(kind, key, self._part_step, key, counted, function, *args, in_turn=in_turn)
 
     # ------------------------------------------------------- writing (in thread)
 
@@ -445,8 +451,14 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         except OSError as e:
             raise _fs.os_error(e, "deleting", path) from e
 
-    async def _locked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
-        return await self._locks.run(self._entity(kind, key), self._case_checked, kind, key, function, *args)
+    async def _locked(
+        self, kind: Kind, key: str, function: Callable[..., Any], *args: Any, in_turn: bool = False
+    ) -> Any:
+        """``function(*args)`` in a worker thread under the entity's lock; ``in_turn`` for a
+        function whose waits for the device all go through ``_fs`` (see ``_turns``)."""
+        return await self._locks.run(
+            self._entity(kind, key), self._case_checked, kind, key, function, *args, in_turn=in_turn
+        )
 
     def _case_checked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
         if self._case.active:  # only on filesystems that ignore case
@@ -466,10 +478,10 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         path = self.path_of(kind, key)
         if kind in CONVERSATION_PARTS:
             counted = (lambda _: len(value)) if kind is Kind.RAW_MESSAGES else None
-            await self._write_part(kind, key, counted, self._replace_file, path, data)
+            await self._write_part(kind, key, counted, self._replace_file, path, data, in_turn=True)
             return
         keep = 0 if kind is Kind.CACHE else None  # a cache is regenerable: no backups
-        await self._locked(kind, key, self._replace_file, path, data, keep)
+        await self._locked(kind, key, self._replace_file, path, data, keep, in_turn=True)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         path = self.path_of(kind, key)
