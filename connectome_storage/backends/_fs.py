@@ -239,7 +239,8 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
     any failure the temp file is removed and the old version stays.
     """
     folder = path.parent
-    ensure_dir(folder, root)
+    if not _folders_in_place(str(folder), str(root)):  # the lstat walk on strings: the common case
+        ensure_dir(folder, root)
     temp, fd = _create_temp(folder)
     try:
         try:
@@ -265,12 +266,13 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
 # name left by an earlier process with the same pid is skipped (O_EXCL).
 _TEMP_COUNTER = itertools.count()
 _TEMP_TAG = ["", -1]  # [random part, pid it was drawn in]: drawn again after a fork
+_PID = [os.getpid()]  # getpid() is a system call each time: read once, again after a fork
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
 def _create_temp(folder: Path) -> tuple[Path, int]:
     """A new temp file in ``folder`` (never an existing entry): its path and a write descriptor."""
-    pid = os.getpid()
+    pid = _PID[0]
     if _TEMP_TAG[1] != pid:
         _TEMP_TAG[:] = [secrets.token_hex(4), pid]
     while True:
@@ -279,6 +281,14 @@ def _create_temp(folder: Path) -> tuple[Path, int]:
             return temp, os.open(temp, _TEMP_FLAGS, 0o666)
         except FileExistsError:
             continue
+
+
+def _forked() -> None:  # pragma: no cover - runs in a forked child
+    _PID[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def holds(path: Path, data: bytes) -> bool:

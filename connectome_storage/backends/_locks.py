@@ -63,6 +63,9 @@ T = TypeVar("T")
 _FIRST_WAIT, _LONGEST_WAIT = 0.0002, 0.01
 
 
+# Lock file paths remembered per storage (each costs a SHA-1 and a pathlib join to make).
+_PATHS_KEPT = 4096
+
 # Threads of the shared worker pool, started as work arrives. Most of a write's time is
 # spent waiting for the disk (fsync), not in Python, so 16 writers can keep 16 in flight.
 WORKER_THREADS = 32
@@ -316,6 +319,7 @@ class EntityLocks:
         self._timeout = timeout
         # Weak values: an entity's lock lives while some coroutine holds or awaits it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._paths: dict[str, Path] = {}  # lock file of each entity seen lately (a SHA-1 each)
         # Called with the entity's name once its OS lock is held, before the function: the
         # file tree finishes an interrupted transaction that names the entity there. It may
         # raise RetryLater to have the lock released and taken again after a short wait.
@@ -326,8 +330,13 @@ class EntityLocks:
         return self._timeout
 
     def lock_path(self, entity: str) -> Path:
-        # Hashed: entity names can be 250 bytes long, and a flat folder stays simple.
-        return self._folder / (hashlib.sha1(entity.encode()).hexdigest() + ".lock")
+        path = self._paths.get(entity)
+        if path is None:
+            if len(self._paths) >= _PATHS_KEPT:
+                self._paths.clear()
+            # Hashed: entity names can be 250 bytes long, and a flat folder stays simple.
+            path = self._paths[entity] = self._folder / (hashlib.sha1(entity.encode()).hexdigest() + ".lock")
+        return path
 
     async def run(self, entity: str, function: Callable[..., T], *args: object, in_turn: bool = False) -> T:
         """``function(*args)`` in a thread, exclusively for ``entity``.

@@ -103,6 +103,8 @@ _AGENT_KINDS = (Kind.REASONING_CHAINS, Kind.READ_STATE)
 
 FORMAT_VERSION = 1
 MARKER = ".connectome-storage.json"
+# Paths and lock names of the entities written lately, remembered per storage (see _target).
+_TARGETS_KEPT = 256
 logger = logging.getLogger("connectome_storage")
 
 
@@ -133,6 +135,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         self._case = CaseGuard()
         self._conversations_dir = str(self._root / "conversations")
         self._meta_absent = MetaAbsence()  # folders known to hold no metadata.json (reads)
+        self._targets: dict[tuple[Kind, str], tuple[Path, str]] = {}  # see _target
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -219,6 +222,19 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         agent's chains and read state share the agent's folder lock likewise."""
         relative = self._relative(kind, key)
         return relative.rpartition("/")[0] if kind in PART_FILES or kind in _AGENT_KINDS else relative
+
+    def _target(self, kind: Kind, key: str) -> tuple[Path, str]:
+        """``(path_of, _entity)`` for a write, remembered for the keys written lately: made on
+        the event loop before each write (percent-encoding, a pathlib join), they cost a
+        store more loop time than its id and value checks."""
+        target = self._targets.get((kind, key))
+        if target is None:
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            relative = self._relative(kind, key)
+            entity = relative.rpartition("/")[0] if kind in PART_FILES or kind in _AGENT_KINDS else relative
+            target = self._targets[(kind, key)] = (self._root / relative, entity)
+        return target
 
     def _stamp(self) -> str:
         return format_time(self._now_ms()).replace(":", "-")
@@ -403,8 +419,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         function: Callable[..., Any],
         *args: Any,
         in_turn: bool = False,
+        entity: str | None = None,
     ) -> Any:
-        return await self._locked(kind, key, self._part_step, key, counted, function, *args, in_turn=in_turn)
+        return await self._locked(
+            kind, key, self._part_step, key, counted, function, *args, in_turn=in_turn, entity=entity
+        )
 
     # ------------------------------------------------------- writing (in thread)
 
@@ -452,12 +471,19 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             raise _fs.os_error(e, "deleting", path) from e
 
     async def _locked(
-        self, kind: Kind, key: str, function: Callable[..., Any], *args: Any, in_turn: bool = False
+        self,
+        kind: Kind,
+        key: str,
+        function: Callable[..., Any],
+        *args: Any,
+        in_turn: bool = False,
+        entity: str | None = None,
     ) -> Any:
-        """``function(*args)`` in a worker thread under the entity's lock; ``in_turn`` for a
-        function whose waits for the device all go through ``_fs`` (see ``_turns``)."""
+        """``function(*args)`` in a worker thread under the entity's lock (``entity``: its
+        name, when the caller has it); ``in_turn`` for a function whose waits for the
+        device all go through ``_fs`` (see ``_turns``)."""
         return await self._locks.run(
-            self._entity(kind, key), self._case_checked, kind, key, function, *args, in_turn=in_turn
+            entity or self._entity(kind, key), self._case_checked, kind, key, function, *args, in_turn=in_turn
         )
 
     def _case_checked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -475,13 +501,13 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         data = self._encode(value)
-        path = self.path_of(kind, key)
+        path, entity = self._target(kind, key)
         if kind in CONVERSATION_PARTS:
             counted = (lambda _: len(value)) if kind is Kind.RAW_MESSAGES else None
-            await self._write_part(kind, key, counted, self._replace_file, path, data, in_turn=True)
+            await self._write_part(kind, key, counted, self._replace_file, path, data, in_turn=True, entity=entity)
             return
         keep = 0 if kind is Kind.CACHE else None  # a cache is regenerable: no backups
-        await self._locked(kind, key, self._replace_file, path, data, keep, in_turn=True)
+        await self._locked(kind, key, self._replace_file, path, data, keep, in_turn=True, entity=entity)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         path = self.path_of(kind, key)

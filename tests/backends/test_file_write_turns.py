@@ -171,3 +171,20 @@ async def test_sixteen_stores_each_keep_their_own_document_and_backups(tmp_path:
         assert len(backups) == 2
     assert not _turns._turn.locked()
     await storage.shutdown()
+
+
+async def test_a_journal_folder_that_appears_after_being_seen_absent_is_noticed(tmp_path: Path) -> None:
+    # The check before each access remembers only which system call answers it faster
+    # (access while the folder is missing, stat once it exists), never the answer.
+    storage = create_file_storage(tmp_path)
+    await storage.initialize()
+    assert not storage._journals_busy()
+    assert not storage._journals_busy()  # seen missing twice: answered by access()
+    folder = tmp_path / ".transactions"
+    folder.mkdir()
+    (folder / ".tmp-1-draft").write_bytes(b"")
+    assert storage._journals_busy()
+    (folder / ".tmp-1-draft").unlink()
+    folder.rmdir()
+    assert not storage._journals_busy()
+    await storage.shutdown()
