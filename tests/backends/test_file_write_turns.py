@@ -71,21 +71,6 @@ def _wait_for_device(seen: _Overlap, started: threading.Barrier | None) -> None:
         seen.leave("device")
 
 
-async def test_without_turns_the_python_of_writes_overlaps(tmp_path: Path) -> None:
-    # The check above can fail: the same work run without turns interleaves.
-    seen = _Overlap()
-
-    def write() -> None:
-        for _round in range(20):
-            seen.enter("python")
-            for _call in range(20):
-                os.lstat(tmp_path)
-            seen.leave("python")
-
-    await asyncio.gather(*(_locks._workers.run(write) for _ in range(4)))
-    assert seen.most["python"] > 1
-
-
 async def test_a_write_goes_on_without_a_turn_that_is_held_too_long(tmp_path: Path) -> None:
     storage = create_file_storage(tmp_path)
     await storage.initialize()
