@@ -232,11 +232,12 @@ def read_bytes(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, root: Path) -> None:
+def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new version.
 
     Temp file in the same folder, write, fsync, ``os.replace``, fsync of the folder. On
-    any failure the temp file is removed and the old version stays.
+    any failure the temp file is removed and the old version stays. ``old_kept``: the old
+    version has another link (a backup), so the replace frees no inode and is quick.
     """
     folder = path.parent
     if not _folders_in_place(str(folder), str(root)):  # the lstat walk on strings: the common case
@@ -251,9 +252,12 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
             _turns.blocking(os.fsync, fd)
         finally:
             os.close(fd)
-        # Closed first: Windows cannot rename an open file. Without the turn: replacing a
-        # file no backup links frees its inode, which some mounts discard synchronously.
-        _turns.blocking(os.replace, temp, path)
+        # Closed first: Windows cannot rename an open file. Without the turn unless the old
+        # version is linked as a backup: freeing an inode discards on some mounts, synchronously.
+        if old_kept:
+            os.replace(temp, path)
+        else:
+            _turns.blocking(os.replace, temp, path)
     except BaseException:
         with suppress(OSError):
             os.unlink(temp)

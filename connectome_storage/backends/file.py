@@ -442,7 +442,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             if size is not None and keep > 0:
                 kept = _fs.keep_backup(self._root, path, keep, self._stamp())
             try:
-                _fs.atomic_write(path, data, self._root)
+                _fs.atomic_write(path, data, self._root, old_kept=kept.version is not None)
                 self._own.wrote(path)
             except BaseException:
                 # The live file was not replaced: drop its backup, which is a hard link to
