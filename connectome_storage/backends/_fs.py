@@ -274,13 +274,13 @@ _PID = [os.getpid()]  # getpid() is a system call each time: read once, again af
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
-def _create_temp(folder: Path) -> tuple[Path, int]:
+def _create_temp(folder: Path) -> tuple[str, int]:
     """A new temp file in ``folder`` (never an existing entry): its path and a write descriptor."""
     pid = _PID[0]
     if _TEMP_TAG[1] != pid:
         _TEMP_TAG[:] = [secrets.token_hex(4), pid]
     while True:
-        temp = folder / f"{TEMP_PREFIX}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
+        temp = f"{folder}{os.sep}{TEMP_PREFIX}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
         try:
             return temp, os.open(temp, _TEMP_FLAGS, 0o666)
         except FileExistsError:
@@ -399,14 +399,14 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
     """
     if keep <= 0:
         return Kept(None)
-    top = str(root)
-    relative = path.relative_to(root)
+    top, whole = str(root), str(path)
+    # Strings, not pathlib: this runs in a writer's turn before every replace (see _turns).
+    relative = whole[len(top) + 1 :] if whole.startswith(top + os.sep) else str(path.relative_to(root))
     folder_name = os.path.join(top, BACKUP_DIR, relative)
-    folder = Path(folder_name)
     if not _folders_in_place(folder_name, top):
-        ensure_dir(folder, root)  # creates what is missing; refuses a link anywhere on the way
+        ensure_dir(Path(folder_name), root)  # creates what is missing; refuses a link anywhere on the way
     kept = _scan_backup_names(folder_name)
-    target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
+    target = Path(f"{folder_name}{os.sep}{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json")
     expired = tuple(Path(old) for _number, old in kept[: max(0, len(kept) + 1 - keep)])
     try:
         os.link(path, target, follow_symlinks=False)
