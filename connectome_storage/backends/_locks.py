@@ -63,8 +63,9 @@ T = TypeVar("T")
 _FIRST_WAIT, _LONGEST_WAIT = 0.0002, 0.01
 
 
-# Lock file paths remembered per storage (each costs a SHA-1 and a pathlib join to make).
-_PATHS_KEPT = 4096
+# Lock file paths remembered per storage (each costs a SHA-1 and a pathlib join to make);
+# few, so that a migration through thousands of entities holds no more memory for them.
+_PATHS_KEPT = 256
 
 # Threads of the shared worker pool, started as work arrives. Most of a write's time is
 # spent waiting for the disk (fsync), not in Python, so 16 writers can keep 16 in flight.
