@@ -15,6 +15,7 @@ import pytest
 
 from connectome_storage import create_file_storage
 from connectome_storage.backends import _fs, _locks, _turns
+from connectome_storage.errors import StorageIOError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork")
 
@@ -172,4 +173,19 @@ async def test_a_journal_folder_that_appears_after_being_seen_absent_is_noticed(
     (folder / ".tmp-1-draft").unlink()
     folder.rmdir()
     assert not storage._journals_busy()
+    await storage.shutdown()
+
+
+async def test_a_write_refused_in_its_turn_gives_the_turn_back(tmp_path: Path) -> None:
+    storage = create_file_storage(tmp_path)
+    await storage.initialize()
+    await storage.store_conversation("c1", {"messages": []})
+    target = tmp_path / "conversations" / "c1" / "current.json"
+    target.unlink()
+    os.mkfifo(target)  # placed by hand where the document belongs
+    with pytest.raises(StorageIOError, match="FIFO"):
+        await storage.store_conversation("c1", {"messages": [1]})
+    assert not _turns._turn.locked()
+    await asyncio.wait_for(storage.store_conversation("c2", {"messages": []}), 30)
+    assert await storage.load_conversation("c2") == {"messages": []}
     await storage.shutdown()
