@@ -140,6 +140,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         # opened only for reading, or one whose upgrade found a folder it may not remove)
         # each folder is opened to see that it holds a part.
         self._version = FORMAT_VERSION
+        self._newly_indexed = 0  # index entries cleanup()'s full pass made (hand-written metadata)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -1185,6 +1186,15 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     # ------------------------------------------------------------- housekeeping
 
+    async def cleanup(self) -> dict[str, int]:
+        removed = await super().cleanup()
+        if self._newly_indexed:
+            # Metadata with an expiry written by hand, indexed by this cleanup's full pass:
+            # an expired one goes now too, not at the next cleanup.
+            self._newly_indexed = 0
+            removed["expired_conversations"] += await self._remove_expired_conversations(self._now_ms())
+        return removed
+
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Stale temp files, and backups and lock files of entities gone for longer than
         ``backup_retention`` (see _housekeeping.Cleanup)."""
@@ -1214,7 +1224,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             # A full pass: folders without a part go, metadata written by hand with an
             # expiry is indexed, stale index entries go; a version-1 tree is upgraded once
             # nothing stands in the way.
-            self._upgrade_sync(prune=True)
+            self._newly_indexed += self._upgrade_sync(prune=True).indexed
             return removed
         finally:
             tree.__exit__()
