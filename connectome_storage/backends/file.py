@@ -195,8 +195,12 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
                     "hold something else (%s); verify() names them",
                     self._root, len(done.kept), ", ".join(done.kept[:3]),
                 )  # fmt: skip
-        except OSError as e:
-            raise _fs.os_error(e, "upgrading", self._root) from e
+        except (OSError, StorageError) as e:
+            # A tree this process may not write (or a link in place of .expiring) still
+            # opens: it stays at the version it is at, listed accordingly.
+            error = _fs.os_error(e, "upgrading", self._root) if isinstance(e, OSError) else e
+            logger.warning("%s stays at format version %d: %s", self._root, self._version, error)
+            return _folders.Reindexed()
         return done
 
     def _has_expiry(self, path: Path, conversation_id: str) -> bool:

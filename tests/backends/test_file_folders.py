@@ -8,6 +8,7 @@ transaction's new conversation stays invisible until its commit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -22,7 +23,10 @@ from connectome_storage.backends import file as file_backend
 from connectome_storage.backends.memory import MemoryStorage
 from connectome_storage.codec import encode
 from connectome_storage.migrate import migrate
+from tests.backends.test_file_hardening import as_nobody, shared_dir
 from tests.conftest import FakeClock
+
+__all__ = ["shared_dir"]  # a fixture, used by name
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -338,3 +342,24 @@ asyncio.run(main())
     assert os.listdir(base / "conversations") == ["new"]
     assert await storage.verify() == []
     await storage.shutdown()
+
+
+def test_a_version_1_tree_this_process_may_not_write_still_opens(shared_dir: Path) -> None:
+    base = shared_dir / "data"
+    version_1_tree(base, stray=False)
+    for folder in ("cache", "agents", "system", "messages", "kv"):  # as the library made them
+        (base / folder).mkdir()
+    subprocess.run(["chmod", "-R", "a-w", str(base)], check=True)
+
+    def open_and_list() -> tuple[int, list[str]]:
+        async def attempt() -> tuple[int, list[str]]:
+            storage = await open_tree(base)
+            try:
+                return storage._version, await storage.list_conversations()
+            finally:
+                await storage.shutdown()
+
+        return asyncio.run(attempt())
+
+    assert as_nobody(open_and_list) == (1, ["c1"])  # opens, lists the slow way
+    assert marker(base) == 1
