@@ -135,6 +135,8 @@ class FileTransactions:
         def _kv_keys_in(self, namespace: str) -> Any: ...
 
     _quiet_mtime: int | None = None  # the journal folder's mtime when last seen empty (and quiet)
+    _tx_folder: str | None = None  # the journal folder's path, as a string
+    _tx_absent = True  # the journal folder was missing when last looked at
 
     # ------------------------------------------------------------------ hooks
 
@@ -542,12 +544,19 @@ class FileTransactions:
     # ---------------------------------------------------------------- recovery
 
     def _journals_busy(self) -> bool:
-        """Whether the journal folder holds anything: one ``stat`` while it stays unchanged."""
-        folder = os.path.join(self._root, TX_DIR)  # a string: this runs before every read
+        """Whether the journal folder holds anything: one ``stat`` while it stays unchanged,
+        one ``access`` while there is none (a stat that fails raises, which costs more)."""
+        folder = self._tx_folder  # a string: this runs before every read and write
+        if folder is None:
+            folder = self._tx_folder = os.path.join(self._root, TX_DIR)
+        if self._tx_absent and not _fs.present(folder):
+            return False
         try:
             mtime = os.stat(folder).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
+            self._tx_absent = True
             return False
+        self._tx_absent = False
         if mtime == self._quiet_mtime:
             return False
         names = [e.name for e in _fs.scandir(Path(folder)) if not e.name.endswith(DAMAGED)]

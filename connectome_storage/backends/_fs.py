@@ -1,7 +1,9 @@
 """Synchronous file primitives for FileStorage: durable atomic writes, backups, refusals.
 
 Everything here runs inside one worker thread per storage operation (one thread hop per
-whole operation, not one per system call), except ``read_bytes`` of small files.
+whole operation, not one per system call), except ``read_bytes`` of small files. Each
+call that waits for the device goes through ``_turns.blocking``, so that writers run in
+turns (see ``_turns``) and wait for the disk side by side.
 
 Nothing here follows a symbolic link or opens anything but a regular file inside the
 tree: a link, FIFO, socket or device where a data or housekeeping file belongs is refused
@@ -18,10 +20,12 @@ import secrets
 import stat
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import AccessDeniedError, StorageError, StorageFullError, StorageIOError
+from . import _turns
 
 __all__ = [
     "BACKUP_DIR",
@@ -67,6 +71,8 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 # O_NONBLOCK: even if a FIFO slipped in between the check and the open, opening it does
 # not wait for a writer. O_NOFOLLOW: a link put in place of the file is never followed.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+# A read or write of more bytes than this may wait for the device: done without the turn.
+_LONG_IO = 1 << 18
 
 
 def os_error(e: OSError, action: str, path: Path | str) -> StorageError:
@@ -116,7 +122,7 @@ def fsync_dir(path: Path) -> None:
     except OSError:
         return  # Windows cannot open directories; NTFS journals metadata itself
     try:
-        os.fsync(fd)
+        _turns.blocking(os.fsync, fd)
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.EBADF):  # some filesystems refuse dir fsync
             raise
@@ -227,33 +233,42 @@ def read_bytes(path: Path) -> bytes | None:
     if opened is None:
         return None
     fd, size = opened
+    read = os.read if size < _LONG_IO else partial(_turns.blocking, os.read)
     try:
         chunks = []
-        while chunk := os.read(fd, max(size + 1, 65536)):
+        while chunk := read(fd, max(size + 1, 65536)):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, root: Path) -> None:
+def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new version.
 
     Temp file in the same folder, write, fsync, ``os.replace``, fsync of the folder. On
-    any failure the temp file is removed and the old version stays.
+    any failure the temp file is removed and the old version stays. ``old_kept``: the old
+    version has another link (a backup), so the replace frees no inode and is quick.
     """
     folder = path.parent
-    ensure_dir(folder, root)
+    if not _folders_in_place(str(folder), str(root)):  # the lstat walk on strings: the common case
+        ensure_dir(folder, root)
     temp, fd = _create_temp(folder)
     try:
         try:
+            write = os.write if len(data) < _LONG_IO else partial(_turns.blocking, os.write)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+                view = view[write(fd, view) :]
+            _turns.blocking(os.fsync, fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)  # closed first: Windows cannot rename an open file
+        # Closed first: Windows cannot rename an open file. Without the turn unless the old
+        # version is linked as a backup: freeing an inode discards on some mounts, synchronously.
+        if old_kept:
+            os.replace(temp, path)
+        else:
+            _turns.blocking(os.replace, temp, path)
     except BaseException:
         with suppress(OSError):
             os.unlink(temp)
@@ -266,20 +281,29 @@ def atomic_write(path: Path, data: bytes, root: Path) -> None:
 # name left by an earlier process with the same pid is skipped (O_EXCL).
 _TEMP_COUNTER = itertools.count()
 _TEMP_TAG = ["", -1]  # [random part, pid it was drawn in]: drawn again after a fork
+_PID = [os.getpid()]  # getpid() is a system call each time: read once, again after a fork
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
-def _create_temp(folder: Path) -> tuple[Path, int]:
+def _create_temp(folder: Path) -> tuple[str, int]:
     """A new temp file in ``folder`` (never an existing entry): its path and a write descriptor."""
-    pid = os.getpid()
+    pid = _PID[0]
     if _TEMP_TAG[1] != pid:
         _TEMP_TAG[:] = [secrets.token_hex(4), pid]
     while True:
-        temp = folder / f"{TEMP_PREFIX}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
+        temp = f"{folder}{os.sep}{TEMP_PREFIX}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
         try:
             return temp, os.open(temp, _TEMP_FLAGS, 0o666)
         except FileExistsError:
             continue
+
+
+def _forked() -> None:  # pragma: no cover - runs in a forked child
+    _PID[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def holds(path: Path, data: bytes) -> bool:
@@ -298,7 +322,10 @@ def holds(path: Path, data: bytes) -> bool:
         st = os.fstat(fd)
         # One read of one byte more than expected: a regular file returns all it holds
         # up to that count, so a longer file shows here without a second read.
-        return stat.S_ISREG(st.st_mode) and st.st_size == len(data) and os.read(fd, len(data) + 1) == data
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        read = os.read if len(data) < _LONG_IO else partial(_turns.blocking, os.read)
+        return read(fd, len(data) + 1) == data
     finally:
         os.close(fd)
 
@@ -306,7 +333,7 @@ def holds(path: Path, data: bytes) -> bool:
 def unlink(path: Path) -> bool:
     """Remove a file durably; False if it was not there."""
     try:
-        os.unlink(path)
+        _turns.blocking(os.unlink, path)  # frees the inode: may discard its blocks
     except (FileNotFoundError, NotADirectoryError):
         return False
     fsync_dir(path.parent)
@@ -383,14 +410,14 @@ def keep_backup(root: Path, path: Path, keep: int, stamp: str) -> Kept:
     """
     if keep <= 0:
         return Kept(None)
-    top = str(root)
-    relative = path.relative_to(root)
+    top, whole = str(root), str(path)
+    # Strings, not pathlib: this runs in a writer's turn before every replace (see _turns).
+    relative = whole[len(top) + 1 :] if whole.startswith(top + os.sep) else str(path.relative_to(root))
     folder_name = os.path.join(top, BACKUP_DIR, relative)
-    folder = Path(folder_name)
     if not _folders_in_place(folder_name, top):
-        ensure_dir(folder, root)  # creates what is missing; refuses a link anywhere on the way
+        ensure_dir(Path(folder_name), root)  # creates what is missing; refuses a link anywhere on the way
     kept = _scan_backup_names(folder_name)
-    target = folder / f"{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json"
+    target = Path(f"{folder_name}{os.sep}{(kept[-1][0] if kept else 0) + 1:06d}-{stamp}.json")
     expired = tuple(Path(old) for _number, old in kept[: max(0, len(kept) + 1 - keep)])
     try:
         os.link(path, target, follow_symlinks=False)
@@ -442,7 +469,7 @@ def prune_backups(kept: Kept) -> None:
     """Remove the versions keep_backup found past the limit (after the new write)."""
     for old in kept.expired:
         with suppress(FileNotFoundError):
-            os.unlink(old)
+            _turns.blocking(os.unlink, old)  # frees the inode: may discard its blocks
 
 
 # ------------------------------------------------------------------- temp files
@@ -507,7 +534,7 @@ def scandir(folder: Path) -> list[os.DirEntry[str]]:
 def unique_name(prefix: str) -> str:
     """``<prefix><pid>-<tag><counter>``: the temp files' scheme (the pid tells cleanup()
     whether the writer is alive), for the folders made and retired whole."""
-    pid = os.getpid()
+    pid = _PID[0]
     if _TEMP_TAG[1] != pid:
         _TEMP_TAG[:] = [secrets.token_hex(4), pid]
     return f"{prefix}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
@@ -532,10 +559,11 @@ def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> bool:
     try:
         fd = os.open(staging / name, _TEMP_FLAGS, 0o666)
         try:
+            write = os.write if len(data) < _LONG_IO else partial(_turns.blocking, os.write)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+                view = view[write(fd, view) :]
+            _turns.blocking(os.fsync, fd)
         finally:
             os.close(fd)
         fsync_dir(staging)

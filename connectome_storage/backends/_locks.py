@@ -23,7 +23,9 @@ bottleneck (it holds the GIL for every hop), and to_thread's chain of two future
 ``threading.Condition`` and four callbacks cost more of it than the rest of a store. A
 hop here is one asyncio future, one queue put and one ``call_soon_threadsafe``. There
 are more threads (``WORKER_THREADS``) than the default executor's ``cpu_count + 4``, so
-that writes to different entities keep more fsyncs in flight.
+that writes to different entities keep more fsyncs in flight. A write run with
+``in_turn`` runs its Python in turns with the other writers (``_turns``): it waits for
+the disk side by side with them, but never hands the GIL over around a quick system call.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import LockTimeoutError, StorageIOError
-from . import _fs
+from . import _fs, _turns
 
 try:
     import fcntl
@@ -60,6 +62,10 @@ T = TypeVar("T")
 # last one write (about a millisecond), and cap it so a waiter notices release quickly.
 _FIRST_WAIT, _LONGEST_WAIT = 0.0002, 0.01
 
+
+# Lock file paths remembered per storage (each costs a SHA-1 and a pathlib join to make);
+# few, so that a migration through thousands of entities holds no more memory for them.
+_PATHS_KEPT = 256
 
 # Threads of the shared worker pool, started as work arrives. Most of a write's time is
 # spent waiting for the disk (fsync), not in Python, so 16 writers can keep 16 in flight.
@@ -97,15 +103,16 @@ class Workers:
         self._mutex = threading.Lock()
         self._stopping = False
 
-    def run(self, function: Callable[..., T], *args: object) -> asyncio.Future[T]:
-        """A future of ``function(*args)`` run in a worker thread."""
+    def run(self, function: Callable[..., T], *args: object, in_turn: bool = False) -> asyncio.Future[T]:
+        """A future of ``function(*args)`` run in a worker thread; ``in_turn``: holding the
+        turn (``_turns``) except around the calls it makes through ``_turns.blocking``."""
         if self._stopping:
             raise RuntimeError("cannot run storage work after interpreter shutdown began")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if not self._idle.acquire(blocking=False):
             self._add_thread()
-        self._queue.put((loop, future, contextvars.copy_context(), function, args))
+        self._queue.put((loop, future, contextvars.copy_context(), function, args, in_turn))
         return future
 
     def _add_thread(self) -> None:
@@ -120,13 +127,17 @@ class Workers:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            loop, future, context, function, args = item
+            loop, future, context, function, args, in_turn = item
             del item
             if not future.cancelled():  # a read of a flag: no need to be on the loop
+                if in_turn:
+                    _turns.take()
                 try:
                     outcome, failed = context.run(function, *args), False
                 except BaseException as e:  # handed over, as to_thread does
                     outcome, failed = e, True
+                finally:
+                    _turns.leave()  # before the wake-up: the woken loop may hand out more work
                 with suppress(RuntimeError):  # the loop is closed: nobody awaits this any more
                     loop.call_soon_threadsafe(_settle, future, failed, outcome)
                 del outcome
@@ -199,7 +210,7 @@ class os_lock:
                         remaining = self._deadline - time.monotonic()
                         if remaining <= 0:
                             raise _Timeout from None
-                        time.sleep(min(wait, remaining))
+                        _turns.blocking(time.sleep, min(wait, remaining))
                         wait = min(wait * 2, _LONGEST_WAIT)
                 if _still_named(self._path, inode):
                     return
@@ -309,6 +320,7 @@ class EntityLocks:
         self._timeout = timeout
         # Weak values: an entity's lock lives while some coroutine holds or awaits it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._paths: dict[str, Path] = {}  # lock file of each entity seen lately (a SHA-1 each)
         # Called with the entity's name once its OS lock is held, before the function: the
         # file tree finishes an interrupted transaction that names the entity there. It may
         # raise RetryLater to have the lock released and taken again after a short wait.
@@ -319,13 +331,21 @@ class EntityLocks:
         return self._timeout
 
     def lock_path(self, entity: str) -> Path:
-        # Hashed: entity names can be 250 bytes long, and a flat folder stays simple.
-        return self._folder / (hashlib.sha1(entity.encode()).hexdigest() + ".lock")
+        path = self._paths.get(entity)
+        if path is None:
+            if len(self._paths) >= _PATHS_KEPT:
+                self._paths.clear()
+            # Hashed: entity names can be 250 bytes long, and a flat folder stays simple.
+            path = self._paths[entity] = self._folder / (hashlib.sha1(entity.encode()).hexdigest() + ".lock")
+        return path
 
-    async def run(self, entity: str, function: Callable[..., T], *args: object) -> T:
+    async def run(self, entity: str, function: Callable[..., T], *args: object, in_turn: bool = False) -> T:
         """``function(*args)`` in a thread, exclusively for ``entity``.
 
-        Raises LockTimeoutError if the lock is not obtained within the timeout.
+        ``in_turn``: in turns with the other writers (``Workers``), for a function whose
+        waits for the device all go through ``_turns.blocking`` (one that does not still
+        works, only slower). Raises LockTimeoutError if the lock is not obtained within
+        the timeout.
         """
         deadline = time.monotonic() + self._timeout
         lock = self._locks.get(entity)
@@ -340,7 +360,7 @@ class EntityLocks:
         else:
             await lock.acquire()  # free: returns at once, without arming a timer
         try:
-            return await _workers.run(self._run_os_locked, entity, deadline, function, args)
+            return await _workers.run(self._run_os_locked, entity, deadline, function, args, in_turn=in_turn)
         finally:
             lock.release()
 
@@ -419,7 +439,7 @@ class EntityLocks:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._timeout_error(entity, "the recovery of an interrupted transaction")
-            time.sleep(min(wait, remaining))
+            _turns.blocking(time.sleep, min(wait, remaining))
             wait = min(wait * 2, _LONGEST_WAIT)
 
     def _timeout_error(self, entity: str, holder: str) -> LockTimeoutError:

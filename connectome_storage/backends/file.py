@@ -105,6 +105,8 @@ _AGENT_KINDS = (Kind.REASONING_CHAINS, Kind.READ_STATE)
 # the conversations whose metadata has an expiry (_folders.py). 1: folders may be empty.
 FORMAT_VERSION = 2
 MARKER = ".connectome-storage.json"
+# Paths and lock names of the entities written lately, remembered per storage (see _target).
+_TARGETS_KEPT = 256
 logger = logging.getLogger("connectome_storage")
 
 
@@ -135,6 +137,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         self._case = CaseGuard()
         self._conversations_dir = str(self._root / "conversations")
         self._meta_absent = MetaAbsence()  # folders known to hold no metadata.json (reads)
+        self._targets: dict[tuple[Kind, str], tuple[Path, str]] = {}  # see _target
         self._expiry = _folders.ExpiryIndex(self._root)
         # The tree's format: at 2 a listing is one scandir of conversations/; at 1 (a tree
         # opened only for reading, or one whose upgrade found a folder it may not remove)
@@ -279,6 +282,19 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         agent's chains and read state share the agent's folder lock likewise."""
         relative = self._relative(kind, key)
         return relative.rpartition("/")[0] if kind in PART_FILES or kind in _AGENT_KINDS else relative
+
+    def _target(self, kind: Kind, key: str) -> tuple[Path, str]:
+        """``(path_of, _entity)`` for a write, remembered for the keys written lately: made on
+        the event loop before each write (percent-encoding, a pathlib join), they cost a
+        store more loop time than its id and value checks."""
+        target = self._targets.get((kind, key))
+        if target is None:
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            relative = self._relative(kind, key)
+            entity = relative.rpartition("/")[0] if kind in PART_FILES or kind in _AGENT_KINDS else relative
+            target = self._targets[(kind, key)] = (self._root / relative, entity)
+        return target
 
     def _stamp(self) -> str:
         return format_time(self._now_ms()).replace(":", "-")
@@ -494,9 +510,18 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         return result
 
     async def _write_part(
-        self, kind: Kind, key: str, counted: Callable[[Any], int] | None, function: Callable[..., Any], *args: Any
+        self,
+        kind: Kind,
+        key: str,
+        counted: Callable[[Any], int] | None,
+        function: Callable[..., Any],
+        *args: Any,
+        in_turn: bool = False,
+        entity: str | None = None,
     ) -> Any:
-        return await self._locked(kind, key, self._part_step, key, counted, function, *args)
+        return await self._locked(
+            kind, key, self._part_step, key, counted, function, *args, in_turn=in_turn, entity=entity
+        )
 
     # ------------------------------------------------------- writing (in thread)
 
@@ -517,7 +542,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             if size is not None and keep > 0:
                 kept = _fs.keep_backup(self._root, path, keep, self._stamp())
             try:
-                _fs.atomic_write(path, data, self._root)
+                _fs.atomic_write(path, data, self._root, old_kept=kept.version is not None)
                 self._own.wrote(path)
             except BaseException:
                 # The live file was not replaced: drop its backup, which is a hard link to
@@ -570,8 +595,21 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         except OSError as e:
             raise _fs.os_error(e, "deleting", path) from e
 
-    async def _locked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
-        return await self._locks.run(self._entity(kind, key), self._case_checked, kind, key, function, *args)
+    async def _locked(
+        self,
+        kind: Kind,
+        key: str,
+        function: Callable[..., Any],
+        *args: Any,
+        in_turn: bool = False,
+        entity: str | None = None,
+    ) -> Any:
+        """``function(*args)`` in a worker thread under the entity's lock (``entity``: its
+        name, when the caller has it); ``in_turn`` for a function whose waits for the
+        device all go through ``_fs`` (see ``_turns``)."""
+        return await self._locks.run(
+            entity or self._entity(kind, key), self._case_checked, kind, key, function, *args, in_turn=in_turn
+        )
 
     def _case_checked(self, kind: Kind, key: str, function: Callable[..., Any], *args: Any) -> Any:
         if self._case.active:  # only on filesystems that ignore case
@@ -588,13 +626,13 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     async def _write_document(self, kind: Kind, key: str, value: Any) -> None:
         data = self._encode(value)
-        path = self.path_of(kind, key)
+        path, entity = self._target(kind, key)
         if kind in CONVERSATION_PARTS:
             counted = (lambda _: len(value)) if kind is Kind.RAW_MESSAGES else None
-            await self._write_part(kind, key, counted, self._replace_file, path, data)
+            await self._write_part(kind, key, counted, self._replace_file, path, data, in_turn=True, entity=entity)
             return
         keep = 0 if kind is Kind.CACHE else None  # a cache is regenerable: no backups
-        await self._locked(kind, key, self._replace_file, path, data, keep)
+        await self._locked(kind, key, self._replace_file, path, data, keep, in_turn=True, entity=entity)
 
     async def _delete(self, kind: Kind, key: str) -> bool:
         path = self.path_of(kind, key)
