@@ -318,10 +318,11 @@ class DeletedWhileMigrating(FileStorage):
     doomed = "doomed"
     other: StorageInterface
 
-    async def load_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+    async def _conversation_parts(self, conversation_id: str, now_ms: int) -> Any:
+        # migrate reads a conversation whole, in one step
         if conversation_id == self.doomed:
             await self.other.delete_conversation(conversation_id)
-        return await super().load_conversation(conversation_id)
+        return await super()._conversation_parts(conversation_id, now_ms)
 
     async def load_reasoning_chains(self, agent_id: str) -> list[dict[str, Any]]:
         if agent_id == self.doomed:

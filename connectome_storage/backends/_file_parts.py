@@ -1,0 +1,139 @@
+"""FileStorage's whole-conversation read and its streamed listing of conversation ids.
+
+``migrate`` reads every conversation of a source once, and a transaction reads a
+conversation whole at its first touch (``StorageInterface._conversation_parts``). Read
+part by part, that costs five point reads, each looking at the conversation's folder
+(refusing a link) and at its metadata again. Here the folder is looked at once, the
+metadata is read once and expiry judged once, and then each part is read: one ``lstat``
+for a part that is absent, ``lstat`` + ``open`` + ``fstat`` + ``read`` for one that is
+there (``read_small_at``: a link, FIFO, socket or device is refused unopened). Small files
+are read on the event loop, as the point reads do; a conversation with a large part, or a
+raw history that does not parse (an append in place half-way in another process), is read
+again in a worker thread, where the history gets the settled read of ``_read_log_settled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..conversations import MetaRecord
+from ..errors import CorruptedDataError
+from ..interface import Kind
+from ..naming import encode_name
+from . import _fs
+from ._file_scan import READ_IN_LOOP_LIMIT, entity_folder, parse_part, read_small_at
+from ._layout import META_FILE, PART_FILES
+
+if TYPE_CHECKING:
+    from .file import FileStorage
+
+__all__ = ["Parts", "conversation_parts", "stream_ids"]
+
+# (metadata even if expired, document, chunks, raw history, memories), as
+# ``StorageInterface._conversation_parts`` returns them.
+Parts = tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]
+_NOTHING: Parts = (None, None, None, [], [])
+# Ids handed over per worker-thread hop by ``stream_ids``.
+ID_CHUNK = 1024
+
+
+async def conversation_parts(storage: FileStorage, conversation_id: str, now_ms: int) -> Parts:
+    """Every part of one conversation, as the five point reads would return them: an
+    expired conversation's parts read as missing (its metadata is returned); damaged data
+    raises CorruptedDataError naming the file, a link in place of a folder or file
+    StorageIOError."""
+    parts = _read(storage, conversation_id, now_ms, READ_IN_LOOP_LIMIT)
+    if parts is None:
+        parts = await asyncio.to_thread(_read, storage, conversation_id, now_ms, None)
+    assert parts is not None
+    return parts
+
+
+def _read(storage: FileStorage, conversation_id: str, now_ms: int, limit: int | None) -> Parts | None:
+    """The parts; None (only with a ``limit``) when this must be done in a worker thread."""
+    top = storage._conversations_dir
+    folder = f"{top}{os.sep}{encode_name(conversation_id)}"
+    path = folder
+    record: MetaRecord | None = None
+    try:
+        if storage._case.active:
+            storage._case.check(Path(folder), conversation_id)
+        if entity_folder(storage._root, top, folder) is None:
+            return _NOTHING
+        raw: dict[Kind, bytes] = {}
+        for kind in (Kind.METADATA, Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES):
+            path = f"{folder}{os.sep}{PART_FILES[kind]}"
+            data = read_small_at(path, sys.maxsize if limit is None else limit)
+            if data is False:
+                if limit is not None:
+                    return None  # large: read in a thread
+                raise CorruptedDataError(path, "a folder stands where a file belongs")
+            if isinstance(data, bytes):
+                raw[kind] = data
+            if kind is Kind.METADATA:
+                record = _metadata(storage, raw.get(kind), f"{folder}{os.sep}{META_FILE}", conversation_id)
+                if record is not None and record.expired(now_ms):
+                    return record, None, None, [], []  # expired: every part reads as missing
+    except OSError as e:
+        raise _fs.os_error(e, "reading", path) from e
+    history: list[Any] = []
+    if Kind.RAW_MESSAGES in raw:
+        history_path = f"{folder}{os.sep}{PART_FILES[Kind.RAW_MESSAGES]}"
+        try:
+            history = parse_part(Kind.RAW_MESSAGES, raw[Kind.RAW_MESSAGES], history_path)
+        except CorruptedDataError:
+            if limit is not None:
+                return None  # maybe an append in place half-way: the settled read, in a thread
+            history = storage._read_log_settled(Kind.RAW_MESSAGES, Path(history_path), conversation_id)
+    return (
+        record,
+        _parsed(raw, Kind.CONVERSATION, folder),
+        _parsed(raw, Kind.CHUNKS, folder),
+        history,
+        _parsed(raw, Kind.MEMORIES, folder) or [],
+    )
+
+
+def _metadata(storage: FileStorage, raw: bytes | None, path: str, conversation_id: str) -> MetaRecord | None:
+    """The stored metadata, expired or not; CorruptedDataError naming a damaged file."""
+    if raw is None:
+        return None
+    return storage._meta_record(parse_part(Kind.METADATA, raw, path), Path(path), conversation_id)
+
+
+def _parsed(raw: dict[Kind, bytes], kind: Kind, folder: str) -> Any:
+    data = raw.get(kind)
+    return None if data is None else parse_part(kind, data, f"{folder}{os.sep}{PART_FILES[kind]}")
+
+
+Folders = Iterator[tuple[str, str, bool | None]]
+
+
+async def stream_ids(folders: Folders) -> AsyncGenerator[str, None]:
+    """The ids of ``_file_scan.conversation_folders``, advanced in a worker thread
+    ``ID_CHUNK`` folders per hop: the scan holds one open ``scandir`` and no list."""
+    try:
+        while True:
+            ids = await asyncio.to_thread(_take, folders, ID_CHUNK)
+            for conversation_id in ids:
+                yield conversation_id
+            if len(ids) < ID_CHUNK:
+                return
+    finally:
+        # Closes the scandir; a hop still running (this was cancelled) leaves it to the
+        # garbage collector.
+        close = getattr(folders, "close", None)  # a generator's
+        if close is not None:
+            with suppress(ValueError):
+                close()
+
+
+def _take(folders: Folders, count: int) -> list[str]:
+    return [identifier for identifier, _folder, _has_meta in itertools.islice(folders, count)]
