@@ -16,6 +16,10 @@ from connectome_storage import (
     create_sqlite_storage,
     migrate,
 )
+from connectome_storage.backends import _file_parts
+from connectome_storage.backends import postgres as postgres_backend
+from connectome_storage.backends import sqlite as sqlite_backend
+from connectome_storage.backends.memory import MemoryStorage
 from connectome_storage.errors import StorageNotInitializedError
 from connectome_storage.interface import CacheEntry
 
@@ -375,3 +379,62 @@ async def test_expired_conversations_are_skipped_and_counted(tmp_path: Path, clo
             assert await destination.list_conversations() == ["long"]
             assert await destination.conversation_store().load("short", include_expired=True) is None
             assert await destination.conversation_store().get_ttl("long") == 990.0
+
+
+@pytest.fixture(params=["file", "sqlite", "redis", "postgres", "memory"])
+def make_source(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Builds a storage of each backend as a migration source, whose streamed walk of
+    conversation ids (where it streams) hands them over three at a time."""
+    monkeypatch.setattr(_file_parts, "ID_CHUNK", 3)
+    monkeypatch.setattr(sqlite_backend, "ID_PAGE", 3)
+    monkeypatch.setattr(postgres_backend, "_ID_PAGE", 3)
+    options: dict[str, Any] = {}
+    if request.param == "redis":
+        options["redis_url"] = request.getfixturevalue("redis_server").url
+    if request.param == "postgres":
+        options["dsn"] = request.getfixturevalue("postgres_server").dsn
+    return lambda: BACKENDS[request.param](tmp_path / "source", clock, options)
+
+
+async def test_every_source_walks_each_conversation_once_and_skips_the_expired(
+    tmp_path: Path, clock: FakeClock, make_source: Any
+) -> None:
+    ids = [f"c{i}" for i in range(8)]  # pages of three: two full ones, and one short
+    async with make_source() as source:
+        for conversation_id in ids:
+            await source.append_raw_messages(conversation_id, [{"n": conversation_id}])
+        store = source.conversation_store()
+        await store.save("short", [{"n": 1}], ttl=10)
+        await store.save("long", [{"n": 2}], ttl=1000)
+        clock.advance(10)
+        walked = [conversation_id async for conversation_id in source._conversation_ids()]
+        # The expired one is walked too (it is still stored): migrate reads it and skips it.
+        assert sorted(walked) == sorted([*ids, "long", "short"])
+        calls: list[tuple[int, int]] = []
+        async with create_sqlite_storage(tmp_path / "copy.db", clock=clock) as destination:
+            report = await migrate(source, destination, progress=lambda *call: calls.append(call))
+            assert await destination.list_conversations() == sorted([*ids, "long"])
+            assert await destination.load_raw_messages("c7") == [{"n": "c7"}]
+    assert (report.conversations, report.raw_messages, report.skipped_expired) == (9, 9, 1)
+    assert calls[0] == (0, 10) and calls[-1] == (10, 10)  # the expired conversation is counted as done too
+
+
+class BatchesWithoutTheHook(MemoryStorage):
+    """A destination that asks for batches but writes no batch itself (the default
+    ``_replace_conversations``): migrate writes each part on its own instead."""
+
+    _migrate_batch = 2
+
+
+async def test_batches_fall_back_to_one_write_per_part(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_file_storage(tmp_path / "original", clock=clock) as source:
+        expected = await populate(source)
+        async with BatchesWithoutTheHook({"clock": clock}) as middle:
+            await middle.store_memory("conv_001", "stale", {"v": 1})  # replaced, not kept
+            report = await migrate(source, middle)
+            async with create_file_storage(tmp_path / "copy", clock=clock) as destination:
+                await migrate(middle, destination)
+    assert report.as_dict() == {**expected, "skipped_expired": 0}
+    assert tree(tmp_path / "copy") == tree(tmp_path / "original")

@@ -92,7 +92,7 @@ async def kill_and_check(tmp_path: Path, rounds: int, seed: int) -> None:
             for conversation_id in present:
                 parts = (await copy.load_conversation(conversation_id), await copy.load_raw_messages(conversation_id),
                          await copy.load_memories(conversation_id))  # fmt: skip
-                assert parts == migrate_conversation(int(conversation_id[len("conv_"):])), conversation_id
+                assert parts == migrate_conversation(int(conversation_id.removeprefix("conv_"))), conversation_id
         async with create_file_storage(source) as files, create_sqlite_storage(database) as copy:
             report = await migrate(files, copy)
             assert report.conversations == COUNT

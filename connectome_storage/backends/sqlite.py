@@ -59,7 +59,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
@@ -155,6 +155,7 @@ _LOGS = {
 _COLUMNS = {Kind.CONVERSATION: "document", Kind.CHUNKS: "chunks"}
 # Set while a transaction's commit runs its ops through the write hooks: ``_write`` then
 # collects each statement body instead of running it (``SqliteStorage._tx_commit``).
+ID_PAGE = 1000  # conversation ids per page of migrate's walk
 _PLACES = ", ".join("?" * 9)  # conversation_id, document, chunks and the metadata columns
 _collecting: contextvars.ContextVar[_Collected | None] = contextvars.ContextVar("sqlite_collecting", default=None)
 
@@ -1085,6 +1086,18 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     async def _list_conversations(self) -> list[str]:
         return await self._column(f"SELECT conversation_id FROM conversations WHERE {LIVE}", self._now_ms())
+
+    async def _conversation_ids(self) -> AsyncGenerator[str, None]:
+        # migrate's walk: keyset pages of the primary key (expired rows included), no list.
+        sql = "SELECT conversation_id FROM conversations WHERE conversation_id > ? ORDER BY conversation_id LIMIT ?"
+        after = ""
+        while True:
+            page = await self._column(sql, after, ID_PAGE)
+            for conversation_id in page:
+                yield conversation_id
+            if len(page) < ID_PAGE:
+                return
+            after = page[-1]
 
     async def _list_agents(self) -> list[str]:
         return await self._column("SELECT agent_id FROM agents")
