@@ -20,9 +20,11 @@ from connectome_storage.backends import _file_parts
 from connectome_storage.backends import postgres as postgres_backend
 from connectome_storage.backends import sqlite as sqlite_backend
 from connectome_storage.backends.memory import MemoryStorage
-from connectome_storage.errors import StorageNotInitializedError
+from connectome_storage.codec import encode
+from connectome_storage.errors import CorruptedDataError, StorageError, StorageIOError, StorageNotInitializedError
 from connectome_storage.interface import CacheEntry
 
+from .backends.test_file_append import cut_short_append
 from .conftest import BACKENDS, FakeClock
 from .redis_server import redis_cluster  # noqa: F401  (the session's Redis Cluster, for make_middle)
 
@@ -438,3 +440,75 @@ async def test_batches_fall_back_to_one_write_per_part(tmp_path: Path, clock: Fa
                 await migrate(middle, destination)
     assert report.as_dict() == {**expected, "skipped_expired": 0}
     assert tree(tmp_path / "copy") == tree(tmp_path / "original")
+
+
+def _damage(root: Path, case: str) -> None:
+    folder = root / "conversations" / "c"
+    outside = root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "x.json").write_bytes(b"[]")
+    if case == "bad memories":
+        (folder / "memories.json").write_bytes(b"[not json")
+    elif case == "memories of the wrong shape":
+        (folder / "memories.json").write_bytes(b'[{"no": "id"}]')
+    elif case == "folder for a part":
+        (folder / "current.json").unlink()
+        (folder / "current.json").mkdir()
+    elif case == "link for a part":
+        (folder / "chunks.json").unlink()
+        (folder / "chunks.json").symlink_to(outside / "x.json")
+    elif case == "link for the folder":
+        shutil.rmtree(folder)
+        folder.symlink_to(outside)
+    elif case == "bad metadata":
+        (folder / "metadata.json").write_bytes(b'{"conversation_id": 5}')
+    elif case == "large history":
+        (folder / "raw_messages.json").write_bytes(encode([{"text": "x" * 1000, "n": n} for n in range(400)]))
+    elif case == "history damaged":  # by hand: no append of this library left a version before it
+        with (folder / "raw_messages.json").open("ab") as f:
+            f.write(b'{"half": ')
+
+
+DAMAGES = ["intact", "bad memories", "memories of the wrong shape", "folder for a part", "link for a part",
+           "link for the folder", "bad metadata", "large history", "history damaged", "append cut short",
+           "expired"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DAMAGES)
+async def test_a_file_conversation_read_whole_is_what_the_point_reads_give(
+    tmp_path: Path, clock: FakeClock, case: str
+) -> None:
+    """FileStorage reads a conversation whole in one step (migrate, a transaction's first
+    touch): the same values, or the same error naming the same file, as the point reads."""
+    root = tmp_path / "tree"
+    async with create_file_storage(root, clock=clock) as storage:
+        await storage.conversation_store().save("c", [{"n": 0}], ttl=100)
+        await storage.append_raw_messages("c", [{"n": 1}])
+        await storage.store_conversation("c", {"title": "t"})
+        await storage.store_chunks("c", [{"start": 0}])
+        await storage.store_memory("c", "m", {"text": "one"})
+        _damage(root, case)
+        if case == "append cut short":  # a process killed half-way through an append in place
+            await cut_short_append(storage, [{"n": 2, "text": "x" * 40}], 7)
+        if case == "expired":
+            clock.advance(100)
+
+        async def outcome(read: Any) -> Any:
+            try:
+                return await read(storage, "c", storage._now_ms())
+            except StorageError as e:
+                return type(e), str(e)
+
+        whole = await outcome(type(storage)._conversation_parts)
+        parts = await outcome(StorageInterface._conversation_parts)  # the five point reads
+    assert whole == parts
+    if case == "intact":
+        assert whole[1:] == ({"title": "t"}, [{"start": 0}], [{"n": 0}, {"n": 1}], [{"memory_id": "m", "text": "one"}])
+    elif case == "expired":
+        assert whole[0] is not None and whole[1:] == (None, None, [], [])
+    elif case == "large history":
+        assert len(whole[3]) == 400
+    elif case == "append cut short":
+        assert whole[3] == [{"n": 0}, {"n": 1}]  # the version before the append
+    else:
+        assert whole[0] in (CorruptedDataError, StorageIOError), whole
