@@ -4,9 +4,10 @@ Works between any two backends through the public API plus four hooks that carry
 the public API cannot: ``_replace_log`` (a chain history in one write, so a re-run does
 not append it twice), ``_list_all_cache_keys``/``_read_cache``/``_write_cache`` (cache
 entries with their own creation and expiry times) and ``_delete`` (a conversation part
-the source does not have). A destination with ``_migrate_batch`` set gets its
-conversations in batches through its transaction hooks (``_tx_begin``, ``_tx_commit``).
-Every copy replaces what the destination holds under the same id, so running it again
+the source does not have). Conversations are walked with ``_conversation_ids`` (streamed
+where the backend can) and each is read whole with ``_conversation_parts``; a destination
+with ``_migrate_batch`` set gets them in batches through ``_replace_conversations`` (one
+durable write each). Every copy replaces what the destination holds under the same id, so running it again
 changes nothing, and a file tree migrated to another backend and back is byte-identical
 to the original.
 """
@@ -75,20 +76,25 @@ async def migrate(
     An entity that another process deletes from the source while this runs (listed, then
     gone when read) is skipped: nothing is written for it and it is not counted.
     ``progress(done, total)`` is called once before the first entity and after each one,
-    ``done`` counting entities (conversations, agents, cache keys, state keys, key-value
-    namespaces, messages, read states) up to
-    ``total``. Expiry is judged by the source's clock.
+    ``done`` counting entities (conversations, expired ones included, agents, cache keys,
+    state keys, key-value namespaces, messages, read states) up to ``total``. The
+    conversations are counted by a first walk of their ids, so one added while this runs
+    can make ``done`` pass that count: ``total`` then grows with ``done``, never below it.
+    Expiry is judged by the source's clock when each conversation is read.
 
     Raises StorageNotInitializedError if either storage is not initialized, and whatever
     StorageError a read or write raises (CorruptedDataError for a source entity that does
     not parse: nothing is skipped silently).
 
-    Only ids are listed up front; values are read one conversation (or one batch) at a
-    time, so memory does not grow with the source's values, only with its ids. Into a
-    destination whose transactions cost one durable commit each (SQLite), conversations
-    are written in batches, one transaction per batch: a migration killed half-way
-    leaves whole batches there, and running it again finishes it (elsewhere each part is
-    its own write, and a re-run completes it too).
+    Conversation ids are streamed from the source (file tree, SQLite, PostgreSQL; Redis
+    and the memory backend list them), never held as a list, and values are read one
+    conversation (or one batch) at a time, so memory does not grow with the number of
+    conversations; the ids of the other kinds (agents, cache keys, states, namespaces,
+    messages) are listed up front. Into a destination whose writes cost one durable
+    commit whatever they hold (SQLite), conversations are written in batches, one
+    all-or-nothing write per batch: a migration killed half-way leaves whole batches
+    there, and running it again finishes it (elsewhere each part is its own write, and a
+    re-run completes it too).
 
     Values are copied as they are stored, past both storages' middleware: encrypted or
     compressed values stay so, byte for byte (open the destination with the same
