@@ -87,7 +87,10 @@ async def kill_and_check(tmp_path: Path, rounds: int, seed: int) -> None:
             present = await copy.list_conversations()
             # Progress counts a batch once it is committed: at least what was reported is
             # there, in whole batches, each conversation with every part.
-            assert len(present) % BATCH == 0 and len(present) >= seen, (len(present), seen)
+            # A kill that lands after the migration ended (this reader of its progress was
+            # slow: a loaded machine) finds all of it, the last batch being the short one.
+            whole = len(present) % BATCH == 0 or len(present) == COUNT
+            assert whole and len(present) >= seen, (len(present), seen)
             # The source is walked in its folder listing's order, not by id.
             assert set(present) <= {f"conv_{i:06d}" for i in range(COUNT)}
             for conversation_id in present:
