@@ -512,3 +512,11 @@ async def test_a_file_conversation_read_whole_is_what_the_point_reads_give(
         assert whole[3] == [{"n": 0}, {"n": 1}]  # the version before the append
     else:
         assert whole[0] in (CorruptedDataError, StorageIOError), whole
+
+
+async def test_a_missing_conversation_reads_as_new_empty_parts_each_time(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_file_storage(tmp_path / "tree", clock=clock) as storage:
+        first = await storage._conversation_parts("absent", storage._now_ms())
+        first[3].append({"n": 1})  # a transaction appends to the history it read
+        first[4].append({"memory_id": "m"})
+        assert await storage._conversation_parts("absent", storage._now_ms()) == (None, None, None, [], [])

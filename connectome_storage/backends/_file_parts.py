@@ -39,7 +39,6 @@ __all__ = ["Parts", "conversation_parts", "stream_ids"]
 # (metadata even if expired, document, chunks, raw history, memories), as
 # ``StorageInterface._conversation_parts`` returns them.
 Parts = tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]
-_NOTHING: Parts = (None, None, None, [], [])
 # Ids handed over per worker-thread hop by ``stream_ids``.
 ID_CHUNK = 1024
 
@@ -66,7 +65,7 @@ def _read(storage: FileStorage, conversation_id: str, now_ms: int, limit: int | 
         if storage._case.active:
             storage._case.check(Path(folder), conversation_id)
         if entity_folder(storage._root, top, folder) is None:
-            return _NOTHING
+            return None, None, None, [], []  # new lists each time: a transaction appends to them
         raw: dict[Kind, bytes] = {}
         for kind in (Kind.METADATA, Kind.CONVERSATION, Kind.RAW_MESSAGES, Kind.CHUNKS, Kind.MEMORIES):
             path = f"{folder}{os.sep}{PART_FILES[kind]}"
