@@ -23,13 +23,16 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from ..codec import decode
 from ..conversations import MetaRecord
 from ..errors import CorruptedDataError
 from ..interface import Kind
 from ..naming import encode_name
 from . import _fs
-from ._file_scan import READ_IN_LOOP_LIMIT, entity_folder, parse_part, read_small_at
-from ._layout import META_FILE, PART_FILES
+from ._file_scan import READ_IN_LOOP_LIMIT, entity_folder, read_small_at
+from ._layout import META_FILE, PART_FILES, check_shape
 
 if TYPE_CHECKING:
     from .file import FileStorage
@@ -86,7 +89,7 @@ def _read(storage: FileStorage, conversation_id: str, now_ms: int, limit: int | 
     if Kind.RAW_MESSAGES in raw:
         history_path = f"{folder}{os.sep}{PART_FILES[Kind.RAW_MESSAGES]}"
         try:
-            history = parse_part(Kind.RAW_MESSAGES, raw[Kind.RAW_MESSAGES], history_path)
+            history = _parse(Kind.RAW_MESSAGES, raw[Kind.RAW_MESSAGES], history_path)
         except CorruptedDataError:
             if limit is not None:
                 return None  # maybe an append in place half-way: the settled read, in a thread
@@ -104,12 +107,42 @@ def _metadata(storage: FileStorage, raw: bytes | None, path: str, conversation_i
     """The stored metadata, expired or not; CorruptedDataError naming a damaged file."""
     if raw is None:
         return None
-    return storage._meta_record(parse_part(Kind.METADATA, raw, path), Path(path), conversation_id)
+    value = _parse(Kind.METADATA, raw, path)
+    record = MetaRecord.from_document(value, path)
+    if record.conversation_id != conversation_id:
+        storage._meta_record(value, Path(path), conversation_id)  # raises, naming the file
+    return record
 
 
 def _parsed(raw: dict[Kind, bytes], kind: Kind, folder: str) -> Any:
     data = raw.get(kind)
-    return None if data is None else parse_part(kind, data, f"{folder}{os.sep}{PART_FILES[kind]}")
+    return None if data is None else _parse(kind, data, f"{folder}{os.sep}{PART_FILES[kind]}")
+
+
+def _parse(kind: Kind, raw: bytes, path: str) -> Any:
+    """``parse_part`` without a Path for a file of the usual shape: pathlib interns every
+    part of a path it builds, and the interned-strings table grew with every conversation
+    migrated (a one-off resize of several megabytes at 100,000)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = decode(raw, path)  # raises, naming the file and where
+    if _usual(kind, value):
+        return value
+    return check_shape(kind, value, Path(path))  # raises (or takes it), naming the file
+
+
+def _usual(kind: Kind, value: Any) -> bool:
+    """Whether ``value`` has the shape ``check_shape`` asks of ``kind``, checked the quick
+    way (exact types); False leaves the verdict to ``check_shape``."""
+    if kind in (Kind.CONVERSATION, Kind.METADATA):
+        return type(value) is dict
+    if type(value) is not list or not all(type(item) is dict for item in value):
+        return False
+    if kind is Kind.MEMORIES:
+        ids = [item.get("memory_id") for item in value]
+        return all(type(memory_id) is str for memory_id in ids) and len(set(ids)) == len(ids)
+    return kind in (Kind.RAW_MESSAGES, Kind.CHUNKS)
 
 
 Folders = Iterator[tuple[str, str, bool | None]]
