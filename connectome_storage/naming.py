@@ -33,6 +33,9 @@ _WINDOWS_DEVICES = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"] + [f"{stem}{n}" for stem in ("COM", "LPT") for n in range(10)]
 )
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
+# A character that is never kept as is (a name without one, neither starting nor ending
+# with ".", is its own id).
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]").search
 
 
 def check_id(value: Any, what: str) -> str:
@@ -80,6 +83,11 @@ def encode_name(identifier: str) -> str:
 
 def decode_name(name: str) -> str | None:
     """Map a file name back to its id; ``None`` if ``encode_name`` would not produce it."""
+    if name and _UNSAFE(name) is None and name[0] != "." and name[-1] != ".":
+        # The common case, nothing encoded (a listing of 100,000 folders decodes every
+        # name): only a Windows device name would have had its first letter encoded.
+        stem = name.partition(".")[0]
+        return None if len(stem) < 5 and stem.upper() in _WINDOWS_DEVICES else name
     try:
         identifier = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), name)
         # Percent escapes are UTF-8 bytes: rebuild the bytes, then decode them.

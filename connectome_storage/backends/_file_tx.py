@@ -64,7 +64,7 @@ from ..codec import decode, format_time
 from ..errors import CorruptedDataError, InvalidArgumentError, LockTimeoutError, StorageError, TransactionError
 from ..interface import CONVERSATION_PARTS, CacheEntry, Kind, Problem
 from ..kv import KVRecord
-from . import _fs
+from . import _folders, _fs
 from ._file_kv import entry_bytes, kv_id, parse_entry
 from ._layout import LOG_FILES, PART_FILES, check_shape, remove_empty_dir
 from ._locks import Held, RetryLater, os_lock
@@ -115,6 +115,8 @@ class FileTransactions:
 
     if TYPE_CHECKING:  # provided by FileStorage
         _root: Path
+        _conversations_dir: str
+        _expiry: _folders.ExpiryIndex
         _locks: EntityLocks
         _logs: AppendLog
         _own: OwnWrites
@@ -225,11 +227,20 @@ class FileTransactions:
         pid = os.getpid()
         txid = f"{self._stamp()}-{pid}-{secrets.token_hex(4)}"
         folder = self._root / TX_DIR
-        renames = [
-            (f.path.with_name(f"{_fs.TEMP_PREFIX}{pid}-{secrets.token_hex(6)}"), f, data)
-            for f, data in changes
-            if data is not None
-        ]
+        # A file of a conversation whose folder does not exist is staged in a hidden
+        # ``.new-`` folder (under its final name), renamed into place whole at apply: a
+        # folder of conversations/ is a conversation, so it must not appear before the commit.
+        staged: dict[Path, Path] = {}  # conversation folder -> its staging folder
+        renames = []
+        for f, data in changes:
+            if data is None:
+                continue
+            if self._tx_new_folder(f.path.parent):
+                if f.path.parent not in staged:
+                    staged[f.path.parent] = f.path.parent.with_name(_fs.unique_name(_fs.NEW_PREFIX))
+                renames.append((staged[f.path.parent] / f.path.name, f, data))
+            else:
+                renames.append((f.path.with_name(f"{_fs.TEMP_PREFIX}{pid}-{secrets.token_hex(6)}"), f, data))
         deletes = [f for f, data in changes if data is None]
         record = {
             "transaction": txid,
@@ -239,6 +250,12 @@ class FileTransactions:
             # What each renamed file must hold: recovery tells a rename done from a temp lost.
             "digests": [hashlib.sha256(data).hexdigest() for _temp, _f, data in renames],
         }
+        if staged:
+            record["folders"] = [[self._rel(new), self._rel(target)] for target, new in staged.items()]
+        expiring = [
+            f.path.parent.name for f, data in changes if data is not None and f.kind is Kind.METADATA
+            and f.value.expires_ms is not None
+        ]  # fmt: skip
         draft = folder / f"{_fs.TEMP_PREFIX}{pid}-{txid}"
         journal = folder / f"{txid}.json"
         kept: list[_fs.Kept] = []
@@ -246,16 +263,21 @@ class FileTransactions:
             try:
                 _fs.ensure_dir(folder, self._root)
                 _write_new(draft, orjson.dumps(record), sync=False)  # names the temps: undone if cut short
+                for new in staged.values():
+                    _fs.ensure_dir(new.parent, self._root)
+                    os.mkdir(new)
                 for temp, _f, data in renames:
                     _fs.ensure_dir(temp.parent, self._root)
                     _write_new(temp, data, sync=True)
                 for f in [f for _t, f, _d in renames] + deletes:
                     kept.append(self._tx_before_replace(f))
+                for name in expiring:  # before the metadata can be seen (_folders.ExpiryIndex)
+                    self._expiry.add(name)
                 _fsync_file(draft)
                 os.replace(draft, journal)
                 _fs.fsync_dir(folder)  # the commit point
             except BaseException:
-                self._tx_undo(draft, [temp for temp, _f, _d in renames], kept)
+                self._tx_undo(draft, [temp for temp, _f, _d in renames], kept, list(staged.values()))
                 raise
         except OSError as e:
             raise _fs.os_error(e, "committing a transaction in", self._root) from e
@@ -270,6 +292,10 @@ class FileTransactions:
                     self._logs.forget(f.path)
             for k in kept:
                 _fs.prune_backups(k)
+            for f, data in changes:
+                # After the metadata lost its expiry (or went): its index entry goes.
+                if f.kind is Kind.METADATA and (data is None or f.value.expires_ms is None):
+                    self._expiry.discard(f.path.parent.name)
             os.unlink(journal)
             if deletes:
                 # Made durable, so that a power cut cannot bring the journal back and have a
@@ -288,11 +314,23 @@ class FileTransactions:
         keep = 0 if f.kind is Kind.CACHE or not f.replaced else self._keep
         return _fs.keep_backup(self._root, f.path, keep, self._stamp())
 
-    def _tx_undo(self, draft: Path, temps: list[Path], kept: list[_fs.Kept]) -> None:
+    def _tx_new_folder(self, folder: Path) -> bool:
+        """Whether ``folder`` is a conversation folder that does not exist (yet)."""
+        if str(folder.parent) != self._conversations_dir:
+            return False
+        try:
+            os.lstat(folder)
+        except FileNotFoundError:
+            return True
+        return False
+
+    def _tx_undo(self, draft: Path, temps: list[Path], kept: list[_fs.Kept], staged: list[Path]) -> None:
         """A commit abandoned before its commit point: nothing of it stays."""
         for path in [*temps, draft]:
             with suppress(OSError):
                 os.unlink(path)
+        for new in staged:
+            _fs.discard_folder(new)
         for k in kept:
             if k.version is not None:
                 with suppress(OSError):
@@ -308,32 +346,74 @@ class FileTransactions:
         new bytes (lost by a power cut on a filesystem that does not keep a folder's changes
         in order): recovery cannot finish those, and says so."""
         folders, lost = set(), []
+        moved = set()
+        for new_name, target_name in record.get("folders", []):
+            # A new conversation's folder, staged whole: renamed into place. Should a
+            # folder be there by now (made by hand), its files are moved one by one below.
+            new, target = self._root / new_name, self._root / target_name
+            if not os.path.lexists(new):
+                continue  # renamed already (a recovery after the apply)
+            if not os.path.lexists(target):
+                os.rename(new, target)
+                moved.add(new)
+            folders.add(new.parent)
         digests = record.get("digests") or [None] * len(record["renames"])
         for (temp_name, target_name), digest in zip(record["renames"], digests, strict=True):
             temp, target = self._root / temp_name, self._root / target_name
             if recovering and target.name in LOG_FILES:
                 self._logs.forget(target)  # its append record may describe the version replaced
-            if os.path.lexists(temp):
+            if temp.parent in moved:
+                self._own.wrote(target)
+            elif os.path.lexists(temp):
+                _fs.ensure_dir(target.parent, self._root)
                 os.replace(temp, target)
                 self._own.wrote(target)
             elif recovering and digest is not None and _digest(target) != digest:
                 lost.append(target_name)
             folders.add(target.parent)
+        for new_name, _target_name in record.get("folders", []):
+            with suppress(OSError):
+                os.rmdir(self._root / new_name)  # emptied by the renames above, if not moved whole
         emptied = set()
+        by_folder: dict[Path, set[str]] = {}
         for target_name in record["deletes"]:
             target = self._root / target_name
-            if _fs.regular_size(target) is not None:
-                os.unlink(target)
-                self._own.removed(target)
-            folders.add(target.parent)
-            if target.parent.parent.name in ("conversations", "agents", "kv"):
-                emptied.add(target.parent)
+            by_folder.setdefault(target.parent, set()).add(target.name)
+        for parent, names in by_folder.items():
+            if str(parent.parent) == self._conversations_dir and self._tx_retire(parent, names):
+                folders.add(parent.parent)
+                continue
+            for name in names:
+                target = parent / name
+                if _fs.regular_size(target) is not None:
+                    os.unlink(target)
+                    self._own.removed(target)
+            folders.add(parent)
+            if parent.parent.name in ("agents", "kv"):
+                emptied.add(parent)
         for folder in folders:
             if folder.is_dir():
                 _fs.fsync_dir(folder)
         for folder in emptied:
             remove_empty_dir(folder)
         return lost
+
+    def _tx_retire(self, folder: Path, names: set[str]) -> bool:
+        """When deleting ``names`` leaves the conversation folder without a part: it goes
+        whole (renamed away, see ``_fs.retire_folder``; the backups were kept before the
+        commit point). True if it did (or is gone already)."""
+        try:
+            os.lstat(folder)
+        except FileNotFoundError:
+            return True
+        present = {e.name for e in _fs.scandir(folder) if e.name in names}
+        if not present or not _folders.only_parts_leave(folder, present):
+            return False
+        _fs.retire_folder(folder)
+        for name in present:
+            self._own.removed(folder / name)
+        self._expiry.discard(folder.name)
+        return True
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self._root).as_posix()
@@ -559,13 +639,16 @@ class FileTransactions:
     def _tx_undo_draft(self, draft: Path) -> None:
         """An uncommitted journal: remove the temp files it names, then it."""
         try:
-            record = orjson.loads(_fs.read_bytes(draft) or b"")
-            temps = [self._root / temp for temp, _target in _valid(self, record)["renames"]]
+            record = _valid(self, orjson.loads(_fs.read_bytes(draft) or b""))
+            temps = [self._root / temp for temp, _target in record["renames"]]
+            staged = [self._root / new for new, _target in record.get("folders", [])]
         except (orjson.JSONDecodeError, StorageError, OSError, ValueError, TypeError, KeyError):
-            temps = []  # cut short while being written: no temp file was staged yet
+            temps, staged = [], []  # cut short while being written: no temp file was staged yet
         for temp in temps:
             with suppress(FileNotFoundError):
                 os.unlink(temp)
+        for new in staged:
+            _fs.discard_folder(new)
         with suppress(FileNotFoundError):
             os.unlink(draft)
 
@@ -716,19 +799,45 @@ def _valid(storage: FileTransactions, record: Any) -> dict[str, Any]:
         or not all(isinstance(d, str) for d in digests)
     ):
         raise ValueError("digests do not match the renames")
+    staged = _valid_folders(record.get("folders", []))
     for pair in record["renames"]:
         temp, target = pair
         if not (isinstance(temp, str) and isinstance(target, str)):
             raise ValueError("a rename is not two paths")
         storage._parse_relative(target)
         head, _, name = temp.rpartition("/")
-        if head != target.rpartition("/")[0] or not name.startswith(_fs.TEMP_PREFIX):
+        target_head, _, target_name = target.rpartition("/")
+        if head in staged and staged[head] == target_head and name == target_name:
+            continue  # a file of a new conversation folder staged whole
+        if head != target_head or not name.startswith(_fs.TEMP_PREFIX):
             raise ValueError(f"temp file {temp!r} is not next to {target!r}")
     for target in record["deletes"]:
         if not isinstance(target, str):
             raise ValueError("a delete is not a path")
         storage._parse_relative(target)
     return record
+
+
+def _valid_folders(pairs: Any) -> dict[str, str]:
+    """{staging folder: conversation folder} of a journal's ``folders``: each a hidden
+    ``.new-`` folder of conversations/ and a conversation folder (a name that decodes)."""
+    from ..naming import decode_name
+
+    if not isinstance(pairs, list):
+        raise ValueError("folders is not a list")
+    staged = {}
+    for pair in pairs:
+        new, target = pair
+        if not (isinstance(new, str) and isinstance(target, str)):
+            raise ValueError("a folder rename is not two paths")
+        new_top, _, new_name = new.partition("/")
+        top, _, name = target.partition("/")
+        if new_top != "conversations" or top != "conversations" or not new_name.startswith(_fs.NEW_PREFIX):
+            raise ValueError(f"folder {new!r} is not a staging folder of conversations/")
+        if "/" in new_name or decode_name(name) is None:
+            raise ValueError(f"{target!r} is not a conversation folder")
+        staged[new] = target
+    return staged
 
 
 def _digest(path: Path) -> str | None:

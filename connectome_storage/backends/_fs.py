@@ -25,16 +25,20 @@ from ..errors import AccessDeniedError, StorageError, StorageFullError, StorageI
 
 __all__ = [
     "BACKUP_DIR",
+    "GONE_PREFIX",
+    "NEW_PREFIX",
     "TEMP_PREFIX",
     "BackupVersion",
     "Kept",
     "atomic_write",
     "check_folders",
+    "discard_folder",
     "ensure_dir",
     "fsync_dir",
     "holds",
     "keep_backup",
     "list_backups",
+    "make_folder_whole",
     "missing_dirs",
     "open_regular",
     "os_error",
@@ -44,12 +48,19 @@ __all__ = [
     "refuse_special",
     "regular_size",
     "remove_stale_temp_files",
+    "retire_folder",
     "scandir",
     "special_kind",
+    "unique_name",
     "unlink",
 ]
 
 TEMP_PREFIX = ".tmp-"
+# A conversation folder being made (its first file written in it before it is renamed
+# into place) and one being removed (renamed away whole, then emptied): never listed,
+# since no id's name starts with a dot.
+NEW_PREFIX = ".new-"
+GONE_PREFIX = ".gone-"
 BACKUP_DIR = ".backups"
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -464,9 +475,9 @@ def remove_stale_temp_files(root: Path, folders: list[Path]) -> int:
     return removed
 
 
-def temp_owner_alive(name: str) -> bool:
-    """Whether the process that created temp file ``name`` is still running."""
-    pid_text = name[len(TEMP_PREFIX) :].partition("-")[0]
+def temp_owner_alive(name: str, prefix: str = TEMP_PREFIX) -> bool:
+    """Whether the process that created temp file (or ``.new-`` folder...) ``name`` is still running."""
+    pid_text = name[len(prefix) :].partition("-")[0]
     if not pid_text.isdigit():
         return False
     pid = int(pid_text)
@@ -488,3 +499,79 @@ def scandir(folder: Path) -> list[os.DirEntry[str]]:
             return list(entries)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+# --------------------------------------------------------- whole folders
+
+
+def unique_name(prefix: str) -> str:
+    """``<prefix><pid>-<tag><counter>``: the temp files' scheme (the pid tells cleanup()
+    whether the writer is alive), for the folders made and retired whole."""
+    pid = os.getpid()
+    if _TEMP_TAG[1] != pid:
+        _TEMP_TAG[:] = [secrets.token_hex(4), pid]
+    return f"{prefix}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
+
+
+def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> bool:
+    """Create ``folder`` holding the file ``name`` with ``data``, appearing whole: made as
+    a hidden ``.new-`` folder next to it, the file written and fsynced, the folder fsynced,
+    renamed into place, the parent fsynced (three fsyncs, as a folder made and then
+    written into). False, with nothing left behind, when a non-empty ``folder`` is there
+    by now (the caller writes into it); the caller holds the entity's lock and saw none.
+    """
+    parent = folder.parent
+    ensure_dir(parent, root)
+    while True:
+        staging = parent / unique_name(NEW_PREFIX)
+        try:
+            os.mkdir(staging)
+            break
+        except FileExistsError:
+            continue
+    try:
+        fd = os.open(staging / name, _TEMP_FLAGS, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(staging)
+        # A rename onto an empty folder replaces it (Linux): nothing is lost by that. Onto
+        # one holding anything it fails, and the caller writes into that folder instead.
+        os.rename(staging, folder)
+    except OSError as e:
+        discard_folder(staging)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST) or (os.name == "nt" and e.errno == errno.EACCES):
+            return False
+        raise
+    except BaseException:
+        discard_folder(staging)
+        raise
+    fsync_dir(parent)
+    return True
+
+
+def retire_folder(folder: Path) -> None:
+    """Remove ``folder`` whole: renamed away to a hidden ``.gone-`` name, the parent
+    fsynced (from then on it is gone, whatever happens), then emptied and removed. A crash
+    during the last step leaves the ``.gone-`` folder for ``cleanup()``."""
+    gone = folder.parent / unique_name(GONE_PREFIX)
+    os.rename(folder, gone)
+    fsync_dir(folder.parent)
+    discard_folder(gone)
+
+
+def discard_folder(folder: Path) -> None:
+    """Remove ``folder`` and the files in it (one level; links are removed, never
+    followed); what cannot be removed stays for ``cleanup()``."""
+    for entry in scandir(folder):
+        with suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                discard_folder(Path(entry.path))
+            else:
+                os.unlink(entry.path)
+    with suppress(OSError):
+        os.rmdir(folder)

@@ -34,6 +34,8 @@ GITIGNORE = b"""\
 .journal/
 .transactions/
 .tmp-*
+.new-*
+.gone-*
 .health-*
 # SQLite databases kept next to the tree, and their side files
 *.db
@@ -112,13 +114,31 @@ class Cleanup:
         """``temp_files`` False: leave temp files alone (the caller could not take the tree's
         transaction lock, and a dead process's committed journal may still need them)."""
         folders = [self._root / f for f in _layout.FOLDERS]
+        # Leftover folders first: their temp files are counted with them, once.
+        leftovers = self._leftover_folders() if temp_files else 0
         removed = {
-            "temp_files": _fs.remove_stale_temp_files(self._root, folders) if temp_files else 0,
+            "temp_files": leftovers + (_fs.remove_stale_temp_files(self._root, folders) if temp_files else 0),
             "backups": self._backups(now_ms - retention_ms),
             "lock_files": self._lock_files(now_ms - retention_ms),
         }
         if any(removed.values()):
             logger.info("cleanup of %s removed %s", self._root, removed)
+        return removed
+
+    def _leftover_folders(self) -> int:
+        """``conversations/.gone-*`` folders (a removal whose commit point is past: always)
+        and ``.new-*`` folders whose writing process is gone (a live one is about to rename
+        its folder into place)."""
+        removed = 0
+        for entry in _fs.scandir(self._root / "conversations"):
+            name = entry.name
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if name.startswith(_fs.GONE_PREFIX) or (
+                name.startswith(_fs.NEW_PREFIX) and not _fs.temp_owner_alive(name, _fs.NEW_PREFIX)
+            ):
+                _fs.discard_folder(Path(entry.path))
+                removed += not os.path.lexists(entry.path)
         return removed
 
     # ------------------------------------------------------------------ backups

@@ -92,13 +92,23 @@ def find_strays(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> li
             stray(entry.path, "temp file left by a writer that is gone; cleanup() removes it")
         return True
 
+    def leftover(entry: os.DirEntry[str]) -> bool:
+        """A conversation folder being made or removed whole (``.new-``/``.gone-``)."""
+        if not entry.name.startswith((_fs.NEW_PREFIX, _fs.GONE_PREFIX)) or not entry.is_dir(follow_symlinks=False):
+            return False
+        if not _fs.temp_owner_alive(entry.name, entry.name[: entry.name.index("-") + 1]):
+            what = "being made" if entry.name.startswith(_fs.NEW_PREFIX) else "being removed"
+            stray(entry.path, f"temp files of an interrupted write (a conversation folder {what}), "
+                              "left by a writer that is gone; cleanup() removes it")  # fmt: skip
+        return True
+
     for entry in _fs.scandir(root):
         temp(entry)
     for folder in FOLDERS:
         if folder == "kv":
             continue  # checked by FileKV._kv_verify
         for entry in _fs.scandir(root / folder):
-            if temp(entry):
+            if temp(entry) or (folder == "conversations" and leftover(entry)):
                 continue
             nested = folder in ("conversations", "agents")
             name = entry.name if nested else entry.name.removesuffix(".json")
@@ -108,9 +118,13 @@ def find_strays(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> li
                 stray(entry.path, "a folder was expected" if nested else "a file was expected")
             elif nested:
                 allowed = CONVERSATION_FILES if folder == "conversations" else AGENT_FILES
-                for inner in _fs.scandir(Path(entry.path)):
+                inside = _fs.scandir(Path(entry.path))
+                for inner in inside:
                     if not temp(inner) and inner.name not in allowed:
                         stray(inner.path, f"only {', '.join(sorted(allowed))} belong here")
+                if folder == "conversations" and not any(inner.name in allowed for inner in inside):
+                    stray(entry.path, "a conversation folder without a part (it lists as an empty "
+                                      "conversation); remove it, or what is in it")  # fmt: skip
     return strays
 
 

@@ -61,7 +61,7 @@ from ..interface import (
     StorageInterface,
 )
 from ..naming import decode_name, encode_name
-from . import _file_parts, _fs, _housekeeping
+from . import _file_parts, _folders, _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
@@ -101,7 +101,9 @@ _FLAT = {Kind.CACHE: "cache", Kind.SYSTEM: "system", Kind.MESSAGE: "messages"}
 # The kinds stored in an agent's folder, which share its lock.
 _AGENT_KINDS = (Kind.REASONING_CHAINS, Kind.READ_STATE)
 
-FORMAT_VERSION = 1
+# 2: a folder of conversations/ is a conversation (it holds a part), and .expiring/ indexes
+# the conversations whose metadata has an expiry (_folders.py). 1: folders may be empty.
+FORMAT_VERSION = 2
 MARKER = ".connectome-storage.json"
 logger = logging.getLogger("connectome_storage")
 
@@ -133,6 +135,12 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         self._case = CaseGuard()
         self._conversations_dir = str(self._root / "conversations")
         self._meta_absent = MetaAbsence()  # folders known to hold no metadata.json (reads)
+        self._expiry = _folders.ExpiryIndex(self._root)
+        # The tree's format: at 2 a listing is one scandir of conversations/; at 1 (a tree
+        # opened only for reading, or one whose upgrade found a folder it may not remove)
+        # each folder is opened to see that it holds a part.
+        self._version = FORMAT_VERSION
+        self._newly_indexed = 0  # index entries cleanup()'s full pass made (hand-written metadata)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -143,15 +151,15 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         if not self.create_on_open:
             # Only read: a tree written by an older version may lack a data folder or the
             # .gitignore, and reading it must not add them (reads treat a missing folder
-            # as empty).
-            self._check_marker()
+            # as empty); a version-1 tree stays at 1 and is listed the slow way.
+            self._version = self._check_marker()
             self._case.detect(self._root / MARKER)
             return
         try:
             self._root.mkdir(parents=True, exist_ok=True)
             for folder in FOLDERS:
                 _fs.ensure_dir(self._root / folder, self._root)
-            self._check_marker()
+            self._version = self._check_marker()
             self._case.detect(self._root / MARKER)
         except OSError as e:
             raise _fs.os_error(e, "initializing", self._root) from e
@@ -160,6 +168,56 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         _housekeeping.write_gitignore(self._root)
         # A transaction a crash interrupted is finished (committed) or undone (not yet).
         self._tx_recover_at_open()
+        if self._version < FORMAT_VERSION and not self._journals_busy():
+            # (A journal left pending may still need temp files in a folder without a part.)
+            self._upgrade_sync(prune=False)
+
+    def _upgrade_sync(self, *, prune: bool) -> _folders.Reindexed:
+        """One pass over conversations/ (``_folders.reindex``); a version-1 tree whose
+        part-less folders all went is then marked version 2 (atomically)."""
+        started = time.monotonic()
+        try:
+            done = _folders.reindex(
+                Path(self._conversations_dir), self._expiry, self._locks, self._has_expiry, prune=prune
+            )
+            if self._version < FORMAT_VERSION and not done.kept:
+                value = {"format": "connectome-storage file tree", "version": FORMAT_VERSION}
+                _fs.atomic_write(self._root / MARKER, encode(value), self._root)
+                self._version = FORMAT_VERSION
+                logger.info(
+                    "upgraded %s to format version %d in %.1f s: %d folders without a part removed, "
+                    "%d conversations with an expiry indexed",
+                    self._root, FORMAT_VERSION, time.monotonic() - started, done.removed, done.indexed,
+                )  # fmt: skip
+            elif self._version < FORMAT_VERSION:
+                logger.warning(
+                    "%s stays at format version 1 (listed the slow way): %d folders without a part "
+                    "hold something else (%s); verify() names them",
+                    self._root, len(done.kept), ", ".join(done.kept[:3]),
+                )  # fmt: skip
+        except (OSError, StorageError) as e:
+            # A tree this process may not write (or a link in place of .expiring) still
+            # opens: it stays at the version it is at, listed accordingly.
+            error = _fs.os_error(e, "upgrading", self._root) if isinstance(e, OSError) else e
+            logger.warning("%s stays at format version %d: %s", self._root, self._version, error)
+            return _folders.Reindexed()
+        return done
+
+    def _has_expiry(self, path: Path, conversation_id: str) -> bool:
+        """Whether the metadata file at ``path`` has an expiry (a damaged one: indexed too,
+        since it may have one once fixed; the entry costs a read)."""
+        try:
+            raw = _fs.read_bytes(path)
+        except (OSError, StorageError):
+            return True
+        return raw is not None and self._meta_bytes_expire(raw, path, conversation_id)
+
+    def _meta_bytes_expire(self, raw: bytes, path: Path, conversation_id: str) -> bool:
+        try:
+            value = check_shape(Kind.METADATA, decode(raw, str(path)), path)
+            return self._meta_record(value, path, conversation_id).expires_ms is not None
+        except CorruptedDataError:
+            return True
 
     def _require_initialized(self) -> None:
         super()._require_initialized()
@@ -168,7 +226,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         if self.create_on_open and self._journals_busy():
             self._tx_settle_for_readers()
 
-    def _check_marker(self) -> None:
+    def _check_marker(self) -> int:
+        """The tree's format version (a new tree is made at the current one)."""
         marker = self._root / MARKER
         raw = _fs.read_bytes(marker)
         if raw is None and not self.create_on_open:
@@ -176,7 +235,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         if raw is None:
             value = {"format": "connectome-storage file tree", "version": FORMAT_VERSION}
             _fs.atomic_write(marker, encode(value), self._root)
-            return
+            return FORMAT_VERSION
         content = decode(raw, str(marker))
         version = content.get("version") if isinstance(content, dict) else None
         if not isinstance(version, int):
@@ -186,6 +245,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
                 f"{self._root} holds format version {version}, written by a newer "
                 f"connectome-storage; this one reads up to {FORMAT_VERSION}: upgrade the package"
             )
+        return version
 
     async def _close(self) -> None:
         self._own.stop_all()  # every running watch() ends
@@ -358,7 +418,21 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     def _write_meta_sync(self, record: MetaRecord) -> None:
         path = self.path_of(Kind.METADATA, record.conversation_id)
-        self._replace_file(path, self._encode(record.to_document()))
+        self._write_meta_bytes(path, self._encode(record.to_document()), record.expires_ms is not None)
+
+    def _write_meta_bytes(self, path: Path, data: bytes, expires: bool) -> None:
+        """Every write of a metadata.json goes here, under the conversation's lock: its
+        index entry (_folders.ExpiryIndex) is made durable before metadata with an expiry
+        is written, and removed only after metadata without one is."""
+        name = path.parent.name
+        if expires:
+            try:
+                self._expiry.add(name)
+            except OSError as e:
+                raise _fs.os_error(e, "writing", self._expiry.folder / name) from e
+        self._replace_file(path, data)
+        if not expires:
+            self._expiry.discard(name)
 
     def _history_count_sync(self, conversation_id: str) -> int:
         """The raw history's length: from the append journal when it knows the file, else read."""
@@ -370,7 +444,31 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         return known if known is not None else len(self._load_sync(Kind.RAW_MESSAGES, path) or [])
 
     def _drop_conversation_sync(self, conversation_id: str) -> bool:
-        """Remove every part, metadata last (a crash half-way leaves it expired); True if any was there."""
+        """Remove every part; True if any was there. A backup of each is kept, then the
+        folder is renamed away whole (one step: no crash leaves part of it). A folder that
+        also holds something else (a file of the user's) stays: its parts are removed one
+        by one, metadata last (a crash half-way leaves it expired)."""
+        folder = self.path_of(Kind.METADATA, conversation_id).parent
+        try:
+            if _fs.missing_dirs(folder, self._root):
+                return False
+            present = {e.name for e in _fs.scandir(folder) if e.name in CONVERSATION_FILES}
+            if present and _folders.only_parts_leave(folder, present):
+                paths = [self.path_of(kind, conversation_id) for kind in PART_FILES if PART_FILES[kind] in present]
+                kept = []
+                for path in paths:
+                    if path.name in LOG_FILES:
+                        self._logs.forget(path)
+                    kept.append(_fs.keep_backup(self._root, path, self._keep, self._stamp()))
+                _fs.retire_folder(folder)
+                for k in kept:
+                    _fs.prune_backups(k)
+                for path in paths:
+                    self._own.removed(path)
+                self._expiry.discard(folder.name)
+                return True
+        except OSError as e:
+            raise _fs.os_error(e, "deleting", folder) from e
         found = False
         for kind in PART_FILES:
             found = self._remove_file(self.path_of(kind, conversation_id)) or found
@@ -407,6 +505,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         (``keep`` versions at most; None: the configured number)."""
         try:
             size = _fs.regular_size(path)  # refuses a link, FIFO, socket or device
+            if size is None and self._made_whole(path, data):
+                return  # a new conversation: its folder appeared with the file in it
             # Only a file of the same size can hold the same bytes: most stores skip the read.
             if size == len(data) and _fs.holds(path, data):
                 return
@@ -429,6 +529,23 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         except OSError as e:
             raise _fs.os_error(e, "writing", path) from e
 
+    def _made_whole(self, path: Path, data: bytes) -> bool:
+        """Under the conversation's lock, when ``path`` is a part of a conversation whose
+        folder does not exist: make the folder whole with the file in it (a folder of
+        conversations/ always holds a part). False otherwise (the caller writes as usual)."""
+        folder = path.parent
+        if str(folder.parent) != self._conversations_dir:
+            return False
+        try:
+            os.lstat(folder)
+            return False
+        except FileNotFoundError:
+            pass
+        if not _fs.make_folder_whole(folder, path.name, data, self._root):
+            return False  # made by hand meanwhile: written into as usual
+        self._own.wrote(path)
+        return True
+
     def _remove_file(self, path: Path, keep: int | None = None) -> bool:
         try:
             if _fs.missing_dirs(path.parent, self._root) or _fs.regular_size(path) is None:
@@ -436,11 +553,19 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             if path.name in LOG_FILES:
                 self._logs.forget(path)
             kept = _fs.keep_backup(self._root, path, self._keep if keep is None else keep, self._stamp())
-            removed = _fs.unlink(path)
+            folder = path.parent
+            conversation = str(folder.parent) == self._conversations_dir
+            if conversation and _folders.only_parts_leave(folder, {path.name}):
+                _fs.retire_folder(folder)  # its last part: the folder goes whole
+                removed = True
+            else:
+                removed = _fs.unlink(path)
             _fs.prune_backups(kept)
             self._own.removed(path)
-            if path.parent.parent.name in ("conversations", "agents"):
-                remove_empty_dir(path.parent)
+            if conversation and (path.name == META_FILE or not os.path.lexists(folder)):
+                self._expiry.discard(folder.name)
+            elif folder.parent.name == "agents":
+                remove_empty_dir(folder)
             return removed
         except OSError as e:
             raise _fs.os_error(e, "deleting", path) from e
@@ -516,7 +641,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         # An append takes no backup: the previous version is a prefix of the new one.
         path = self.path_of(kind, key)
         try:
-            _fs.missing_dirs(path.parent, self._root)  # an append in place must not go through a link
+            # An append in place must not go through a link (refused here).
+            missing = _fs.missing_dirs(path.parent, self._root)
+            if missing and kind is Kind.RAW_MESSAGES and items and self._made_whole(path, self._encode(items)):
+                self._logs.adopt(path, len(items))  # the next append goes in place
+                return len(items)
             count = self._logs.append(path, items, lambda: self._load_sync(kind, path) or [])
             self._own.wrote(path)
             return count
@@ -607,8 +736,12 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         return live
 
     def _conversation_ids(self) -> AsyncGenerator[str, None]:
-        # migrate's walk: streamed from one folder scan (_file_parts.stream_ids), no list.
-        return _file_parts.stream_ids(conversation_folders(self._conversations_dir))
+        # migrate's walk: streamed from one scan of conversations/ (_file_parts.stream_ids), no
+        # list; the folders _conversations_sync lists, expired ones included.
+        if self._version < FORMAT_VERSION:
+            ids = (identifier for identifier, _folder, _meta in conversation_folders(self._conversations_dir))
+            return _file_parts.stream_ids(ids)
+        return _file_parts.stream_ids(_file_parts.folder_ids(self._conversations_dir))
 
     async def _conversation_parts(
         self, conversation_id: str, now_ms: int
@@ -617,8 +750,35 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         return await _file_parts.conversation_parts(self, conversation_id, now_ms)
 
     def _conversations_sync(self, now_ms: int) -> tuple[list[str], list[str]]:
-        """(live ids, expired ids). Only folders whose listing shows a metadata.json have
-        it read; a damaged one leaves its conversation live (verify() names it)."""
+        """(live ids, expired ids). At format version 2, one scandir of conversations/:
+        each folder is a conversation, and only those in the expiry index have their
+        metadata read. A damaged metadata leaves its conversation live (verify() names it).
+        A link (or FIFO...) in place of a folder is listed, so that reading it fails
+        loudly, naming it; a plain file is not a conversation."""
+        if self._version < FORMAT_VERSION:
+            return self._conversations_v1(now_ms)
+        expiring = self._expiry.names()
+        live: list[str] = []
+        expired: list[str] = []
+        try:
+            entries = os.scandir(self._conversations_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return live, expired
+        with entries:
+            for entry in entries:
+                name = entry.name
+                identifier = decode_name(name)
+                if identifier is None or entry.is_file(follow_symlinks=False):
+                    continue
+                if name in expiring and self._expired_at(Path(entry.path, META_FILE), identifier, now_ms):
+                    expired.append(identifier)
+                else:
+                    live.append(identifier)
+        return live, expired
+
+    def _conversations_v1(self, now_ms: int) -> tuple[list[str], list[str]]:
+        """As ``_conversations_sync``, for a version-1 tree: each folder is opened to see
+        that it holds a part, and has its metadata read if it holds one."""
         live, expired = [], []
         for identifier, folder, has_meta in conversation_folders(self._conversations_dir):
             if has_meta and self._expired_at(Path(folder, META_FILE), identifier, now_ms):
@@ -785,7 +945,19 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         return not self._expired_at(self.path_of(Kind.METADATA, conversation_id), conversation_id, now_ms)
 
     async def _expired_conversations(self, now_ms: int) -> list[str]:
-        _live, expired = await asyncio.to_thread(self._conversations_sync, now_ms)
+        return await asyncio.to_thread(self._expired_sync, now_ms)
+
+    def _expired_sync(self, now_ms: int) -> list[str]:
+        """Ids of the expired conversations: at version 2 only those in the expiry index
+        have their metadata read."""
+        if self._version < FORMAT_VERSION:
+            return self._conversations_v1(now_ms)[1]
+        expired = []
+        for name in self._expiry.names():
+            identifier = decode_name(name)
+            path = Path(self._conversations_dir, name, META_FILE)
+            if identifier is not None and self._expired_at(path, identifier, now_ms):
+                expired.append(identifier)
         return expired
 
     async def _remove_expired_conversations(self, now_ms: int) -> int:
@@ -916,7 +1088,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             raise _fs.os_error(e, "probing", probe) from e
         return {
             "base_dir": str(self._root),
-            "format_version": FORMAT_VERSION,
+            "format_version": self._version,
             "free_bytes": usage.free,
             "writable": True,
         }
@@ -1032,6 +1204,15 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     # ------------------------------------------------------------- housekeeping
 
+    async def cleanup(self) -> dict[str, int]:
+        removed = await super().cleanup()
+        if self._newly_indexed:
+            # Metadata with an expiry written by hand, indexed by this cleanup's full pass:
+            # an expired one goes now too, not at the next cleanup.
+            self._newly_indexed = 0
+            removed["expired_conversations"] += await self._remove_expired_conversations(self._now_ms())
+        return removed
+
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Stale temp files, and backups and lock files of entities gone for longer than
         ``backup_retention`` (see _housekeeping.Cleanup)."""
@@ -1057,7 +1238,12 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         assert tree is not None
         try:
             self._tx_recover_sync(True, set(), time.monotonic() + self._locks.timeout)
-            return cleanup.run(now_ms, retention_ms)
+            removed = cleanup.run(now_ms, retention_ms)
+            # A full pass: folders without a part go, metadata written by hand with an
+            # expiry is indexed, stale index entries go; a version-1 tree is upgraded once
+            # nothing stands in the way.
+            self._newly_indexed += self._upgrade_sync(prune=True).indexed
+            return removed
         finally:
             tree.__exit__()
             # Like the lock files of gone entities: no transaction is running, so it goes
@@ -1147,7 +1333,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         data = _fs.read_bytes(candidates[0].path)
         if data is None:
             raise InvalidArgumentError(f"kept version {candidates[0].number} of {relative} vanished")
-        self._replace_file(self._root / relative, data)
+        path = self._root / relative
+        if kind is Kind.METADATA:
+            self._write_meta_bytes(path, data, self._meta_bytes_expire(data, path, key))
+        else:
+            self._replace_file(path, data)
         return candidates[0]
 
     def _readable(self, kind: Kind, key: str, path: Path) -> bool:

@@ -347,3 +347,21 @@ async def test_other_backends_refuse_to_watch(tmp_path: Path) -> None:
             async for _ in storage.watch():
                 pass
     assert isinstance(caught.value, NotImplementedError)
+
+
+async def test_own_folders_renamed_into_place_and_away(files: FileStorage, watcher: Watcher) -> None:
+    # A new conversation's folder is made hidden and renamed into place with its file in
+    # it; its last part goes with the folder, renamed away: inotify reports the folder only.
+    await files.store_conversation("c1", {"title": "t"})
+    assert summary(await watcher.take(1)) == {(Kind.CONVERSATION, "c1", "added", True, True)}
+    await files.append_raw_messages("c1", [{"role": "user", "content": "x"}])  # inside the moved-in folder
+    assert summary(await watcher.take(1)) == {(Kind.RAW_MESSAGES, "c1", "added", True, True)}
+    await files.delete_conversation("c1")
+    assert summary(await watcher.take(2)) == {
+        (Kind.CONVERSATION, "c1", "deleted", True, True),
+        (Kind.RAW_MESSAGES, "c1", "deleted", True, True),
+    }
+    await files.store_memory("c2", "m", {"text": "x"})
+    assert summary(await watcher.take(1)) == {(Kind.MEMORIES, "c2", "added", True, True)}
+    await files.delete_memory("c2", "m")  # its last part: the folder goes whole
+    assert summary(await watcher.take(1)) == {(Kind.MEMORIES, "c2", "deleted", True, True)}
