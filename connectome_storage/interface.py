@@ -19,7 +19,7 @@ import enum
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -166,10 +166,10 @@ class StorageInterface(ABC):
 
     # The middleware chain (docs/middleware.md), when the ``middleware`` option is non-empty.
     _chain: Chain | None = None
-    # ``migrate`` into this storage writes up to this many conversations per transaction
-    # (``_tx_begin`` .. ``_tx_commit``: one all-or-nothing commit each); 0 (the default):
-    # each part by its own write, as the public methods do. For a backend whose
-    # transactions cost one durable commit whatever they hold, and may hold many entities.
+    # ``migrate`` into this storage writes up to this many conversations per durable
+    # all-or-nothing write (``_replace_conversations``); 0 (the default): each part by its
+    # own write, as the public methods do. For a backend whose writes cost one durable
+    # commit whatever they hold, and may hold many entities.
     _migrate_batch: ClassVar[int] = 0
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
@@ -774,6 +774,32 @@ class StorageInterface(ABC):
     async def _cleanup_housekeeping(self, now_ms: int) -> dict[str, int]:
         """Backend-specific housekeeping for ``cleanup()``; counts by what was removed."""
         return {}
+
+    # ------------------------------------------------ migrate hooks (migrate.py)
+    #
+    # ``migrate`` walks a source's conversations with ``_conversation_ids`` and reads each
+    # one whole with ``_conversation_parts`` (above), past the middleware, judging expiry
+    # itself from the metadata that comes back.
+
+    async def _conversation_ids(self) -> AsyncGenerator[str, None]:
+        """Every conversation with a stored part, expired ones not yet removed included, each
+        once, in no particular order. The default lists them all first; a backend that can
+        stream them (pages of a table, a folder scan) overrides this so that memory does not
+        grow with their number. An id added or removed meanwhile may be seen or not."""
+        listed = {*await self._list_conversations(), *await self._expired_conversations(self._now_ms())}
+        for conversation_id in sorted(listed):
+            yield conversation_id
+
+    async def _replace_conversations(
+        self, batch: list[tuple[str, tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]]]
+    ) -> bool:
+        """Replace each conversation of ``batch`` whole (id, and its parts as
+        ``_conversation_parts`` returns them: metadata, document, chunks, raw history,
+        memories; values already checked) in one durable, all-or-nothing write: afterwards
+        the storage holds exactly these parts for these ids, whatever it held before,
+        damaged or not. For a destination with ``_migrate_batch`` set; False (the default):
+        not done, and ``migrate`` writes them one part at a time."""
+        return False
 
     # ------------------------------------ conversation store hooks (docs/conversations.md)
     #

@@ -4,9 +4,10 @@ Works between any two backends through the public API plus four hooks that carry
 the public API cannot: ``_replace_log`` (a chain history in one write, so a re-run does
 not append it twice), ``_list_all_cache_keys``/``_read_cache``/``_write_cache`` (cache
 entries with their own creation and expiry times) and ``_delete`` (a conversation part
-the source does not have). A destination with ``_migrate_batch`` set gets its
-conversations in batches through its transaction hooks (``_tx_begin``, ``_tx_commit``).
-Every copy replaces what the destination holds under the same id, so running it again
+the source does not have). Conversations are walked with ``_conversation_ids`` (streamed
+where the backend can) and each is read whole with ``_conversation_parts``; a destination
+with ``_migrate_batch`` set gets them in batches through ``_replace_conversations`` (one
+durable write each). Every copy replaces what the destination holds under the same id, so running it again
 changes nothing, and a file tree migrated to another backend and back is byte-identical
 to the original.
 """
@@ -15,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from .codec import encode
 from .conversations import MetaRecord
 from .errors import CorruptedDataError
-from .interface import Kind, StorageInterface
+from .interface import Kind, StorageInterface, _check_dict, _check_dict_list
 from .kv import KVRecord, KVSelect
 from .middleware._chain import bare, whole_store
-from .transaction import TransactionView
+from .naming import check_id
 
 __all__ = ["MigrationReport", "migrate"]
 
@@ -74,20 +76,25 @@ async def migrate(
     An entity that another process deletes from the source while this runs (listed, then
     gone when read) is skipped: nothing is written for it and it is not counted.
     ``progress(done, total)`` is called once before the first entity and after each one,
-    ``done`` counting entities (conversations, agents, cache keys, state keys, key-value
-    namespaces, messages, read states) up to
-    ``total``. Expiry is judged by the source's clock.
+    ``done`` counting entities (conversations, expired ones included, agents, cache keys,
+    state keys, key-value namespaces, messages, read states) up to ``total``. The
+    conversations are counted by a first walk of their ids, so one added while this runs
+    can make ``done`` pass that count: ``total`` then grows with ``done``, never below it.
+    Expiry is judged by the source's clock when each conversation is read.
 
     Raises StorageNotInitializedError if either storage is not initialized, and whatever
     StorageError a read or write raises (CorruptedDataError for a source entity that does
     not parse: nothing is skipped silently).
 
-    Only ids are listed up front; values are read one conversation (or one batch) at a
-    time, so memory does not grow with the source's values, only with its ids. Into a
-    destination whose transactions cost one durable commit each (SQLite), conversations
-    are written in batches, one transaction per batch: a migration killed half-way
-    leaves whole batches there, and running it again finishes it (elsewhere each part is
-    its own write, and a re-run completes it too).
+    Conversation ids are streamed from the source (file tree, SQLite, PostgreSQL; Redis
+    and the memory backend list them), never held as a list, and values are read one
+    conversation (or one batch) at a time, so memory does not grow with the number of
+    conversations; the ids of the other kinds (agents, cache keys, states, namespaces,
+    messages) are listed up front. Into a destination whose writes cost one durable
+    commit whatever they hold (SQLite), conversations are written in batches, one
+    all-or-nothing write per batch: a migration killed half-way leaves whole batches
+    there, and running it again finishes it (elsewhere each part is its own write, and a
+    re-run completes it too).
 
     Values are copied as they are stored, past both storages' middleware: encrypted or
     compressed values stay so, byte for byte (open the destination with the same
@@ -110,11 +117,19 @@ async def _migrate(
     source: StorageInterface, destination: StorageInterface, progress: Progress | None
 ) -> MigrationReport:
     # Every listing goes through public methods, so an uninitialized storage is refused
-    # before anything is written. Only ids are listed up front (small even at 100,000
-    # conversations); values are read one entity, or one batch of conversations, at a time.
+    # before anything is written. Conversations, the one kind a source holds by the
+    # hundred thousand, are not listed: their ids are streamed twice (a count for
+    # ``progress``, then the copy), so memory does not grow with their number; the other
+    # kinds' ids are listed up front. Values are read one entity, or one batch of
+    # conversations, at a time.
+    source._require_initialized()
     await destination.list_conversations()
     report = MigrationReport()
-    conversations = await source.list_conversations()
+    conversations = 0
+    if progress is not None:
+        async with aclosing(source._conversation_ids()) as ids:
+            async for _conversation_id in ids:
+                conversations += 1
     sections = [
         _Section(await source.list_agents(), _copy_reasoning_chains),
         _Section(sorted(await source._list_all_cache_keys()), _copy_cache_entry),
@@ -123,19 +138,20 @@ async def _migrate(
         _Section(sorted(await source._msg_ids()), _copy_message),
         _Section(sorted(await source._msg_readers()), _copy_read_state),
     ]
-    report.skipped_expired += len(await source._expired_conversations(source._now_ms()))
-    total = len(conversations) + sum(len(section.ids) for section in sections)
+    total = conversations + sum(len(section.ids) for section in sections)
     done = 0
 
     def tick() -> None:
-        nonlocal done
+        nonlocal done, total
         done += 1
+        total = max(total, done)  # a conversation added since the count
         if progress is not None:
             progress(done, total)
 
     if progress is not None:
         progress(0, total)
-    await _copy_conversations(source, destination, conversations, report, tick)
+    async with aclosing(source._conversation_ids()) as ids:
+        await _copy_conversations(source, destination, ids, report, tick)
     for section in sections:
         for identifier in section.ids:
             await section.copy(source, destination, identifier, report)
@@ -173,6 +189,21 @@ class _Conversation:
     def items(self) -> int:
         return 1 + len(self.messages) + len(self.memories) + (1 if self.chunks else 0)
 
+    def checked(self) -> tuple[str, tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]]:
+        """The parts, refused as the public store methods would refuse them (SerializationError,
+        InvalidKeyError), as ``_replace_conversations`` takes them."""
+        if self.document is not None:
+            _check_dict(self.document, "data")
+        _check_dict_list(self.messages, "messages")
+        _check_dict_list(self.chunks, "chunks")
+        members: dict[str, dict[str, Any]] = {}
+        for memory in self.memories:
+            memory_id = memory["memory_id"]
+            check_id(memory_id, "memory_id")
+            _check_dict(memory, "memory")
+            members[memory_id] = memory  # a repeated id replaces the memory in its place, as store_memory
+        return self.conversation_id, (self.metadata, self.document, self.chunks, self.messages, list(members.values()))
+
     def count(self, report: MigrationReport) -> None:
         report.conversations += 1
         report.conversation_metadata += self.metadata is not None
@@ -184,17 +215,18 @@ class _Conversation:
 async def _copy_conversations(
     source: StorageInterface,
     destination: StorageInterface,
-    ids: list[str],
+    ids: AsyncIterator[str],
     report: MigrationReport,
     tick: Callable[[], None],
 ) -> None:
-    """Each conversation by its own writes, or, where the destination says its transactions
-    are cheap (``_migrate_batch``), batches of them read first, then written in one
-    transaction: all of a batch or none of it is in the destination, even after a kill."""
+    """Each conversation by its own writes, or, where the destination says a write costs one
+    durable commit whatever it holds (``_migrate_batch``), batches of them read first, then
+    written in one write (``_replace_conversations``): all of a batch or none of it is in
+    the destination, even after a kill."""
     limit = destination._migrate_batch
     if limit <= 0:
-        for conversation_id in ids:
-            conversation = await _read_conversation(source, conversation_id)
+        async for conversation_id in ids:
+            conversation = await _read_conversation(source, conversation_id, report)
             if conversation is not None:
                 await _write_conversation(destination, conversation)
                 conversation.count(report)
@@ -206,8 +238,8 @@ async def _copy_conversations(
     try:
         batch: list[_Conversation | None] = []
         items = 0
-        for conversation_id in ids:
-            conversation = await _read_conversation(source, conversation_id)
+        async for conversation_id in ids:
+            conversation = await _read_conversation(source, conversation_id, report)
             batch.append(conversation)
             items += conversation.items() if conversation is not None else 0
             if len(batch) >= limit or items >= BATCH_ITEMS:
@@ -235,10 +267,8 @@ async def _write_batch(
     tick: Callable[[], None],
 ) -> None:
     present = [copy for copy in batch if copy is not None]
-    if not await _write_in_one_transaction(destination, present):
-        # The destination holds damaged data under one of these ids, which a transaction
-        # must read first: copy them one by one, as without batches, which replaces it.
-        for copy in present:
+    if present and not await destination._replace_conversations([copy.checked() for copy in present]):
+        for copy in present:  # a destination without the hook: one write per part
             await _write_conversation(destination, copy)
     for counted in batch:  # counted once durable
         if counted is not None:
@@ -246,49 +276,22 @@ async def _write_batch(
         tick()
 
 
-async def _write_in_one_transaction(destination: StorageInterface, batch: list[_Conversation]) -> bool:
-    """Write ``batch`` in one transaction; False, with nothing written, when what the
-    destination holds of one of them does not parse."""
-    # The transaction machinery of docs/transactions.md, driven through the backend's hooks
-    # rather than ``transaction()``: the destination's middleware sees the whole migration
-    # as one call, and values pass it untouched (bare view).
-    state = await destination._tx_begin()
-    view = TransactionView(destination, state)
-    writer = bare(view)
-    try:
-        # The transaction reads what the destination holds of each conversation at its first
-        # touch: all of them at once here, so those reads queue up instead of taking turns
-        # with the writes (one round trip to SQLite's thread each otherwise).
-        held = await asyncio.gather(
-            *(writer.load_memories(copy.conversation_id) for copy in batch), return_exceptions=True
-        )
-        failed = [outcome for outcome in held if isinstance(outcome, BaseException)]
-        if failed:
-            if all(isinstance(error, CorruptedDataError) for error in failed):
-                view._closed = True
-                await destination._tx_abort(state)
-                return False
-            raise failed[0]
-        for copy in batch:
-            await _write_conversation(writer, copy)
-    except BaseException:
-        view._closed = True
-        await destination._tx_abort(state)
-        raise
-    view._closed = True
-    await destination._tx_commit(state, view.ops)
-    return True
-
-
-async def _read_conversation(source: StorageInterface, conversation_id: str) -> _Conversation | None:
-    document = await source.load_conversation(conversation_id)
-    messages = await source.load_raw_messages(conversation_id)
-    chunks = await source.load_chunks(conversation_id)
-    memories = await source.load_memories(conversation_id)
-    metadata = await source._meta_read(conversation_id, source._now_ms())
+async def _read_conversation(
+    source: StorageInterface, conversation_id: str, report: MigrationReport
+) -> _Conversation | None:
+    """Every part of one conversation, read at once past the middleware (as the public
+    reads of ``bare(source)`` would return them); None when it is gone since it was
+    listed, or expired (then counted in ``skipped_expired``)."""
+    check_id(conversation_id, "conversation_id")  # as the public reads refuse a listed id
+    source._require_initialized()  # FileStorage: a dead process's transaction is finished first
+    now_ms = source._now_ms()
+    metadata, document, chunks, messages, memories = await source._conversation_parts(conversation_id, now_ms)
+    if metadata is not None and metadata.expired(now_ms):
+        report.skipped_expired += 1
+        return None
     if document is None and metadata is None and not (messages or chunks or memories):
         return None  # deleted since it was listed: a conversation exists while any part is stored
-    return _Conversation(conversation_id, document, messages, chunks, memories, metadata)
+    return _Conversation(conversation_id, document, messages, chunks or [], memories, metadata)
 
 
 async def _write_conversation(destination: StorageInterface, conversation: _Conversation) -> None:

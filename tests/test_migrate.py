@@ -16,9 +16,15 @@ from connectome_storage import (
     create_sqlite_storage,
     migrate,
 )
-from connectome_storage.errors import StorageNotInitializedError
+from connectome_storage.backends import _file_parts
+from connectome_storage.backends import postgres as postgres_backend
+from connectome_storage.backends import sqlite as sqlite_backend
+from connectome_storage.backends.memory import MemoryStorage
+from connectome_storage.codec import encode
+from connectome_storage.errors import CorruptedDataError, StorageError, StorageIOError, StorageNotInitializedError
 from connectome_storage.interface import CacheEntry
 
+from .backends.test_file_append import cut_short_append
 from .conftest import BACKENDS, FakeClock
 from .redis_server import redis_cluster  # noqa: F401  (the session's Redis Cluster, for make_middle)
 
@@ -318,10 +324,11 @@ class DeletedWhileMigrating(FileStorage):
     doomed = "doomed"
     other: StorageInterface
 
-    async def load_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+    async def _conversation_parts(self, conversation_id: str, now_ms: int) -> Any:
+        # migrate reads a conversation whole, in one step
         if conversation_id == self.doomed:
             await self.other.delete_conversation(conversation_id)
-        return await super().load_conversation(conversation_id)
+        return await super()._conversation_parts(conversation_id, now_ms)
 
     async def load_reasoning_chains(self, agent_id: str) -> list[dict[str, Any]]:
         if agent_id == self.doomed:
@@ -374,3 +381,142 @@ async def test_expired_conversations_are_skipped_and_counted(tmp_path: Path, clo
             assert await destination.list_conversations() == ["long"]
             assert await destination.conversation_store().load("short", include_expired=True) is None
             assert await destination.conversation_store().get_ttl("long") == 990.0
+
+
+@pytest.fixture(params=["file", "sqlite", "redis", "postgres", "memory"])
+def make_source(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Builds a storage of each backend as a migration source, whose streamed walk of
+    conversation ids (where it streams) hands them over three at a time."""
+    monkeypatch.setattr(_file_parts, "ID_CHUNK", 3)
+    monkeypatch.setattr(sqlite_backend, "ID_PAGE", 3)
+    monkeypatch.setattr(postgres_backend, "_ID_PAGE", 3)
+    options: dict[str, Any] = {}
+    if request.param == "redis":
+        options["redis_url"] = request.getfixturevalue("redis_server").url
+    if request.param == "postgres":
+        options["dsn"] = request.getfixturevalue("postgres_server").dsn
+    return lambda: BACKENDS[request.param](tmp_path / "source", clock, options)
+
+
+async def test_every_source_walks_each_conversation_once_and_skips_the_expired(
+    tmp_path: Path, clock: FakeClock, make_source: Any
+) -> None:
+    ids = [f"c{i}" for i in range(8)]  # pages of three: two full ones, and one short
+    async with make_source() as source:
+        for conversation_id in ids:
+            await source.append_raw_messages(conversation_id, [{"n": conversation_id}])
+        store = source.conversation_store()
+        await store.save("short", [{"n": 1}], ttl=10)
+        await store.save("long", [{"n": 2}], ttl=1000)
+        clock.advance(10)
+        walked = [conversation_id async for conversation_id in source._conversation_ids()]
+        # The expired one is walked too (it is still stored): migrate reads it and skips it.
+        assert sorted(walked) == sorted([*ids, "long", "short"])
+        calls: list[tuple[int, int]] = []
+        async with create_sqlite_storage(tmp_path / "copy.db", clock=clock) as destination:
+            report = await migrate(source, destination, progress=lambda *call: calls.append(call))
+            assert await destination.list_conversations() == sorted([*ids, "long"])
+            assert await destination.load_raw_messages("c7") == [{"n": "c7"}]
+    assert (report.conversations, report.raw_messages, report.skipped_expired) == (9, 9, 1)
+    assert calls[0] == (0, 10) and calls[-1] == (10, 10)  # the expired conversation is counted as done too
+
+
+class BatchesWithoutTheHook(MemoryStorage):
+    """A destination that asks for batches but writes no batch itself (the default
+    ``_replace_conversations``): migrate writes each part on its own instead."""
+
+    _migrate_batch = 2
+
+
+async def test_batches_fall_back_to_one_write_per_part(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_file_storage(tmp_path / "original", clock=clock) as source:
+        expected = await populate(source)
+        async with BatchesWithoutTheHook({"clock": clock}) as middle:
+            await middle.store_memory("conv_001", "stale", {"v": 1})  # replaced, not kept
+            report = await migrate(source, middle)
+            async with create_file_storage(tmp_path / "copy", clock=clock) as destination:
+                await migrate(middle, destination)
+    assert report.as_dict() == {**expected, "skipped_expired": 0}
+    assert tree(tmp_path / "copy") == tree(tmp_path / "original")
+
+
+def _damage(root: Path, case: str) -> None:
+    folder = root / "conversations" / "c"
+    outside = root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "x.json").write_bytes(b"[]")
+    if case == "bad memories":
+        (folder / "memories.json").write_bytes(b"[not json")
+    elif case == "memories of the wrong shape":
+        (folder / "memories.json").write_bytes(b'[{"no": "id"}]')
+    elif case == "folder for a part":
+        (folder / "current.json").unlink()
+        (folder / "current.json").mkdir()
+    elif case == "link for a part":
+        (folder / "chunks.json").unlink()
+        (folder / "chunks.json").symlink_to(outside / "x.json")
+    elif case == "link for the folder":
+        shutil.rmtree(folder)
+        folder.symlink_to(outside)
+    elif case == "bad metadata":
+        (folder / "metadata.json").write_bytes(b'{"conversation_id": 5}')
+    elif case == "large history":
+        (folder / "raw_messages.json").write_bytes(encode([{"text": "x" * 1000, "n": n} for n in range(400)]))
+    elif case == "history damaged":  # by hand: no append of this library left a version before it
+        with (folder / "raw_messages.json").open("ab") as f:
+            f.write(b'{"half": ')
+
+
+DAMAGES = ["intact", "bad memories", "memories of the wrong shape", "folder for a part", "link for a part",
+           "link for the folder", "bad metadata", "large history", "history damaged", "append cut short",
+           "expired"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DAMAGES)
+async def test_a_file_conversation_read_whole_is_what_the_point_reads_give(
+    tmp_path: Path, clock: FakeClock, case: str
+) -> None:
+    """FileStorage reads a conversation whole in one step (migrate, a transaction's first
+    touch): the same values, or the same error naming the same file, as the point reads."""
+    root = tmp_path / "tree"
+    async with create_file_storage(root, clock=clock) as storage:
+        await storage.conversation_store().save("c", [{"n": 0}], ttl=100)
+        await storage.append_raw_messages("c", [{"n": 1}])
+        await storage.store_conversation("c", {"title": "t"})
+        await storage.store_chunks("c", [{"start": 0}])
+        await storage.store_memory("c", "m", {"text": "one"})
+        _damage(root, case)
+        if case == "append cut short":  # a process killed half-way through an append in place
+            await cut_short_append(storage, [{"n": 2, "text": "x" * 40}], 7)
+        if case == "expired":
+            clock.advance(100)
+
+        async def outcome(read: Any) -> Any:
+            try:
+                return await read(storage, "c", storage._now_ms())
+            except StorageError as e:
+                return type(e), str(e)
+
+        whole = await outcome(type(storage)._conversation_parts)
+        parts = await outcome(StorageInterface._conversation_parts)  # the five point reads
+    assert whole == parts
+    if case == "intact":
+        assert whole[1:] == ({"title": "t"}, [{"start": 0}], [{"n": 0}, {"n": 1}], [{"memory_id": "m", "text": "one"}])
+    elif case == "expired":
+        assert whole[0] is not None and whole[1:] == (None, None, [], [])
+    elif case == "large history":
+        assert len(whole[3]) == 400
+    elif case == "append cut short":
+        assert whole[3] == [{"n": 0}, {"n": 1}]  # the version before the append
+    else:
+        assert whole[0] in (CorruptedDataError, StorageIOError), whole
+
+
+async def test_a_missing_conversation_reads_as_new_empty_parts_each_time(tmp_path: Path, clock: FakeClock) -> None:
+    async with create_file_storage(tmp_path / "tree", clock=clock) as storage:
+        first = await storage._conversation_parts("absent", storage._now_ms())
+        first[3].append({"n": 1})  # a transaction appends to the history it read
+        first[4].append({"memory_id": "m"})
+        assert await storage._conversation_parts("absent", storage._now_ms()) == (None, None, None, [], [])

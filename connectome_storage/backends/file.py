@@ -34,7 +34,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, suppress
 from functools import partial
 from pathlib import Path
@@ -61,7 +61,7 @@ from ..interface import (
     StorageInterface,
 )
 from ..naming import decode_name, encode_name
-from . import _folders, _fs, _housekeeping
+from . import _file_parts, _folders, _fs, _housekeeping
 from ._applog import AppendLog
 from ._file_kv import FileKV, kv_entity_of, kv_id, kv_relative
 from ._file_messages import FileMessages
@@ -772,6 +772,20 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
     async def _list_conversations(self) -> list[str]:
         live, _expired = await asyncio.to_thread(self._conversations_sync, self._now_ms())
         return live
+
+    def _conversation_ids(self) -> AsyncGenerator[str, None]:
+        # migrate's walk: streamed from one scan of conversations/ (_file_parts.stream_ids), no
+        # list; the folders _conversations_sync lists, expired ones included.
+        if self._version < FORMAT_VERSION:
+            ids = (identifier for identifier, _folder, _meta in conversation_folders(self._conversations_dir))
+            return _file_parts.stream_ids(ids)
+        return _file_parts.stream_ids(_file_parts.folder_ids(self._conversations_dir))
+
+    async def _conversation_parts(
+        self, conversation_id: str, now_ms: int
+    ) -> tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]:
+        # One look at the folder and the metadata for every part (_file_parts.conversation_parts).
+        return await _file_parts.conversation_parts(self, conversation_id, now_ms)
 
     def _conversations_sync(self, now_ms: int) -> tuple[list[str], list[str]]:
         """(live ids, expired ids). At format version 2, one scandir of conversations/:

@@ -39,7 +39,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
@@ -650,6 +650,18 @@ class PostgresStorage(PostgresTransactions, PostgresConversations, PostgresKV, P
     async def _list_conversations(self) -> list[str]:
         return await self._column(_LIST_CONVERSATIONS, self._now_ms())
 
+    async def _conversation_ids(self) -> AsyncGenerator[str, None]:
+        # migrate's walk: keyset pages of the primary key (expired rows included), no list.
+        sql = "SELECT conversation_id FROM conversations WHERE conversation_id > $1 ORDER BY conversation_id LIMIT $2"
+        after = ""
+        while True:
+            page = await self._column(sql, after, _ID_PAGE)
+            for conversation_id in page:
+                yield conversation_id
+            if len(page) < _ID_PAGE:
+                return
+            after = page[-1]
+
     async def _list_agents(self) -> list[str]:
         return await self._column("SELECT agent_id FROM agents")
 
@@ -937,6 +949,7 @@ _PARTS = f"""SELECT {", ".join(_META_NAMES)}, document, chunks, {_LIVE} AS live,
 _DELETE_CONVERSATION = (
     "DELETE FROM conversations WHERE conversation_id = $1 RETURNING expires_ms IS NULL OR expires_ms > $2"
 )
+_ID_PAGE = 1000  # conversation ids per page of migrate's walk
 _LIST_CONVERSATIONS = "SELECT conversation_id FROM conversations WHERE expires_ms IS NULL OR expires_ms > $1"
 
 _WRITE_CACHE = """INSERT INTO cache (cache_key, data, created_ms, expires_ms) VALUES ($1, $2, $3, $4)

@@ -59,7 +59,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
@@ -155,6 +155,8 @@ _LOGS = {
 _COLUMNS = {Kind.CONVERSATION: "document", Kind.CHUNKS: "chunks"}
 # Set while a transaction's commit runs its ops through the write hooks: ``_write`` then
 # collects each statement body instead of running it (``SqliteStorage._tx_commit``).
+ID_PAGE = 1000  # conversation ids per page of migrate's walk
+_PLACES = ", ".join("?" * 9)  # conversation_id, document, chunks and the metadata columns
 _collecting: contextvars.ContextVar[_Collected | None] = contextvars.ContextVar("sqlite_collecting", default=None)
 
 
@@ -1029,6 +1031,33 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
         return await self._run("reading", body, "BEGIN")
 
+    async def _replace_conversations(
+        self, batch: list[tuple[str, tuple[MetaRecord | None, Any, Any, list[Any], list[dict[str, Any]]]]]
+    ) -> bool:
+        # migrate's batch: each conversation's rows deleted (the foreign keys cascade to its
+        # messages and memories; nothing is read, so damaged rows go too) and inserted again,
+        # a few executemany in one group-commit write: all of the batch or none of it.
+        dump, rows, messages, memories = self._dump, [], [], []
+        for conversation_id, (record, document, chunks, history, members) in batch:
+            meta = (None,) * 6 if record is None else self._meta_row(record)[1:]
+            rows.append((conversation_id, None if document is None else dump(document),
+                         dump(chunks) if chunks else None, *meta))  # fmt: skip
+            messages += [(conversation_id, seq, dump(message)) for seq, message in enumerate(history)]
+            memories += [(conversation_id, m["memory_id"], position, dump(m)) for position, m in enumerate(members)]
+        ids = [(conversation_id,) for conversation_id, _parts in batch]
+        insert = f"INSERT INTO conversations (conversation_id, document, chunks, {META_COLUMNS}) VALUES ({_PLACES})"
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM conversations WHERE conversation_id = ?", ids)
+            conn.executemany(insert, rows)
+            conn.executemany("INSERT INTO raw_messages (conversation_id, seq, data) VALUES (?, ?, ?)", messages)
+            conn.executemany(
+                "INSERT INTO memories (conversation_id, memory_id, position, data) VALUES (?, ?, ?, ?)", memories
+            )
+
+        await self._write("writing", body)
+        return True
+
     async def _delete_member(self, conversation_id: str, memory_id: str) -> bool:
         now_ms = self._now_ms()
 
@@ -1057,6 +1086,18 @@ class SqliteStorage(SqliteConversations, SqliteKV, SqliteMessages, StorageInterf
 
     async def _list_conversations(self) -> list[str]:
         return await self._column(f"SELECT conversation_id FROM conversations WHERE {LIVE}", self._now_ms())
+
+    async def _conversation_ids(self) -> AsyncGenerator[str, None]:
+        # migrate's walk: keyset pages of the primary key (expired rows included), no list.
+        sql = "SELECT conversation_id FROM conversations WHERE conversation_id > ? ORDER BY conversation_id LIMIT ?"
+        after = ""
+        while True:
+            page = await self._column(sql, after, ID_PAGE)
+            for conversation_id in page:
+                yield conversation_id
+            if len(page) < ID_PAGE:
+                return
+            after = page[-1]
 
     async def _list_agents(self) -> list[str]:
         return await self._column("SELECT agent_id FROM agents")
