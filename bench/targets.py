@@ -139,6 +139,9 @@ def _targets(sizes: Sizes) -> list[Target]:
                "on one file", "sqlite.sessions.concurrent", f"SqliteStorage, {workers} coroutines", 3.0, "at least"),
         Target(f"migrate file -> SQLite of {sizes.migrate:,} conversations >= 0.5x read every file + one executemany "
                "transaction", "scale.migrate", "migrate(FileStorage, SqliteStorage)", 0.5, "at least"),
+        Target(f"memory: migrate streams, the peak at {sizes.memory_migrate[1]:,} conversations <= 1.1x the peak "
+               f"at {sizes.memory_migrate[0]:,}", "memory.migrate", f"{sizes.memory_migrate[1]:,} conversations", 1.1,
+               "at most"),
     ]  # fmt: skip
     for backend in ("file", "sqlite", "redis"):
         targets.append(
