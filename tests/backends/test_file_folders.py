@@ -122,6 +122,25 @@ async def test_a_users_file_in_a_partless_folder_keeps_version_1_until_it_goes(t
     await storage.shutdown()
 
 
+async def test_migrate_walks_a_tree_that_stays_at_version_1(tmp_path: Path) -> None:
+    # The version-1 walk of the ids (each folder opened): part-less folders are not
+    # conversations there, and an expired one is left behind and counted.
+    base = tmp_path / "data"
+    version_1_tree(base, stray=True)
+    (base / "conversations" / "c2").mkdir()
+    (base / "conversations" / "c2" / "raw_messages.json").write_bytes(encode(MSGS))
+    source = await open_tree(base)
+    assert source._version == 1
+    destination = MemoryStorage({"clock": FakeClock()})
+    await destination.initialize()
+    report = await migrate(source, destination)
+    assert sorted(await destination.list_conversations()) == ["c1", "c2"]
+    assert await destination.load_raw_messages("c2") == MSGS
+    assert (report.conversations, report.skipped_expired) == (2, 1)
+    await source.shutdown()
+    await destination.shutdown()
+
+
 async def test_a_new_tree_is_made_at_version_2(tmp_path: Path) -> None:
     storage = await open_tree(tmp_path / "data")
     assert marker(tmp_path / "data") == file_backend.FORMAT_VERSION == 2
