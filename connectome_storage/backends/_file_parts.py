@@ -29,7 +29,7 @@ from ..codec import decode
 from ..conversations import MetaRecord
 from ..errors import CorruptedDataError
 from ..interface import Kind
-from ..naming import decode_name, encode_name
+from ..naming import encode_name
 from . import _fs
 from ._file_scan import READ_IN_LOOP_LIMIT, entity_folder, read_small_at
 from ._layout import META_FILE, PART_FILES, check_shape
@@ -37,7 +37,7 @@ from ._layout import META_FILE, PART_FILES, check_shape
 if TYPE_CHECKING:
     from .file import FileStorage
 
-__all__ = ["Parts", "conversation_parts", "folder_ids", "stream_ids"]
+__all__ = ["Parts", "conversation_parts", "stream_ids"]
 
 # (metadata even if expired, document, chunks, raw history, memories), as
 # ``StorageInterface._conversation_parts`` returns them.
@@ -166,18 +166,3 @@ async def stream_ids(ids: Iterator[str]) -> AsyncGenerator[str, None]:
 
 def _take(ids: Iterator[str], count: int) -> list[str]:
     return list(itertools.islice(ids, count))
-
-
-def folder_ids(top: str) -> Iterator[str]:
-    """The conversations of a version-2 tree, as ``FileStorage._conversations_sync`` lists
-    them: every entry of ``top`` but plain files (a link in place of a folder is listed,
-    so that reading it fails loudly, naming it)."""
-    try:
-        entries = os.scandir(top)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    with entries:
-        for entry in entries:
-            identifier = decode_name(entry.name)
-            if identifier is not None and not entry.is_file(follow_symlinks=False):
-                yield identifier

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from . import _fs
 from ._layout import CONVERSATION_FILES, META_FILE
 from ._locks import EntityLocks
 
-__all__ = ["EXPIRING_DIR", "ExpiryIndex", "Reindexed", "only_parts_leave", "reindex"]
+__all__ = ["EXPIRING_DIR", "ExpiryIndex", "Reindexed", "conversation_entries", "only_parts_leave", "reindex"]
 
 EXPIRING_DIR = ".expiring"
 logger = logging.getLogger("connectome_storage")
@@ -86,6 +86,21 @@ class ExpiryIndex:
             return set(os.listdir(self._top))
         except (FileNotFoundError, NotADirectoryError):
             return set()
+
+
+def conversation_entries(top: str) -> Iterator[tuple[str, str, str]]:
+    """(folder name, id, path) of each conversation of a version-2 ``conversations/``:
+    every entry whose name decodes, but plain files (a link or FIFO in place of a folder
+    is listed, so that reading it fails loudly, naming it). Streamed from one scandir."""
+    try:
+        entries = os.scandir(top)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with entries:
+        for entry in entries:
+            identifier = decode_name(entry.name)
+            if identifier is not None and not entry.is_file(follow_symlinks=False):
+                yield entry.name, identifier, entry.path
 
 
 def only_parts_leave(folder: Path, leaving: set[str]) -> bool:

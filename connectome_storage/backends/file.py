@@ -779,7 +779,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         if self._version < FORMAT_VERSION:
             ids = (identifier for identifier, _folder, _meta in conversation_folders(self._conversations_dir))
             return _file_parts.stream_ids(ids)
-        return _file_parts.stream_ids(_file_parts.folder_ids(self._conversations_dir))
+        folders = _folders.conversation_entries(self._conversations_dir)
+        return _file_parts.stream_ids(identifier for _name, identifier, _folder in folders)
 
     async def _conversation_parts(
         self, conversation_id: str, now_ms: int
@@ -798,20 +799,11 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         expiring = self._expiry.names()
         live: list[str] = []
         expired: list[str] = []
-        try:
-            entries = os.scandir(self._conversations_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            return live, expired
-        with entries:
-            for entry in entries:
-                name = entry.name
-                identifier = decode_name(name)
-                if identifier is None or entry.is_file(follow_symlinks=False):
-                    continue
-                if name in expiring and self._expired_at(Path(entry.path, META_FILE), identifier, now_ms):
-                    expired.append(identifier)
-                else:
-                    live.append(identifier)
+        for name, identifier, folder in _folders.conversation_entries(self._conversations_dir):
+            if name in expiring and self._expired_at(Path(folder, META_FILE), identifier, now_ms):
+                expired.append(identifier)
+            else:
+                live.append(identifier)
         return live, expired
 
     def _conversations_v1(self, now_ms: int) -> tuple[list[str], list[str]]:
