@@ -252,6 +252,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     async def _close(self) -> None:
         self._own.stop_all()  # every running watch() ends
+        self._locks.close()
 
     def _capabilities(self) -> frozenset[str]:
         return frozenset({"watch", "backups", "persistent", "cross_process"})
@@ -419,9 +420,10 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         """Before a write to a conversation, under its lock: the metadata of a live one
         (None when there is none, or it is damaged: a save replaces it); an expired
         conversation is removed whole first, so the write starts a new one."""
-        path = self.path_of(Kind.METADATA, conversation_id)
-        if not _fs.present(str(path)):  # the common case: one failed access()
+        name = f"{self._conversations_dir}{os.sep}{encode_name(conversation_id)}{os.sep}{META_FILE}"
+        if not _fs.present(name):  # the common case: one failed access(), and no Path made
             return None
+        path = Path(name)
         try:
             record = self._read_meta_sync(conversation_id, path)
         except CorruptedDataError as e:
