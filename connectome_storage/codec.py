@@ -8,7 +8,9 @@ written.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -44,86 +46,118 @@ def check_value(value: Any, where: str = "value") -> None:
     Accepted: dict with str keys, list, str, int (64-bit), finite float, bool, None.
     Tuples are refused because they would come back as lists, unequal to the original.
     """
-    _check(value, where, 0)
+    try:
+        _check(value, 0)
+    except _Refused as refused:
+        location = where + "".join(reversed(refused.path))
+        raise SerializationError(refused.describe(location), location=location) from refused.__cause__
 
 
-def _check(value: Any, where: str, depth: int) -> None:
+class _Refused(Exception):
+    """A refused value deep inside the one checked: ``describe(location)`` says why, and
+    ``path`` gains one step (``[0]``, ``['key']``) per container on the way out. The
+    location is spelled out only then: building it for every item cost most of a check."""
+
+    def __init__(self, describe: Callable[[str], str], step: str = "") -> None:
+        self.describe = describe
+        self.path = [step] if step else []
+
+
+def _check(value: Any, depth: int) -> None:
     # ``depth`` containers enclose ``value``; only containers count towards the limit.
     if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
-        raise SerializationError(
-            f"{where} nests containers more than {MAX_DEPTH} levels deep (or refers to itself); flatten the value",
-            location=where,
+        raise _Refused(
+            lambda where: (
+                f"{where} nests containers more than {MAX_DEPTH} levels deep (or refers to itself); flatten the value"
+            )
         )
     # Exact types first: they are the common case and cheaper than isinstance chains.
     kind = type(value)
     if kind is str:
-        _check_str(value, where)
+        _check_str(value)
     elif kind is bool or value is None:
         return
     elif kind is int:
-        _check_int(value, where)
+        _check_int(value)
     elif kind is float:
-        _check_float(value, where)
+        _check_float(value)
     elif kind is dict:
         for key, item in value.items():
             if type(key) is not str:
-                raise SerializationError(
-                    f"{where} has a key of type {type(key).__name__} ({key!r}); JSON object keys must be str",
-                    location=where,
-                )
-            _check_str(key, f"{where} key {key!r}")
-            _check(item, f"{where}[{key!r}]", depth + 1)
+                raise _Refused(partial(_bad_key, key))
+            try:
+                _check_str(key)
+            except _Refused as refused:
+                refused.path.append(f" key {key!r}")
+                raise
+            try:
+                _check(item, depth + 1)
+            except _Refused as refused:
+                refused.path.append(f"[{key!r}]")
+                raise
     elif kind is list:
         for index, item in enumerate(value):
-            _check(item, f"{where}[{index}]", depth + 1)
+            try:
+                _check(item, depth + 1)
+            except _Refused as refused:
+                refused.path.append(f"[{index}]")
+                raise
     elif isinstance(value, float) and not isinstance(value, int):
         # orjson refuses float subclasses (numpy.float64 is one) when it writes, so say
         # where the value is and how to fix it, before anything is written.
-        raise SerializationError(
-            f"{where} is a {kind.__module__}.{kind.__name__}, a float subclass that JSON encoding does not "
-            f"take; convert it with float(x) (or .item() for a numpy scalar)",
-            location=where,
+        raise _Refused(
+            lambda where: (
+                f"{where} is a {kind.__module__}.{kind.__name__}, a float subclass that JSON encoding does not "
+                f"take; convert it with float(x) (or .item() for a numpy scalar)"
+            )
         )
     elif isinstance(value, (str, int, dict, list)):
         # Subclasses (OrderedDict, IntEnum, StrEnum...) come back as their base type,
         # which compares equal; check them by that base type.
         base: Any = next(t for t in (bool, str, int, dict, list) if isinstance(value, t))
-        _check(base(value), where, depth)
+        _check(base(value), depth)
     else:
-        raise SerializationError(
-            f"{where} is a {kind.__name__}, which JSON cannot hold so that it comes back "
-            "equal; use dict, list, str, int, float, bool or None",
-            location=where,
+        raise _Refused(
+            lambda where: (
+                f"{where} is a {kind.__name__}, which JSON cannot hold so that it comes back "
+                "equal; use dict, list, str, int, float, bool or None"
+            )
         )
 
 
-def _check_str(value: str, where: str) -> None:
+def _bad_key(key: object, where: str) -> str:
+    return f"{where} has a key of type {type(key).__name__} ({key!r}); JSON object keys must be str"
+
+
+def _check_str(value: str) -> None:
     if value.isascii():
         return  # the common case, checked without building the UTF-8 bytes
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise SerializationError(
-            f"{where} holds a lone surrogate at index {e.start}, which is not valid UTF-8",
-            location=where,
+        start = e.start
+        raise _Refused(
+            lambda where: f"{where} holds a lone surrogate at index {start}, which is not valid UTF-8"
         ) from e
 
 
-def _check_int(value: int, where: str) -> None:
+def _check_int(value: int) -> None:
     if not _INT_MIN <= value <= _INT_MAX:
-        raise SerializationError(
-            f"{where} is the integer {value}, outside the 64-bit range JSON storage keeps "
-            "exactly; store it as a string",
-            location=where,
+        raise _Refused(
+            lambda where: (
+                f"{where} is the integer {value}, outside the 64-bit range JSON storage keeps exactly; "
+                "store it as a string"
+            )
         )
 
 
-def _check_float(value: float, where: str) -> None:
+def _check_float(value: float) -> None:
     if not math.isfinite(value):
-        raise SerializationError(
-            f"{where} is {value!r}; JSON has no NaN or infinity (it would come back as "
-            "null), so store None or a string instead",
-            location=where,
+        raise _Refused(
+            lambda where: (
+                f"{where} is {value!r}; JSON has no NaN or infinity (it would come back as "
+                "null), so store None or a string instead"
+            )
         )
 
 

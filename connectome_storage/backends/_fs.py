@@ -182,6 +182,12 @@ def present(path: str) -> bool:
 def regular_size(path: Path) -> int | None:
     """The size of the regular file at ``path``; None if nothing is there; StorageIOError
     for a link, FIFO, socket or device. A folder is left to the caller's open to report."""
+    st = regular_stat(path)
+    return None if st is None else st.st_size
+
+
+def regular_stat(path: Path) -> os.stat_result | None:
+    """``regular_size``'s ``lstat``, whole."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -189,7 +195,41 @@ def regular_size(path: Path) -> int | None:
     what = special_kind(st.st_mode)
     if what is not None:
         raise refuse_special(path, what)
-    return st.st_size
+    return st
+
+
+# What identifies one version of a file: inode, size and modification time.
+Identity = tuple[int, int, int]
+
+
+def identity(st: os.stat_result) -> Identity:
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class LastWritten:
+    """The identity and a hash of what this process last wrote to each of the files it
+    wrote lately (``KEPT``), so that a writer can skip ``holds``' read of a file of the
+    right size that it knows holds other bytes.
+
+    Only ever a reason to write, never one to skip a write: a file whose identity is
+    unchanged since this process wrote it holds what it wrote (a change in place in the
+    same clock tick could keep it; then the write happens anyway, as without this), and
+    equal hashes send the writer to ``holds`` to compare the bytes."""
+
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[Identity, int]] = {}
+
+    def wrote(self, path: str, written: Identity, data: bytes) -> None:
+        if len(self._files) >= self.KEPT:
+            self._files.clear()
+        self._files[path] = (written, hash(data))
+
+    def holds_other(self, path: str, st: os.stat_result, data: bytes) -> bool:
+        """Whether ``path``, found as ``st``, is known to hold bytes other than ``data``."""
+        known = self._files.get(path)
+        return known is not None and known[0] == identity(st) and known[1] != hash(data)
 
 
 def open_checked(path: str | Path) -> int | None:
@@ -253,8 +293,9 @@ def _write_durably(fd: int, data: bytes) -> None:
     _turns.blocking(os.fsync, fd)
 
 
-def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new version.
+def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False) -> Identity:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new version;
+    the new version's identity.
 
     Temp file in the same folder, write, fsync, ``os.replace``, fsync of the folder. On
     any failure the temp file is removed and the old version stays. ``old_kept``: the old
@@ -267,6 +308,7 @@ def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False)
     try:
         try:
             _write_durably(fd, data)
+            written = identity(os.fstat(fd))
         finally:
             os.close(fd)
         # Closed first: Windows cannot rename an open file. Without the turn unless the old
@@ -280,6 +322,7 @@ def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False)
             os.unlink(temp)
         raise
     fsync_dir(folder)
+    return written
 
 
 # Temp file names: the writer's pid (remove_stale_temp_files reads it), then a random
@@ -546,12 +589,13 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}{pid}-{_TEMP_TAG[0]}{next(_TEMP_COUNTER):x}"
 
 
-def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> bool:
+def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> Identity | None:
     """Create ``folder`` holding the file ``name`` with ``data``, appearing whole: made as
     a hidden ``.new-`` folder next to it, the file written and fsynced, the folder fsynced,
     renamed into place, the parent fsynced (three fsyncs, as a folder made and then
-    written into). False, with nothing left behind, when a non-empty ``folder`` is there
-    by now (the caller writes into it); the caller holds the entity's lock and saw none.
+    written into); the file's identity. None, with nothing left behind, when a non-empty
+    ``folder`` is there by now (the caller writes into it); the caller holds the entity's
+    lock and saw none.
     """
     parent = folder.parent
     ensure_dir(parent, root)
@@ -566,6 +610,7 @@ def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> bool:
         fd = os.open(staging / name, _TEMP_FLAGS, 0o666)
         try:
             _write_durably(fd, data)
+            written = identity(os.fstat(fd))
         finally:
             os.close(fd)
         fsync_dir(staging)
@@ -575,13 +620,13 @@ def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> bool:
     except OSError as e:
         discard_folder(staging)
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST) or (os.name == "nt" and e.errno == errno.EACCES):
-            return False
+            return None
         raise
     except BaseException:
         discard_folder(staging)
         raise
     fsync_dir(parent)
-    return True
+    return written
 
 
 def retire_folder(folder: Path) -> None:

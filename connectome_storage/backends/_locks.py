@@ -12,6 +12,11 @@ On POSIX the OS lock is a plain ``fcntl.flock``: measured here, filelock 4.x spe
 80 us of Python per acquire and release against 4 us for the system calls, a sixth of a
 whole durable write. Elsewhere (Windows) filelock provides the lock.
 
+A lock file's descriptor is kept open between holds (``IdleLocks``, a few per process):
+a hold then costs ``flock`` and one ``lstat`` instead of six system calls. It is taken out
+of the pool by one holder at a time and unlocked (``LOCK_UN``) before it goes back, so no
+two holders ever share an open file description.
+
 Lock files of entities that are gone can be removed (``remove_unused``, for cleanup()):
 the remover holds the lock while it unlinks, and a locker checks after ``flock`` that the
 path still names the inode it locked, retrying otherwise, so two holders can never lock
@@ -43,7 +48,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import LockTimeoutError, StorageIOError
 from . import _fs, _turns
@@ -54,7 +59,17 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
     import filelock  # type: ignore[import-not-found,unused-ignore]  # installed on Windows only
 
-__all__ = ["LOCK_DIR", "WORKER_THREADS", "EntityLocks", "Held", "RetryLater", "Workers", "os_lock", "remove_unused"]
+__all__ = [
+    "LOCK_DIR",
+    "WORKER_THREADS",
+    "EntityLocks",
+    "Held",
+    "IdleLocks",
+    "RetryLater",
+    "Workers",
+    "os_lock",
+    "remove_unused",
+]
 
 LOCK_DIR = ".locks"
 T = TypeVar("T")
@@ -66,6 +81,10 @@ _FIRST_WAIT, _LONGEST_WAIT = 0.0002, 0.01
 # Lock file paths remembered per storage (each costs a SHA-1 and a pathlib join to make);
 # few, so that a migration through thousands of entities holds no more memory for them.
 _PATHS_KEPT = 256
+
+# Lock file descriptors kept open between holds, by all storages of the process together:
+# few, so that they never bring a process near its limit of open descriptors.
+IDLE_KEPT = 64
 
 # Threads of the shared worker pool, started as work arrives. Most of a write's time is
 # spent waiting for the disk (fsync), not in Python, so 16 writers can keep 16 in flight.
@@ -181,13 +200,79 @@ class RetryLater(Exception):
     entity is held: the lock is released, and taken again a little later."""
 
 
-class os_lock:
-    """Hold an exclusive OS lock on ``path`` until the ``with`` block ends."""
+class IdleLocks:
+    """A storage's lock file descriptors that no one holds, kept open for its next hold
+    (``IDLE_KEPT`` in the whole process at most). A descriptor is taken out by one holder
+    and given back unlocked, so two holders never share one; a forked child closes the
+    ones it inherited (they share their open file descriptions, and so their locks, with
+    the parent's)."""
 
-    def __init__(self, path: Path, deadline: float) -> None:
+    # Re-entrant: a pool collected by the garbage collector closes its descriptors, and
+    # the collection can run in a thread that is inside one of these methods.
+    _mutex = threading.RLock()
+    _kept = 0  # in all pools of the process
+    _pools: ClassVar[weakref.WeakSet[IdleLocks]] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self._idle: dict[str, tuple[int, int]] = {}  # lock file path: (descriptor, inode)
+        IdleLocks._pools.add(self)
+        weakref.finalize(self, IdleLocks._close_all, self._idle)
+
+    def take(self, path: str) -> tuple[int, int] | None:
+        with IdleLocks._mutex:
+            kept = self._idle.pop(path, None)
+            if kept is not None:
+                IdleLocks._kept -= 1
+        return kept
+
+    def give_back(self, path: str, fd: int, inode: int) -> None:
+        """Unlock ``fd`` and keep it, or close it when enough are kept."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            os.close(fd)  # closing releases the lock as well
+            return
+        kept = (fd, inode)
+        with IdleLocks._mutex:
+            if IdleLocks._kept < IDLE_KEPT and path not in self._idle:
+                self._idle[path] = kept
+                IdleLocks._kept += 1
+                return
+        os.close(fd)
+
+    def close(self) -> None:
+        IdleLocks._close_all(self._idle)
+
+    @staticmethod
+    def _close_all(idle: dict[str, tuple[int, int]]) -> None:
+        with IdleLocks._mutex:
+            IdleLocks._kept -= len(idle)
+            descriptors = [fd for fd, _inode in idle.values()]
+            idle.clear()
+        for fd in descriptors:
+            with suppress(OSError):
+                os.close(fd)
+
+    @classmethod
+    def _forked(cls) -> None:  # pragma: no cover - runs in a forked child
+        cls._mutex = threading.RLock()
+        for pool in list(cls._pools):
+            cls._close_all(pool._idle)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=IdleLocks._forked)
+
+
+class os_lock:
+    """Hold an exclusive OS lock on ``path`` until the ``with`` block ends; ``idle``: the
+    pool its descriptor comes from when one is kept, and goes back to."""
+
+    def __init__(self, path: Path, deadline: float, idle: IdleLocks | None = None) -> None:
         self._path = path
         self._deadline = deadline
-        self._fd = -1
+        self._idle = idle if fcntl is not None else None
+        self._fd = self._inode = -1
         self._fallback: filelock.FileLock | None = None
 
     def __enter__(self) -> None:
@@ -199,8 +284,10 @@ class os_lock:
                 raise _Timeout from None
             return
         wait = _FIRST_WAIT
+        kept = self._idle.take(str(self._path)) if self._idle is not None else None
         while True:
-            self._fd, inode = _open_lock_file(self._path)
+            self._fd, self._inode = kept or _open_lock_file(self._path)
+            kept = None
             try:
                 while True:
                     try:
@@ -212,16 +299,18 @@ class os_lock:
                             raise _Timeout from None
                         _turns.blocking(time.sleep, min(wait, remaining))
                         wait = min(wait * 2, _LONGEST_WAIT)
-                if _still_named(self._path, inode):
+                if _still_named(self._path, self._inode):
                     return
             except BaseException:
                 os.close(self._fd)
                 raise
-            os.close(self._fd)  # removed by cleanup() while we waited: lock the new one
+            os.close(self._fd)  # removed by cleanup() (while we waited, or while kept): lock the new one
 
     def __exit__(self, *exc: object) -> None:
         if self._fallback is not None:  # pragma: no cover - Windows
             self._fallback.release()
+        elif self._idle is not None:
+            self._idle.give_back(str(self._path), self._fd, self._inode)
         else:
             os.close(self._fd)  # closing the descriptor releases the flock
 
@@ -321,6 +410,7 @@ class EntityLocks:
         # Weak values: an entity's lock lives while some coroutine holds or awaits it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._paths: dict[str, Path] = {}  # lock file of each entity seen lately (a SHA-1 each)
+        self._idle = IdleLocks()
         # Called with the entity's name once its OS lock is held, before the function: the
         # file tree finishes an interrupted transaction that names the entity there. It may
         # raise RetryLater to have the lock released and taken again after a short wait.
@@ -329,6 +419,10 @@ class EntityLocks:
     @property
     def timeout(self) -> float:
         return self._timeout
+
+    def close(self) -> None:
+        """Close the lock file descriptors kept open (when the storage closes)."""
+        self._idle.close()
 
     def lock_path(self, entity: str) -> Path:
         path = self._paths.get(entity)
@@ -397,7 +491,7 @@ class EntityLocks:
         asyncio lock). ``wait=False``: None at once when someone holds it; else
         LockTimeoutError past ``deadline``."""
         path = self.lock_path(entity)
-        lock = os_lock(path, deadline if wait else time.monotonic())
+        lock = os_lock(path, deadline if wait else time.monotonic(), self._idle)
         try:
             try:
                 lock.__enter__()

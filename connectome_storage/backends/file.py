@@ -138,6 +138,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         self._conversations_dir = str(self._root / "conversations")
         self._meta_absent = MetaAbsence()  # folders known to hold no metadata.json (reads)
         self._targets: dict[tuple[Kind, str], tuple[Path, str]] = {}  # see _target
+        self._last_written = _fs.LastWritten()  # spares _replace_file most same-size reads
         self._expiry = _folders.ExpiryIndex(self._root)
         # The tree's format: at 2 a listing is one scandir of conversations/; at 1 (a tree
         # opened only for reading, or one whose upgrade found a folder it may not remove)
@@ -252,6 +253,7 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
 
     async def _close(self) -> None:
         self._own.stop_all()  # every running watch() ends
+        self._locks.close()
 
     def _capabilities(self) -> frozenset[str]:
         return frozenset({"watch", "backups", "persistent", "cross_process"})
@@ -419,9 +421,10 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         """Before a write to a conversation, under its lock: the metadata of a live one
         (None when there is none, or it is damaged: a save replaces it); an expired
         conversation is removed whole first, so the write starts a new one."""
-        path = self.path_of(Kind.METADATA, conversation_id)
-        if not _fs.present(str(path)):  # the common case: one failed access()
+        name = f"{self._conversations_dir}{os.sep}{encode_name(conversation_id)}{os.sep}{META_FILE}"
+        if not _fs.present(name):  # the common case: one failed access(), and no Path made
             return None
+        path = Path(name)
         try:
             record = self._read_meta_sync(conversation_id, path)
         except CorruptedDataError as e:
@@ -529,20 +532,28 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
         """Write ``data`` to ``path`` unless it already holds exactly that; keep a backup
         (``keep`` versions at most; None: the configured number)."""
         try:
-            size = _fs.regular_size(path)  # refuses a link, FIFO, socket or device
-            if size is None and self._made_whole(path, data):
+            st = _fs.regular_stat(path)  # refuses a link, FIFO, socket or device
+            if st is None and self._made_whole(path, data):
                 return  # a new conversation: its folder appeared with the file in it
-            # Only a file of the same size can hold the same bytes: most stores skip the read.
-            if size == len(data) and _fs.holds(path, data):
+            # Only a file of the same size can hold the same bytes, and not one known to
+            # hold what this process wrote before: most stores skip the read.
+            name = str(path)
+            if (
+                st is not None
+                and st.st_size == len(data)
+                and not self._last_written.holds_other(name, st, data)
+                and _fs.holds(path, data)
+            ):
                 return
             if path.name in LOG_FILES:
                 self._logs.forget(path)
             kept = _fs.Kept(None)
             keep = self._keep if keep is None else keep
-            if size is not None and keep > 0:
+            if st is not None and keep > 0:
                 kept = _fs.keep_backup(self._root, path, keep, self._stamp())
             try:
-                _fs.atomic_write(path, data, self._root, old_kept=kept.version is not None)
+                written = _fs.atomic_write(path, data, self._root, old_kept=kept.version is not None)
+                self._last_written.wrote(name, written, data)
                 self._own.wrote(path)
             except BaseException:
                 # The live file was not replaced: drop its backup, which is a hard link to
@@ -566,8 +577,10 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             return False
         except FileNotFoundError:
             pass
-        if not _fs.make_folder_whole(folder, path.name, data, self._root):
+        written = _fs.make_folder_whole(folder, path.name, data, self._root)
+        if written is None:
             return False  # made by hand meanwhile: written into as usual
+        self._last_written.wrote(str(path), written, data)
         self._own.wrote(path)
         return True
 

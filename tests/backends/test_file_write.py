@@ -138,6 +138,58 @@ async def test_a_store_of_the_same_bytes_after_a_hand_edit_of_equal_size_writes(
     await storage.shutdown()
 
 
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths ``_fs.holds`` (the same-bytes read) is called for, from now on."""
+    reads: list[Path] = []
+    holds = _fs.holds
+
+    def counted(path: Path, data: bytes) -> bool:
+        reads.append(path)
+        return holds(path, data)
+
+    monkeypatch.setattr(_fs, "holds", counted)
+    return reads
+
+
+async def test_a_file_this_process_wrote_is_not_read_to_tell_other_bytes_of_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = create_file_storage(tmp_path)
+    await storage.initialize()
+    await storage.store_conversation("c", {"messages": ["aaaa"]})
+    reads = _counting_reads(monkeypatch)
+    await storage.store_conversation("c", {"messages": ["bbbb"]})  # same size, other bytes
+    assert reads == []
+    await storage.store_conversation("c", {"messages": ["bbbb"]})  # the same bytes: read, not written
+    assert len(reads) == 1
+    path = tmp_path / "conversations" / "c" / "current.json"
+    path.write_bytes(path.read_bytes().replace(b"bbbb", b"cccc"))  # by hand: no longer what it wrote
+    await storage.store_conversation("c", {"messages": ["cccc"]})  # read, and found to hold it
+    assert len(reads) == 2
+    assert [v.number for v in await storage.list_backups("conversations/c/current.json")] == [1]
+    await storage.shutdown()
+
+
+async def test_a_same_size_change_that_keeps_the_files_identity_is_still_written_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Changed in place within one clock tick: inode, size and mtime as this process left
+    # them. Its memory says "other bytes" and the store writes, as it would without it.
+    storage = create_file_storage(tmp_path)
+    await storage.initialize()
+    await storage.store_conversation("c", {"messages": ["aaaa"]})
+    path = tmp_path / "conversations" / "c" / "current.json"
+    before = path.stat()
+    with path.open("r+b") as f:
+        f.write(path.read_bytes().replace(b"aaaa", b"bbbb"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    reads = _counting_reads(monkeypatch)
+    await storage.store_conversation("c", {"messages": ["bbbb"]})
+    assert reads == []
+    assert await storage.load_conversation("c") == {"messages": ["bbbb"]}
+    await storage.shutdown()
+
+
 _HOLDER = textwrap.dedent(
     """
     import sys, time
