@@ -217,11 +217,17 @@ class LastWritten:
     equal hashes send the writer to ``holds`` to compare the bytes."""
 
     KEPT = 256
+    # Larger files are not remembered: hashing costs about 0.3 ms per MB on every write,
+    # for the rare rewrite of the same size it would spare a read.
+    LONGEST = 64 * 1024
 
     def __init__(self) -> None:
         self._files: dict[str, tuple[Identity, int]] = {}
 
     def wrote(self, path: str, written: Identity, data: bytes) -> None:
+        if len(data) > self.LONGEST:
+            self._files.pop(path, None)
+            return
         if len(self._files) >= self.KEPT:
             self._files.clear()
         self._files[path] = (written, hash(data))

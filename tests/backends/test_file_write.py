@@ -170,6 +170,20 @@ async def test_a_file_this_process_wrote_is_not_read_to_tell_other_bytes_of_its_
     await storage.shutdown()
 
 
+async def test_a_long_file_is_read_to_tell_other_bytes_of_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = create_file_storage(tmp_path)
+    await storage.initialize()
+    long = "a" * _fs.LastWritten.LONGEST
+    await storage.store_conversation("c", {"messages": [long]})
+    reads = _counting_reads(monkeypatch)
+    await storage.store_conversation("c", {"messages": [long.replace("a", "b")]})
+    assert len(reads) == 1  # not remembered: hashing it on every write would cost more
+    assert await storage.load_conversation("c") == {"messages": [long.replace("a", "b")]}
+    await storage.shutdown()
+
+
 async def test_a_same_size_change_that_keeps_the_files_identity_is_still_written_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
