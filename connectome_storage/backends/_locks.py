@@ -12,7 +12,7 @@ On POSIX the OS lock is a plain ``fcntl.flock``: measured here, filelock 4.x spe
 80 us of Python per acquire and release against 4 us for the system calls, a sixth of a
 whole durable write. Elsewhere (Windows) filelock provides the lock.
 
-A lock file's descriptor is kept open between holds (``IdleLocks``, a few per process):
+A lock file's descriptor is kept open between holds (``IdleLocks``, 64 in a process at most):
 a hold then costs ``flock`` and one ``lstat`` instead of six system calls. It is taken out
 of the pool by one holder at a time and unlocked (``LOCK_UN``) before it goes back, so no
 two holders ever share an open file description.

@@ -535,8 +535,8 @@ class FileStorage(FileTransactions, FileKV, FileMessages, StorageInterface):
             st = _fs.regular_stat(path)  # refuses a link, FIFO, socket or device
             if st is None and self._made_whole(path, data):
                 return  # a new conversation: its folder appeared with the file in it
-            # Only a file of the same size can hold the same bytes, and not one known to
-            # hold what this process wrote before: most stores skip the read.
+            # Only a file of the same size can hold the same bytes, and not one still as
+            # this process wrote it with other bytes: most stores skip the read.
             name = str(path)
             if (
                 st is not None
