@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from connectome_storage import MessageStore, StorageInterface
+from connectome_storage import messages as messages_module
 from connectome_storage.codec import format_time
 from connectome_storage.errors import (
     InvalidArgumentError,
@@ -32,7 +33,12 @@ async def everything(bus: MessageStore) -> list[dict[str, Any]]:
     return await bus.query()
 
 
-async def test_save_generates_a_time_sortable_id_and_a_timestamp(storage: StorageInterface, clock: FakeClock) -> None:
+async def test_save_generates_a_time_sortable_id_and_a_timestamp(
+    storage: StorageInterface, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ids only grow within a process: one made earlier on the real clock, later than this
+    # test's, would carry its milliseconds on. Start this test's ids from the clock alone.
+    monkeypatch.setattr(messages_module, "_last", (-1, 0))
     bus = storage.message_store()
     message_id = await bus.save({"from": "planner", "to": "coder", "content": "go"})
     assert ID_FORM.fullmatch(message_id)
