@@ -289,14 +289,15 @@ def read_bytes(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def _write_durably(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` and fsync it; a long write and the fsync wait for
-    the device without the writer's turn (``_turns``)."""
+def _write_durably(fd: int, data: bytes) -> Identity:
+    """Write all of ``data`` to ``fd`` and fsync it; the file's identity. A long write and
+    the fsync wait for the device without the writer's turn (``_turns``)."""
     write = os.write if len(data) < _LONG_IO else partial(_turns.blocking, os.write)
     view = memoryview(data)
     while view:
         view = view[write(fd, view) :]
     _turns.blocking(os.fsync, fd)
+    return identity(os.fstat(fd))
 
 
 def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False) -> Identity:
@@ -313,8 +314,7 @@ def atomic_write(path: Path, data: bytes, root: Path, *, old_kept: bool = False)
     temp, fd = _create_temp(folder)
     try:
         try:
-            _write_durably(fd, data)
-            written = identity(os.fstat(fd))
+            written = _write_durably(fd, data)
         finally:
             os.close(fd)
         # Closed first: Windows cannot rename an open file. Without the turn unless the old
@@ -615,8 +615,7 @@ def make_folder_whole(folder: Path, name: str, data: bytes, root: Path) -> Ident
     try:
         fd = os.open(staging / name, _TEMP_FLAGS, 0o666)
         try:
-            _write_durably(fd, data)
-            written = identity(os.fstat(fd))
+            written = _write_durably(fd, data)
         finally:
             os.close(fd)
         fsync_dir(staging)
