@@ -9,11 +9,22 @@ from typing import Literal
 from .context import Sizes
 from .harness import Comparison
 
-__all__ = ["Target", "evaluate"]
+__all__ = ["Floor", "Target", "evaluate"]
 
 # "As fast with 100,000 conversations as with 100": two runs of the very same operation
 # differ by a few percent from noise alone, so "as fast" is read as at least 0.9x.
 SAME_SPEED = 0.9
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What the plainest code doing the same work reaches, measured in the same run and
+    read on the target's own terms: where a target sits against what this machine allows.
+    ``comparison`` None: the target's own comparison; ``against`` None: its baseline."""
+
+    variant: str
+    comparison: str | None = None
+    against: str | None = None
 
 
 @dataclass
@@ -24,9 +35,11 @@ class Target:
     threshold: float
     bound: Literal["at least", "at most"]
     against: str | None = None  # another variant of the comparison, instead of its baseline
+    floor: Floor | None = None
     value: float | None = None
     low: float | None = None
     high: float | None = None
+    floor_value: float | None = None
 
     @property
     def met(self) -> bool | None:
@@ -42,12 +55,15 @@ class Target:
 def _targets(sizes: Sizes) -> list[Target]:
     short, _middle, long = sizes.histories
     big = sizes.session_histories[1]
+    hop = "plain durable write in asyncio.to_thread"
     targets = [
         Target("FileStorage store >= 0.7x the plain durable write", "files.store",
-               "FileStorage.store_conversation", 0.7, "at least"),
+               "FileStorage.store_conversation", 0.7, "at least",
+               floor=Floor(hop)),
         Target("FileStorage store, backups off, >= 0.9x one asyncio.to_thread around a plain durable write",
                "files.store", "FileStorage.store_conversation, no backups", 0.9, "at least",
-               against="plain durable write in asyncio.to_thread"),
+               against=hop,
+               floor=Floor(hop, against=hop)),
         Target("FileStorage load >= 0.5x plain read + orjson.loads", "files.load",
                "FileStorage.load_conversation", 0.5, "at least"),
     ]  # fmt: skip
@@ -64,7 +80,8 @@ def _targets(sizes: Sizes) -> list[Target]:
             )
     targets += [
         Target("SqliteStorage appends >= 1.5x SQLiteSession.add_items (equal durability)",
-               "sqlite.session.append", "SqliteStorage.append_raw_messages", 1.5, "at least"),
+               "sqlite.session.append", "SqliteStorage.append_raw_messages", 1.5, "at least",
+               floor=Floor("one INSERT + COMMIT in asyncio.to_thread")),
         Target(f"SqliteStorage loads a {big:,}-message history >= 2x faster than get_items",
                f"sqlite.session.load{big}", "SqliteStorage.load_raw_messages", 2.0, "at least"),
     ]  # fmt: skip
@@ -74,7 +91,14 @@ def _targets(sizes: Sizes) -> list[Target]:
         ("cache_set", "store_cache vs SET PX", True), ("cache_get", "load_cache vs GET", False),
     ]:  # fmt: skip
         targets.append(
-            Target(f"RedisStorage {what} >= 0.8x raw redis-py", f"redis.{key}", "RedisStorage", 0.8, "at least")
+            Target(
+                f"RedisStorage {what} >= 0.8x raw redis-py",
+                f"redis.{key}",
+                "RedisStorage",
+                0.8,
+                "at least",
+                floor=Floor("raw redis-py, same commands") if same else None,
+            )
         )
         if same:
             targets.append(
@@ -158,19 +182,27 @@ def _targets(sizes: Sizes) -> list[Target]:
 
 
 def evaluate(sizes: Sizes, comparisons: dict[str, Comparison]) -> list[Target]:
-    """Every target with its measured median ratio and the range over rounds."""
+    """Every target with its measured median ratio, the range over rounds, and its floor's
+    median ratio."""
     targets = _targets(sizes)
     for target in targets:
         comparison = comparisons.get(target.comparison)
         if comparison is None:
             continue
-        figure = comparison.figure(target.variant)
-        ratios = figure.ratios
-        if target.against is not None:
-            # Ratios against another variant, round by round like the table's.
-            other = comparison.figure(target.against).samples
-            ratios = [o / m for o, m in zip(other, figure.samples, strict=True)]
-            if comparison.ratio_kind == "cost":
-                ratios = [1 / r for r in ratios]
+        ratios = _ratios(comparison, target.variant, target.against)
         target.value, target.low, target.high = statistics.median(ratios), min(ratios), max(ratios)
+        floor = target.floor
+        if floor is not None and (found := comparisons.get(floor.comparison or target.comparison)) is not None:
+            target.floor_value = statistics.median(_ratios(found, floor.variant, floor.against))
     return targets
+
+
+def _ratios(comparison: Comparison, variant: str, against: str | None) -> list[float]:
+    """``variant``'s ratio per round against the baseline, or against another variant of
+    the comparison, round by round like the table's."""
+    figure = comparison.figure(variant)
+    if against is None:
+        return figure.ratios
+    other = comparison.figure(against).samples
+    ratios = [o / m for o, m in zip(other, figure.samples, strict=True)]
+    return [1 / r for r in ratios] if comparison.ratio_kind == "cost" else ratios
