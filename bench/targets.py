@@ -56,6 +56,7 @@ def _targets(sizes: Sizes) -> list[Target]:
     short, _middle, long = sizes.histories
     big = sizes.session_histories[1]
     hop = "plain durable write in asyncio.to_thread"
+    insert = Floor("one INSERT + COMMIT in asyncio.to_thread")
     targets = [
         Target("FileStorage store >= 0.7x the plain durable write", "files.store",
                "FileStorage.store_conversation", 0.7, "at least",
@@ -81,9 +82,10 @@ def _targets(sizes: Sizes) -> list[Target]:
     targets += [
         Target("SqliteStorage appends >= 1.5x SQLiteSession.add_items (equal durability)",
                "sqlite.session.append", "SqliteStorage.append_raw_messages", 1.5, "at least",
-               floor=Floor("one INSERT + COMMIT in asyncio.to_thread")),
+               floor=insert),
         Target(f"SqliteStorage loads a {big:,}-message history >= 2x faster than get_items",
-               f"sqlite.session.load{big}", "SqliteStorage.load_raw_messages", 2.0, "at least"),
+               f"sqlite.session.load{big}", "SqliteStorage.load_raw_messages", 2.0, "at least",
+               floor=Floor("one SELECT + orjson.loads per row in asyncio.to_thread")),
     ]  # fmt: skip
     for key, what, same in [
         ("store", "store_conversation vs SET", True), ("load", "load_conversation vs GET", False),
@@ -122,7 +124,7 @@ def _targets(sizes: Sizes) -> list[Target]:
         Target("kv.get on Redis >= 0.8x raw redis-py sending the same commands", "kv_redis.get", "kv.get", 0.8,
                "at least"),
         Target("ConnectomeSession.add_items on SQLite >= 1.5x SQLiteSession", "adapters_openai.add_items",
-               "ConnectomeSession (SQLite)", 1.5, "at least"),
+               "ConnectomeSession (SQLite)", 1.5, "at least", floor=insert),
         Target("ConnectomeSession.get_items on SQLite >= 1.5x SQLiteSession", "adapters_openai.get_items",
                "ConnectomeSession (SQLite)", 1.5, "at least"),
         Target("ConnectomeSession.add_items on Redis >= 0.9x RedisSession", "adapters_openai.redis.add_items",
@@ -130,7 +132,7 @@ def _targets(sizes: Sizes) -> list[Target]:
         Target("ConnectomeSession.get_items on Redis >= 0.9x RedisSession", "adapters_openai.redis.get_items",
                "ConnectomeSession (Redis)", 0.9, "at least"),
         Target("LangGraph checkpointer put >= 1.0x AsyncSqliteSaver", "adapters_langgraph.put",
-               "ConnectomeCheckpointSaver (SQLite)", 1.0, "at least"),
+               "ConnectomeCheckpointSaver (SQLite)", 1.0, "at least", floor=insert),
         Target("LangGraph checkpointer get_tuple >= 1.0x AsyncSqliteSaver", "adapters_langgraph.get_tuple",
                "ConnectomeCheckpointSaver (SQLite)", 1.0, "at least"),
         Target("an empty middleware chain costs under 5% on a file-tree load (>= 0.95x)", "middleware.load",
@@ -158,7 +160,8 @@ def _targets(sizes: Sizes) -> list[Target]:
         Target(f"redis: get_storage_stats at {big_tree} conversations >= 0.8x pipelined counts", "scale.stats.redis",
                "RedisStorage.get_storage_stats", 0.8, "at least"),
         Target(f"file: {workers} coroutines storing to their own conversations >= 2x one coroutine",
-               "scale.concurrency.file.store_conversation", f"{workers} coroutines", 2.0, "at least"),
+               "scale.concurrency.file.store_conversation", f"{workers} coroutines", 2.0, "at least",
+               floor=Floor(f"{workers} coroutines", comparison="scale.concurrency.file.plain")),
         Target(f"sqlite: {workers} coroutines appending to {workers} conversations >= 3x {workers} SQLiteSessions "
                "on one file", "sqlite.sessions.concurrent", f"SqliteStorage, {workers} coroutines", 3.0, "at least"),
         Target(f"migrate file -> SQLite of {sizes.migrate:,} conversations >= 0.5x read every file + one executemany "
@@ -176,6 +179,7 @@ def _targets(sizes: Sizes) -> list[Target]:
                 f"{sizes.big_tree:,} conversations",
                 SAME_SPEED,
                 "at least",
+                floor=Floor(f"{sizes.big_tree:,} conversations", comparison=f"scale.load.{backend}.plain"),
             )
         )
     return targets

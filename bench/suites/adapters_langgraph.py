@@ -5,11 +5,15 @@ A section of ``python -m bench`` (alone: ``python -m bench --only adapters_langg
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import orjson
 
 from connectome_storage import create_sqlite_storage
 
 from ..context import Context
+from ..floors import PlainLog
 from ..harness import Section, Variant, compare, each
 
 __all__ = ["run"]
@@ -82,6 +86,12 @@ async def run(ctx: Context) -> Section:
 
             return put
 
+        floor = PlainLog(root / "floor.db")
+
+        async def floor_put(i: int) -> None:
+            data = orjson.dumps([_checkpoint(i), {"source": "loop", "step": i}]).decode()
+            await asyncio.to_thread(floor.commit, data)
+
         def getter(saver: Any) -> Any:
             async def get(i: int) -> None:
                 tup = await saver.aget_tuple(_config("read"))
@@ -96,12 +106,16 @@ async def run(ctx: Context) -> Section:
                 [
                     Variant("AsyncSqliteSaver.aput", each(putter("peer", peer))),
                     Variant("ConnectomeCheckpointSaver (SQLite)", each(putter("ours", ours))),
+                    Variant(
+                        "one INSERT + COMMIT in asyncio.to_thread", each(floor_put), "floor: the checkpoint as JSON"
+                    ),
                 ],
                 ops=sizes.writes,
                 repeats=sizes.repeats,
                 warmup=5,
             )
         )
+        floor.close()
         section.comparisons.append(
             await compare(
                 "adapters_langgraph.get_tuple",

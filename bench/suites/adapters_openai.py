@@ -7,11 +7,15 @@ only says so.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import orjson
 
 from connectome_storage import create_redis_storage, create_sqlite_storage
 
 from ..context import Context
+from ..floors import PlainLog
 from ..harness import Section, Variant, compare, each
 
 __all__ = ["run"]
@@ -44,7 +48,9 @@ async def run(ctx: Context) -> Section:
     async with create_sqlite_storage(root / "ours.db") as storage:
         sdk = [SQLiteSession(name, root / "sdk.db") for name in ("add", "get")]
         ours = [ConnectomeSession(name, storage) for name in ("add", "get")]
-        section.comparisons += await _compare(ctx, "adapters_openai", "SQLiteSession", "SQLite", sdk, ours)
+        floor = PlainLog(root / "floor.db")
+        section.comparisons += await _compare(ctx, "adapters_openai", "SQLiteSession", "SQLite", sdk, ours, floor)
+        floor.close()
         for session in sdk:
             session.close()
     if ctx.redis_url:
@@ -62,8 +68,11 @@ async def run(ctx: Context) -> Section:
     return section
 
 
-async def _compare(ctx: Context, key: str, peer: str, backend: str, sdk: list[Any], ours: list[Any]) -> list[Any]:
-    """add_items and get_items of ours against the SDK's session; each list is (add, get)."""
+async def _compare(
+    ctx: Context, key: str, peer: str, backend: str, sdk: list[Any], ours: list[Any], floor: PlainLog | None = None
+) -> list[Any]:
+    """add_items and get_items of ours against the SDK's session; each list is (add, get).
+    ``floor``: also time one INSERT + COMMIT of the item at the same durability."""
     sizes = ctx.sizes
     (sdk_add, sdk_get), (ours_add, ours_get) = sdk, ours
     for session in (sdk_get, ours_get):
@@ -85,6 +94,12 @@ async def _compare(ctx: Context, key: str, peer: str, backend: str, sdk: list[An
         Variant(f"{peer}.add_items", each(adder(sdk_add))),
         Variant(f"ConnectomeSession ({backend})", each(adder(ours_add))),
     ]
+    if floor is not None:
+
+        async def floor_add(i: int) -> None:
+            await asyncio.to_thread(floor.commit, orjson.dumps(_item(i)).decode())
+
+        adds.append(Variant("one INSERT + COMMIT in asyncio.to_thread", each(floor_add), "floor"))
     gets = [
         Variant(f"{peer}.get_items", each(getter(sdk_get))),
         Variant(f"ConnectomeSession ({backend})", each(getter(ours_get))),

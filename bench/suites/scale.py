@@ -9,6 +9,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,15 @@ from connectome_storage import (
     migrate,
 )
 from connectome_storage.codec import encode, format_time
+from connectome_storage.config import FileSettings
 from connectome_storage.interface import Kind
 from connectome_storage.naming import encode_name
 
 from ..backends import BACKENDS, open_storage
 from ..context import Context
-from ..data import cache_value, document, message, messages
-from ..harness import Runner, Section, Variant, compare, each, each_sync, throughput
+from ..data import PRETTY, cache_value, document, message, messages
+from ..floors import durable_write_with_backup
+from ..harness import Comparison, Runner, Section, Variant, compare, each, each_sync, throughput
 
 __all__ = ["run"]
 
@@ -592,6 +595,48 @@ def _plain_migrate(base_dir: Path, db_path: Path) -> None:
 # ---------------------------------------------------------------- concurrency
 
 
+def _one_and_many(op: Callable[[int, int], Awaitable[Any]], workers: int) -> list[Variant]:
+    """One coroutine doing every operation, and ``workers`` coroutines sharing them."""
+
+    async def one(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            await op(i % workers, i)
+
+    async def many(first: int, count: int) -> None:
+        async def worker(w: int) -> None:
+            for i in range(first + w, first + count, workers):
+                await op(w, i)
+
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+
+    return [Variant("1 coroutine", throughput(one)), Variant(f"{workers} coroutines", throughput(many))]
+
+
+async def _plain_concurrency(ctx: Context, ids: list[list[str]], total: int) -> Comparison:
+    """The file tree row's floor: the same stores, backups kept as by default, written by
+    ``durable_write_with_backup`` on a pool of as many threads as coroutines."""
+    sizes, workers = ctx.sizes, len(ids)
+    root = ctx.folder("concurrency-plain")
+    targets = {}
+    for conversation_id in (c for row in ids for c in row):
+        (root / conversation_id).mkdir()
+        (root / ".backups" / conversation_id).mkdir(parents=True)
+        targets[conversation_id] = (root / conversation_id / "current.json", root / ".backups" / conversation_id)
+    keep = FileSettings().max_backup_files
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(workers) as pool:
+
+        def store(worker: int, i: int) -> Awaitable[None]:
+            path, backups = targets[ids[worker][i % 4]]
+            data = orjson.dumps(document(i), option=PRETTY)
+            return loop.run_in_executor(pool, durable_write_with_backup, path, data, backups, keep)
+
+        return await compare(
+            "scale.concurrency.file.plain", f"file: durable_write_with_backup, {workers} threads vs one (the floor)",
+            _one_and_many(store, workers), ops=total, repeats=sizes.repeats, warmup=total, unit="rate",
+        )  # fmt: skip
+
+
 async def _concurrency(ctx: Context, section: Section, backend: str) -> None:
     sizes = ctx.sizes
     storage = await open_storage(ctx, backend, f"concurrency-{backend}")
@@ -606,23 +651,12 @@ async def _concurrency(ctx: Context, section: Section, backend: str) -> None:
         assert await storage.load_conversation(ids[worker][i % 4]) is not None
 
     for name, op in (("store_conversation", store), ("load_conversation", load)):
-
-        async def one(first: int, count: int, op: Callable[[int, int], Awaitable[Any]] = op) -> None:
-            for i in range(first, first + count):
-                await op(i % workers, i)
-
-        async def many(first: int, count: int, op: Callable[[int, int], Awaitable[Any]] = op) -> None:
-            async def worker(w: int) -> None:
-                for i in range(first + w, first + count, workers):
-                    await op(w, i)
-
-            await asyncio.gather(*(worker(w) for w in range(workers)))
-
         section.comparisons.append(
             await compare(
                 f"scale.concurrency.{backend}.{name}", f"{backend}: {name}, {workers} coroutines vs one",
-                [Variant("1 coroutine", throughput(one)), Variant(f"{workers} coroutines", throughput(many))],
-                ops=total, repeats=sizes.repeats, warmup=total, unit="rate",
+                _one_and_many(op, workers), ops=total, repeats=sizes.repeats, warmup=total, unit="rate",
             )
         )  # fmt: skip
+        if backend == "file" and name == "store_conversation":
+            section.comparisons.append(await _plain_concurrency(ctx, ids, total))
     await storage.shutdown()

@@ -15,6 +15,7 @@ from connectome_storage.backends._sqlite_schema import ENSURE_PARENT
 
 from ..context import Context
 from ..data import cache_value, document, message, messages
+from ..floors import PlainLog
 from ..harness import Section, Variant, compare, each, each_sync, throughput
 
 __all__ = ["run"]
@@ -162,15 +163,10 @@ async def _against_session(ctx: Context, section: Section, ours: SqliteStorage, 
 
     # The floor for any asyncio library at this durability: one INSERT committed (one
     # WAL fsync) on a worker thread, with no checks, no index lookup, no parent row.
-    floor = sqlite3.connect(root / "floor.db", isolation_level=None, check_same_thread=False)
-    floor.execute("PRAGMA journal_mode = WAL")
-    floor.execute("PRAGMA synchronous = FULL")
-    floor.execute("CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+    floor = PlainLog(root / "floor.db")
 
     def floor_commit(i: int) -> None:
-        floor.execute("BEGIN IMMEDIATE")
-        floor.execute("INSERT INTO log (data) VALUES (?)", (_dumps(message(i)),))
-        floor.execute("COMMIT")
+        floor.commit(_dumps(message(i)))
 
     async def floor_append(i: int) -> None:
         await asyncio.to_thread(floor_commit, i)
@@ -187,10 +183,18 @@ async def _against_session(ctx: Context, section: Section, ours: SqliteStorage, 
     )  # fmt: skip
     floor.close()
     await _concurrent_sessions(ctx, section, ours, root, module)
+    # The floor of a load: the rows of one indexed SELECT, each parsed, on a worker thread.
+    plain = sqlite3.connect(root / "floor.db", isolation_level=None, check_same_thread=False)
+    plain.execute("CREATE TABLE IF NOT EXISTS history (name TEXT, seq INTEGER, data TEXT, PRIMARY KEY (name, seq))")
     for size in sizes.session_histories:
         loaded = module.SQLiteSession(f"load{size}", root / "session.db")
         await loaded.add_items(messages(size))
         await ours.store_raw_messages(f"load{size}", messages(size))
+        with plain:
+            plain.executemany(
+                "INSERT INTO history VALUES (?, ?, ?)",
+                [(f"load{size}", n, _dumps(m)) for n, m in enumerate(messages(size))],
+            )
 
         async def ours_load(i: int, size: int = size) -> None:
             assert len(await ours.load_raw_messages(f"load{size}")) == size
@@ -198,15 +202,24 @@ async def _against_session(ctx: Context, section: Section, ours: SqliteStorage, 
         async def session_load(i: int, session: Any = loaded, size: int = size) -> None:
             assert len(await session.get_items()) == size
 
+        def plain_read(size: int) -> list[Any]:
+            rows = plain.execute("SELECT data FROM history WHERE name = ? ORDER BY seq", (f"load{size}",))
+            return [orjson.loads(data) for (data,) in rows]
+
+        async def plain_load(i: int, size: int = size) -> None:
+            assert len(await asyncio.to_thread(plain_read, size)) == size
+
         section.comparisons.append(
             await compare(
                 f"sqlite.session.load{size}", f"load a history of {size:,} messages",
                 [Variant("SQLiteSession.get_items", each(session_load)),
-                 Variant("SqliteStorage.load_raw_messages", each(ours_load))],
+                 Variant("SqliteStorage.load_raw_messages", each(ours_load)),
+                 Variant("one SELECT + orjson.loads per row in asyncio.to_thread", each(plain_load), "floor")],
                 ops=max(3, sizes.reads // (size // 10)), repeats=sizes.repeats, warmup=2,
             )
         )  # fmt: skip
         loaded.close()
+    plain.close()
     section.notes.append(
         f"SQLiteSession: {_pragmas(session._get_connection())} (sqlite3 defaults, its own WAL pragma)."
     )
