@@ -138,7 +138,8 @@ def _targets(sizes: Sizes) -> list[Target]:
         Target("an empty middleware chain costs under 5% on a file-tree load (>= 0.95x)", "middleware.load",
                "[Middleware()]", 0.95, "at least"),
         Target("file: a 5-write transaction costs less than the 5 durable writes one by one (< 1x)",
-               "transactions.file", "one transaction", 1.0, "at most"),
+               "transactions.file", "one transaction", 1.0, "at most",
+               floor=Floor("the same five as one journaled commit (plain)", comparison="transactions.file.plain")),
         # On one machine a cluster gains little if anything (bench/suites/cluster.py): this bounds its price.
         Target(f"Redis Cluster stores with {sizes.concurrency} clients >= 0.5x one redis-server (same machine)",
                "cluster.store", "Redis Cluster, 3 masters + 3 replicas", 0.5, "at least"),
