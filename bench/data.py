@@ -20,8 +20,10 @@ __all__ = [
     "cache_value",
     "document",
     "durable_write",
+    "fsync_folder",
     "message",
     "messages",
+    "write_synced",
 ]
 
 DOCUMENT_BYTES = 2048
@@ -104,15 +106,24 @@ def durable_write(path: Path, data: bytes) -> None:
     """The plain way to replace a file durably: temp file in the same folder, write,
     fsync, os.replace, fsync of the folder. No lock, no backup, no thread."""
     temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    write_synced(temp, data)
+    os.replace(temp, path)
+    fsync_folder(path.parent)
+
+
+def write_synced(path: Path, data: bytes, *, append: bool = False) -> None:
+    """Write ``data`` to ``path`` (created; truncated, or appended to), then fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o666)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temp, path)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)

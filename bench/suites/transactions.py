@@ -13,7 +13,7 @@ from connectome_storage import StorageInterface
 
 from ..backends import open_storage
 from ..context import Context
-from ..data import COMPACT, PRETTY, durable_write
+from ..data import COMPACT, PRETTY, durable_write, fsync_folder, write_synced
 from ..harness import Comparison, Section, Variant, compare, each
 
 __all__ = ["BACKENDS", "run"]
@@ -81,23 +81,6 @@ def _plain_targets(root: Path, conversation_id: str) -> tuple[Path, Path, Path, 
     )
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def plain_five_writes(root: Path, conversation_id: str, i: int) -> None:
     """The five writes one by one, each durable on its own: four files replaced with
     ``durable_write``, the history line appended in place and fsynced."""
@@ -105,12 +88,7 @@ def plain_five_writes(root: Path, conversation_id: str, i: int) -> None:
     data = _encoded(conversation_id, i)
     for index, (path, content) in enumerate(zip(targets, data, strict=True)):
         if index == 1:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-            try:
-                os.write(fd, content)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(path, content, append=True)
         else:
             durable_write(path, content)
 
@@ -128,16 +106,16 @@ def plain_journaled_commit(root: Path, conversation_id: str, i: int) -> None:
         data[1] = log.read_bytes() + data[1]
     temps = [path.with_name(f".{path.name}.tx-{i}") for path in targets]
     for temp, content in zip(temps, data, strict=True):
-        _write_synced(temp, content)
+        write_synced(temp, content)
     journals = root / ".transactions"
     pending, journal = journals / f".tmp-{i}", journals / f"{i}.json"
-    _write_synced(pending, orjson.dumps([str(temp.relative_to(root)) for temp in temps]))
+    write_synced(pending, orjson.dumps([str(temp.relative_to(root)) for temp in temps]))
     os.replace(pending, journal)
-    _fsync_folder(journals)
+    fsync_folder(journals)
     for temp, path in zip(temps, targets, strict=True):
         os.replace(temp, path)
     for folder in dict.fromkeys(path.parent for path in targets):
-        _fsync_folder(folder)
+        fsync_folder(folder)
     os.unlink(journal)
 
 
