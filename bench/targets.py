@@ -60,7 +60,7 @@ def _targets(sizes: Sizes) -> list[Target]:
     targets = [
         Target("FileStorage store >= 0.7x the plain durable write", "files.store",
                "FileStorage.store_conversation", 0.7, "at least",
-               floor=Floor(hop)),
+               floor=Floor("plain durable write with a backup, in asyncio.to_thread")),
         Target("FileStorage store, backups off, >= 0.9x one asyncio.to_thread around a plain durable write",
                "files.store", "FileStorage.store_conversation, no backups", 0.9, "at least",
                against=hop,
@@ -197,7 +197,8 @@ def evaluate(sizes: Sizes, comparisons: dict[str, Comparison]) -> list[Target]:
         ratios = _ratios(comparison, target.variant, target.against)
         target.value, target.low, target.high = statistics.median(ratios), min(ratios), max(ratios)
         floor = target.floor
-        if floor is not None and (found := comparisons.get(floor.comparison or target.comparison)) is not None:
+        found = comparisons.get(floor.comparison or target.comparison) if floor is not None else None
+        if floor is not None and found is not None and floor.variant in {f.name for f in found.figures}:
             target.floor_value = statistics.median(_ratios(found, floor.variant, floor.against))
     return targets
 

@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 
 from connectome_storage import create_file_storage
+from connectome_storage.config import FileSettings
 
 from ..context import Context
 from ..data import PRETTY, document, durable_write
+from ..floors import durable_write_with_backup
 from ..harness import Section, Variant, compare, each, each_sync
 
 __all__ = ["run"]
@@ -36,9 +38,11 @@ async def run(ctx: Context) -> Section:
     await storage.initialize()
     bare = create_file_storage(root / "ours-no-backups", create_backups=False)
     await bare.initialize()
-    plain = root / "plain"
+    plain, plain_kept = root / "plain", root / "plain-with-backups"
     for conversation_id in ids:
         (plain / conversation_id).mkdir(parents=True, exist_ok=True)
+        (plain_kept / conversation_id / "backups").mkdir(parents=True, exist_ok=True)
+    keep = FileSettings().max_backup_files
     filetree = ctx.peer("kv")
     kv: Any = None
     if filetree is not None:
@@ -62,6 +66,11 @@ async def run(ctx: Context) -> Section:
     async def plain_store_thread(i: int) -> None:
         await asyncio.to_thread(plain_store, i)
 
+    async def plain_kept_thread(i: int) -> None:
+        folder = plain_kept / ids[i % len(ids)]
+        data = orjson.dumps(document(i), option=PRETTY)
+        await asyncio.to_thread(durable_write_with_backup, folder / "current.json", data, folder / "backups", keep)
+
     writers = [
         Variant("plain durable write (sync)", each_sync(plain_store)),
         Variant("FileStorage.store_conversation", each(ours_store)),
@@ -69,6 +78,12 @@ async def run(ctx: Context) -> Section:
         # What any asyncio library pays at least: the same write, one thread hop away.
         Variant(
             "plain durable write in asyncio.to_thread", each(plain_store_thread), "floor without blocking the loop"
+        ),
+        # The same with the work of backups on: the floor of a store at default settings.
+        Variant(
+            "plain durable write with a backup, in asyncio.to_thread",
+            each(plain_kept_thread),
+            f"floor with backups: a hard link kept, {keep} at most",
         ),
     ]
     if kv is not None:
