@@ -105,7 +105,8 @@ def _targets(sizes: Sizes) -> list[Target]:
         if same:
             targets.append(
                 Target(f"RedisStorage {what.split(' vs ')[0]} >= 0.8x raw redis-py sending the same commands",
-                       f"redis.{key}", "RedisStorage", 0.8, "at least", against="raw redis-py, same commands")
+                       f"redis.{key}", "RedisStorage", 0.8, "at least", against="raw redis-py, same commands",
+                       floor=Floor("raw redis-py, same commands", against="raw redis-py, same commands"))
             )  # fmt: skip
     targets += [
         Target("kv.get on the file tree >= 20x FileTreeStore.get", "kv_file.get", "kv.get (file tree)", 20.0,
