@@ -183,7 +183,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             for s in sections
         ],
         "targets": [
-            {"text": t.text, "comparison": t.comparison, "value": t.value, "met": t.met}
+            {"text": t.text, "comparison": t.comparison, "value": t.value, "met": t.met,
+             "floor": None if t.floor is None else t.floor.variant, "floor_value": t.floor_value}
             for t in evaluate(sizes, comparisons)
         ],
         "skipped_peers": ctx.missing_peers,

@@ -31,6 +31,8 @@ OURS = {
     "scale.migrate",
     "kv_redis.set", "kv_redis.get", "middleware.load",
     "transactions.file", "transactions.sqlite", "transactions.redis", "transactions.postgres",
+    "transactions.file.plain", "scale.concurrency.file.plain",
+    *(f"scale.load.{backend}.plain" for backend in ("file", "sqlite", "redis")),
     *(f"postgres.{op}" for op in ("store", "load", "append", "kv_set", "kv_get")),
     "cluster.store", "cluster.append",
     "memory.history", "memory.migrate",
@@ -92,9 +94,13 @@ def check_ran(data: dict[str, Any], markdown: str, expected: set[str]) -> None:
         assert f"## {section['title']}" in markdown
     for comparison in comparisons.values():
         assert f"`{comparison['key']}`" in markdown
-    # Every target got a verdict line, measured or not.
+    # Every target got a verdict line, measured or not; a measured one that names a floor
+    # has it measured too (a floor naming no variant of its comparison would read
+    # "not measured" in every run).
     for target in data["targets"]:
         assert f"| {target['text']} |" in markdown
+        if target["value"] is not None and target["floor"] is not None:
+            assert target["floor_value"] is not None, (target["text"], target["floor"])
 
 
 def test_smoke_runs_every_benchmark_without_the_peer_packages(tmp_path: Path) -> None:
