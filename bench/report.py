@@ -85,7 +85,7 @@ def _targets(targets: list[Target], smoke: bool) -> list[str]:
         lines += ["*Smoke run: sizes are tiny, so these verdicts mean nothing.*", ""]
     lines += [
         "The floor: the same work done by the plainest code (no lock, no check, at most one",
-        "thread hop at most), measured in the same run and read as the target reads its own",
+        "thread hop), measured in the same run and read as the target reads its own",
         "figure. The library does that work and more, so a target past its floor cannot be met",
         "on this machine.",
         "",
