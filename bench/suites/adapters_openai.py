@@ -46,7 +46,7 @@ async def run(ctx: Context) -> Section:
 
     root = ctx.folder("adapters_openai")
     async with create_sqlite_storage(root / "ours.db") as storage:
-        sdk = [SQLiteSession(name, root / "sdk.db") for name in ("add", "get")]
+        sdk: list[Any] = [SQLiteSession(name, root / "sdk.db") for name in ("add", "get")]
         ours = [ConnectomeSession(name, storage) for name in ("add", "get")]
         floor = PlainLog(root / "floor.db")
         section.comparisons += await _compare(ctx, "adapters_openai", "SQLiteSession", "SQLite", sdk, ours, floor)

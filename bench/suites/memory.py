@@ -112,7 +112,8 @@ async def _migrate(ctx: Context, section: Section) -> None:
 
     def copy(count: int) -> Runner:
         async def run(_first: int, _count: int) -> list[float]:
-            destination = create_sqlite_storage(root / f"copy-{next(targets)}.db")
+            path = root / f"copy-{next(targets)}.db"
+            destination = create_sqlite_storage(path)
             await destination.initialize()
             try:
                 peak = await peak_bytes(lambda: migrate(sources[count], destination))
@@ -120,7 +121,7 @@ async def _migrate(ctx: Context, section: Section) -> None:
             finally:
                 await destination.shutdown()
                 for suffix in ("", "-wal", "-shm"):
-                    Path(f"{destination.db_path}{suffix}").unlink(missing_ok=True)
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
             return [float(peak)]
 
         return run

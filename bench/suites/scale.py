@@ -514,7 +514,8 @@ async def _migrate(ctx: Context, section: Section) -> None:
             Path(f"{db_path}{suffix}").unlink(missing_ok=True)
 
     async def ours(_first: int, count: int) -> list[float]:
-        destination = create_sqlite_storage(root / f"ours-{next(targets)}.db")
+        path = root / f"ours-{next(targets)}.db"
+        destination = create_sqlite_storage(path)
         await destination.initialize()
         began = time.perf_counter()
         report = await migrate(source, destination)
@@ -522,7 +523,7 @@ async def _migrate(ctx: Context, section: Section) -> None:
         assert report.conversations == sizes.migrate
         assert report.raw_messages == sizes.migrate * MIGRATE_MESSAGES
         await destination.shutdown()
-        drop(destination.db_path)
+        drop(path)
         return [elapsed / sizes.migrate]
 
     async def plain(_first: int, count: int) -> list[float]:
