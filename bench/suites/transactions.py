@@ -133,17 +133,12 @@ async def run(ctx: Context) -> Section:
                 await _five_writes(tx, f"transaction-{i % sizes.keys}", i)
 
         section.comparisons.append(
-            await compare(
+            await _compare_turns(
+                ctx,
                 f"transactions.{backend}",
                 f"{backend}: five writes of one turn",
-                [
-                    Variant("5 writes one by one", each(one_by_one)),
-                    Variant("one transaction", each(in_a_transaction)),
-                ],
-                ops=sizes.writes,
-                repeats=sizes.repeats,
-                warmup=sizes.writes,
-                ratio_kind="cost",
+                Variant("5 writes one by one", each(one_by_one)),
+                Variant("one transaction", each(in_a_transaction)),
             )
         )
         await storage.shutdown()
@@ -168,15 +163,19 @@ async def _file_floor(ctx: Context) -> Comparison:
     async def journaled(i: int) -> None:
         await asyncio.to_thread(plain_journaled_commit, root, f"transaction-{i % sizes.keys}", i)
 
-    return await compare(
+    return await _compare_turns(
+        ctx,
         "transactions.file.plain",
         "file, plain code: five writes of one turn",
-        [
-            Variant("5 plain durable writes one by one", each(one_by_one)),
-            Variant("the same five as one journaled commit (plain)", each(journaled)),
-        ],
-        ops=sizes.writes,
-        repeats=sizes.repeats,
-        warmup=sizes.writes,
-        ratio_kind="cost",
+        Variant("5 plain durable writes one by one", each(one_by_one)),
+        Variant("the same five as one journaled commit (plain)", each(journaled)),
     )
+
+
+async def _compare_turns(ctx: Context, key: str, title: str, separate: Variant, together: Variant) -> Comparison:
+    """Turns written one way and the other: the cost of ``together`` against ``separate``."""
+    sizes = ctx.sizes
+    return await compare(
+        key, title, [separate, together], ops=sizes.writes, repeats=sizes.repeats, warmup=sizes.writes,
+        ratio_kind="cost",
+    )  # fmt: skip
